@@ -1,0 +1,189 @@
+"""The MIMIC benchmark on disk: a plan of experiments, JSONL files with a manifest, and the HF export.
+
+A profile's parameter file describes the benchmark as a handful of sweeps (see :class:`BenchmarkPlan`);
+:func:`plan_specs` expands them into :class:`~mimic_utils.tasks.TaskSpec` batches, and the result is stored
+as one JSONL file per task family (the official HF configs ``counting``, ``listing``, ``common``,
+``oddone``) beside a ``manifest.json`` that records the plan, the source hash and counts per task and knob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from mimic_utils.artifacts import read_json, read_jsonl, write_json, write_jsonl
+from mimic_utils.sources import AnnotationIndex
+from mimic_utils.tasks import FAMILIES, TaskSpec, generate_all, spec_dict
+
+#: The task variants every sweep over images covers, as (family, counting split).
+VARIANTS = (("counting", "balanced"), ("counting", "unbalanced"), ("listing", None), ("common", None),
+            ("oddone", None))
+#: Official HF schema of the exported dataset.
+HF_FIELDS = ("images", "question", "gt", "task", "id")
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """The sweeps notebook 02 plots, each with ``per_value`` questions per task and knob value.
+
+    * ``images``: every task at each number of images (the target's spread drawn at random; Odd-One needs
+      at least 3 images and so skips smaller values).
+    * ``spread``: Counting with the total fixed at ``spread_total``, held by 1..n images, no distractors.
+    * ``distractors``: Counting (Unbalanced) with the target in one image plus 0..m distractor images.
+    * ``k``: Counting (Unbalanced) and Listing with k query concepts, at ``k_images`` images.
+    """
+
+    per_value: int = 200
+    answer_range: tuple[int, int] = (1, 8)
+    images: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10)
+    spread_total: int = 6
+    spread: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    distractors: tuple[int, ...] = (0, 1, 2, 4, 6, 9)
+    k: tuple[int, ...] = (1, 2, 3)
+    k_images: int = 4
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "benchmark") -> "BenchmarkPlan":
+        """Build from a parameter-file mapping; unknown keys are refused with their name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
+
+
+def plan_specs(plan: BenchmarkPlan) -> list[TaskSpec]:
+    """Expand a plan into task batches, in a fixed order (so the same plan gives the same files)."""
+    n = plan.per_value
+    specs = [
+        TaskSpec(family, n, n_images, split=split, answer_range=plan.answer_range, experiment="images")
+        for n_images in plan.images
+        for family, split in VARIANTS
+        if not (family == "oddone" and n_images < 3)
+    ]
+    total = (plan.spread_total, plan.spread_total)
+    specs += [TaskSpec("counting", n, s, spread=s, split="balanced", answer_range=total, experiment="spread")
+              for s in plan.spread]
+    specs += [TaskSpec("counting", n, 1 + d, spread=1, split="unbalanced", experiment="distractors")
+              for d in plan.distractors]
+    specs += [TaskSpec(family, n, plan.k_images, k=k, split=split, experiment="k")
+              for k in plan.k for family, split in (("counting", "unbalanced"), ("listing", None))]
+    return specs
+
+
+def build(index: AnnotationIndex, plan: BenchmarkPlan, progress: bool = True) -> list[dict]:
+    """All benchmark records of a plan (exactly ``per_value`` per task and knob value, or an error)."""
+    return generate_all(index, plan_specs(plan), seed=plan.seed, progress=progress)
+
+
+def knob_counts(records: list[dict]) -> dict:
+    """Counts per experiment, task and knob value, e.g. ``{"images": {"counting_balanced": {"n4": 200}}}``."""
+    counts: dict = defaultdict(lambda: defaultdict(Counter))
+    for r in records:
+        knobs = r["knobs"]
+        value = {"images": f"n{knobs['n_images']}", "spread": f"s{knobs['spread']}",
+                 "distractors": f"d{knobs['distractors']}", "k": f"k{knobs['k']}"}.get(r["experiment"], "all")
+        counts[r["experiment"]][r["task"]][value] += 1
+    return {e: {t: dict(sorted(v.items())) for t, v in sorted(tasks.items())} for e, tasks in sorted(counts.items())}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of one file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save(records: list[dict], out_dir: Path | str, plan: BenchmarkPlan, index: AnnotationIndex,
+         root: Path | None = None) -> Path:
+    """Write ``<family>.jsonl`` files and ``manifest.json``; image paths are stored relative to ``root``."""
+    out_dir = Path(out_dir)
+    by_family: dict[str, list[dict]] = {f: [] for f in FAMILIES}
+    for record in records:
+        by_family[record["family"]].append(_relative_images(record, root))
+    files = {}
+    for family, rows in by_family.items():
+        path = write_jsonl(out_dir / f"{family}.jsonl", rows)
+        files[path.name] = {"records": len(rows), "sha256": file_sha256(path)}
+    manifest = {
+        "plan": {**asdict(plan), "answer_range": list(plan.answer_range)},
+        "specs": [spec_dict(s) for s in plan_specs(plan)],
+        "source": {"format": index.source_format, "sha256": index.source_hash, "images": len(index.images),
+                   "categories": len(index.categories), "supercategories": len(index.supercategories)},
+        "image_root": str(root) if root else None,
+        "files": files,
+        "total": len(records),
+        "counts": knob_counts(records),
+    }
+    return write_json(out_dir / "manifest.json", manifest)
+
+
+def _relative_images(record: dict, root: Path | None) -> dict:
+    if root is None:
+        return record
+    rel = []
+    for image in record["images"]:
+        path = Path(image)
+        rel.append(str(path.relative_to(root)) if path.is_relative_to(root) else image)
+    return {**record, "images": rel}
+
+
+def load(bench_dir: Path | str, families: tuple[str, ...] = FAMILIES, root: Path | None = None) -> list[dict]:
+    """Read records back, checking each file against the manifest so stale or edited files are caught."""
+    bench_dir = Path(bench_dir)
+    manifest = read_json(bench_dir / "manifest.json")
+    records: list[dict] = []
+    for family in families:
+        path = bench_dir / f"{family}.jsonl"
+        expected = manifest["files"].get(path.name)
+        if expected is None:
+            raise ValueError(f"{bench_dir / 'manifest.json'}: lists no file {path.name}")
+        if file_sha256(path) != expected["sha256"]:
+            raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
+        records.extend(read_jsonl(path))
+    base = root or (Path(manifest["image_root"]) if manifest.get("image_root") else None)
+    if base is not None:
+        for record in records:
+            record["images"] = [str(base / p) for p in record["images"]]
+    return records
+
+
+def to_hf(records: list[dict]):
+    """A ``datasets.DatasetDict`` per official config (``counting`` …), split ``test``, official schema."""
+    import datasets
+
+    features = datasets.Features({
+        "images": datasets.List(datasets.Image()),
+        "question": datasets.Value("string"),
+        "gt": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "id": datasets.Value("string"),
+    })
+    configs = {}
+    for family in FAMILIES:
+        rows = [r for r in records if r["family"] == family]
+        columns = {name: [r[name] for r in rows] for name in HF_FIELDS}
+        configs[family] = datasets.DatasetDict({"test": datasets.Dataset.from_dict(columns, features=features)})
+    return configs
+
+
+def export_hf(records: list[dict], out_dir: Path | str) -> dict[str, Path]:
+    """Save the HF export as ``<out_dir>/<config>/`` folders (``datasets.load_from_disk`` reads them)."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for family, dataset in to_hf(records).items():
+        paths[family] = out_dir / family
+        dataset.save_to_disk(str(paths[family]))
+    return paths
+
+
+def load_hf(export_dir: Path | str, config: str):
+    """Load one exported config back as a ``datasets.DatasetDict``."""
+    import datasets
+
+    path = Path(export_dir) / config
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no exported config {config!r} (expected one of {FAMILIES})")
+    return datasets.load_from_disk(str(path))

@@ -1,0 +1,396 @@
+"""MIMIC task generators: Counting, Listing, Common and Odd-One, built from an annotation index.
+
+The paper fixes the four tasks and the knobs it varies; it leaves several definitions open. Our choices,
+each tested in ``tests/test_tasks.py``:
+
+* **Images, spread, distractors.** A sample has ``n_images`` distinct images. ``spread`` of them *hold the
+  target* (at least one instance of a queried class, or of a member of a queried supercategory); the other
+  ``n_images - spread`` are *distractors* that hold none of it. So ``distractors = n_images - spread``;
+  a spread of ``None`` draws it uniformly from ``1..n_images`` per sample. Image order is shuffled.
+* **Counting.** "How many dog objects are there in total across all images?" The answer is the total
+  number of instances of the queried class(es) over all images. With **k query concepts** the question
+  names k classes and the answer is their summed count, so it stays one number for the official scorer.
+  *Balanced*: answers are spread exactly evenly over ``answer_range`` (values below the spread, which
+  cannot occur, are skipped). *Unbalanced*: images holding the target are drawn uniformly at random and
+  the answer is whatever they add up to — the data's natural long tail.
+* **Listing.** "List the categories of vehicle that appear in the images" (the prompt later appends the
+  official ". Please provide the list of category names directly."). The answer is every member of the
+  queried supercategory present in any image, alphabetically, joined with ", ". With k concepts the
+  question names k supercategories and the answer lists the members of all of them.
+* **Common.** The one class present in every image: the intersection of the images' class sets is exactly
+  that class. Every image holds it, so spread = n_images and there are no distractors; k is 1.
+* **Odd-One.** The one class present in only a minority of the images: it is in ``spread`` images with
+  ``1 <= spread < n_images / 2`` (default 1), and every other class in the sample is in more than half of
+  the images. We build it from a *majority* class M: the other images hold only M, the odd images hold the
+  odd class and nothing but M. Needs ``n_images >= 3``; k is 1.
+* **k for Common and Odd-One.** The official scorers need a single-class answer (substring match), and a
+  unique answer is required, so these two tasks take k = 1 only; asking for more is an error.
+
+Every record keeps its evidence: the per-image class counts of every image (not only the target), so a
+test can recompute each answer from the annotations independently. If the knobs cannot be met with the
+data at hand, a :class:`KnobError` names the knob and why; fewer samples than asked are never returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Callable, Iterable
+
+from tqdm.auto import tqdm
+
+from mimic_utils.sources import AnnotationIndex
+
+FAMILIES = ("counting", "listing", "common", "oddone")
+SPLITS = ("balanced", "unbalanced")
+MAX_IMAGES = 10
+#: Attempts at one sample before concluding that the knobs cannot be met.
+ATTEMPTS_PER_SAMPLE = 200
+
+
+class KnobError(ValueError):
+    """The requested knobs cannot be met with the data at hand; the message names the knob."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A batch of ``count`` samples of one task family under fixed knobs.
+
+    ``experiment`` labels the sweep the batch belongs to (e.g. ``"images"``, ``"spread"``); it goes into
+    every record's ``task`` label and id, so results can be grouped by it.
+    """
+
+    family: str
+    count: int
+    n_images: int
+    spread: int | None = None
+    k: int = 1
+    split: str | None = None  # counting only: "balanced" or "unbalanced"
+    answer_range: tuple[int, int] = (1, 10)  # counting balanced: inclusive range of totals
+    experiment: str = "main"
+
+    def __post_init__(self) -> None:
+        validate_spec(self)
+
+    @property
+    def name(self) -> str:
+        """A stable label: family, split, experiment and knobs, e.g. ``counting-balanced-spread-n4-s2-k1``."""
+        spread = "r" if self.spread is None else str(self.spread)
+        parts = [self.family, self.split or "", self.experiment, f"n{self.n_images}", f"s{spread}", f"k{self.k}"]
+        return "-".join(p for p in parts if p)
+
+
+def validate_spec(spec: TaskSpec) -> None:
+    """Reject knob combinations that no data could satisfy, naming the knob."""
+    where = f"TaskSpec({spec.family}, experiment={spec.experiment!r})"
+    if spec.family not in FAMILIES:
+        raise KnobError(f"{where}: family must be one of {FAMILIES}, got {spec.family!r}")
+    if spec.count < 1:
+        raise KnobError(f"{where}: count must be at least 1, got {spec.count}")
+    if not 1 <= spec.n_images <= MAX_IMAGES:
+        raise KnobError(f"{where}: n_images must be in 1..{MAX_IMAGES}, got {spec.n_images}")
+    if spec.k < 1:
+        raise KnobError(f"{where}: k must be at least 1, got {spec.k}")
+    if spec.family in ("common", "oddone") and spec.k != 1:
+        raise KnobError(f"{where}: k={spec.k}, but {spec.family} has a single-class answer, so k must be 1")
+    if spec.family == "counting":
+        if spec.split not in SPLITS:
+            raise KnobError(f"{where}: split must be 'balanced' or 'unbalanced' for counting, got {spec.split!r}")
+        low, high = spec.answer_range
+        if not 1 <= low <= high:
+            raise KnobError(f"{where}: answer_range must satisfy 1 <= low <= high, got {spec.answer_range}")
+    elif spec.split is not None:
+        raise KnobError(f"{where}: split applies to counting only, got {spec.split!r}")
+    if spec.family == "common" and spec.spread not in (None, spec.n_images):
+        raise KnobError(f"{where}: common holds its class in every image, so spread must equal n_images")
+    if spec.family == "oddone":
+        if spec.n_images < 3:
+            raise KnobError(f"{where}: oddone needs n_images >= 3 for a minority to exist, got {spec.n_images}")
+        spread = spec.spread or 1
+        if not 1 <= spread < spec.n_images / 2:
+            raise KnobError(f"{where}: oddone spread must satisfy 1 <= spread < n_images/2, got {spread}")
+    elif spec.spread is not None and not 1 <= spec.spread <= spec.n_images:
+        raise KnobError(f"{where}: spread must be in 1..n_images={spec.n_images}, got {spec.spread}")
+    if spec.family == "counting" and spec.split == "balanced" and spec.spread is not None:
+        if spec.answer_range[1] < spec.spread:
+            raise KnobError(
+                f"{where}: answer_range {spec.answer_range} lies below spread {spec.spread}: each image that "
+                f"holds the target adds at least one instance"
+            )
+
+
+class Pools:
+    """Look-up tables over an index: which images hold which classes, and how many instances.
+
+    Built once per index so generating 10,000 questions stays fast (DESIGN target: under 30 s).
+    """
+
+    def __init__(self, index: AnnotationIndex) -> None:
+        self.index = index
+        self.ids: list[str] = list(index.images)
+        self.counts: dict[str, Counter[str]] = {i: index.images[i].counts() for i in self.ids}
+        self.classes: dict[str, frozenset[str]] = {i: frozenset(c) for i, c in self.counts.items()}
+        self.holding: dict[str, list[str]] = {c: [] for c in index.categories}
+        for image_id in self.ids:
+            for category in self.classes[image_id]:
+                self.holding[category].append(image_id)
+
+    def target_count(self, image_id: str, targets: Iterable[str]) -> int:
+        """Instances of the target classes on one image."""
+        counts = self.counts[image_id]
+        return sum(counts.get(t, 0) for t in targets)
+
+    @cached_property
+    def only(self) -> dict[str, list[str]]:
+        """Images whose class set is exactly one class, per class (the Odd-One majority pool)."""
+        pools: dict[str, list[str]] = {}
+        for image_id, classes in self.classes.items():
+            if len(classes) == 1:
+                pools.setdefault(next(iter(classes)), []).append(image_id)
+        return pools
+
+
+def _rng(seed: int, spec: TaskSpec) -> random.Random:
+    """A generator seeded by the run seed and the spec's name, so batches do not depend on each other."""
+    digest = hashlib.sha256(f"{seed}:{spec.name}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _members(index: AnnotationIndex, supercategories: Iterable[str]) -> list[str]:
+    return [c for s in supercategories for c in index.members(s)]
+
+
+def _pick_distractors(pools: Pools, rng: random.Random, targets: list[str], n: int, used: set[str]) -> list[str]:
+    """``n`` images holding none of ``targets`` and not in ``used``; raises if there are too few."""
+    if n == 0:
+        return []
+    banned = set(targets)
+    chosen: list[str] = []
+    for _ in range(ATTEMPTS_PER_SAMPLE * 4):
+        image_id = rng.choice(pools.ids)
+        if image_id not in used and image_id not in chosen and not (pools.classes[image_id] & banned):
+            chosen.append(image_id)
+            if len(chosen) == n:
+                return chosen
+    raise _Retry()
+
+
+class _Retry(Exception):
+    """One attempt at a sample failed; the caller draws again."""
+
+
+def _spread(spec: TaskSpec, rng: random.Random) -> int:
+    return spec.spread if spec.spread is not None else rng.randint(1, spec.n_images)
+
+
+def _holding_images(pools: Pools, targets: list[str]) -> list[str]:
+    return sorted({i for t in targets for i in pools.holding.get(t, [])})
+
+
+def _counting(pools: Pools, spec: TaskSpec, rng: random.Random, total: int | None) -> tuple[list[str], list[str], dict]:
+    """One Counting sample; ``total`` fixes the answer (Balanced) or is None (Unbalanced)."""
+    targets = rng.sample(pools.index.categories, spec.k)
+    spread = _spread(spec, rng)
+    holding = _holding_images(pools, targets)
+    if len(holding) < spread:
+        raise _Retry()
+    if total is None:
+        chosen = rng.sample(holding, spread)
+    else:
+        chosen = _images_summing_to(pools, rng, holding, targets, spread, total)
+    chosen += _pick_distractors(pools, rng, targets, spec.n_images - spread, set(chosen))
+    return chosen, targets, {"spread": spread}
+
+
+def _images_summing_to(pools: Pools, rng: random.Random, holding: list[str], targets: list[str],
+                       spread: int, total: int) -> list[str]:
+    """``spread`` distinct holding images whose target counts add up to exactly ``total``."""
+    by_count: dict[int, list[str]] = {}
+    for image_id in holding:
+        by_count.setdefault(pools.target_count(image_id, targets), []).append(image_id)
+    available = sorted(by_count)
+    if total < spread or total > spread * available[-1]:
+        raise _Retry()
+    for _ in range(20):
+        parts = _random_composition(rng, total, spread, available)
+        if parts is None:
+            continue
+        need = Counter(parts)
+        if all(len(by_count[c]) >= m for c, m in need.items()):
+            return [image_id for c, m in need.items() for image_id in rng.sample(by_count[c], m)]
+    raise _Retry()
+
+
+def _random_composition(rng: random.Random, total: int, parts: int, allowed: list[int]) -> list[int] | None:
+    """Random ``parts`` values from ``allowed`` (all >= 1) summing to ``total``, or None if stuck."""
+    values: list[int] = []
+    remaining, top = total, max(allowed)
+    for left in range(parts - 1, -1, -1):
+        # keep what remains reachable by the ``left`` parts still to draw
+        options = [a for a in allowed if a >= 1 and left <= remaining - a <= left * top]
+        if not options:
+            return None
+        values.append(rng.choice(options))
+        remaining -= values[-1]
+    return values
+
+
+def _listing(pools: Pools, spec: TaskSpec, rng: random.Random, _: int | None) -> tuple[list[str], list[str], dict]:
+    """One Listing sample: k supercategories; holding images contain at least one of their members."""
+    targets = rng.sample(pools.index.supercategories, spec.k)
+    members = _members(pools.index, targets)
+    spread = _spread(spec, rng)
+    holding = _holding_images(pools, members)
+    if len(holding) < spread:
+        raise _Retry()
+    chosen = rng.sample(holding, spread)
+    chosen += _pick_distractors(pools, rng, members, spec.n_images - spread, set(chosen))
+    return chosen, targets, {"spread": spread}
+
+
+def _common(pools: Pools, spec: TaskSpec, rng: random.Random, _: int | None) -> tuple[list[str], list[str], dict]:
+    """One Common sample: n images whose class sets intersect in exactly one class."""
+    target = rng.choice(pools.index.categories)
+    holding = pools.holding.get(target, [])
+    if len(holding) < spec.n_images:
+        raise _Retry()
+    chosen = rng.sample(holding, spec.n_images)
+    if frozenset.intersection(*(pools.classes[i] for i in chosen)) != {target}:
+        raise _Retry()
+    return chosen, [target], {"spread": spec.n_images}
+
+
+def _oddone(pools: Pools, spec: TaskSpec, rng: random.Random, _: int | None) -> tuple[list[str], list[str], dict]:
+    """One Odd-One sample: majority images hold only class M; ``spread`` odd images hold C (and maybe M)."""
+    spread = spec.spread or 1
+    majority_pool = pools.only
+    candidates = [m for m, images in majority_pool.items() if len(images) >= spec.n_images - spread]
+    if not candidates:
+        raise _Retry()
+    majority = rng.choice(sorted(candidates))
+    odd = rng.choice([c for c in pools.index.categories if c != majority])
+    odd_pool = [i for i in pools.holding.get(odd, []) if pools.classes[i] <= {odd, majority}]
+    if len(odd_pool) < spread:
+        raise _Retry()
+    chosen = rng.sample(majority_pool[majority], spec.n_images - spread) + rng.sample(odd_pool, spread)
+    return chosen, [odd], {"spread": spread, "majority": majority}
+
+
+BUILDERS: dict[str, Callable] = {"counting": _counting, "listing": _listing, "common": _common, "oddone": _oddone}
+
+
+def question_for(family: str, targets: list[str]) -> str:
+    """The question text of a sample (the prompt module adds the image tokens and the official suffixes)."""
+    if family == "counting":
+        return f"How many {_join(targets)} objects are there in total across all images?"
+    if family == "listing":
+        return f"List the categories of {_join(targets)} that appear in the images"
+    if family == "common":
+        return "Which object category appears in every image?"
+    return "Which object category appears in only a minority of the images?"
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def answer_for(family: str, targets: list[str], evidence: list[dict], supercategory_of: dict[str, str]) -> str:
+    """The ground truth from the evidence alone; records use it and tests recompute with it."""
+    counts = [Counter(e["counts"]) for e in evidence]
+    if family == "counting":
+        return str(sum(c[t] for c in counts for t in targets))
+    if family == "listing":
+        present = {cat for c in counts for cat, n in c.items() if n > 0 and supercategory_of[cat] in targets}
+        return ", ".join(sorted(present))
+    return targets[0]
+
+
+def _balanced_totals(spec: TaskSpec, rng: random.Random) -> list[int | None]:
+    """Per-sample answer targets: exactly even over the answer range (Balanced), else None."""
+    if spec.split != "balanced":
+        return [None] * spec.count
+    low = max(spec.answer_range[0], spec.spread or 1)
+    values = list(range(low, spec.answer_range[1] + 1))
+    totals = [values[i % len(values)] for i in range(spec.count)]
+    rng.shuffle(totals)
+    return totals
+
+
+def generate(index: AnnotationIndex, spec: TaskSpec, seed: int = 0, pools: Pools | None = None) -> list[dict]:
+    """Exactly ``spec.count`` records of one task family, or a :class:`KnobError` saying why not."""
+    pools = pools or Pools(index)
+    rng = _rng(seed, spec)
+    builder = BUILDERS[spec.family]
+    records: list[dict] = []
+    seen: set[tuple] = set()
+    for number, total in enumerate(_balanced_totals(spec, rng)):
+        for _ in range(ATTEMPTS_PER_SAMPLE):
+            try:
+                images, targets, knobs = builder(pools, spec, rng, total)
+            except _Retry:
+                continue
+            key = (tuple(sorted(images)), tuple(targets))
+            if key not in seen:
+                seen.add(key)
+                break
+        else:
+            raise KnobError(_explain_failure(spec, total, index))
+        rng.shuffle(images)
+        records.append(_record(index, spec, number, images, targets, knobs))
+    return records
+
+
+def _explain_failure(spec: TaskSpec, total: int | None, index: AnnotationIndex) -> str:
+    what = f"{spec.family} (experiment {spec.experiment!r}, n_images={spec.n_images}, spread={spec.spread}, k={spec.k})"
+    if total is not None:
+        return (f"{what}: found no {spec.spread or 'random'}-image combination whose total is {total} in "
+                f"{ATTEMPTS_PER_SAMPLE} attempts; the source ({len(index.images)} images) lacks images with "
+                f"enough instances — narrow answer_range or generate more/denser scenes")
+    if spec.family == "oddone":
+        return (f"{what}: too few images that hold a single class (the majority pool) or odd images; "
+                f"add single-class images to the source or lower n_images")
+    return (f"{what}: could not find {spec.n_images} distinct images meeting the knobs in {ATTEMPTS_PER_SAMPLE} "
+            f"attempts ({len(index.images)} source images); lower n_images/spread or use a larger source")
+
+
+def _record(index: AnnotationIndex, spec: TaskSpec, number: int, images: list[str], targets: list[str],
+            knobs: dict) -> dict:
+    evidence = [{"image_id": i, "counts": dict(sorted(index.images[i].counts().items()))} for i in images]
+    spread = knobs["spread"]
+    return {
+        "id": f"{spec.name}-{number:05d}",
+        "family": spec.family,
+        "task": spec.family if spec.split is None else f"{spec.family}_{spec.split}",
+        "experiment": spec.experiment,
+        "images": [str(index.images[i].path) for i in images],
+        "image_ids": images,
+        "question": question_for(spec.family, targets),
+        "gt": answer_for(spec.family, targets, evidence, index.supercategory_of),
+        "targets": targets,
+        "knobs": {"n_images": spec.n_images, "spread": spread, "distractors": spec.n_images - spread,
+                  "k": spec.k, "split": spec.split, **{k: v for k, v in knobs.items() if k != "spread"}},
+        "evidence": evidence,
+    }
+
+
+def generate_all(index: AnnotationIndex, specs: list[TaskSpec], seed: int = 0, progress: bool = True) -> list[dict]:
+    """Records for a whole plan of specs, in order, with one progress bar."""
+    pools = Pools(index)
+    records: list[dict] = []
+    bar = tqdm(specs, desc="MIMIC questions", unit="batch", disable=not progress)
+    for spec in bar:
+        records.extend(generate(index, spec, seed, pools))
+        bar.set_postfix(questions=len(records))
+    ids = [r["id"] for r in records]
+    if len(ids) != len(set(ids)):
+        dup = [i for i, n in Counter(ids).items() if n > 1][:3]
+        raise KnobError(f"the plan repeats specs, giving duplicate ids such as {dup}; give them distinct experiments")
+    return records
+
+
+def spec_dict(spec: TaskSpec) -> dict:
+    """A spec as plain data for the manifest."""
+    return {**asdict(spec), "answer_range": list(spec.answer_range), "name": spec.name}
