@@ -1,0 +1,277 @@
+"""Procedural training data: multi-image MIMIC-style conversations and single-image questions.
+
+The paper's data-centric remedy trains on MIMIC-style tasks generated from OpenImages V7, which never
+shares images with the COCO-based benchmark. We do the same: every builder here takes the index read from
+the OpenImages-format source (the disjoint draw of the scene world, or real V7 CSVs).
+
+Families (all questions use the benchmark's wording, so training and evaluation prompts agree):
+
+* the four MIMIC families — ``counting``, ``listing``, ``common``, ``oddone`` — from
+  :mod:`mimic_utils.tasks`, with images per sample drawn from ``1..max_images`` (at most 10, as in the
+  official recipe) and the target's spread drawn at random;
+* their **minor** variants, our definition of the paper's "minor" tasks: small questions about *one*
+  image inside a multi-image sample, which teach the model to keep images apart —
+  ``counting_minor`` "How many dog objects are there in image 3?" (a count, 0 allowed),
+  ``listing_minor`` "List the images that contain a dog" ("1, 4", image numbers ascending),
+  ``common_minor`` "Is there a dog in every image?" ("yes"/"no", balanced),
+  ``oddone_minor`` "Which image contains a dog?" (the number of the only image that holds it);
+* **single-image** questions (the organism's stage 2 and the single-image share of the finetuning mix):
+  ``counting`` (true counts 0..max), ``presence`` (yes/no, balanced), ``listing`` of one supercategory
+  ("none" when absent) and ``naming`` of a single-class image.
+
+Every record is a conversation: ``messages`` with a user turn (image references first, then the text)
+and an assistant turn, plus ``images`` (paths), ``family``, ``question``, ``gt`` and the evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from mimic_utils.sources import AnnotationIndex
+from mimic_utils.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate
+
+MINOR_FAMILIES = ("counting_minor", "listing_minor", "common_minor", "oddone_minor")
+SINGLE_FAMILIES = ("counting", "presence", "listing", "naming")
+MIMIC_FAMILIES = ("counting", "listing", "common", "oddone")
+
+
+def user_text(question: str, family: str) -> str:
+    """The official MIMIC user text after the image tokens (DESIGN §1); Listing gets its suffix."""
+    suffix = ". Please provide the list of category names directly." if family.startswith("listing") else ""
+    return f"\nQuestion: {question}{suffix}\nAnswer:"
+
+
+def conversation(images: list[str], question: str, answer: str, family: str) -> list[dict]:
+    """User turn (one image reference per image, then the text) and assistant turn, HF chat format."""
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": user_text(question, family)}]
+    return [{"role": "user", "content": content},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+def _record(index: AnnotationIndex, uid: str, family: str, image_ids: list[str], targets: list[str],
+            question: str, answer: str, origin: str) -> dict:
+    images = [str(index.images[i].path) for i in image_ids]
+    return {
+        "id": uid, "family": family, "origin": origin, "images": images, "image_ids": image_ids,
+        "targets": targets, "question": question, "gt": answer,
+        "messages": conversation(images, question, answer, family),
+        "evidence": [{"image_id": i, "counts": dict(sorted(index.images[i].counts().items()))} for i in image_ids],
+    }
+
+
+def _rng(seed: int, label: str) -> random.Random:
+    digest = hashlib.sha256(f"{seed}:{label}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+# --- minor variants --------------------------------------------------------------------------------
+
+
+Drawn = tuple[list[str], list[str], str, str]  # image ids, targets, question, answer
+
+
+def _counting_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    images = rng.sample(pools.ids, n)
+    which = rng.randrange(n)
+    present = sorted({c for i in images for c in pools.classes[i]}) or pools.index.categories
+    target = rng.choice(present)
+    answer = str(pools.counts[images[which]][target])
+    return images, [target], f"How many {target} objects are there in image {which + 1}?", answer
+
+
+def _listing_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    target = rng.choice(pools.index.categories)
+    holding = pools.holding[target]
+    if not holding:
+        raise KnobError(f"listing_minor: no image holds {target!r}")
+    spread = rng.randint(1, min(n, len(holding)))
+    images = rng.sample(holding, spread) + _without(pools, rng, target, n - spread)
+    rng.shuffle(images)
+    numbers = [str(j + 1) for j, i in enumerate(images) if target in pools.classes[i]]
+    return images, [target], f"List the images that contain a {target}", ", ".join(numbers)
+
+
+def _common_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    target = rng.choice(pools.index.categories)
+    everywhere = rng.random() < 0.5 and len(pools.holding[target]) >= n
+    if everywhere:
+        images = rng.sample(pools.holding[target], n)
+    else:
+        missing = rng.randint(1, n)
+        images = rng.sample(pools.holding[target], min(n - missing, len(pools.holding[target])))
+        images += _without(pools, rng, target, n - len(images))
+        rng.shuffle(images)
+    answer = "yes" if all(target in pools.classes[i] for i in images) else "no"
+    return images, [target], f"Is there a {target} in every image?", answer
+
+
+def _oddone_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    target = rng.choice([c for c in pools.index.categories if pools.holding[c]])
+    images = [rng.choice(pools.holding[target])] + _without(pools, rng, target, n - 1)
+    rng.shuffle(images)
+    which = next(j for j, i in enumerate(images) if target in pools.classes[i])
+    return images, [target], f"Which image contains a {target}?", str(which + 1)
+
+
+def _without(pools: Pools, rng: random.Random, target: str, n: int) -> list[str]:
+    """``n`` distinct images that do not hold ``target``."""
+    candidates = [i for i in pools.ids if target not in pools.classes[i]]
+    if len(candidates) < n:
+        raise KnobError(f"need {n} images without {target!r}, the source has {len(candidates)}")
+    return rng.sample(candidates, n)
+
+
+MINOR_BUILDERS: dict[str, Callable] = {
+    "counting_minor": _counting_minor, "listing_minor": _listing_minor,
+    "common_minor": _common_minor, "oddone_minor": _oddone_minor,
+}
+
+
+# --- single-image questions ------------------------------------------------------------------------
+
+
+def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Drawn:
+    index = pools.index
+    if family == "counting":
+        wanted = rng.randint(0, max_count)  # balanced over the true count, 0 included
+        target = rng.choice(index.categories)
+        matching = [i for i in pools.ids if pools.counts[i][target] == wanted]
+        if not matching:
+            raise _Skip()
+        question = f"How many {target} objects are there in total across all images?"
+        return [rng.choice(matching)], [target], question, str(wanted)
+    if family == "presence":
+        target = rng.choice(index.categories)
+        present = rng.random() < 0.5
+        pool = pools.holding[target] if present else [i for i in pools.ids if target not in pools.classes[i]]
+        if not pool:
+            raise _Skip()
+        return [rng.choice(pool)], [target], f"Is there a {target} in the image?", "yes" if present else "no"
+    if family == "listing":
+        supercategory = rng.choice(index.supercategories)
+        image = rng.choice(pools.ids)
+        present = sorted(c for c in pools.classes[image] if index.supercategory_of[c] == supercategory)
+        question = f"List the categories of {supercategory} that appear in the images"
+        return [image], [supercategory], question, ", ".join(present) or "none"
+    single = [i for i in pools.ids if len(pools.classes[i]) == 1]
+    if not single:
+        raise _Skip()
+    image = rng.choice(single)
+    name = next(iter(pools.classes[image]))
+    return [image], [name], "Which object category appears in every image?", name
+
+
+class _Skip(Exception):
+    """The drawn question has no matching image in this source; draw another."""
+
+
+@dataclass(frozen=True)
+class TrainMix:
+    """How many conversations of each kind to write.
+
+    ``mimic`` and ``minor`` are split evenly over their four families; images per sample are drawn from
+    ``min_images..max_images`` (the official recipe caps samples at 10 images).
+    """
+
+    mimic: int = 2000
+    minor: int = 1000
+    single: int = 1000
+    min_images: int = 2
+    max_images: int = 6
+    max_count: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
+            raise KnobError(f"TrainMix: need 1 <= min_images <= max_images <= {MAX_IMAGES}, "
+                            f"got {self.min_images}..{self.max_images}")
+        for name in ("mimic", "minor", "single"):
+            if getattr(self, name) < 0:
+                raise KnobError(f"TrainMix: {name} must be >= 0")
+
+
+def _even(total: int, names: tuple[str, ...]) -> dict[str, int]:
+    return {name: total // len(names) + (1 if j < total % len(names) else 0) for j, name in enumerate(names)}
+
+
+def mimic_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> list[dict]:
+    """MIMIC-family conversations with random images per sample, via the benchmark's own generators."""
+    records = []
+    rng = _rng(mix.seed, "mimic-sizes")
+    for family, total in _even(mix.mimic, MIMIC_FAMILIES).items():
+        low = 3 if family == "oddone" else mix.min_images
+        sizes = Counter(rng.randint(max(low, mix.min_images), max(low, mix.max_images)) for _ in range(total))
+        for n_images, count in sorted(sizes.items()):
+            split = "unbalanced" if family == "counting" else None
+            spec = TaskSpec(family, count, n_images, split=split, experiment="train")
+            for r in generate(index, spec, seed=mix.seed, pools=pools):
+                records.append(_record(index, "train-" + r["id"], family, r["image_ids"], r["targets"],
+                                       r["question"], r["gt"], "mimic"))
+    return records
+
+
+def minor_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> list[dict]:
+    """The four minor variants, evenly."""
+    records = []
+    for family, total in _even(mix.minor, MINOR_FAMILIES).items():
+        rng = _rng(mix.seed, family)
+        for number in range(total):
+            n = rng.randint(mix.min_images, mix.max_images)
+            drawn = MINOR_BUILDERS[family](pools, rng, n)
+            records.append(_record(index, f"train-{family}-{number:05d}", family, *drawn, "minor"))
+    return records
+
+
+def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
+                           families: tuple[str, ...] = SINGLE_FAMILIES, pools: Pools | None = None,
+                           prefix: str = "single") -> list[dict]:
+    """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max."""
+    pools = pools or Pools(index)
+    if "counting" in families:
+        seen = {0} | {n for counts in pools.counts.values() for n in counts.values()}
+        missing = sorted(set(range(max_count + 1)) - seen)
+        if missing:
+            raise KnobError(f"single-image counting: max_count={max_count}, but no image of the source holds "
+                            f"{missing[0]} instances of one class, so the counts cannot be balanced")
+    records = []
+    for family, total in _even(count, families).items():
+        rng = _rng(seed, f"{prefix}-{family}")
+        number, attempts = 0, 0
+        while number < total:
+            attempts += 1
+            if attempts > 50 * total + 100:
+                raise KnobError(f"single-image {family}: the source cannot supply {total} questions "
+                                f"(max_count={max_count}); generate more scenes")
+            try:
+                drawn = _single(pools, rng, family, max_count)
+            except _Skip:
+                continue
+            records.append(_record(index, f"{prefix}-{family}-{number:05d}", family, *drawn, "single"))
+            number += 1
+    return records
+
+
+def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[dict]:
+    """The whole training set of a mix, shuffled deterministically."""
+    pools = Pools(index)
+    parts = [
+        ("mimic", lambda: mimic_conversations(index, mix, pools)),
+        ("minor", lambda: minor_conversations(index, mix, pools)),
+        ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
+    ]
+    records: list[dict] = []
+    for _, make in tqdm(parts, desc="training conversations", disable=not progress):
+        records.extend(make())
+    _rng(mix.seed, "shuffle").shuffle(records)
+    return records
+
+
+def family_counts(records: list[dict]) -> dict[str, int]:
+    """Conversations per origin and family (e.g. ``single/counting``), for the manifest and the notebook."""
+    return dict(sorted(Counter(f"{r['origin']}/{r['family']}" for r in records).items()))

@@ -1,0 +1,82 @@
+"""Training conversations: answers recompute from the evidence, sizes and mixes are honoured."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from mimic_utils.tasks import KnobError
+from mimic_utils.traindata import TrainMix, build, family_counts, single_image_questions, user_text
+from test_tasks import make_index, recompute
+
+
+@pytest.fixture(scope="module")
+def index():
+    return make_index(n_images=500, seed=7)
+
+
+def check_minor(record: dict, index) -> None:
+    counts = [index.images[i].counts() for i in record["image_ids"]]
+    question, answer, (target,) = record["question"], record["gt"], record["targets"]
+    if record["family"] == "counting_minor":
+        which = int(question.rstrip("?").split("image ")[-1]) - 1
+        assert answer == str(counts[which][target])
+    elif record["family"] == "listing_minor":
+        assert answer == ", ".join(str(j + 1) for j, c in enumerate(counts) if c[target])
+    elif record["family"] == "common_minor":
+        assert answer == ("yes" if all(c[target] for c in counts) else "no")
+    else:
+        holders = [j + 1 for j, c in enumerate(counts) if c[target]]
+        assert holders == [int(answer)]
+
+
+def test_training_mix_has_the_requested_sizes_and_correct_answers(index):
+    mix = TrainMix(mimic=40, minor=40, single=40, min_images=2, max_images=10, seed=1)
+    records = build(index, mix, progress=False)
+    assert len(records) == 120 and len({r["id"] for r in records}) == 120
+    counts = family_counts(records)
+    assert counts["minor/listing_minor"] == 10 and counts["mimic/oddone"] == 10 and counts["single/naming"] == 10
+    for r in records:
+        assert all(i in index.images for i in r["image_ids"])
+        if r["origin"] == "mimic":
+            assert r["gt"] == recompute(r, index)
+            assert 2 <= len(r["images"]) <= 10
+        elif r["origin"] == "minor":
+            check_minor(r, index)
+        user, assistant = r["messages"]
+        assert [c["type"] for c in user["content"]] == ["image"] * len(r["images"]) + ["text"]
+        assert user["content"][-1]["text"] == user_text(r["question"], r["family"])
+        assert assistant == {"role": "assistant", "content": [{"type": "text", "text": r["gt"]}]}
+    assert build(index, mix, progress=False) == records
+
+
+def test_single_image_counting_is_balanced_over_true_counts_including_zero(index):
+    records = single_image_questions(index, 240, seed=2, max_count=5, families=("counting",))
+    answers = Counter(r["gt"] for r in records)
+    assert sorted(answers) == ["0", "1", "2", "3", "4", "5"]
+    assert max(answers.values()) - min(answers.values()) < 25
+    for r in records:
+        assert r["question"].startswith(f"How many {r['targets'][0]} objects")
+        assert r["gt"] == str(index.images[r["image_ids"][0]].counts()[r["targets"][0]])
+
+
+def test_single_image_presence_and_listing_answers(index):
+    for r in single_image_questions(index, 60, seed=3, families=("presence", "listing", "naming")):
+        counts = index.images[r["image_ids"][0]].counts()
+        (target,) = r["targets"]
+        assert r["family"] == "naming" or target in r["question"]
+        if r["family"] == "presence":
+            assert r["gt"] == ("yes" if counts[target] else "no")
+        elif r["family"] == "listing":
+            sup = target
+            assert r["gt"] == (", ".join(sorted(c for c in counts if index.supercategory_of[c] == sup)) or "none")
+        else:
+            assert set(counts) == {r["gt"]}
+
+
+def test_impossible_mixes_fail_clearly(index):
+    with pytest.raises(KnobError, match="max_images"):
+        TrainMix(min_images=2, max_images=11)
+    with pytest.raises(KnobError, match="max_count=40, but no image"):
+        single_image_questions(index, 30, max_count=40, families=("counting",))
