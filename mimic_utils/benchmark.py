@@ -102,7 +102,7 @@ def save(records: list[dict], out_dir: Path | str, plan: BenchmarkPlan, index: A
     out_dir = Path(out_dir)
     by_family: dict[str, list[dict]] = {f: [] for f in FAMILIES}
     for record in records:
-        by_family[record["family"]].append(_relative_images(record, root))
+        by_family[record["family"]].append(relative_images(record, root))
     files = {}
     for family, rows in by_family.items():
         path = write_jsonl(out_dir / f"{family}.jsonl", rows)
@@ -120,7 +120,8 @@ def save(records: list[dict], out_dir: Path | str, plan: BenchmarkPlan, index: A
     return write_json(out_dir / "manifest.json", manifest)
 
 
-def _relative_images(record: dict, root: Path | None) -> dict:
+def relative_images(record: dict, root: Path | None) -> dict:
+    """The record with image paths made relative to ``root`` (the checkout), so stored files move freely."""
     if root is None:
         return record
     rel = []
@@ -143,10 +144,14 @@ def load(bench_dir: Path | str, families: tuple[str, ...] = FAMILIES, root: Path
         if file_sha256(path) != expected["sha256"]:
             raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
         records.extend(read_jsonl(path))
-    base = root or (Path(manifest["image_root"]) if manifest.get("image_root") else None)
-    if base is not None:
+    return absolute_images(records, root or manifest.get("image_root"))
+
+
+def absolute_images(records: list[dict], root: Path | str | None) -> list[dict]:
+    """Resolve stored relative image paths against ``root`` (in place; absolute paths stay as they are)."""
+    if root is not None:
         for record in records:
-            record["images"] = [str(base / p) for p in record["images"]]
+            record["images"] = [str(Path(root) / p) for p in record["images"]]
     return records
 
 

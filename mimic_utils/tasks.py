@@ -10,8 +10,9 @@ each tested in ``tests/test_tasks.py``:
 * **Counting.** "How many dog objects are there in total across all images?" The answer is the total
   number of instances of the queried class(es) over all images. With **k query concepts** the question
   names k classes and the answer is their summed count, so it stays one number for the official scorer.
-  *Balanced*: answers are spread exactly evenly over ``answer_range`` (values below the spread, which
-  cannot occur, are skipped). *Unbalanced*: images holding the target are drawn uniformly at random and
+  *Balanced*: answers are spread exactly evenly over ``answer_range``, floored by the spread and capped
+  by the largest total the source holds for that many images (:func:`balanced_range`; with a 5-object
+  scene world one image cannot total 8). *Unbalanced*: images holding the target are drawn uniformly at random and
   the answer is whatever they add up to — the data's natural long tail.
 * **Listing.** "List the categories of vehicle that appear in the images" (the prompt later appends the
   official ". Please provide the list of category names directly."). The answer is every member of the
@@ -133,8 +134,13 @@ class Pools:
         self.ids: list[str] = list(index.images)
         self.counts: dict[str, Counter[str]] = {i: index.images[i].counts() for i in self.ids}
         self.classes: dict[str, frozenset[str]] = {i: frozenset(c) for i, c in self.counts.items()}
+        # Classes a reader dropped from an image (crowd, group-of, too small): their count there is unknown,
+        # so the image can neither hold them nor stand as a distractor for them.
+        self.uncertain: dict[str, frozenset[str]] = {i: frozenset(index.dropped_categories(i)) for i in self.ids}
         self.holding: dict[str, list[str]] = {c: [] for c in index.categories}
         for image_id in self.ids:
+            if self.uncertain[image_id]:
+                continue
             for category in self.classes[image_id]:
                 self.holding[category].append(image_id)
 
@@ -144,11 +150,16 @@ class Pools:
         return sum(counts.get(t, 0) for t in targets)
 
     @cached_property
+    def certain(self) -> list[str]:
+        """Images with no dropped (uncertain) annotation: safe for any question about any class."""
+        return [i for i in self.ids if not self.uncertain[i]]
+
+    @cached_property
     def only(self) -> dict[str, list[str]]:
         """Images whose class set is exactly one class, per class (the Odd-One majority pool)."""
         pools: dict[str, list[str]] = {}
         for image_id, classes in self.classes.items():
-            if len(classes) == 1:
+            if len(classes) == 1 and not self.uncertain[image_id]:
                 pools.setdefault(next(iter(classes)), []).append(image_id)
         return pools
 
@@ -171,7 +182,9 @@ def _pick_distractors(pools: Pools, rng: random.Random, targets: list[str], n: i
     chosen: list[str] = []
     for _ in range(ATTEMPTS_PER_SAMPLE * 4):
         image_id = rng.choice(pools.ids)
-        if image_id not in used and image_id not in chosen and not (pools.classes[image_id] & banned):
+        if image_id in used or image_id in chosen:
+            continue
+        if not (pools.classes[image_id] & banned) and not (pools.uncertain[image_id] & banned):
             chosen.append(image_id)
             if len(chosen) == n:
                 return chosen
@@ -308,12 +321,29 @@ def answer_for(family: str, targets: list[str], evidence: list[dict], supercateg
     return targets[0]
 
 
-def _balanced_totals(spec: TaskSpec, rng: random.Random) -> list[int | None]:
-    """Per-sample answer targets: exactly even over the answer range (Balanced), else None."""
+def balanced_range(spec: TaskSpec, pools: Pools) -> tuple[int, int]:
+    """The answer range Balanced counting is spread over: ``answer_range`` capped by what the source can
+    hold — the largest total any ``k`` classes reach over the images that may hold them — and floored by
+    the spread (each holding image adds at least one instance)."""
+    holding_images = spec.spread or spec.n_images
+    per_class = sorted(
+        (sum(sorted((pools.counts[i][c] for i in pools.holding[c]), reverse=True)[:holding_images])
+         for c in pools.index.categories), reverse=True)
+    cap = sum(per_class[:spec.k])
+    low, high = max(spec.answer_range[0], spec.spread or 1), min(spec.answer_range[1], cap)
+    if high < low:
+        raise KnobError(f"counting balanced (experiment {spec.experiment!r}, n_images={spec.n_images}): "
+                        f"answer_range {spec.answer_range} is out of reach — the source holds at most {cap} "
+                        f"instances of {spec.k} class(es) over {holding_images} image(s)")
+    return low, high
+
+
+def _balanced_totals(spec: TaskSpec, rng: random.Random, pools: Pools) -> list[int | None]:
+    """Per-sample answer targets: exactly even over :func:`balanced_range` (Balanced), else None."""
     if spec.split != "balanced":
         return [None] * spec.count
-    low = max(spec.answer_range[0], spec.spread or 1)
-    values = list(range(low, spec.answer_range[1] + 1))
+    low, high = balanced_range(spec, pools)
+    values = list(range(low, high + 1))
     totals = [values[i % len(values)] for i in range(spec.count)]
     rng.shuffle(totals)
     return totals
@@ -326,7 +356,7 @@ def generate(index: AnnotationIndex, spec: TaskSpec, seed: int = 0, pools: Pools
     builder = BUILDERS[spec.family]
     records: list[dict] = []
     seen: set[tuple] = set()
-    for number, total in enumerate(_balanced_totals(spec, rng)):
+    for number, total in enumerate(_balanced_totals(spec, rng, pools)):
         for _ in range(ATTEMPTS_PER_SAMPLE):
             try:
                 images, targets, knobs = builder(pools, spec, rng, total)

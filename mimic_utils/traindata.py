@@ -28,11 +28,14 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
+from mimic_utils.prompts import TASK_FAMILIES, mimic_question_text
+from mimic_utils.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from mimic_utils.sources import AnnotationIndex
 from mimic_utils.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate
 
@@ -41,10 +44,16 @@ SINGLE_FAMILIES = ("counting", "presence", "listing", "naming")
 MIMIC_FAMILIES = ("counting", "listing", "common", "oddone")
 
 
+def prompt_family(family: str) -> str:
+    """The MIMIC prompt family a training question is asked under: ``listing_minor`` and single-image
+    listing get Listing's suffix and budget, the yes/no and naming questions Common's."""
+    base = family.split("_")[0]
+    return base if base in TASK_FAMILIES else "common"
+
+
 def user_text(question: str, family: str) -> str:
-    """The official MIMIC user text after the image tokens (DESIGN §1); Listing gets its suffix."""
-    suffix = ". Please provide the list of category names directly." if family.startswith("listing") else ""
-    return f"\nQuestion: {question}{suffix}\nAnswer:"
+    """The official MIMIC user text after the image tokens (DESIGN §1), with Listing's suffix."""
+    return f"\nQuestion: {mimic_question_text(question, prompt_family(family))}\nAnswer:"
 
 
 def conversation(images: list[str], question: str, answer: str, family: str) -> list[dict]:
@@ -77,7 +86,7 @@ Drawn = tuple[list[str], list[str], str, str]  # image ids, targets, question, a
 
 
 def _counting_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
-    images = rng.sample(pools.ids, n)
+    images = rng.sample(pools.certain, n)
     which = rng.randrange(n)
     present = sorted({c for i in images for c in pools.classes[i]}) or pools.index.categories
     target = rng.choice(present)
@@ -121,7 +130,7 @@ def _oddone_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
 
 def _without(pools: Pools, rng: random.Random, target: str, n: int) -> list[str]:
     """``n`` distinct images that do not hold ``target``."""
-    candidates = [i for i in pools.ids if target not in pools.classes[i]]
+    candidates = [i for i in pools.certain if target not in pools.classes[i]]
     if len(candidates) < n:
         raise KnobError(f"need {n} images without {target!r}, the source has {len(candidates)}")
     return rng.sample(candidates, n)
@@ -141,7 +150,7 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
     if family == "counting":
         wanted = rng.randint(0, max_count)  # balanced over the true count, 0 included
         target = rng.choice(index.categories)
-        matching = [i for i in pools.ids if pools.counts[i][target] == wanted]
+        matching = [i for i in pools.certain if pools.counts[i][target] == wanted]
         if not matching:
             raise _Skip()
         question = f"How many {target} objects are there in total across all images?"
@@ -149,17 +158,17 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
     if family == "presence":
         target = rng.choice(index.categories)
         present = rng.random() < 0.5
-        pool = pools.holding[target] if present else [i for i in pools.ids if target not in pools.classes[i]]
+        pool = pools.holding[target] if present else [i for i in pools.certain if target not in pools.classes[i]]
         if not pool:
             raise _Skip()
         return [rng.choice(pool)], [target], f"Is there a {target} in the image?", "yes" if present else "no"
     if family == "listing":
         supercategory = rng.choice(index.supercategories)
-        image = rng.choice(pools.ids)
+        image = rng.choice(pools.certain)
         present = sorted(c for c in pools.classes[image] if index.supercategory_of[c] == supercategory)
         question = f"List the categories of {supercategory} that appear in the images"
         return [image], [supercategory], question, ", ".join(present) or "none"
-    single = [i for i in pools.ids if len(pools.classes[i]) == 1]
+    single = [i for i in pools.certain if len(pools.classes[i]) == 1]
     if not single:
         raise _Skip()
     image = rng.choice(single)
@@ -234,7 +243,7 @@ def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, ma
     """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max."""
     pools = pools or Pools(index)
     if "counting" in families:
-        seen = {0} | {n for counts in pools.counts.values() for n in counts.values()}
+        seen = {0} | {n for i in pools.certain for n in pools.counts[i].values()}
         missing = sorted(set(range(max_count + 1)) - seen)
         if missing:
             raise KnobError(f"single-image counting: max_count={max_count}, but no image of the source holds "
@@ -275,3 +284,31 @@ def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[
 def family_counts(records: list[dict]) -> dict[str, int]:
     """Conversations per origin and family (e.g. ``single/counting``), for the manifest and the notebook."""
     return dict(sorted(Counter(f"{r['origin']}/{r['family']}" for r in records).items()))
+
+
+def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: AnnotationIndex,
+         root: Path | None = None) -> Path:
+    """Write ``conversations.jsonl`` and ``manifest.json`` (mix, source hash, counts per family)."""
+    from mimic_utils.benchmark import file_sha256, relative_images
+
+    out_dir = Path(out_dir)
+    path = write_jsonl(out_dir / "conversations.jsonl", [relative_images(r, root) for r in records])
+    manifest = {
+        "mix": asdict(mix), "total": len(records), "families": family_counts(records),
+        "source": {"format": index.source_format, "sha256": index.source_hash, "images": len(index.images)},
+        "image_root": str(root) if root else None,
+        "files": {path.name: {"records": len(records), "sha256": file_sha256(path)}},
+    }
+    return write_json(out_dir / "manifest.json", manifest)
+
+
+def load(train_dir: Path | str, root: Path | None = None) -> list[dict]:
+    """Read the conversations back, checked against the manifest's hash."""
+    from mimic_utils.benchmark import absolute_images, file_sha256
+
+    train_dir = Path(train_dir)
+    manifest = read_json(train_dir / "manifest.json")
+    path = train_dir / "conversations.jsonl"
+    if file_sha256(path) != manifest["files"][path.name]["sha256"]:
+        raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
+    return absolute_images(read_jsonl(path), root or manifest.get("image_root"))

@@ -106,6 +106,14 @@ def test_balanced_counting_is_uniform_over_the_answer_range(index):
     assert set(answers.values()) == {10}
 
 
+def test_balanced_range_is_capped_by_what_the_source_holds(index):
+    # make_index draws at most 6 objects per image, so one image totals at most 6
+    records = generate(index, TaskSpec("counting", 36, 1, split="balanced", answer_range=(1, 9)))
+    assert Counter(int(r["gt"]) for r in records) == {n: 6 for n in range(1, 7)}
+    with pytest.raises(KnobError, match="out of reach"):
+        generate(index, TaskSpec("counting", 5, 1, spread=1, split="balanced", answer_range=(40, 40)))
+
+
 def test_unbalanced_counting_follows_the_natural_tail(index):
     records = generate(index, TaskSpec("counting", 200, 2, spread=2, split="unbalanced"))
     answers = Counter(int(r["gt"]) for r in records)
@@ -133,9 +141,10 @@ def test_impossible_knobs_fail_at_spec_time_naming_the_knob(kwargs, knob):
 
 
 def test_knobs_the_data_cannot_meet_fail_clearly_instead_of_returning_fewer(index):
-    # No image holds more than 6 objects, so a single image can never total 40.
-    with pytest.raises(KnobError, match="total is 40"):
-        generate(index, TaskSpec("counting", 5, 1, spread=1, split="balanced", answer_range=(40, 40)))
+    # Reachable in principle (two dense images of one class exist) but too rare to fill the batch.
+    sparse = make_index(n_images=40, seed=9)
+    with pytest.raises(KnobError, match="total is"):
+        generate(sparse, TaskSpec("counting", 30, 2, spread=2, split="balanced", answer_range=(11, 12)))
     tiny = make_index(n_images=4)
     with pytest.raises(KnobError, match="n_images=10"):
         generate(tiny, TaskSpec("listing", 3, 10))
@@ -204,3 +213,22 @@ def test_hf_export_loads_back_with_official_fields(index, tmp_path):
     assert len(row["images"]) == 2 and row["images"][0].size == (8, 8)
     with pytest.raises(FileNotFoundError, match="no exported config"):
         load_hf(tmp_path / "hf", "missing")
+
+
+def members_of(supercategories: list[str]) -> set[str]:
+    return {c for s in supercategories for c in SUPERS[s]}
+
+
+def test_images_with_dropped_annotations_are_never_used(index):
+    """A crowd or group-of box leaves an image's count unknown: it may not hold nor be a distractor."""
+    uncertain = make_index(n_images=600)
+    dropped = {image_id: {"dog": 1} for image_id in list(uncertain.images)[::3]}
+    uncertain.meta = {"dropped": dropped}
+    for spec in (TaskSpec("counting", 30, 4, split="unbalanced"), TaskSpec("listing", 30, 4),
+                 TaskSpec("common", 20, 3), TaskSpec("oddone", 20, 3)):
+        for r in generate(uncertain, spec):
+            used = set(r["image_ids"]) & set(dropped)
+            if r["family"] in ("common", "oddone"):
+                assert not used, r["id"]  # every class of every image matters
+            queried = members_of(r["targets"]) if r["family"] == "listing" else set(r["targets"])
+            assert not used or "dog" not in queried, r["id"]

@@ -80,3 +80,18 @@ def test_impossible_mixes_fail_clearly(index):
         TrainMix(min_images=2, max_images=11)
     with pytest.raises(KnobError, match="max_count=40, but no image"):
         single_image_questions(index, 30, max_count=40, families=("counting",))
+
+
+def test_save_and_load_roundtrip(index, tmp_path):
+    from pathlib import Path
+
+    from mimic_utils.traindata import load, save
+
+    mix = TrainMix(mimic=8, minor=8, single=8, seed=4)
+    records = build(index, mix, progress=False)
+    manifest = save(records, tmp_path, mix, index, root=Path("/data"))
+    assert load(tmp_path) == records
+    assert '"minor/oddone_minor": 2' in manifest.read_text()
+    (tmp_path / "conversations.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="content differs"):
+        load(tmp_path)
