@@ -1,0 +1,537 @@
+"""Train the embedded model organism: a tiny Qwen2-VL that solves single images and nothing more.
+
+    python -m mimic_utils.organism --profile cpu      # or: make organism
+
+It is built the way the paper's LVLMs are, in miniature (DESIGN §3), because we measured that training
+the tiny model end to end on questions does not learn to look at the image:
+
+* **Stage 0 — vision pretraining**, our stand-in for CLIP/SigLIP: the vision tower and its patch merger
+  learn dense box supervision from the scene world. Each merged vision token (a 28 px cell) predicts the
+  category whose object centre lies in its cell, or background (one softmax, object cells weighted
+  ``cell_weight``), and a pooled head regresses per-category counts.
+* **Stage 1 — alignment**: vision frozen; the merger and the language model learn scene descriptions
+  ("2 dog, 1 cat").
+* **Stage 2 — single-image instruction tuning**: the four MIMIC question types and presence, asked of
+  one image only — so the organism is a single-image solver, as the paper describes real LVLMs.
+
+Stages 1 and 2 reuse the frozen tower's block outputs, computed once, and feed them to the model through
+its own ``mm_encoder_outputs`` argument; only the merger and the language model run per step. Every
+stage checkpoints, resumes, logs its loss, and the final model is evaluated on held-out single-image
+questions through the same adapter and scorer as any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimic_utils import scenes
+from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+
+#: Random streams of the organism's own draws (the COCO and OpenImages draws use 0 and 1).
+TRAIN_STREAM, HELDOUT_STREAM = 2, 3
+
+
+@dataclass
+class ScenePool:
+    """Scenes rendered in memory: pixels, dense cell labels, counts, and an index for question builders."""
+
+    images: torch.Tensor  # uint8 [N, H, W, 3]
+    cells: torch.Tensor  # long [N, G, G]: 0 background, 1 + category position otherwise
+    counts: torch.Tensor  # float [N, C]
+    index: AnnotationIndex  # image ids "0".."N-1", virtual paths; read by mimic_utils.traindata
+    categories: list[str]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def cell_labels(objects, categories: list[str], image_size: int, cell: int) -> np.ndarray:
+    """Per cell, 1 + the category of the object whose box centre lies in it (the largest if several)."""
+    grid = image_size // cell
+    labels = np.zeros((grid, grid), dtype=np.int64)
+    area = np.zeros((grid, grid))
+    for obj in objects:
+        x, y, w, h = obj.bbox
+        row, col = min(int((y + h / 2) // cell), grid - 1), min(int((x + w / 2) // cell), grid - 1)
+        if w * h > area[row, col]:
+            area[row, col] = w * h
+            labels[row, col] = categories.index(obj.category) + 1
+    return labels
+
+
+def render_pool(n: int, seed: int, stream: int, params: scenes.SceneParams, cell: int, progress: bool = True) -> ScenePool:
+    """Render ``n`` scenes of the random draw into memory, with their labels and an annotation index."""
+    from tqdm.auto import tqdm
+
+    categories = list(params.categories)
+    supercategory_of = {c.name: c.supercategory for c in params.category_table()}
+    size = params.image_size
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    cells = np.zeros((n, size // cell, size // cell), dtype=np.int64)
+    counts = np.zeros((n, len(categories)), dtype=np.float32)
+    entries = {}
+    for i in tqdm(range(n), desc=f"render scenes (stream {stream})", disable=not progress, leave=False):
+        scene = scenes.random_scene(scenes.scene_rng(seed, stream, i), params)
+        images[i] = scene.image
+        cells[i] = cell_labels(scene.objects, categories, size, cell)
+        for name, k in scene.counts().items():
+            counts[i, categories.index(name)] = k
+        objects = tuple(ObjectAnnotation(o.category, supercategory_of[o.category], tuple(map(float, o.bbox)))
+                        for o in scene.objects)
+        entries[str(i)] = ImageAnnotation(str(i), Path(f"/organism/{stream}/{i}.png"), size, size, objects)
+    index = AnnotationIndex(entries, sorted(categories, key=categories.index), supercategory_of,
+                            f"organism-seed{seed}-stream{stream}", "organism")
+    return ScenePool(torch.from_numpy(images), torch.from_numpy(cells), torch.from_numpy(counts), index, categories)
+
+
+def patchify(images: torch.Tensor, mean, std, patch: int, merge: int, temporal: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [B, H, W, 3] images to Qwen2-VL ``pixel_values`` and ``image_grid_thw``.
+
+    The same layout as ``Qwen2VLImageProcessor`` (tested against it): rescale, normalise, then patches
+    ordered so that each merge window's patches are contiguous, frames repeated ``temporal`` times.
+    """
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    b, c, h, w = x.shape
+    gh, gw = h // patch, w // patch
+    x = x.reshape(b, c, gh // merge, merge, patch, gw // merge, merge, patch).permute(0, 2, 5, 3, 6, 1, 4, 7)
+    x = x.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, temporal, -1, -1)
+    pixel_values = x.reshape(b * gh * gw, c * temporal * patch * patch)
+    grid = torch.tensor([[1, gh, gw]] * b, dtype=torch.long)
+    return pixel_values, grid
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup to ``base``, then cosine decay to 10% of it (the schedule every stage uses)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class VisionPretrainer(nn.Module):
+    """The model's own vision tower + merger, with the two stage-0 heads on its merged tokens."""
+
+    def __init__(self, visual: nn.Module, hidden: int, n_categories: int) -> None:
+        super().__init__()
+        self.visual = visual
+        self.cell_head = nn.Linear(hidden, n_categories + 1)
+        self.count_head = nn.Linear(hidden, n_categories)
+
+    def forward(self, pixel_values: torch.Tensor, grid: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        merged = self.visual(pixel_values, grid_thw=grid).pooler_output  # [B * cells, hidden]
+        tokens = merged.view(batch, -1, merged.shape[-1])
+        return self.cell_head(tokens), F.softplus(self.count_head(tokens.mean(dim=1)))
+
+
+def vision_loss(cell_logits: torch.Tensor, counts_pred: torch.Tensor, cells: torch.Tensor, counts: torch.Tensor,
+                cell_weight: float) -> torch.Tensor:
+    """Cell cross-entropy (object cells weighted ``cell_weight``) plus count regression."""
+    target = cells.flatten(1)
+    per_cell = F.cross_entropy(cell_logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+    weights = torch.where(target > 0, cell_weight, 1.0)
+    return (per_cell * weights).sum() / weights.sum() + F.smooth_l1_loss(counts_pred, counts)
+
+
+def flip_batch(images: torch.Tensor, cells: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal flips of a random half of the batch, labels flipped alike."""
+    flip = torch.tensor([rng.random() < 0.5 for _ in range(images.shape[0])])
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+    cells = torch.where(flip.view(-1, 1, 1), cells.flip(2), cells)
+    return images, cells
+
+
+@torch.no_grad()
+def vision_metrics(pretrainer: VisionPretrainer, pool: ScenePool, pixel_args: dict, batch: int = 128) -> dict:
+    """Held-out stage-0 quality: object-cell accuracy, and presence and counts read off the cell map."""
+    pretrainer.eval()
+    hits = objects = presence_ok = count_ok = 0
+    for start in range(0, len(pool), batch):
+        images = pool.images[start:start + batch]
+        cells = pool.cells[start:start + batch].flatten(1)
+        pixel_values, grid = patchify(images, **pixel_args)
+        logits, _ = pretrainer(pixel_values, grid, images.shape[0])
+        pred = logits.argmax(-1)
+        mask = cells > 0
+        hits += (pred[mask] == cells[mask]).sum().item()
+        objects += mask.sum().item()
+        n_cat = pool.counts.shape[1]
+        pred_counts = F.one_hot(pred, n_cat + 1)[..., 1:].sum(1).float()
+        true_counts = pool.counts[start:start + batch]
+        presence_ok += ((pred_counts > 0) == (true_counts > 0)).all(1).sum().item()
+        count_ok += (pred_counts == true_counts).all(1).sum().item()
+    pretrainer.train()
+    n = len(pool)
+    return {"cell_accuracy": hits / max(objects, 1), "presence_exact": presence_ok / n, "count_exact": count_ok / n}
+
+
+# --- the training loop every stage shares -----------------------------------------------------------
+
+
+def step_rng(seed: int, stage: str, step: int) -> random.Random:
+    """The random stream of one step: batches depend on (seed, stage, step) only, so a resumed run draws
+    exactly the batches an uninterrupted one would have."""
+    return random.Random(f"{seed}:{stage}:{step}")
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """Steps, learning rate and logging of one stage."""
+
+    steps: int
+    lr: float
+    batch: int
+    warmup: int = 100
+    clip: float = 1.0
+    checkpoint_every: int = 250
+    eval_every: int = 500
+    weight_decay: float = 0.01
+
+
+def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_fn, schedule: StageSchedule,
+                seed: int, checkpoint: Path, log: list[dict], evaluate=None, progress: bool = True) -> None:
+    """Run (or resume) one stage: AdamW, warmup + cosine, clipping, atomic checkpoints, a loss log.
+
+    ``loss_fn(rng, batch) -> loss`` draws its own batch from the step's random stream; ``evaluate()``
+    returns a dict of held-out metrics that is logged every ``eval_every`` steps and at the end.
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    start = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        log[:] = state["log"]
+        if start >= schedule.steps:
+            return
+        print(f"[organism] {name}: resuming at step {start}/{schedule.steps}")
+    module.train()
+    bar = tqdm(range(start, schedule.steps), desc=f"stage {name}", initial=start, total=schedule.steps,
+               disable=not progress, mininterval=2)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, schedule.steps, schedule.lr, schedule.warmup)
+        loss = loss_fn(step_rng(seed, name, step), schedule.batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, schedule.clip)
+        optimizer.step()
+        done = step + 1
+        entry = {"stage": name, "step": done, "loss": float(loss)}
+        if evaluate is not None and (done % schedule.eval_every == 0 or done == schedule.steps):
+            entry.update(evaluate())
+            module.train()
+        log.append(entry)
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if done % schedule.checkpoint_every == 0 or done == schedule.steps:
+            _save_checkpoint(checkpoint, module, optimizer, done, log)
+
+
+def _save_checkpoint(path: Path, module: nn.Module, optimizer, step: int, log: list[dict]) -> None:
+    from mimic_utils.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log}, tmp)
+
+
+# --- stage 0: dense vision pretraining --------------------------------------------------------------
+
+
+def pixel_settings(processor) -> dict:
+    """What :func:`patchify` needs from the model's own image processor."""
+    ip = processor.image_processor
+    return {"mean": list(ip.image_mean), "std": list(ip.image_std), "patch": ip.patch_size,
+            "merge": ip.merge_size, "temporal": ip.temporal_patch_size}
+
+
+def vision_stage(model, processor, train: ScenePool, heldout: ScenePool, schedule: StageSchedule, seed: int,
+                 checkpoint: Path, log: list[dict], cell_weight: float = 5.0, progress: bool = True) -> dict:
+    """Stage 0: train ``model.model.visual`` (tower + merger) on dense cell labels and counts."""
+    hidden = model.config.text_config.hidden_size
+    torch.manual_seed(seed)
+    pretrainer = VisionPretrainer(model.model.visual, hidden, len(train.categories))
+    pixels = pixel_settings(processor)
+
+    def loss_fn(rng: random.Random, batch: int) -> torch.Tensor:
+        picks = torch.tensor(rng.sample(range(len(train)), batch))
+        images, cells = flip_batch(train.images[picks], train.cells[picks], rng)
+        pixel_values, grid = patchify(images, **pixels)
+        cell_logits, counts = pretrainer(pixel_values, grid, batch)
+        return vision_loss(cell_logits, counts, cells, train.counts[picks], cell_weight)
+
+    def evaluate() -> dict:
+        return vision_metrics(pretrainer, heldout, pixels)
+
+    train_stage("vision", pretrainer, list(pretrainer.parameters()), loss_fn, schedule, seed, checkpoint, log,
+                evaluate, progress)
+    return evaluate()
+
+
+# --- stages 1 and 2: merger + language model on cached vision features --------------------------------
+
+
+def encode_conversation(processor, question: str, family: str, n_images: int, answer: str,
+                        tokens_per_image: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside the assistant's answer) of one Qwen2-VL conversation.
+
+    The prompt goes through the processor's own chat template with the official MIMIC layout; each image
+    placeholder is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a
+    fixed-size image (tested against it), so no pixels are needed here.
+    """
+    from mimic_utils.prompts import build_messages
+    from mimic_utils.traindata import prompt_family
+
+    messages = build_messages(question, n_images, prompt_family(family), "qwen2_vl")
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image_token = processor.image_token
+    prompt = prompt.replace(image_token, image_token * tokens_per_image)
+    tokenizer = processor.tokenizer
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+@dataclass
+class Conversations:
+    """Encoded single-image conversations: token ids, labels, and the pool image each one shows."""
+
+    ids: list[list[int]]
+    labels: list[list[int]]
+    image: list[int]
+    family: list[str]
+    answer: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def describe(counts: dict[str, int], categories: list[str]) -> str:
+    """Stage 1's target text, e.g. ``"2 dog, 1 cat"`` (category order; ``"none"`` when empty)."""
+    parts = [f"{counts[c]} {c}" for c in categories if counts.get(c)]
+    return ", ".join(parts) or "none"
+
+
+DESCRIBE_QUESTION = "What objects are in the image?"
+
+
+def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed: int, max_count: int,
+                        tokens_per_image: int) -> Conversations:
+    """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
+    over the four families and presence from :func:`mimic_utils.traindata.single_image_questions`."""
+    from mimic_utils.traindata import single_image_questions
+
+    rows: list[tuple[int, str, str, str]] = []
+    if kind == "describe":
+        order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
+        for i in order:
+            counts = dict(pool.index.images[str(i)].counts())
+            rows.append((i, DESCRIBE_QUESTION, "describe", describe(counts, pool.categories)))
+    else:
+        for r in single_image_questions(pool.index, count, seed=seed, max_count=max_count, prefix=f"organism-{kind}"):
+            rows.append((int(r["image_ids"][0]), r["question"], r["family"], r["gt"]))
+    encoded = [encode_conversation(processor, q, fam, 1, a, tokens_per_image) for _, q, fam, a in rows]
+    return Conversations([e[0] for e in encoded], [e[1] for e in encoded], [r[0] for r in rows],
+                         [r[2] for r in rows], [r[3] for r in rows])
+
+
+@torch.no_grad()
+def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: bool = True) -> torch.Tensor:
+    """The frozen tower's block outputs (before the merger) for every pool image: [N, patches, embed]."""
+    from tqdm.auto import tqdm
+
+    visual = model.model.visual
+    visual.eval()
+    pixels = pixel_settings(processor)
+    chunks = []
+    for start in tqdm(range(0, len(pool), batch), desc="cache vision features", disable=not progress, leave=False):
+        images = pool.images[start:start + batch]
+        pixel_values, grid = patchify(images, **pixels)
+        hidden = visual(pixel_values, grid_thw=grid).last_hidden_state
+        chunks.append(hidden.view(images.shape[0], -1, hidden.shape[-1]))
+    return torch.cat(chunks)
+
+
+def pad_batch(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Right-pad token lists into one tensor (training batches; generation pads left in the adapter)."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def language_forward(model, features: torch.Tensor, convs: Conversations, picks: list[int], patch_grid: int,
+                     pad_id: int):
+    """Forward a batch of conversations, the merger applied to cached block outputs of their images."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    ids = pad_batch([convs.ids[i] for i in picks], pad_id)
+    labels = pad_batch([convs.labels[i] for i in picks], -100)
+    blocks = features[torch.tensor([convs.image[i] for i in picks])]
+    merged = model.model.visual.merger(blocks.flatten(0, 1))
+    per_image = merged.view(len(picks), -1, merged.shape[-1]).unbind(0)
+    grid = torch.tensor([[1, patch_grid, patch_grid]] * len(picks))
+    mm_types = (ids == model.config.image_token_id).int()  # 1 marks image tokens, as the processor does
+    return model(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels, image_grid_thw=grid,
+                 mm_token_type_ids=mm_types,
+                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=per_image)})
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model, features, convs: Conversations, patch_grid: int, pad_id: int,
+                            batch: int = 128) -> dict:
+    """Share of held-out answers whose every token is the argmax under teacher forcing, per family.
+
+    A cheap proxy for greedy decoding used for the training curves; the reported accuracies come from
+    real generation through the adapter (:func:`evaluate_single_image`).
+    """
+    model.eval()
+    hits: dict[str, list[int]] = {}
+    for start in range(0, len(convs), batch):
+        picks = list(range(start, min(start + batch, len(convs))))
+        out = language_forward(model, features, convs, picks, patch_grid, pad_id)
+        labels = pad_batch([convs.labels[i] for i in picks], -100)[:, 1:]
+        pred = out.logits[:, :-1].argmax(-1)
+        ok = ((pred == labels) | (labels == -100)).all(1)
+        for i, good in zip(picks, ok.tolist()):
+            hits.setdefault(convs.family[i], []).append(int(good))
+    return {f"tf_{family}": sum(v) / len(v) for family, v in sorted(hits.items())}
+
+
+def language_stage(name: str, model, features: torch.Tensor, convs: Conversations, heldout_features: torch.Tensor,
+                   heldout: Conversations, schedule: StageSchedule, seed: int, checkpoint: Path, log: list[dict],
+                   patch_grid: int, vision_lr_scale: float = 0.0, progress: bool = True) -> dict:
+    """Stage 1 or 2: train the merger and the language model (the tower's blocks stay frozen)."""
+    pad_id = model.config.text_config.pad_token_id
+    for p in model.model.visual.parameters():
+        p.requires_grad_(False)
+    for p in model.model.visual.merger.parameters():
+        p.requires_grad_(True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(rng: random.Random, batch: int) -> torch.Tensor:
+        return language_forward(model, features, convs, rng.sample(range(len(convs)), batch), patch_grid, pad_id).loss
+
+    def evaluate() -> dict:
+        return teacher_forced_accuracy(model, heldout_features, heldout, patch_grid, pad_id)
+
+    train_stage(name, model, trainable, loss_fn, schedule, seed, checkpoint, log, evaluate, progress)
+    return evaluate()
+
+
+# --- the whole recipe ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Every value that shapes the organism; recorded in its model card and compared by ``--if-needed``."""
+
+    seed: int = 0
+    image_size: int = 112
+    max_objects: int = 5
+    same_category_prob: float = 0.5
+    pool_images: int = 20000
+    heldout_images: int = 1000
+    cell_px: int = 28
+    cell_weight: float = 5.0
+    vision_steps: int = 4500
+    vision_lr: float = 2e-3
+    align_steps: int = 600
+    instruct_steps: int = 2400
+    instruct_conversations: int = 60000
+    lm_lr: float = 1e-3
+    batch: int = 64
+    max_count: int = 5
+    heldout_questions: int = 1200
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> "OrganismConfig":
+        """Read ``params/<profile>/organism.yaml``; unknown keys are refused with the file and key named."""
+        import yaml
+        from dataclasses import fields
+
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ValueError(f"{path}: unknown key {key!r}; known: {sorted(known)}")
+        return cls(**values)
+
+    def scene_params(self) -> scenes.SceneParams:
+        return scenes.SceneParams(image_size=self.image_size, max_objects=self.max_objects,
+                                  same_category_prob=self.same_category_prob)
+
+    def digest(self) -> str:
+        """A short hash of the config: checkpoints of another config are never resumed."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tokens_per_image(config: OrganismConfig, processor) -> tuple[int, int]:
+    """(patch grid side, merged tokens per image) for the organism's fixed image size."""
+    ip = processor.image_processor
+    side = config.image_size // ip.patch_size
+    return side, side * side // ip.merge_size**2
+
+
+def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True) -> dict:
+    """All three stages (each resumed from its checkpoint if present); saves the model with
+    ``save_pretrained`` into ``out_dir`` and returns the training summary."""
+    import time
+
+    from mimic_utils import tiny
+
+    out_dir = Path(out_dir)
+    work = out_dir / "checkpoints" / config.digest()
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    started = time.time()
+    model, processor = tiny.build_organism(seed=config.seed)
+    world = config.scene_params()
+    train = render_pool(config.pool_images, config.seed, TRAIN_STREAM, world, config.cell_px, progress)
+    heldout = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, world, config.cell_px, progress)
+    seconds: dict[str, float] = {"render": time.time() - started}
+    log: list[dict] = []
+
+    def timed(stage: str, run):
+        begin = time.time()
+        result = run()
+        seconds[stage] = time.time() - begin
+        return result
+
+    vision = StageSchedule(config.vision_steps, config.vision_lr, config.batch, warmup=200, eval_every=500)
+    vision_log: list[dict] = []
+    timed("vision", lambda: vision_stage(model, processor, train, heldout, vision, config.seed, work / "vision.pt",
+                                          vision_log, config.cell_weight, progress))
+    log += vision_log
+    side, n_tokens = tokens_per_image(config, processor)
+    features = timed("cache", lambda: cache_vision(model, processor, train, progress=progress))
+    heldout_features = cache_vision(model, processor, heldout, progress=progress)
+    stages = [
+        ("align", "describe", config.align_steps, config.pool_images),
+        ("instruct", "questions", config.instruct_steps, config.instruct_conversations),
+    ]
+    for name, kind, steps, count in stages:
+        convs = build_conversations(train, processor, kind, count, config.seed, config.max_count, n_tokens)
+        held = build_conversations(heldout, processor, kind, config.heldout_questions, config.seed + 1,
+                                   config.max_count, n_tokens)
+        schedule = StageSchedule(steps, config.lm_lr, config.batch, warmup=50, eval_every=300)
+        stage_log: list[dict] = []
+        timed(name, lambda: language_stage(name, model, features, convs, heldout_features, held, schedule,
+                                           config.seed, work / f"{name}.pt", stage_log, side, progress=progress))
+        log += stage_log
+    model.eval()
+    tiny.save_tiny(model, processor, out_dir)
+    seconds["total"] = time.time() - started
+    return {"config": config, "seconds": seconds, "log": log, "parameters": tiny.count_parameters(model)}

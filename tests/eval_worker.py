@@ -1,0 +1,42 @@
+"""A real evaluation run in its own process (killed and resumed by test_evaluate, or under accelerate)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from mimic_utils import evaluate, models, tiny
+
+
+def make_records(folder: Path, n: int) -> list[dict]:
+    """``n`` MIMIC-style records over deterministic noise images written to ``folder``."""
+    from conftest import noise_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    families = ["counting", "listing", "common", "oddone"]
+    records = []
+    for i in range(n):
+        paths = []
+        for j in range(1 + i % 3):
+            path = folder / f"img{i}_{j}.png"
+            if not path.exists():
+                noise_image(56, 56, 100 * i + j).save(path)
+            paths.append(str(path))
+        family = families[i % 4]
+        records.append({"id": f"s{i:03d}", "family": family, "task": family, "experiment": "test",
+                        "knobs": {"n_images": len(paths)}, "images": paths,
+                        "question": f"How many dog objects are there in image {i}?", "gt": "2"})
+    return records
+
+
+def tiny_qwen_adapter() -> models.VLMAdapter:
+    model, processor = tiny.build_tiny("qwen2_vl", seed=0)
+    return models.adapter_from_model(model, processor, "qwen2_vl")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    folder, out, n, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    evaluate.run(tiny_qwen_adapter(), make_records(folder, n), out, batch_size=batch, progress=False)
