@@ -178,3 +178,156 @@ def score_table(rows: list[dict], group: str) -> list[dict]:
         for value, cell in stats.get("by", {}).get(group, {}).items():
             table.append({group: value, "family": family, "n": cell["n"], "score": cell["score"]})
     return table
+
+
+# --- what notebooks call -----------------------------------------------------------------------------
+
+MODEL_SPEC_KEYS = {"name", "source", "family", "dtype", "device", "attn_implementation", "quantization",
+                   "revision", "trust_remote_code", "preprocessing"}
+
+
+def load_under_study(spec: dict, root: Path | None = None):
+    """The model under study from a parameter-file entry, in one call.
+
+    ``source`` is a hub id (the ``paper`` profile's real checkpoints) or a folder relative to the checkout
+    (the organism, ``outputs/cpu/models/base``, under ``cpu`` and ``smoke``). The other keys go to
+    :func:`mimic_utils.models.load_adapter`; an unknown key is refused with its name.
+    """
+    from mimic_utils.artifacts import repo_root
+    from mimic_utils.models import load_adapter
+
+    unknown = sorted(set(spec) - MODEL_SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"model entry {spec.get('name', spec.get('source'))!r}: unknown key(s) {unknown}; "
+                         f"known: {sorted(MODEL_SPEC_KEYS)}")
+    if "source" not in spec:
+        raise ValueError(f"model entry {spec!r}: needs a 'source' (hub id or folder)")
+    root = root or repo_root()
+    source = spec["source"]
+    local = root / source
+    if local.exists():
+        source = str(local)
+    elif source.startswith("outputs/"):
+        raise FileNotFoundError(f"{local}: no model there — train the organism first with `make organism`")
+    options = {k: v for k, v in spec.items() if k not in ("name", "source")}
+    adapter = load_adapter(source, **options)
+    adapter.settings["name"] = spec.get("name", spec["source"])
+    return adapter
+
+
+def knob_table(rows: list[dict], experiment: str, knob: str) -> "pd.DataFrame":
+    """Headline score per task and knob value within one experiment: columns task, knob, n, score."""
+    import pandas as pd
+
+    chosen = [r for r in rows if r.get("experiment") == experiment]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in chosen:
+        groups.setdefault((row["task"], row["knobs"][knob]), []).append(row)
+    table = []
+    for (task, value), members in sorted(groups.items()):
+        stats = next(iter(summarize(members, by=()).values()))
+        table.append({"task": task, knob: value, "n": stats["n"], "score": round(stats["score"], 4)})
+    return pd.DataFrame(table)
+
+
+def task_table(rows: list[dict], experiment: str = "images") -> "pd.DataFrame":
+    """Headline score per task over one experiment's questions (Counting Balanced and Unbalanced apart)."""
+    import pandas as pd
+
+    table = []
+    for task in sorted({r["task"] for r in rows if r.get("experiment") == experiment}):
+        members = [r for r in rows if r.get("experiment") == experiment and r["task"] == task]
+        stats = next(iter(summarize(members, by=()).values()))
+        extra = {k: round(stats[k], 4) for k in ("precision", "recall") if k in stats}
+        table.append({"task": task, "n": stats["n"], "score": round(stats["score"], 4), **extra})
+    return pd.DataFrame(table)
+
+
+def token_budget_table(adapters: dict, records: list[dict], n_images: tuple[int, ...] = (1, 2, 4, 10),
+                       pool: int = 1) -> "pd.DataFrame":
+    """Vision and text tokens of one real sample per image count, per model (for the notebooks' tables)."""
+    import pandas as pd
+
+    table = []
+    for name, adapter in adapters.items():
+        for n in n_images:
+            sample = next((r for r in records if len(r["images"]) == n), None)
+            if sample is None:
+                continue
+            batch = adapter.prepare([{"images": load_images(sample["images"]), "question": sample["question"],
+                                      "task_family": scoring_family(sample)}], pool=pool)
+            budget = adapter.token_budget(batch)
+            table.append({"model": name, "n_images": n, "pool": pool, "vision_tokens": budget["vision_tokens"][0],
+                          "text_tokens": budget["text_tokens"][0], "total_tokens": budget["total_tokens"][0]})
+    return pd.DataFrame(table)
+
+
+def pooling_sweep(adapters: dict, records: list[dict], factors: list[int], pred_dir: Path, batch_size: int,
+                  progress: bool = True) -> "pd.DataFrame":
+    """Score per task and image count at each 1D pooling factor r, with vision tokens per sample.
+
+    r = 1 reads the unpooled predictions file (``<model>.jsonl``) instead of generating again.
+    """
+    import pandas as pd
+
+    table = []
+    counts = sorted({len(r["images"]) for r in records})
+    for name, adapter in adapters.items():
+        for r in factors:
+            path = pred_dir / (f"{name}.jsonl" if r == 1 else f"{name}.pool{r}.jsonl")
+            rows = run(adapter, records, path, batch_size=batch_size, pool=r, progress=progress,
+                       desc=f"{name} r={r}")
+            budget = token_budget_table({name: adapter}, records, tuple(counts), pool=r)
+            tokens = dict(zip(budget["n_images"], budget["vision_tokens"]))
+            for n in counts:
+                for task in sorted({row["task"] for row in rows}):
+                    members = [row for row in rows if row["task"] == task and row["knobs"]["n_images"] == n]
+                    if members:
+                        stats = next(iter(summarize(members, by=()).values()))
+                        table.append({"model": name, "n_images": n, "pool": r, "vision_tokens": int(tokens[n]),
+                                      "task": task, "n": stats["n"], "score": round(stats["score"], 4)})
+    return pd.DataFrame(table)
+
+
+def _trend(first: float, last: float, tolerance: float = 0.03) -> str:
+    if last < first - tolerance:
+        return "falls"
+    if last > first + tolerance:
+        return "rises"
+    return "stays about level"
+
+
+def _mean_at(frame, knob: str, value) -> float:
+    return float(frame.loc[frame[knob] == value, "score"].mean())
+
+
+def diagnosis_findings(per_task, by_images, pooling, spread, distractors, by_k) -> list[str]:
+    """One sentence per experiment, computed from the tables (so the narrative cannot drift from them)."""
+    lines = []
+    for model in sorted(per_task["model"].unique()):
+        tasks = per_task[per_task["model"] == model].set_index("task")["score"]
+        if {"counting_balanced", "counting_unbalanced"} <= set(tasks.index):
+            lines.append(f"{model}: counting {tasks['counting_balanced']:.2f} Balanced vs "
+                         f"{tasks['counting_unbalanced']:.2f} Unbalanced; listing F1 {tasks.get('listing', float('nan')):.2f}, "
+                         f"common {tasks.get('common', float('nan')):.2f}, odd-one {tasks.get('oddone', float('nan')):.2f}.")
+        frame = by_images[by_images["model"] == model]
+        low, high = frame["n_images"].min(), frame["n_images"].max()
+        a, b = _mean_at(frame, "n_images", low), _mean_at(frame, "n_images", high)
+        lines.append(f"{model}: mean score over tasks {_trend(a, b)} with more images ({a:.2f} at {low} → {b:.2f} at {high}).")
+        frame = pooling[pooling["model"] == model]
+        if len(frame):
+            n = frame["n_images"].max()
+            at_n = frame[frame["n_images"] == n]
+            r0, r1 = at_n["pool"].min(), at_n["pool"].max()
+            a, b = _mean_at(at_n, "pool", r0), _mean_at(at_n, "pool", r1)
+            lines.append(f"{model}: at {n} images, pooling r={r0} → r={r1} (vision tokens "
+                         f"{at_n['vision_tokens'].max()} → {at_n['vision_tokens'].min()}): mean score {_trend(a, b)} "
+                         f"({a:.2f} → {b:.2f}).")
+        for label, table, knob in (("spread", spread, "spread"), ("distractors", distractors, "distractors"),
+                                   ("k", by_k, "k")):
+            frame = table[table["model"] == model]
+            if len(frame):
+                low, high = frame[knob].min(), frame[knob].max()
+                a, b = _mean_at(frame, knob, low), _mean_at(frame, knob, high)
+                lines.append(f"{model}: as {label} goes {low} → {high}, score {_trend(a, b)} ({a:.2f} → {b:.2f}).")
+    return lines

@@ -19,8 +19,8 @@ Families (all questions use the benchmark's wording, so training and evaluation 
   ``counting`` (true counts 0..max), ``presence`` (yes/no, balanced), ``listing`` of one supercategory
   ("none" when absent) and ``naming`` of a single-class image.
 
-Every record is a conversation: ``messages`` with a user turn (image references first, then the text)
-and an assistant turn, plus ``images`` (paths), ``family``, ``question``, ``gt`` and the evidence.
+Every record is a conversation: ``messages`` with a user turn (image references first, then the text,
+in the official layout that evaluation uses) and an assistant turn, plus ``images`` (paths), ``family``, ``question``, ``gt`` and the evidence.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from mimic_utils.prompts import TASK_FAMILIES, mimic_question_text
+from mimic_utils.prompts import TASK_FAMILIES, build_messages
 from mimic_utils.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from mimic_utils.sources import AnnotationIndex
 from mimic_utils.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate
@@ -51,16 +51,11 @@ def prompt_family(family: str) -> str:
     return base if base in TASK_FAMILIES else "common"
 
 
-def user_text(question: str, family: str) -> str:
-    """The official MIMIC user text after the image tokens (DESIGN §1), with Listing's suffix."""
-    return f"\nQuestion: {mimic_question_text(question, prompt_family(family))}\nAnswer:"
-
-
 def conversation(images: list[str], question: str, answer: str, family: str) -> list[dict]:
-    """User turn (one image reference per image, then the text) and assistant turn, HF chat format."""
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": user_text(question, family)}]
-    return [{"role": "user", "content": content},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    """User turn in the official MIMIC layout (images first, space-separated, then
+    ``"\nQuestion: …\nAnswer:"``, exactly what evaluation sends) and the assistant's answer, HF chat format."""
+    user = build_messages(question, len(images), prompt_family(family), "qwen2_vl")
+    return user + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
 
 
 def _record(index: AnnotationIndex, uid: str, family: str, image_ids: list[str], targets: list[str],

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from mimic_utils.tasks import KnobError
-from mimic_utils.traindata import TrainMix, build, family_counts, single_image_questions, user_text
+from mimic_utils.prompts import build_messages
+from mimic_utils.traindata import TrainMix, build, family_counts, prompt_family, single_image_questions
 from test_tasks import make_index, recompute
 
 
@@ -45,8 +46,9 @@ def test_training_mix_has_the_requested_sizes_and_correct_answers(index):
         elif r["origin"] == "minor":
             check_minor(r, index)
         user, assistant = r["messages"]
-        assert [c["type"] for c in user["content"]] == ["image"] * len(r["images"]) + ["text"]
-        assert user["content"][-1]["text"] == user_text(r["question"], r["family"])
+        assert [c["type"] for c in user["content"] if c["type"] == "image"] == ["image"] * len(r["images"])
+        assert [user] == build_messages(r["question"], len(r["images"]), prompt_family(r["family"]), "qwen2_vl")
+        assert user["content"][-1]["text"].startswith("\nQuestion: " + r["question"])
         assert assistant == {"role": "assistant", "content": [{"type": "text", "text": r["gt"]}]}
     assert build(index, mix, progress=False) == records
 

@@ -1,0 +1,145 @@
+"""The official MIMIC prompt (DESIGN §1), as pure functions.
+
+The official user turn is ``"<image> <image> … <image>\\nQuestion: {question}\\nAnswer:"``: the image
+placeholders first, separated by single spaces, then the question. Listing questions get the suffix
+``". Please provide the list of category names directly."``. Decoding is greedy with 16 new tokens
+(32 for Listing).
+
+A model sees the prompt through its own chat template, so the same user turn is written as an HF
+multimodal chat message (``content = [{"type": "image"}, …, {"type": "text", "text": …}]``). How the
+spaces between the image placeholders survive depends on how each family's template renders images:
+
+=================  ==========================================  =====================================
+family             what the chat template does with images     what we send
+=================  ==========================================  =====================================
+qwen2_vl,          renders the content items in order, each     a ``{"type": "text", "text": " "}``
+qwen2_5_vl         image as ``<|vision_start|><|image_pad|>``   item between consecutive images, then
+                   ``<|vision_end|>``                           ``"\\nQuestion: …\\nAnswer:"``: the
+                                                                official spaces, verbatim
+llava_onevision    renders *all* images first, back to back     images, then ``"Question: …\\nAnswer:"``
+                   (``<image><image>…``), then each text item   The template supplies the newline; it
+                   prefixed with ``"\\n"``                       cannot put anything between images, so
+                                                                the spaces are dropped (separator "")
+internvl           renders items in order, each image as        images, then ``"Question: …\\nAnswer:"``
+                   ``<IMG_CONTEXT>\\n``                          The template's own newline after each
+                                                                image is the separator ("\\n"); adding
+                                                                spaces would give ``"\\n \\n"``
+=================  ==========================================  =====================================
+
+So every family sees the official layout (images first, one separator between images, a newline,
+``Question: …``, a newline, ``Answer:``) with the separator its template allows; the separator used is
+recorded in every predictions file through :func:`prompt_settings`.
+"""
+
+from __future__ import annotations
+
+MAX_NEW_TOKENS = 16
+"""Official ``max_new_tokens`` for every task except Listing."""
+
+MAX_NEW_TOKENS_LISTING = 32
+"""Official ``max_new_tokens`` for Listing."""
+
+LISTING_SUFFIX = ". Please provide the list of category names directly."
+"""Appended verbatim to every Listing question (the official code does not strip a final "?")."""
+
+TASK_FAMILIES = ("counting", "listing", "common", "oddone")
+"""The four MIMIC task families (the HF configs of ``anurag4446/mimic``)."""
+
+# How each model family's chat template lets us separate the images (see the module docstring).
+# "interleaved": we insert the separator as text items between images, the question starts with "\n".
+# "template": the template places its own separator; the question text starts directly with "Question:".
+IMAGE_LAYOUT = {
+    "qwen2_vl": ("interleaved", " "),
+    "qwen2_5_vl": ("interleaved", " "),
+    "llava_onevision": ("template", ""),
+    "internvl": ("template", "\n"),
+}
+
+_TASK_ALIASES = {"odd-one": "oddone", "odd_one": "oddone", "odd-one-out": "oddone", "count": "counting"}
+
+
+def normalize_task_family(task_family: str) -> str:
+    """The canonical task family name (``counting``, ``listing``, ``common``, ``oddone``).
+
+    Accepts the usual spellings (``Odd-One``, ``odd_one``, ``Counting`` …); raises ``ValueError`` on an
+    unknown family so that a typo cannot silently get the wrong token budget.
+    """
+    name = task_family.strip().lower()
+    name = _TASK_ALIASES.get(name, name)
+    if name not in TASK_FAMILIES:
+        raise ValueError(f"unknown MIMIC task family {task_family!r}; known: {', '.join(TASK_FAMILIES)}")
+    return name
+
+
+def is_mimic_task(task_family: str) -> bool:
+    """True for the four MIMIC task families (any accepted spelling)."""
+    try:
+        normalize_task_family(task_family)
+    except ValueError:
+        return False
+    return True
+
+
+def mimic_question_text(question: str, task_family: str) -> str:
+    """The question as the official prompt states it: Listing gets :data:`LISTING_SUFFIX`."""
+    if normalize_task_family(task_family) == "listing":
+        return question + LISTING_SUFFIX
+    return question
+
+
+def max_new_tokens_for(task_family: str) -> int:
+    """Official generation budget: 32 new tokens for Listing, 16 otherwise."""
+    if normalize_task_family(task_family) == "listing":
+        return MAX_NEW_TOKENS_LISTING
+    return MAX_NEW_TOKENS
+
+
+def official_user_turn(question: str, n_images: int, task_family: str) -> str:
+    """The official user turn as one string, ``"<image> <image>\\nQuestion: …\\nAnswer:"``."""
+    images = " ".join(["<image>"] * n_images)
+    return f"{images}\nQuestion: {mimic_question_text(question, task_family)}\nAnswer:"
+
+
+def image_layout(model_family: str) -> tuple[str, str]:
+    """``(layout, separator)`` for a model family; see the module docstring."""
+    if model_family not in IMAGE_LAYOUT:
+        raise ValueError(f"no prompt layout for model family {model_family!r}; known: {', '.join(IMAGE_LAYOUT)}")
+    return IMAGE_LAYOUT[model_family]
+
+
+def build_messages(question: str, n_images: int, task_family: str, model_family: str) -> list[dict]:
+    """One user message in HF multimodal chat format carrying the official MIMIC prompt.
+
+    Pass it to ``processor.apply_chat_template(messages, add_generation_prompt=True)``; the images
+    themselves go to the processor call in the same order. For a task that is not one of the MIMIC
+    families (a public benchmark), ``question`` is that benchmark's fully formatted prompt text and is
+    placed after the images verbatim, with the same image layout.
+    """
+    layout, separator = image_layout(model_family)
+    if is_mimic_task(task_family):
+        text = f"Question: {mimic_question_text(question, task_family)}\nAnswer:"
+    else:
+        text = question
+    content: list[dict] = []
+    for index in range(n_images):
+        if layout == "interleaved" and index > 0 and separator:
+            content.append({"type": "text", "text": separator})
+        content.append({"type": "image"})
+    if layout == "interleaved":
+        text = "\n" + text
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def prompt_settings(model_family: str) -> dict:
+    """The prompt facts recorded with every prediction: format, separator and token budgets."""
+    layout, separator = image_layout(model_family)
+    return {
+        "format": "<image>{sep}…<image>\\nQuestion: {question}\\nAnswer:",
+        "image_separator": separator,
+        "image_layout": layout,
+        "listing_suffix": LISTING_SUFFIX,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "max_new_tokens_listing": MAX_NEW_TOKENS_LISTING,
+        "decoding": "greedy",
+    }

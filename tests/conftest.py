@@ -1,0 +1,64 @@
+"""Shared, session-scoped fixtures: tiny models of the real classes, built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mimic_utils import models, tiny
+
+
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    """A deterministic random RGB image (different pixels per seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tiny models on one intra-op thread, then restore the previous count.
+
+    The tiny models gain nothing from a second thread, and on the shared 2-core machine a second
+    OpenMP thread competing with other jobs made these tests about ten times slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def make_image():
+    return noise_image
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter():
+    """``tiny_adapter(family)`` → a :class:`VLMAdapter` over a tiny random model, built once per family.
+
+    Tests must not change the returned adapter; build a fresh one for preprocessing changes.
+    """
+    cache: dict[str, models.VLMAdapter] = {}
+
+    def get(family: str) -> models.VLMAdapter:
+        if family not in cache:
+            model, processor = tiny.build_tiny(family)
+            cache[family] = models.adapter_from_model(model, processor, family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def two_samples():
+    """A batch of two multi-image samples with 3 and 2 images of mixed sizes (so tokens per image differ)."""
+    return [
+        models.Sample(
+            [noise_image(56, 56, 1), noise_image(84, 56, 2), noise_image(112, 112, 3)],
+            "How many dogs are there?",
+            "counting",
+        ),
+        models.Sample([noise_image(84, 84, 4), noise_image(56, 84, 5)], "Which vehicles appear", "listing"),
+    ]
