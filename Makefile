@@ -26,7 +26,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# OMP_WAIT_POLICY=PASSIVE keeps torch's threads from spinning when another process shares the 2 cores.
+export OMP_WAIT_POLICY ?= PASSIVE
+export MPLBACKEND ?= Agg
+
 study: $(STAMP)
+	$(PY) -m mimic_utils.organism --profile cpu --if-needed
 	$(PY) -m mimic_utils.runner --profile cpu
 	@echo "Results: outputs/cpu/ (executed notebooks in outputs/cpu/executed/, report in outputs/cpu/REPORT.md)"
 

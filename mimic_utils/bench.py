@@ -84,6 +84,43 @@ def _scenes_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=20.0, help="target seconds (for the ratio)")
 
 
+def bench_questions(args: argparse.Namespace) -> dict:
+    """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
+    import numpy as np
+
+    from mimic_utils.benchmark import BenchmarkPlan, build, plan_specs
+    from mimic_utils.scenes import SceneParams, draw_contents, scene_rng
+    from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+
+    params = SceneParams(same_category_prob=0.5)
+    table = {c.name: c.supercategory for c in params.category_table()}
+    images = {}
+    for i in range(args.images):
+        contents = draw_contents(scene_rng(args.seed, 0, i), params)
+        objects = tuple(ObjectAnnotation(name, table[name], (0.0, 0.0, 20.0, 20.0))
+                        for name, n in sorted(contents.items()) for _ in range(n))
+        images[str(i)] = ImageAnnotation(str(i), Path(f"/bench/{i}.png"), 112, 112, objects)
+    index = AnnotationIndex(images, list(params.categories), table, "bench", "bench")
+    plan = BenchmarkPlan(spread_total=4, spread=(1, 2, 3, 4))
+    per_value = max(1, round(args.questions / len(plan_specs(plan))))
+    plan = BenchmarkPlan(per_value=per_value, spread_total=4, spread=(1, 2, 3, 4), seed=args.seed)
+    start = time.perf_counter()
+    records = build(index, plan, progress=False)
+    seconds = time.perf_counter() - start
+    return {
+        "questions": len(records), "source_images": args.images, "seconds": round(seconds, 3),
+        "questions_per_second": round(len(records) / seconds, 1), "target_seconds": args.target,
+        "ratio": round(seconds / args.target, 3),
+    }
+
+
+def _questions_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--questions", type=int, default=10000, help="about this many questions")
+    parser.add_argument("--images", type=int, default=10000, help="images in the source index")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=30.0, help="target seconds (for the ratio)")
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark: ``run(args) -> figures`` and ``add_arguments(parser)`` for its options."""
@@ -92,7 +129,10 @@ class Benchmark:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
-benchmarks: dict[str, Benchmark] = {"scenes": Benchmark(bench_scenes, _scenes_args)}
+benchmarks: dict[str, Benchmark] = {
+    "scenes": Benchmark(bench_scenes, _scenes_args),
+    "questions": Benchmark(bench_questions, _questions_args),
+}
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,0 +1,109 @@
+"""The organism's recipe: data layout matches the real processor, every stage runs, resumes and reloads."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimic_utils import organism, scenes, tiny
+from mimic_utils.models import load_adapter
+
+SMALL = organism.OrganismConfig(pool_images=48, heldout_images=24, vision_steps=3, align_steps=2, instruct_steps=2,
+                                instruct_conversations=48, batch=8, heldout_questions=16, max_count=2)
+
+
+@pytest.fixture(scope="module")
+def built():
+    return tiny.build_organism()
+
+
+def test_patchify_equals_the_qwen2_vl_image_processor(built):
+    _, processor = built
+    pool = organism.render_pool(3, 0, organism.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+    ours, grid = organism.patchify(pool.images, **organism.pixel_settings(processor))
+    theirs = processor.image_processor([scenes.Scene(img.numpy(), ()).to_pil() for img in pool.images],
+                                       return_tensors="pt")
+    assert torch.equal(grid, theirs["image_grid_thw"])
+    assert torch.allclose(ours, theirs["pixel_values"], atol=1e-5)
+
+
+def test_encoded_conversation_equals_the_processor_expansion(built):
+    _, processor = built
+    ids, labels = organism.encode_conversation(processor, "How many dog objects are there?", "counting", 1, "3", 16)
+    from mimic_utils.prompts import build_messages
+
+    prompt = processor.apply_chat_template(build_messages("How many dog objects are there?", 1, "counting", "qwen2_vl"),
+                                           add_generation_prompt=True, tokenize=False)
+    image = scenes.Scene(torch.zeros(112, 112, 3, dtype=torch.uint8).numpy(), ()).to_pil()
+    expected = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+    assert ids[:len(expected)] == expected
+    answer = [t for t in labels if t != -100]
+    assert processor.tokenizer.decode(answer) == "3<|im_end|>"
+    assert labels[:len(expected)] == [-100] * len(expected)
+
+
+def test_cell_labels_put_each_object_in_the_cell_of_its_centre():
+    obj = scenes.SceneObject("dog", 18, (30, 60, 20, 10), 0.0)  # centre (40, 65): row 2, column 1
+    labels = organism.cell_labels([obj], ["cat", "dog"], 112, 28)
+    assert labels[2, 1] == 2 and labels.sum() == 2
+
+
+def test_describe_lists_counts_in_category_order():
+    assert organism.describe({"dog": 2, "bus": 1}, ["bus", "dog"]) == "1 bus, 2 dog"
+    assert organism.describe({}, ["bus"]) == "none"
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    lrs = [organism.cosine_lr(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] < 0.15 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+@pytest.mark.slow
+def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path):
+    summary = organism.train_organism(SMALL, tmp_path / "base", progress=False)
+    assert [e["stage"] for e in summary["log"]][::2][:2] == ["vision", "vision"]
+    assert {e["stage"] for e in summary["log"]} == {"vision", "align", "instruct"}
+    first = (tmp_path / "base" / "model.safetensors").read_bytes()
+    again = organism.train_organism(SMALL, tmp_path / "base", progress=False)  # all checkpoints complete
+    assert (tmp_path / "base" / "model.safetensors").read_bytes() == first
+    assert again["log"] == summary["log"]
+    adapter = load_adapter(tmp_path / "base", family="qwen2_vl", dtype="float32")
+    records = organism.heldout_records(SMALL, tmp_path / "heldout", progress=False)
+    scores = organism.evaluate_single_image(adapter, records, tmp_path / "heldout" / "p.jsonl", progress=False)
+    assert set(scores) >= {"counting", "presence", "listing", "naming", "counting_by_true_count"}
+    assert sum(s["n"] for k, s in scores.items() if k != "counting_by_true_count") == SMALL.heldout_questions
+
+
+@pytest.mark.slow
+def test_an_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Interrupt stage 0 during step 3 of 4, resume: the weights equal a run that was never stopped."""
+    pool = organism.render_pool(16, 0, organism.TRAIN_STREAM, SMALL.scene_params(), 28, progress=False)
+    schedule = organism.StageSchedule(steps=4, lr=1e-3, batch=4, warmup=1, checkpoint_every=2, eval_every=100)
+
+    def run(path: Path):
+        torch.manual_seed(0)
+        model, processor = tiny.build_organism()
+        organism.vision_stage(model, processor, pool, pool, schedule, 0, path, [], progress=False)
+        return model
+
+    uninterrupted = run(tmp_path / "a.pt")
+    real, calls = organism.patchify, []
+
+    def interrupted_patchify(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user stops the run during step 3
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(organism, "patchify", interrupted_patchify)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.pt")
+    monkeypatch.setattr(organism, "patchify", real)
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 2
+    resumed = run(tmp_path / "b.pt")
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
