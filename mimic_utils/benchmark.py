@@ -131,10 +131,15 @@ def relative_images(record: dict, root: Path | None) -> dict:
     return {**record, "images": rel}
 
 
+def read_manifest(bench_dir: Path | str) -> dict:
+    """The benchmark's ``manifest.json`` (plan, source hash, file hashes, counts per task and knob)."""
+    return read_json(Path(bench_dir) / "manifest.json")
+
+
 def load(bench_dir: Path | str, families: tuple[str, ...] = FAMILIES, root: Path | None = None) -> list[dict]:
     """Read records back, checking each file against the manifest so stale or edited files are caught."""
     bench_dir = Path(bench_dir)
-    manifest = read_json(bench_dir / "manifest.json")
+    manifest = read_manifest(bench_dir)
     records: list[dict] = []
     for family in families:
         path = bench_dir / f"{family}.jsonl"

@@ -539,13 +539,29 @@ class VLMAdapter:
         messages = build_messages(question, n_images, task_family, self.family)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def prepare(self, samples, pool: int = 1) -> Batch:
+    @property
+    def end_of_turn(self) -> str:
+        """What the chat template writes after an assistant answer (e.g. ``<|im_end|>``), read off the
+        template itself so training targets end exactly as the model's own turns do."""
+        marker = "\u00a7MIMIC\u00a7"
+        turn = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": marker}]}]
+        text = self.processor.apply_chat_template(turn, tokenize=False)
+        return text.split(marker, 1)[1].rstrip()
+
+    def prepare(self, samples, pool: int = 1, answers: list[str] | None = None) -> Batch:
         """Model inputs for ``samples`` (``Sample``, or dicts / objects with ``images``, ``question``,
         ``task_family``): official prompt through the chat template, left padding, and with
-        ``pool > 1`` the 1D-pooled vision tokens (see the module docstring)."""
+        ``pool > 1`` the 1D-pooled vision tokens (see the module docstring).
+
+        With ``answers`` (training), each prompt is followed by its answer and the template's
+        :attr:`end_of_turn`, so every row ends with the tokens a loss should be taken on.
+        """
         samples = [_sample_fields(s) for s in samples]
         families = [normalize_task_family(task) if is_mimic_task(task) else task for _, _, task in samples]
         prompts = [self.render_prompt(q, len(images), task) for images, q, task in samples]
+        if answers is not None:
+            prompts = [prompt + answer + self.end_of_turn for prompt, answer in zip(prompts, answers, strict=True)]
         images = [[image.convert("RGB") for image in sample_images] for sample_images, _, _ in samples]
         if self.settings.get("preprocessing", {}).get("multi_image") == "anyres":
             # LLaVA-OV decides pad vs anyres by the nesting: a flat list makes every image a 1-image sample

@@ -22,7 +22,6 @@ questions through the same adapter and scorer as any real checkpoint.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimic_utils import scenes
+from mimic_utils.finetune import StageSchedule, pad_batch, train_stage
 from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
 
 #: Random streams of the organism's own draws (the COCO and OpenImages draws use 0 and 1).
@@ -109,14 +109,6 @@ def patchify(images: torch.Tensor, mean, std, patch: int, merge: int, temporal: 
     return pixel_values, grid
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warmup to ``base``, then cosine decay to 10% of it (the schedule every stage uses)."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 class VisionPretrainer(nn.Module):
     """The model's own vision tower + merger, with the two stage-0 heads on its merged tokens."""
 
@@ -171,78 +163,6 @@ def vision_metrics(pretrainer: VisionPretrainer, pool: ScenePool, pixel_args: di
     pretrainer.train()
     n = len(pool)
     return {"cell_accuracy": hits / max(objects, 1), "presence_exact": presence_ok / n, "count_exact": count_ok / n}
-
-
-# --- the training loop every stage shares -----------------------------------------------------------
-
-
-def step_rng(seed: int, stage: str, step: int) -> random.Random:
-    """The random stream of one step: batches depend on (seed, stage, step) only, so a resumed run draws
-    exactly the batches an uninterrupted one would have."""
-    return random.Random(f"{seed}:{stage}:{step}")
-
-
-@dataclass(frozen=True)
-class StageSchedule:
-    """Steps, learning rate and logging of one stage."""
-
-    steps: int
-    lr: float
-    batch: int
-    warmup: int = 100
-    clip: float = 1.0
-    checkpoint_every: int = 250
-    eval_every: int = 500
-    weight_decay: float = 0.01
-
-
-def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_fn, schedule: StageSchedule,
-                seed: int, checkpoint: Path, log: list[dict], evaluate=None, progress: bool = True) -> None:
-    """Run (or resume) one stage: AdamW, warmup + cosine, clipping, atomic checkpoints, a loss log.
-
-    ``loss_fn(rng, batch) -> loss`` draws its own batch from the step's random stream; ``evaluate()``
-    returns a dict of held-out metrics that is logged every ``eval_every`` steps and at the end.
-    """
-    from tqdm.auto import tqdm
-
-    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    start = 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        log[:] = state["log"]
-        if start >= schedule.steps:
-            return
-        print(f"[organism] {name}: resuming at step {start}/{schedule.steps}")
-    module.train()
-    bar = tqdm(range(start, schedule.steps), desc=f"stage {name}", initial=start, total=schedule.steps,
-               disable=not progress, mininterval=2)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, schedule.steps, schedule.lr, schedule.warmup)
-        loss = loss_fn(step_rng(seed, name, step), schedule.batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, schedule.clip)
-        optimizer.step()
-        done = step + 1
-        entry = {"stage": name, "step": done, "loss": loss.item()}
-        if evaluate is not None and (done % schedule.eval_every == 0 or done == schedule.steps):
-            entry.update(evaluate())
-            module.train()
-        log.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}")
-        if done % schedule.checkpoint_every == 0 or done == schedule.steps:
-            _save_checkpoint(checkpoint, module, optimizer, done, log)
-
-
-def _save_checkpoint(path: Path, module: nn.Module, optimizer, step: int, log: list[dict]) -> None:
-    from mimic_utils.artifacts import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log}, tmp)
 
 
 # --- stage 0: dense vision pretraining --------------------------------------------------------------
@@ -360,12 +280,6 @@ def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: 
         hidden = visual(pixel_values, grid_thw=grid).last_hidden_state
         chunks.append(hidden.view(images.shape[0], -1, hidden.shape[-1]))
     return torch.cat(chunks)
-
-
-def pad_batch(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Right-pad token lists into one tensor (training batches; generation pads left in the adapter)."""
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
 def language_forward(model, features: torch.Tensor, convs: Conversations, picks: list[int], patch_grid: int,

@@ -56,12 +56,6 @@ def test_describe_lists_counts_in_category_order():
     assert organism.describe({}, ["bus"]) == "none"
 
 
-def test_cosine_schedule_warms_up_then_decays():
-    lrs = [organism.cosine_lr(s, 100, 1.0, 10) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert lrs[-1] < 0.15 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-
-
 @pytest.mark.slow
 def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path):
     summary = organism.train_organism(SMALL, tmp_path / "base", progress=False)

@@ -1,0 +1,100 @@
+"""Supervised finetuning: what is trained, where the loss is taken, resume after interruption, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval_worker import make_records, tiny_qwen_adapter
+from mimic_utils import finetune
+from mimic_utils.models import load_adapter
+
+
+def conversations(folder: Path, n: int) -> list[dict]:
+    """Training conversations over noise images: multi-image and single-image ones."""
+    records = make_records(folder, n)
+    for i, r in enumerate(records):
+        r["origin"] = "single" if len(r["images"]) == 1 else "mimic"
+        r["gt"] = str(i % 4)
+    return records
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    lrs = [finetune.cosine_lr(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] < 0.15 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_only_the_language_model_is_trained():
+    adapter = tiny_qwen_adapter()
+    trained = finetune.set_trainable(adapter.model, ("language_model",))
+    assert trained and all("language_model" in n for n in trained)
+    frozen = [n for n, p in adapter.model.named_parameters() if not p.requires_grad]
+    assert any("visual.merger" in n for n in frozen) and any("visual.blocks" in n for n in frozen)
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        finetune.set_trainable(adapter.model, ("no_such_module",))
+
+
+def test_loss_is_taken_on_answer_tokens_only(tmp_path, monkeypatch):
+    adapter = tiny_qwen_adapter()
+    records = conversations(tmp_path / "img", 3)
+    seen = {}
+    real_forward = adapter.model.forward
+
+    def spy(*args, labels=None, **kwargs):
+        seen["labels"], seen["ids"] = labels, kwargs["input_ids"]
+        return real_forward(*args, labels=labels, **kwargs)
+
+    monkeypatch.setattr(adapter.model, "forward", spy)
+    loss = finetune.sft_loss(adapter, records)
+    assert torch.isfinite(loss)
+    for row, record in enumerate(records):
+        kept = seen["labels"][row][seen["labels"][row] != -100]
+        assert adapter.tokenizer.decode(kept) == record["gt"] + "<|im_end|>"
+
+
+@pytest.mark.slow
+def test_finetune_saves_a_loadable_model_with_vision_untouched(tmp_path):
+    adapter = tiny_qwen_adapter()
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    config = finetune.FinetuneConfig(steps=3, lr=1e-3, batch=2, accumulate=2, checkpoint_every=2)
+    result = finetune.finetune(adapter, conversations(tmp_path / "img", 8), config, tmp_path / "model", progress=False)
+    assert len(result["log"]) == 3
+    after = dict(adapter.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if "visual" in n)
+    assert any(not torch.equal(before[n], after[n]) for n in before if "language_model" in n)
+    reloaded = load_adapter(tmp_path / "model", family="qwen2_vl", dtype="float32")
+    for name, param in reloaded.model.named_parameters():
+        assert torch.equal(param, after[name]), name
+    assert (tmp_path / "model" / "loss.csv").is_file()
+
+
+@pytest.mark.slow
+def test_interrupted_finetuning_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    records = conversations(tmp_path / "img", 8)
+    config = finetune.FinetuneConfig(steps=4, lr=1e-3, batch=2, checkpoint_every=2)
+
+    def run(out: Path):
+        torch.manual_seed(0)
+        adapter = tiny_qwen_adapter()
+        finetune.finetune(adapter, records, config, out, progress=False)
+        return adapter.model
+
+    uninterrupted = run(tmp_path / "a")
+    real, calls = finetune.sft_loss, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stopped during step 3 of 4
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "sft_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(finetune, "sft_loss", real)
+    resumed = run(tmp_path / "b")
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
