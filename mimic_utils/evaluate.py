@@ -331,3 +331,57 @@ def diagnosis_findings(per_task, by_images, pooling, spread, distractors, by_k) 
                 a, b = _mean_at(frame, knob, low), _mean_at(frame, knob, high)
                 lines.append(f"{model}: as {label} goes {low} → {high}, score {_trend(a, b)} ({a:.2f} → {b:.2f}).")
     return lines
+
+
+#: The sweeps of notebook 01's plan and the knob each one varies.
+SWEEPS = {"images": "n_images", "spread": "spread", "distractors": "distractors", "k": "k"}
+
+
+def model_tables(rows_by_model: dict[str, list[dict]]) -> dict[str, "pd.DataFrame"]:
+    """Every comparison table of the study for several models at once (a ``model`` column added):
+    ``per_task`` (the images sweep, per task) and one table per sweep, keyed by its knob."""
+    import pandas as pd
+
+    tables = {"per_task": pd.concat([task_table(rows).assign(model=m) for m, rows in rows_by_model.items()],
+                                    ignore_index=True)}
+    for experiment, knob in SWEEPS.items():
+        frames = [knob_table(rows, experiment, knob).assign(model=m) for m, rows in rows_by_model.items()]
+        frames = [f for f in frames if len(f)]
+        if frames:
+            tables[experiment] = pd.concat(frames, ignore_index=True)
+    return tables
+
+
+def cap_per_cell(records: list[dict], cap: int | None) -> list[dict]:
+    """At most ``cap`` questions per (experiment, task, knobs) cell, in file order (None keeps all)."""
+    if not cap:
+        return records
+    seen: dict[tuple, int] = {}
+    kept = []
+    for record in records:
+        key = (record.get("experiment"), record.get("task"), json.dumps(record.get("knobs", {}), sort_keys=True))
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= cap:
+            kept.append(record)
+    return kept
+
+
+def comparison_findings(tables: dict, base: str, other: str) -> list[str]:
+    """Sentences comparing two models table by table (per task, single-image, images, spread)."""
+    lines = []
+    per_task = tables["per_task"].pivot_table(index="task", columns="model", values="score")
+    for task, row in per_task.iterrows():
+        lines.append(f"{task}: {base} {row[base]:.2f} → {other} {row[other]:.2f} ({_trend(row[base], row[other])}).")
+    images = tables.get("images")
+    if images is not None:
+        by_n = images.pivot_table(index="n_images", columns="model", values="score")
+        for n in (by_n.index.min(), by_n.index.max()):
+            label = "single-image questions" if n == 1 else f"{n}-image questions"
+            lines.append(f"{label} (mean over tasks): {base} {by_n.loc[n, base]:.2f} → {other} {by_n.loc[n, other]:.2f}.")
+    spread = tables.get("spread")
+    if spread is not None:
+        by_s = spread.pivot_table(index="spread", columns="model", values="score")
+        top = by_s.index.max()
+        lines.append(f"counting with the total spread over {top} images: {base} {by_s.loc[top, base]:.2f} → "
+                     f"{other} {by_s.loc[top, other]:.2f}.")
+    return lines

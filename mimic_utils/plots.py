@@ -91,13 +91,15 @@ def knob_coverage(counts: dict, path: Path | str) -> plt.Figure:
 
 
 def metric_lines(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str, title: str = "",
-                 ylabel: str = "accuracy", style: str | None = None) -> plt.Figure:
+                 ylabel: str = "accuracy", style: str | None = None,
+                 ylim: tuple[float, float] | None = (-0.02, 1.02)) -> plt.Figure:
     """A line plot of a metric against a knob, one line per ``hue`` (e.g. task or model)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(data=frame, x=x, y=y, hue=hue, style=style, marker="o", ax=ax)
+    sns.lineplot(data=frame, x=x, y=y, hue=hue, style=style, marker="o" if len(frame) < 200 else None, ax=ax)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     fig.tight_layout()
     save_figure(fig, path)
     return fig

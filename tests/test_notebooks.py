@@ -58,3 +58,12 @@ def test_parameters_cell_defaults_are_the_cpu_profile(notebook):
     for key, value in values.items():
         assert ast.literal_eval(declared[key]["default"]) == value, f"{notebook.stem}: default of {key!r}"
     assert ast.literal_eval(declared["profile"]["default"]) == "cpu"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_assignment_of_the_parameters_cell(notebook):
+    """papermill skips lines it cannot parse (e.g. some comments); the runner would then refuse the key."""
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert assigned == set(papermill.inspect_notebook(str(notebook)))
