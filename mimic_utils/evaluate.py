@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -38,9 +38,14 @@ def length_key(record: dict) -> tuple[int, int]:
     return len(record["images"]), len(record["question"])
 
 
-def batches(records: list[dict], batch_size: int) -> Iterable[list[dict]]:
+def mimic_id(record: dict) -> str:
+    return record["id"]
+
+
+def batches(records: list, batch_size: int, sort_key: Callable = length_key,
+            record_id: Callable = mimic_id) -> Iterable[list]:
     """Records in length order, cut into batches (order of ids breaks ties, for reproducibility)."""
-    ordered = sorted(records, key=lambda r: (*length_key(r), r["id"]))
+    ordered = sorted(records, key=lambda r: (*sort_key(r), record_id(r)))
     for start in range(0, len(ordered), batch_size):
         yield ordered[start:start + batch_size]
 
@@ -85,37 +90,49 @@ def prediction_row(record: dict, output: str, settings: dict, pool: int) -> dict
     }
 
 
-def _shard(records: list[dict], rank: int, world: int) -> list[dict]:
-    ordered = sorted(records, key=lambda r: r["id"])
+def mimic_sample(record: dict) -> dict:
+    """What the adapter is asked for a MIMIC record: its images, bare question and task family."""
+    return {"images": load_images(record["images"]), "question": record["question"],
+            "task_family": scoring_family(record)}
+
+
+def _shard(records: list, rank: int, world: int, record_id: Callable) -> list:
+    ordered = sorted(records, key=record_id)
     return ordered[rank::world]
 
 
-def run(adapter, records: list[dict], out_path: Path | str, batch_size: int = 16, pool: int = 1,
-        progress: bool = True, desc: str | None = None) -> list[dict]:
-    """Predict and score every record (resuming from ``out_path``); returns all rows, sorted by id."""
+def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool: int = 1,
+        progress: bool = True, desc: str | None = None, *, to_sample: Callable = mimic_sample,
+        to_row: Callable = prediction_row, record_id: Callable = mimic_id, sort_key: Callable = length_key,
+        max_new_tokens: int | None = None) -> list[dict]:
+    """Predict and score every record (resuming from ``out_path``); returns all rows, sorted by id.
+
+    The defaults evaluate MIMIC records; a public benchmark passes its own ``to_sample(record)``,
+    ``to_row(record, output, settings, pool)``, ``record_id``, ``sort_key`` and ``max_new_tokens``
+    (``None`` means each MIMIC task's official budget).
+    """
     from accelerate import PartialState
 
     state = PartialState()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    ids = [r["id"] for r in records]
+    ids = [record_id(r) for r in records]
     if len(ids) != len(set(ids)):
         raise ValueError(f"{out_path.name}: records hold duplicate ids; every sample needs its own id")
     shard_path = out_path if state.num_processes == 1 else out_path.with_suffix(f".rank{state.process_index}.jsonl")
+    rewrite_clean(shard_path)
     done = {row["id"] for row in read_predictions(shard_path)}
-    mine = _shard(records, state.process_index, state.num_processes)
-    todo = [r for r in mine if r["id"] not in done]
-    _rewrite_clean(shard_path)
-    settings = {**adapter.settings, "pool": pool}
+    mine = _shard(records, state.process_index, state.num_processes, record_id)
+    todo = [r for r in mine if record_id(r) not in done]
+    settings = {**getattr(adapter, "settings", {}), "pool": pool}
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", disable=not progress,
                desc=desc or out_path.stem, mininterval=2)
     with shard_path.open("a", encoding="utf-8") as handle:
-        for batch in batches(todo, batch_size):
-            samples = [{"images": load_images(r["images"]), "question": r["question"],
-                        "task_family": scoring_family(r)} for r in batch]
-            outputs = adapter.answer(samples, pool=pool)
+        for batch in batches(todo, batch_size, sort_key, record_id):
+            outputs = adapter.answer([to_sample(r) for r in batch], pool=pool, max_new_tokens=max_new_tokens)
             for record, output in zip(batch, outputs):
-                handle.write(json.dumps(prediction_row(record, output, settings, pool), sort_keys=True) + "\n")
+                row = to_row(record, output, settings, pool)
+                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(batch))
@@ -128,7 +145,7 @@ def run(adapter, records: list[dict], out_path: Path | str, batch_size: int = 16
     return _check_complete(out_path, ids)
 
 
-def _rewrite_clean(path: Path) -> None:
+def rewrite_clean(path: Path) -> None:
     """Drop a torn last line before appending, so the file stays valid JSONL."""
     if path.is_file():
         rows = read_predictions(path)
