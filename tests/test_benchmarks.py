@@ -506,3 +506,14 @@ def test_a_tiny_real_adapter_answers_every_record(tmp_path, single_thread):
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert summary["n"] == 3 and all(isinstance(row["output"], str) for row in rows)
     assert rows[0]["model"]["family"] == "qwen2_vl"
+
+
+def test_the_scene_benchmark_reads_back_through_the_muirbench_loader(tmp_path):
+    folder = bm.write_scene_muirbench(tmp_path / "ood", n_source_images=300, per_task=6, n_images=(3,), progress=False)
+    records = bm.load_benchmark("muirbench", source=folder)
+    assert len(records) == 18 and {r.sub_task for r in records} == {"counting", "common", "oddone"}
+    for r in records:
+        assert len(r.options) == 4 and len(set(r.options)) == 4 and r.answer in r.letters
+        assert len(r.images) == 3
+    prompt = bm.build_prompt(records[0])
+    assert prompt.endswith("Answer with the option's letter from the given choices directly.")

@@ -1,0 +1,544 @@
+"""Layer-wise image-block attention masking (DESIGN §1), for every family, through transformers' own hooks.
+
+**Semantics** (official MIMIC, kept exactly). In the chosen decoder layers of the language model a
+vision token attends only to earlier (causal) tokens of its *own* image: block-diagonal and causal, it
+sees neither the text prefix nor the other images. Text tokens keep ordinary causal attention over
+everything. A sample with fewer than two images is not masked. During generation only the prefill is
+masked; every decode step attends to everything before it. Padding stays masked throughout.
+
+**How it reaches the model.** transformers 5 dispatches every decoder attention call through
+``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. We register one function under
+:data:`ATTENTION_NAME` (:func:`register`) and switch *only the language model's* sub-config to it
+(:func:`enable`, via the framework's ``set_attn_implementation({"text_config": ...})``); vision towers
+keep their own implementation. The same name is registered in ``AttentionMaskInterface`` with the
+library's ``sdpa_mask``: ``create_causal_mask`` returns no mask at all for implementations it does not
+know, which would silently drop the padding. The attention module gives the layer (``module.layer_idx``).
+
+**Per-batch data.** ``generate()`` rejects unknown model kwargs, so the block ids of a batch
+(:meth:`mimic_utils.models.VLMAdapter.image_block_ids`) and the masked layers travel in a
+:class:`contextvars.ContextVar` set by :func:`image_blocks` (or :func:`mask_images` for an adapter and
+batch)::
+
+    masking.enable(adapter.model)                       # once; unchanged behaviour outside a context
+    with masking.mask_images(adapter, batch, "second_half"):
+        logits = adapter.model(**batch.inputs).logits
+        answers = adapter.generate(batch)
+
+Outside a context the registered function *is* transformers' ``sdpa_attention_forward`` (same call, same
+arguments), so a model switched to it gives bit-identical outputs. Inside a context a call is a
+*prefill* when queries and keys both cover the whole prompt the block ids describe; any other call
+(a decode step: one query against a longer cache) is plain SDPA, which is the "new tokens attend to
+everything" rule.
+
+**Two computations, one result.** ``mode="dense"`` is the reference: the model's boolean mask AND the
+block structure, through SDPA over all N² pairs. ``mode="blockwise"`` (default) never forms that mask:
+each image block runs its own causal SDPA over its n_i tokens, and text queries run one SDPA over all
+keys with the model's mask rows, so the cost follows Σ n_i² + T·N instead of N². Both agree to float
+tolerance (tested on all three families).
+
+**Observers.** :mod:`mimic_utils.attention` computes attention statistics on the fly: a context may
+carry observers, called at every prefill attention call with an :class:`AttentionCall` (layer, query,
+key, scaling, the effective mask on demand, block ids). They reduce immediately, so nothing grows with
+depth.
+
+*Caveat for training.* With gradient checkpointing the layer is recomputed during ``backward()``; keep
+``backward()`` inside the context. Python context variables do not reach autograd's device threads
+(CUDA), so checkpointed recomputation there would be unmasked: turn checkpointing off for masked runs.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_NAME = "mimic_image_blocks"
+"""The name the masking attention function is registered under in ``AttentionInterface``."""
+
+MODES = ("blockwise", "dense")
+"""``blockwise``: per-image SDPA (cost Σ n_i²); ``dense``: the reference, one SDPA with the full mask."""
+
+LAYER_KEYWORDS = ("none", "second_half", "auto")
+
+
+# --- layer specs ---------------------------------------------------------------------------------
+
+
+class LayerSpecError(ValueError):
+    """A layer spec that cannot be read for this model; the message names the spec and the layer count."""
+
+
+def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int, auto_layer: int | None = None) -> list[int]:
+    """The decoder layers a spec names, sorted: ``"12-23"`` (inclusive), ``"3,5-7"``, ``"second_half"``,
+    ``"auto"`` (from ``auto_layer``, the layer notebook 03 finds, to the last), ``"none"``.
+
+    A list of ints is checked and returned sorted. ``"second_half"`` is ``num_layers // 2 .. num_layers-1``:
+    the official 12–23 of the 24-layer 0.5B model and 14–27 of the 28-layer 7B model.
+    """
+    if num_layers < 1:
+        raise LayerSpecError(f"a model needs at least one layer to mask, got num_layers={num_layers}")
+    if spec is None:
+        return []
+    if isinstance(spec, int) or not isinstance(spec, str):
+        items = [spec] if isinstance(spec, int) else list(spec)
+        return _checked(spec, sorted(set(items)), num_layers)
+    text = spec.strip().lower()
+    if text in ("", "none"):
+        return []
+    if text == "second_half":
+        return list(range(num_layers // 2, num_layers))
+    if text == "auto":
+        if auto_layer is None:
+            raise LayerSpecError(
+                f"layer spec 'auto' needs the layer from which cross-image attention stays low "
+                f"(notebook 03's result, passed as auto_layer=...); none was given (model has {num_layers} layers)"
+            )
+        start = _checked(spec, [auto_layer], num_layers)[0]
+        return list(range(start, num_layers))
+    return _checked(spec, _parse_ranges(spec, text, num_layers), num_layers)
+
+
+def _parse_ranges(spec: str, text: str, num_layers: int) -> list[int]:
+    layers: set[int] = set()
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if match is None:
+            raise LayerSpecError(
+                f"cannot read layer spec {spec!r} (model has {num_layers} layers): {item.strip()!r} is not "
+                f"'N' or 'A-B'; use e.g. '12-23', '3,5-7', or one of {', '.join(LAYER_KEYWORDS)}"
+            )
+        start = int(match.group(1))
+        end = int(match.group(2)) if match.group(2) is not None else start
+        if end < start:
+            raise LayerSpecError(
+                f"layer spec {spec!r}: range {start}-{end} runs backwards (model has {num_layers} layers)"
+            )
+        layers.update(range(start, end + 1))
+    return sorted(layers)
+
+
+def _checked(spec, layers: list, num_layers: int) -> list[int]:
+    try:
+        indices = [operator.index(layer) for layer in layers]
+    except TypeError:
+        message = f"layer spec {spec!r} is not a list of layer indices (model has {num_layers} layers)"
+        raise LayerSpecError(message) from None
+    bad = [layer for layer in indices if not 0 <= layer < num_layers]
+    if bad:
+        raise LayerSpecError(
+            f"layer spec {spec!r} names layers {bad} outside 0..{num_layers - 1} (model has {num_layers} layers)"
+        )
+    return indices
+
+
+def num_text_layers(model) -> int:
+    """Decoder layers of the model's language model (its text sub-config)."""
+    return int(_text_config(model).num_hidden_layers)
+
+
+# --- the reference mask --------------------------------------------------------------------------
+
+
+def masked_samples(block_ids: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: samples with at least two images, the only ones masking changes."""
+    return block_ids.amax(dim=1) >= 1
+
+
+def block_structure(block_ids: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+    """``[B, 1, r, S]`` bool, the masking pattern without causality or padding (True = may attend).
+
+    A text query may see every key; a vision query only keys of its own image; samples with fewer than
+    two images are left alone. ``rows`` selects query positions (all by default).
+    """
+    queries = block_ids[:, rows][:, :, None]
+    keys = block_ids[:, None, :]
+    unmasked = ~masked_samples(block_ids)[:, None, None]
+    return ((queries < 0) | (queries == keys) | unmasked)[:, None]
+
+
+def causal_rows(rows: torch.Tensor | slice, length: int, device=None) -> torch.Tensor:
+    """``[1, 1, r, S]`` bool causal mask for the query positions ``rows`` of a length-S prompt."""
+    positions = torch.arange(length, device=device)
+    return (positions[None, :] <= positions[rows][:, None])[None, None]
+
+
+def dense_mask(block_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, 1, S, S]`` bool: the full masked-layer mask (True = may attend), the reference of DESIGN §1.
+
+    Causal AND padding (``attention_mask`` ``[B, S]``, 1 = real token) AND :func:`block_structure`.
+    Padding queries get an all-False row, as transformers' own SDPA mask gives them.
+    """
+    mask = causal_rows(slice(None), block_ids.shape[1], block_ids.device) & block_structure(block_ids)
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()[:, None, None, :]
+    return mask
+
+
+# --- the context ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Where one sample's images sit: a slice per image (an index tensor if a block is not contiguous)."""
+
+    masked: bool
+    images: tuple[slice | torch.Tensor, ...]
+    text: torch.Tensor
+
+
+def plan_blocks(block_ids: torch.Tensor) -> tuple[SamplePlan, ...]:
+    """Per sample, the positions of each image block and of the text (padding counts as text)."""
+    plans = []
+    for row in block_ids:
+        n_images = int(row.max()) + 1 if row.numel() else 0
+        images = tuple(_positions(row == image) for image in range(max(n_images, 0)))
+        plans.append(SamplePlan(n_images >= 2, images, (row < 0).nonzero().flatten()))
+    return tuple(plans)
+
+
+def _positions(selected: torch.Tensor) -> slice | torch.Tensor:
+    index = selected.nonzero().flatten()
+    if index.numel() and int(index[-1]) - int(index[0]) + 1 == index.numel():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+Observer = Callable[["AttentionCall"], None]
+
+
+@dataclass(frozen=True)
+class ImageBlocks:
+    """What the registered attention function reads: block ids ``[B, S]``, masked layers, mode, observers."""
+
+    block_ids: torch.Tensor
+    layers: frozenset[int]
+    mode: str = "blockwise"
+    observers: tuple[Observer, ...] = ()
+
+    @cached_property
+    def plan(self) -> tuple[SamplePlan, ...]:
+        return plan_blocks(self.block_ids)
+
+    @cached_property
+    def any_masked(self) -> bool:
+        return bool(masked_samples(self.block_ids).any())
+
+
+_ACTIVE: ContextVar[ImageBlocks | None] = ContextVar("mimic_image_blocks", default=None)
+
+
+@contextmanager
+def image_blocks(
+    block_ids: torch.Tensor,
+    layers: Sequence[int],
+    mode: str = "blockwise",
+    observers: Sequence[Observer] = (),
+    model=None,
+) -> Iterator[ImageBlocks]:
+    """Mask ``layers`` for the batch whose block ids are ``block_ids`` while the block runs.
+
+    ``block_ids`` comes from ``adapter.image_block_ids(batch)`` (-1 text, 0..n-1 image). ``layers`` are
+    layer indices (see :func:`parse_layers`); an empty list masks nothing (useful with ``observers``).
+    Give ``model`` to check that :func:`enable` was called on it (otherwise nothing would be masked).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown masking mode {mode!r}; use one of {', '.join(MODES)}")
+    if block_ids.ndim != 2:
+        raise ValueError(f"block ids must be [batch, seq], got shape {tuple(block_ids.shape)}")
+    if model is not None and not is_enabled(model):
+        raise RuntimeError(
+            f"{type(model).__name__} does not use {ATTENTION_NAME!r} for its language model "
+            f"(it uses {_text_config(model)._attn_implementation!r}); call masking.enable(model) first"
+        )
+    layers = frozenset(int(layer) for layer in layers)
+    if any(layer < 0 for layer in layers):
+        raise ValueError(f"layer indices must be >= 0, got {sorted(layers)}")
+    state = ImageBlocks(block_ids, layers, mode, tuple(observers))
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+@contextmanager
+def mask_images(
+    adapter,
+    batch,
+    layers: str | Sequence[int] | None,
+    mode: str = "blockwise",
+    auto_layer: int | None = None,
+    observers: Sequence[Observer] = (),
+) -> Iterator[ImageBlocks]:
+    """:func:`image_blocks` for an adapter's batch: reads the block ids and a layer spec, and checks
+    that the model is enabled. ``layers`` is a spec for :func:`parse_layers` or a list of indices."""
+    chosen = parse_layers(layers, num_text_layers(adapter.model), auto_layer)
+    with image_blocks(adapter.image_block_ids(batch), chosen, mode, observers, model=adapter.model) as state:
+        yield state
+
+
+def active() -> ImageBlocks | None:
+    """The context in force in this thread or task, if any."""
+    return _ACTIVE.get()
+
+
+# --- registration and enabling -------------------------------------------------------------------
+
+
+def register() -> str:
+    """Register the masking attention (and its mask builder, the library's ``sdpa_mask``); idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    return ATTENTION_NAME
+
+
+def _text_config(model):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _text_config_key(model) -> str | None:
+    text = _text_config(model)
+    for key in getattr(model.config, "sub_configs", {}):
+        if getattr(model.config, key, None) is text:
+            return key
+    return None
+
+
+def set_text_attention(model, implementation: str) -> str:
+    """Set the language model's attention implementation only; returns the previous one.
+
+    Uses the framework's ``set_attn_implementation`` with a per-sub-config dict, so vision towers keep
+    theirs. Raises if the framework could not apply it (a class that does not dispatch through
+    ``AttentionInterface``).
+    """
+    if implementation == ATTENTION_NAME:
+        register()
+    text = _text_config(model)
+    previous = text._attn_implementation
+    key = _text_config_key(model)
+    model.set_attn_implementation({key: implementation} if key else implementation)
+    if text._attn_implementation != implementation:
+        raise RuntimeError(
+            f"{type(model).__name__} kept attention {text._attn_implementation!r} for its language model; "
+            f"it cannot switch to {implementation!r} through AttentionInterface"
+        )
+    return previous
+
+
+def enable(model):
+    """Switch the language model to the masking attention (plain SDPA outside a context); returns the model."""
+    set_text_attention(model, ATTENTION_NAME)
+    return model
+
+
+def is_enabled(model) -> bool:
+    return _text_config(model)._attn_implementation == ATTENTION_NAME
+
+
+@contextmanager
+def text_attention(model, implementation: str = ATTENTION_NAME) -> Iterator:
+    """Use ``implementation`` for the language model inside the block, then restore the previous one."""
+    previous = set_text_attention(model, implementation)
+    try:
+        yield model
+    finally:
+        set_text_attention(model, previous)
+
+
+# --- the attention function ----------------------------------------------------------------------
+
+
+@dataclass
+class AttentionCall:
+    """One prefill attention call as observers see it (tensors are the layer's own, not copies).
+
+    ``query`` ``[B, H, S, D]``, ``key`` and ``value`` ``[B, H_kv, S, D]`` (after rotary embedding), ``base_mask`` the
+    model's boolean mask ``[B, 1, S, S]`` or ``None`` (plain causal), ``masked`` whether this layer is
+    masked. :meth:`probabilities` recomputes the attention weights the layer used, for a chunk of query
+    rows at a time, so a caller never needs the full ``[B, H, S, S]`` map.
+    """
+
+    layer_idx: int
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scaling: float
+    base_mask: torch.Tensor | None
+    block_ids: torch.Tensor
+    masked: bool
+    output: torch.Tensor | None = field(default=None, repr=False)
+    """The layer's attention output ``[B, S, H, D]`` (what the function returns)."""
+
+    def mask(self, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """``[B or 1, 1, r, S]`` bool: what the query ``rows`` may attend to in this layer."""
+        length = self.key.shape[2]
+        base = self.base_mask[:, :, rows] if self.base_mask is not None else causal_rows(rows, length, self.key.device)
+        return base & block_structure(self.block_ids, rows) if self.masked else base
+
+    def probabilities(self, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """``[B, H, r, S]`` float32 attention weights of the query ``rows`` (fully masked rows are 0).
+
+        Query heads are grouped over their shared key head (GQA) instead of copying the keys per head.
+        """
+        batch, heads, _, dim = self.query.shape
+        kv_heads, length = self.key.shape[1], self.key.shape[2]
+        grouped = self.query[:, :, rows].reshape(batch, kv_heads, heads // kv_heads, -1, dim)
+        scores = torch.matmul(grouped, self.key[:, :, None].transpose(-1, -2)).reshape(batch, heads, -1, length)
+        scores = scores.float().masked_fill(~self.mask(rows), float("-inf")) * self.scaling
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The registered attention function: transformers' SDPA, image-block masked in prefill calls of the
+    context's layers. Signature and output layout (``[B, S, H, D]``, no weights) follow
+    ``sdpa_attention_forward``, which it delegates to whenever nothing is to be masked."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    state = _ACTIVE.get()
+    if state is None or not _is_prefill(state, query, key):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    layer = _layer_index(module)
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        raise TypeError(
+            f"image-block masking expects the boolean mask of the {ATTENTION_NAME!r} mask interface, "
+            f"got {attention_mask.dtype} (layer {layer})"
+        )
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    masked = layer in state.layers and state.any_masked
+    if not masked:
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    elif state.mode == "dense":
+        base = attention_mask if attention_mask is not None else causal_rows(slice(None), key.shape[2], key.device)
+        mask = base & block_structure(state.block_ids.to(key.device))
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs
+        )
+    else:
+        if kwargs.get("sliding_window") is not None:
+            raise NotImplementedError(f"blockwise image masking does not support sliding-window layers (layer {layer})")
+        output = _blockwise_attention(
+            module, query, key, value, attention_mask, state, dropout, scaling, is_causal, kwargs
+        )
+    block_ids = state.block_ids.to(key.device)
+    _notify(state, AttentionCall(layer, query, key, value, scaling, attention_mask, block_ids, masked, output))
+    return output, None
+
+
+def _is_prefill(state: ImageBlocks, query: torch.Tensor, key: torch.Tensor) -> bool:
+    """True for a call over the whole prompt the block ids describe; False for decode steps.
+
+    A call whose queries and keys have equal length but do not match the block ids is an error, not a
+    silent pass-through: it means the context was set for another batch.
+    """
+    q_length, kv_length = query.shape[2], key.shape[2]
+    if q_length != kv_length:
+        return False
+    batch, length = state.block_ids.shape
+    if (query.shape[0], q_length) != (batch, length):
+        raise ValueError(
+            f"image-block context holds block ids for batch {batch} × {length} tokens, but the model "
+            f"runs batch {query.shape[0]} × {q_length}: set the context for the batch being run"
+        )
+    return True
+
+
+def _layer_index(module: torch.nn.Module) -> int:
+    layer = getattr(module, "layer_idx", None)
+    if layer is None:
+        raise ValueError(f"{type(module).__name__} has no layer_idx; image-block masking needs it to choose layers")
+    return int(layer)
+
+
+def _notify(state: ImageBlocks, call: AttentionCall) -> None:
+    for observer in state.observers:
+        observer(call)
+
+
+def _sdpa(query, key, value, mask, causal: bool, dropout: float, scaling: float) -> torch.Tensor:
+    """SDPA in ``[B, H, L, D]`` layout, sharing key/value heads across query groups without copying them."""
+    return F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=dropout,
+        is_causal=causal,
+        scale=scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+
+
+def _blockwise_attention(module, query, key, value, base_mask, state: ImageBlocks, dropout, scaling, is_causal, kwargs):
+    """Masked attention without the N² mask: per image block a causal SDPA over its own tokens; text
+    queries one SDPA over all keys with the model's mask rows. Returns ``[B, S, H, D]``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, length, _ = query.shape
+    output = query.new_empty(batch, length, heads, value.shape[-1])
+    for row, sample in enumerate(state.plan):
+        q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
+        sample_mask = None if base_mask is None else base_mask[row : row + 1]
+        if not sample.masked:  # exactly what the unmasked model computes for this sample
+            output[row : row + 1] = sdpa_attention_forward(
+                module, q, k, v, sample_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+            )[0]
+            continue
+        for block in sample.images:
+            own = _sdpa(q[:, :, block], k[:, :, block], v[:, :, block], None, True, dropout, scaling)
+            output[row : row + 1, block] = own.transpose(1, 2)
+        text = sample.text.to(query.device)
+        if text.numel():
+            rows_mask = sample_mask[:, :, text] if sample_mask is not None else causal_rows(text, length, query.device)
+            seen = _sdpa(q[:, :, text], k, v, rows_mask, False, dropout, scaling)
+            output[row : row + 1, text] = seen.transpose(1, 2)
+    return output
+
+
+__all__ = [
+    "ATTENTION_NAME",
+    "MODES",
+    "AttentionCall",
+    "ImageBlocks",
+    "LayerSpecError",
+    "active",
+    "attention_forward",
+    "block_structure",
+    "causal_rows",
+    "dense_mask",
+    "enable",
+    "image_blocks",
+    "is_enabled",
+    "mask_images",
+    "masked_samples",
+    "num_text_layers",
+    "parse_layers",
+    "plan_blocks",
+    "register",
+    "set_text_attention",
+    "text_attention",
+]
