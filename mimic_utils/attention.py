@@ -300,3 +300,47 @@ __all__ = [
     "shares_from_attentions",
     "target_columns",
 ]
+
+
+# --- one example, block by block (notebook 03's heatmap) ------------------------------------------
+
+
+@torch.no_grad()
+def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, auto_layer: int | None = None):
+    """For one sample, per layer: the mean attention mass each image block's queries (and the answer
+    position) put on each image block and on the text, averaged over heads — a ``pandas.DataFrame`` with
+    ``layer, depth, query, key, share``. Streams like :func:`collect` (one layer's map at a time)."""
+    import pandas as pd
+
+    batch = adapter.prepare([sample])
+    block_ids = adapter.image_block_ids(batch)
+    answer = int(answer_positions(batch.inputs["attention_mask"])[0])
+    num_layers = masking.num_text_layers(adapter.model)
+    layers = masking.parse_layers(mask_layers, num_layers, auto_layer)
+    images = int(block_ids.max()) + 1
+    keys = target_columns(block_ids)[0].float()  # [S, images + 1]
+    names = [f"image {i + 1}" for i in range(images)] + ["text"]
+    records: list[dict] = []
+
+    def observe(call: masking.AttentionCall) -> None:
+        weights = call.probabilities()[0].mean(dim=0)  # [S, S] over heads
+        mass = weights @ keys  # [S, images + 1]: each query's mass per key block
+        queries = [(names[i], block_ids[0] == i) for i in range(images)]
+        queries.append(("answer", torch.arange(mass.shape[0]) == answer))
+        for query_name, rows in queries:
+            for column, key_name in enumerate(names):
+                records.append({"layer": call.layer_idx, "depth": call.layer_idx / max(1, num_layers - 1),
+                                "query": query_name, "key": key_name, "share": float(mass[rows, column].mean())})
+
+    with masking.text_attention(adapter.model):
+        with masking.image_blocks(block_ids, layers, observers=[observe], model=adapter.model):
+            adapter.model(**batch.inputs, use_cache=False, logits_to_keep=1)
+    return pd.DataFrame.from_records(records)
+
+
+def answer_image_total(aggregated):
+    """The answer position's shares with its per-image targets summed into one ``images`` target."""
+    answer = aggregated[aggregated["query_kind"] == "answer"].copy()
+    answer["target"] = answer["target"].where(answer["target"] == "text", "images")
+    summed = answer.groupby(["layer", "depth", "query_kind", "target"], as_index=False)[["mean", "ci_low", "ci_high"]].sum()
+    return summed

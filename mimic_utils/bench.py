@@ -369,6 +369,46 @@ def _attention_memory_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="one sample of at most 6 images")
 
 
+def bench_evaluation(args: argparse.Namespace) -> dict:
+    """Batched evaluation vs a batch-size-1 loop on the same benchmark questions: samples/s and identity."""
+    from mimic_utils import benchmark as bench
+    from mimic_utils import evaluate
+    from mimic_utils.artifacts import profile_dir
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    root = repo_root()
+    records = bench.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
+    records = [r for r in records if r["experiment"] == "images"][: args.n]
+    adapter = evaluate.load_under_study({"name": "organism", "source": args.model}, root)
+    timings, outputs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, size in (("batch_1", 1), (f"batch_{args.batch}", args.batch)):
+            start = time.perf_counter()
+            rows = evaluate.run(adapter, records, Path(tmp) / f"{label}.jsonl", batch_size=size, progress=False)
+            timings[label] = time.perf_counter() - start
+            outputs[label] = [r["output"] for r in rows]
+    single, batched = timings["batch_1"], timings[f"batch_{args.batch}"]
+    return {
+        "samples": len(records), "model": args.model, "threads": args.threads,
+        "batch_1_seconds": round(single, 2), "batch_1_samples_per_second": round(len(records) / single, 1),
+        f"batch_{args.batch}_seconds": round(batched, 2),
+        f"batch_{args.batch}_samples_per_second": round(len(records) / batched, 1),
+        "speedup": round(single / batched, 2), "target_speedup": 4.0,
+        "identical_predictions": outputs["batch_1"] == outputs[f"batch_{args.batch}"],
+        "ratio": round(4.0 / (single / batched), 3),  # below 1: the 4x target is met
+    }
+
+
+def _evaluation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="cpu", help="whose notebook-01 benchmark to read")
+    parser.add_argument("--model", default="outputs/cpu/models/base")
+    parser.add_argument("--n", type=int, default=256, help="questions (from the images sweep)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark: ``run(args) -> figures`` and ``add_arguments(parser)`` for its options."""
@@ -380,6 +420,7 @@ class Benchmark:
 benchmarks: dict[str, Benchmark] = {
     "scenes": Benchmark(bench_scenes, _scenes_args),
     "questions": Benchmark(bench_questions, _questions_args),
+    "evaluation": Benchmark(bench_evaluation, _evaluation_args),
     "masking": Benchmark(bench_masking, _masking_args),
     "attention_memory": Benchmark(bench_attention_memory, _attention_memory_args),
 }

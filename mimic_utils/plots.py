@@ -117,3 +117,39 @@ def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str
     fig.tight_layout()
     save_figure(fig, path)
     return fig
+
+
+def attention_depth(table: pd.DataFrame, path: Path | str, query_kind: str = "vision", title: str = "") -> plt.Figure:
+    """Attention share against normalised depth, one line per target, with the 95% band."""
+    rows = table[table["query_kind"] == query_kind]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for target, part in rows.groupby("target"):
+        part = part.sort_values("depth")
+        ax.plot(part["depth"], part["mean"], marker="o", label=target)
+        ax.fill_between(part["depth"], part["ci_low"], part["ci_high"], alpha=0.2)
+    ax.set_xlabel("depth (layer / last layer)")
+    ax.set_ylabel("share of attention")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig
+
+
+def block_heatmaps(frame: pd.DataFrame, path: Path | str, title: str = "") -> plt.Figure:
+    """Query-block × key-block attention of one example in the first, middle and last layer."""
+    layers = sorted(frame["layer"].unique())
+    picks = sorted({layers[0], layers[len(layers) // 2], layers[-1]})
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.6), squeeze=False)
+    order = list(dict.fromkeys(frame["key"]))
+    for ax, layer in zip(axes[0], picks):
+        grid = frame[frame["layer"] == layer].pivot_table(index="query", columns="key", values="share")
+        grid = grid.reindex(index=[q for q in order if q in grid.index] + ["answer"], columns=order)
+        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False, ax=ax,
+                    annot_kws={"fontsize": 7})
+        ax.set_title(f"layer {layer}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig

@@ -103,3 +103,15 @@ def test_low_cross_layer_is_where_cross_image_attention_stays_low():
     assert attention.find_low_cross_layer(aggregated, threshold=0.2, relative=True) == 3  # 0.2 × 0.5
     with pytest.raises(ValueError, match="never stays at or below 0.010.*4: 0.020"):
         attention.find_low_cross_layer(aggregated, threshold=0.01)
+
+
+def test_block_map_rows_sum_to_one_and_masking_keeps_images_apart(tiny_adapter, two_samples):
+    adapter = tiny_adapter("qwen2_vl")
+    sample = two_samples[0]
+    frame = attention.block_map(adapter, sample)
+    sums = frame.groupby(["layer", "query"])["share"].sum()
+    assert ((sums - 1).abs() < 1e-4).all()
+    assert set(frame["query"]) == {"image 1", "image 2", "image 3", "answer"}
+    masked = attention.block_map(adapter, sample, mask_layers="second_half")
+    last = masked[(masked["layer"] == masked["layer"].max()) & (masked["query"] == "image 2")]
+    assert last.set_index("key")["share"]["image 2"] == pytest.approx(1.0, abs=1e-5)
