@@ -159,6 +159,7 @@ class FinetuneConfig:
     single_ratio: float = 0.25
     max_images: int = 10
     train: tuple[str, ...] = ("language_model",)
+    lora: dict | None = None  # {"r", "alpha", "dropout"}: LoRA on the language model instead of full training
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -180,6 +181,27 @@ def set_trainable(model: nn.Module, prefixes: tuple[str, ...]) -> list[str]:
     return names
 
 
+#: Every Linear of the language model of the three families (Qwen2 blocks), and nothing of the vision tower
+#: or ``lm_head``: the official recipe's LoRA targets.
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+def apply_lora(adapter, r: int = 128, alpha: int = 32, dropout: float = 0.05, kbit: bool = False) -> list[str]:
+    """Wrap ``adapter.model`` with peft LoRA (official shape by default: r 128, alpha 32, dropout 0.05) on
+    :data:`LORA_TARGETS`; the projector is trained in full (``modules_to_save``). With ``kbit`` (a 4-bit
+    base on CUDA) ``prepare_model_for_kbit_training`` runs first. Returns the trained parameter names."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from mimic_utils.models import get_family
+
+    if kbit:
+        adapter.model = prepare_model_for_kbit_training(adapter.model, use_gradient_checkpointing=False)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
+                        modules_to_save=[get_family(adapter.family).projector])
+    adapter.model = get_peft_model(adapter.model, config)
+    return [n for n, p in adapter.model.named_parameters() if p.requires_grad]
+
+
 def sft_loss(adapter, records: list[dict]) -> torch.Tensor:
     """Cross-entropy on the answer and end-of-turn tokens of a batch of conversations (left-padded)."""
     from mimic_utils.evaluate import load_images
@@ -194,7 +216,7 @@ def sft_loss(adapter, records: list[dict]) -> torch.Tensor:
     for row, record in enumerate(records):
         n = len(tokenizer(record["gt"] + adapter.end_of_turn, add_special_tokens=False).input_ids)
         labels[row, -n:] = ids[row, -n:]  # left padding: every row ends with its answer
-    return adapter.model(**batch.inputs, labels=labels).loss
+    return adapter.forward(batch, labels=labels).loss  # under the adapter's image-block mask, if any
 
 
 def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size: int, single_ratio: float) -> list[dict]:
@@ -223,7 +245,11 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
     multi, single = split_conversations(records, config.max_images)
     if not multi:
         raise ValueError("finetune: no multi-image conversations to train on (check notebook 01's train/)")
-    trained = set_trainable(adapter.model, config.train)
+    if config.lora is not None:
+        quantized = adapter.settings.get("quantization") is not None
+        trained = apply_lora(adapter, **config.lora, kbit=quantized)
+    else:
+        trained = set_trainable(adapter.model, config.train)
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     schedule = StageSchedule(config.steps, config.lr, config.batch, warmup=max(1, round(config.warmup_ratio * config.steps)),
                              clip=config.clip, checkpoint_every=config.checkpoint_every, eval_every=config.steps,
@@ -239,9 +265,10 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
     train_stage(name, adapter.model, params, loss_fn, schedule, config.seed, checkpoint, log, evaluate, progress,
                 save_keys=set(adapter.model.state_dict()) & set(trained), accelerator=accelerator)
     adapter.model.eval()
+    if config.lora is not None:
+        adapter.model = adapter.model.merge_and_unload()  # a plain model again, loadable by load_adapter
     if accelerator is None or accelerator.is_main_process:
-        adapter.model.save_pretrained(out_dir)
-        adapter.processor.save_pretrained(out_dir)
+        adapter.save(out_dir)
         pd.DataFrame(log).to_csv(out_dir / "loss.csv", index=False)
         write_json(out_dir / "finetune.json", {"config": asdict(config), "trained_parameters": sum(p.numel() for p in params),
                                                "multi_image_conversations": len(multi), "single_image_conversations": len(single)})

@@ -65,7 +65,7 @@ ATTENTION_NAME = "mimic_image_blocks"
 MODES = ("blockwise", "dense")
 """``blockwise``: per-image SDPA (cost Σ n_i²); ``dense``: the reference, one SDPA with the full mask."""
 
-LAYER_KEYWORDS = ("none", "second_half", "auto")
+LAYER_KEYWORDS = ("none", "first_half", "second_half", "auto")
 
 
 # --- layer specs ---------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ class LayerSpecError(ValueError):
 
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int, auto_layer: int | None = None) -> list[int]:
     """The decoder layers a spec names, sorted: ``"12-23"`` (inclusive), ``"3,5-7"``, ``"second_half"``,
-    ``"auto"`` (from ``auto_layer``, the layer notebook 03 finds, to the last), ``"none"``.
+    ``"first_half"`` (the early-layer ablation), ``"auto"`` (from ``auto_layer``, the layer notebook 03 finds, to the last), ``"none"``.
 
     A list of ints is checked and returned sorted. ``"second_half"`` is ``num_layers // 2 .. num_layers-1``:
     the official 12–23 of the 24-layer 0.5B model and 14–27 of the 28-layer 7B model.
@@ -94,6 +94,8 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int, auto_l
         return []
     if text == "second_half":
         return list(range(num_layers // 2, num_layers))
+    if text == "first_half":
+        return list(range(0, max(1, num_layers // 2)))
     if text == "auto":
         if auto_layer is None:
             raise LayerSpecError(
@@ -542,3 +544,100 @@ __all__ = [
     "set_text_attention",
     "text_attention",
 ]
+
+
+# --- compute: analytic FLOPs and measured forward time (notebook 05's table) -------------------------
+
+#: LLaVA-OneVision-7B's language model (Qwen2-7B) and multi-image size: 8 images of 730 tokens.
+LLAVA_OV_7B = {"layers": 28, "hidden": 3584, "heads": 28, "kv_heads": 4, "head_dim": 128, "intermediate": 18944,
+               "tokens_per_image": 730, "masked_layers": 14}
+
+
+def attention_pairs(block_sizes: Sequence[int], text_before: int, text_after: int, masked: bool) -> int:
+    """Query-key pairs one causal attention layer computes: ``N(N+1)/2`` dense; in a masked layer each
+    image's queries see only their own earlier tokens (``n(n+1)/2`` per image) while text queries stay
+    causal over everything before them."""
+    images = sum(block_sizes)
+    total = text_before + images + text_after
+    if not masked or len(block_sizes) < 2:
+        return total * (total + 1) // 2
+    before = text_before * (text_before + 1) // 2
+    within = sum(n * (n + 1) // 2 for n in block_sizes)
+    after = sum(text_before + images + i + 1 for i in range(text_after))
+    return before + within + after
+
+
+def layer_flops(tokens: int, pairs: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                intermediate: int) -> dict[str, int]:
+    """Multiply-adds ×2 of one decoder layer: attention (scores and weighted values over ``pairs``) and
+    the rest (Q, K, V, O projections and the gated MLP over ``tokens``)."""
+    attention = 2 * 2 * pairs * heads * head_dim
+    projections = 2 * tokens * hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim)
+    mlp = 2 * tokens * 3 * hidden * intermediate
+    return {"attention": attention, "other": projections + mlp}
+
+
+def compute_table(n_images: Sequence[int], tokens_per_image: int, layers: int, masked_layers: int, hidden: int,
+                  heads: int, kv_heads: int, head_dim: int, intermediate: int, text_before: int = 20,
+                  text_after: int = 30) -> "pd.DataFrame":
+    """Analytic attention and total FLOPs of the prefill, dense vs masked in ``masked_layers`` layers."""
+    import pandas as pd
+
+    rows = []
+    for n in n_images:
+        blocks = [tokens_per_image] * n
+        tokens = text_before + n * tokens_per_image + text_after
+        shape = dict(hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate)
+        dense = layer_flops(tokens, attention_pairs(blocks, text_before, text_after, False), **shape)
+        masked = layer_flops(tokens, attention_pairs(blocks, text_before, text_after, True), **shape)
+        attention_dense = layers * dense["attention"]
+        attention_masked = (layers - masked_layers) * dense["attention"] + masked_layers * masked["attention"]
+        other = layers * dense["other"]
+        rows.append({
+            "n_images": n, "tokens": tokens,
+            "masked_layer_attention_saving": 1 - masked["attention"] / dense["attention"],
+            "attention_tflops_dense": attention_dense / 1e12, "attention_tflops_masked": attention_masked / 1e12,
+            "attention_saving": 1 - attention_masked / attention_dense,
+            "total_tflops_dense": (attention_dense + other) / 1e12,
+            "total_tflops_masked": (attention_masked + other) / 1e12,
+            "total_saving": 1 - (attention_masked + other) / (attention_dense + other),
+        })
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers="second_half", repeats: int = 5,
+                 batch: int = 8) -> "pd.DataFrame":
+    """Measured prefill time of the adapter's model, dense vs masked in ``layers``, per image count: the
+    median of ``repeats`` forwards of a batch of ``batch`` copies of one benchmark sample with that many
+    images (counts the benchmark lacks are skipped). Times from one run: compare the ratio, not seconds."""
+    import time
+
+    import pandas as pd
+
+    from mimic_utils.evaluate import mimic_sample
+
+    chosen = parse_layers(layers, num_text_layers(adapter.model))
+    rows = []
+    for n in n_images:
+        record = next((r for r in records if len(r["images"]) == n), None)
+        if record is None:
+            continue
+        prepared = adapter.prepare([mimic_sample(record)] * batch)
+
+        def median_seconds(masked: bool) -> float:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                if masked:
+                    with text_attention(adapter.model), image_blocks(adapter.image_block_ids(prepared), chosen):
+                        adapter.model(**prepared.inputs, use_cache=False)
+                else:
+                    adapter.model(**prepared.inputs, use_cache=False)
+                times.append(time.perf_counter() - start)
+            return sorted(times)[len(times) // 2]
+
+        dense, masked = median_seconds(False), median_seconds(True)
+        rows.append({"n_images": n, "tokens": int(prepared.inputs["input_ids"].shape[1]), "batch": batch,
+                     "dense_seconds": dense, "masked_seconds": masked, "masked_over_dense": masked / dense})
+    return pd.DataFrame(rows)

@@ -65,6 +65,7 @@ context (e.g. a context variable set around the call), not through ``generate``'
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ from mimic_utils.prompts import (
     normalize_task_family,
     prompt_settings,
 )
+
+
+MASK_FILE = "mimic_mask.json"
+"""Beside a model trained with image-block masking: its masked layers, applied whenever it is loaded."""
 
 
 class ModelLoadError(RuntimeError):
@@ -358,7 +363,12 @@ def load_adapter(
         "quantization": quantization,
         "trust_remote_code": trust_remote_code,
     }
-    return adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
+    adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
+    mask_file = Path(source) / MASK_FILE
+    if mask_file.is_file():  # a model trained with image-block masking is always run with it
+        saved = json.loads(mask_file.read_text(encoding="utf-8"))
+        adapter.set_mask(saved["layers"], mode=saved.get("mode", "blockwise"))
+    return adapter
 
 
 def adapter_from_model(model, processor, family: str, settings: dict | None = None, preprocessing: dict | None = None):
@@ -518,13 +528,60 @@ def pool_tokens(features: torch.Tensor, r: int) -> torch.Tensor:
 
 @dataclass
 class VLMAdapter:
-    """A model, its processor, its family and the settings recorded with every prediction."""
+    """A model, its processor, its family and the settings recorded with every prediction.
+
+    ``mask_layers`` (set with :meth:`set_mask`) are the decoder layers in which image tokens attend only
+    within their own image (:mod:`mimic_utils.masking`); every forward and generation through the adapter
+    applies them, so a masked model is trained, evaluated and analysed under the same mask.
+    """
 
     model: Any
     processor: Any
     family: str
     settings: dict
     image_kwargs: dict = field(default_factory=dict)
+    mask_layers: tuple[int, ...] = ()
+    mask_mode: str = "blockwise"
+
+    def set_mask(self, spec, auto_layer: int | None = None, mode: str = "blockwise") -> tuple[int, ...]:
+        """Mask image blocks in the layers of ``spec`` (``"12-23"``, ``"second_half"``, ``"auto"``, indices,
+        or ``None``/``"none"`` for no mask); recorded in ``settings["mask"]``."""
+        from mimic_utils import masking
+
+        self.mask_layers = tuple(masking.parse_layers(spec, masking.num_text_layers(self.model), auto_layer))
+        self.mask_mode = mode
+        if self.mask_layers:
+            masking.enable(self.model)
+        self.settings["mask"] = {"layers": list(self.mask_layers), "mode": mode} if self.mask_layers else None
+        return self.mask_layers
+
+    def masked(self, batch: "Batch"):
+        """The masking context for ``batch`` (a no-op context for an unmasked adapter)."""
+        from contextlib import nullcontext
+
+        from mimic_utils import masking
+
+        if not self.mask_layers:
+            return nullcontext()
+        return masking.image_blocks(self.image_block_ids(batch), self.mask_layers, self.mask_mode, model=self.model)
+
+    def forward(self, batch: "Batch", **kwargs):
+        """``model(**batch.inputs, **kwargs)`` under the adapter's mask (training and analysis use this)."""
+        with self.masked(batch):
+            return self.model(**batch.inputs, **kwargs)
+
+    def save(self, folder: str | Path) -> Path:
+        """``save_pretrained`` of model and processor, plus the mask (``mimic_mask.json``) if any."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+        mask_file = folder / MASK_FILE
+        if self.mask_layers:
+            mask_file.write_text(json.dumps({"layers": list(self.mask_layers), "mode": self.mask_mode}) + "\n")
+        elif mask_file.exists():
+            mask_file.unlink()
+        return folder
 
     @property
     def tokenizer(self):
@@ -688,7 +745,16 @@ class VLMAdapter:
         if max_new_tokens is None and not all(is_mimic_task(task) for task in batch.task_families):
             raise ValueError(f"give max_new_tokens for tasks outside MIMIC: {sorted(set(batch.task_families))}")
         budgets = [max_new_tokens or max_new_tokens_for(task) for task in batch.task_families]
-        generated = self.model.generate(
+        with self.masked(batch):
+            generated = self._generate(batch, budgets)
+        new_tokens = generated[:, batch.input_length :]
+        return [
+            self.tokenizer.decode(row[:budget], skip_special_tokens=True)
+            for row, budget in zip(new_tokens, budgets)
+        ]
+
+    def _generate(self, batch: Batch, budgets: list[int]):
+        return self.model.generate(
             **batch.inputs,
             max_new_tokens=max(budgets),
             do_sample=False,
@@ -698,11 +764,6 @@ class VLMAdapter:
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        new_tokens = generated[:, batch.input_length :]
-        return [
-            self.tokenizer.decode(row[:budget], skip_special_tokens=True)
-            for row, budget in zip(new_tokens, budgets)
-        ]
 
     def answer(self, samples, pool: int = 1, max_new_tokens: int | None = None) -> list[str]:
         """``generate(prepare(samples, pool), max_new_tokens)``."""

@@ -98,3 +98,20 @@ def test_interrupted_finetuning_resumes_to_the_uninterrupted_weights(tmp_path, m
     resumed = run(tmp_path / "b")
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_masked_lora_trains_adapters_and_projector_and_the_mask_travels_with_the_model(tmp_path):
+    adapter = tiny_qwen_adapter()
+    adapter.set_mask("second_half")
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    config = finetune.FinetuneConfig(steps=2, lr=1e-2, batch=2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    finetune.finetune(adapter, conversations(tmp_path / "img", 8), config, tmp_path / "model", progress=False)
+    merged = dict(adapter.model.named_parameters())
+    assert set(merged) == set(before)  # LoRA merged away: the same architecture as the base
+    changed = {n for n in before if not torch.equal(before[n], merged[n])}
+    assert changed and all("language_model" in n or "merger" in n for n in changed)
+    assert any("merger" in n for n in changed) and not any("visual.blocks" in n for n in changed)
+    reloaded = load_adapter(tmp_path / "model", family="qwen2_vl", dtype="float32")
+    assert reloaded.mask_layers == adapter.mask_layers == (1,)
+    assert reloaded.settings["mask"] == {"layers": [1], "mode": "blockwise"}
