@@ -402,3 +402,26 @@ def comparison_findings(tables: dict, base: str, other: str) -> list[str]:
         lines.append(f"counting with the total spread over {top} images: {base} {by_s.loc[top, base]:.2f} → "
                      f"{other} {by_s.loc[top, other]:.2f}.")
     return lines
+
+
+def cross_benchmark_table(mimic_per_task: "pd.DataFrame", scores: dict) -> "pd.DataFrame":
+    """Models × benchmarks: MIMIC's mean headline score over tasks, then each benchmark's accuracy (None
+    for a benchmark that did not run)."""
+    import pandas as pd
+
+    table = mimic_per_task.groupby("model", sort=False)["score"].mean().rename("MIMIC").to_frame()
+    for (label, model), summary in scores.items():
+        table.loc[model, label] = summary.get("accuracy") if summary.get("status") == "done" else None
+    return table.reset_index()
+
+
+def sub_task_table(scores: dict) -> "pd.DataFrame":
+    """The appendix: accuracy per benchmark, sub-task and model."""
+    import pandas as pd
+
+    rows = []
+    for (label, model), summary in scores.items():
+        for sub_task, cell in summary.get("by", {}).get("sub_task", {}).items():
+            rows.append({"benchmark": label, "sub_task": sub_task, "model": model, "n": cell["n"],
+                         "accuracy": cell.get("accuracy", cell.get("score"))})
+    return pd.DataFrame(rows)
