@@ -338,9 +338,10 @@ def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, a
     return pd.DataFrame.from_records(records)
 
 
-def answer_image_total(aggregated):
-    """The answer position's shares with its per-image targets summed into one ``images`` target."""
-    answer = aggregated[aggregated["query_kind"] == "answer"].copy()
+def answer_image_total(frame):
+    """The answer position's share on all images together vs text, aggregated over samples: per-image
+    targets are summed within each (sample, layer) first, so the two targets sum to 1 per sample."""
+    answer = frame[frame["query_kind"] == "answer"].copy()
     answer["target"] = answer["target"].where(answer["target"] == "text", "images")
-    summed = answer.groupby(["layer", "depth", "query_kind", "target"], as_index=False)[["mean", "ci_low", "ci_high"]].sum()
-    return summed
+    keys = [c for c in ("sample", "n_images", "layer", "depth", "query_kind", "target", "head") if c in answer.columns]
+    return aggregate(answer.groupby(keys, as_index=False)["share"].sum())

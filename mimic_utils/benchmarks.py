@@ -739,8 +739,10 @@ def _choice_options(record: dict, categories: list[str], rng: random.Random, n_o
     gt = record["gt"]
     if record["family"] == "counting":
         value = int(gt)
-        wrong = sorted({v for v in range(max(0, value - 3), value + 4) if v != value}, key=lambda v: abs(v - value))
-        chosen = [str(v) for v in wrong[: n_options - 1]]
+        # a random window of n_options consecutive counts holding the answer: its rank among the options
+        # is uniform, so the answer cannot be guessed from the numbers alone
+        low = max(0, value - rng.randrange(n_options))
+        chosen = [str(v) for v in range(low, low + n_options) if v != value][: n_options - 1]
     else:
         seen = sorted({c for e in record["evidence"] for c in e["counts"]} - {gt})
         others = [c for c in categories if c != gt and c not in seen]

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mimic_utils.models import model_fingerprint
 from mimic_utils.scoring import aggregate, score_sample
 from mimic_utils.traindata import prompt_family
 
@@ -48,6 +49,11 @@ def batches(records: list, batch_size: int, sort_key: Callable = length_key,
     ordered = sorted(records, key=lambda r: (*sort_key(r), record_id(r)))
     for start in range(0, len(ordered), batch_size):
         yield ordered[start:start + batch_size]
+
+
+def dump_row(row: dict) -> str:
+    """One predictions line; every writer uses it, so rewritten and merged files are byte-identical."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -120,19 +126,22 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
     if len(ids) != len(set(ids)):
         raise ValueError(f"{out_path.name}: records hold duplicate ids; every sample needs its own id")
     shard_path = out_path if state.num_processes == 1 else out_path.with_suffix(f".rank{state.process_index}.jsonl")
+    settings = {**getattr(adapter, "settings", {}), "pool": pool}
+    fingerprint = model_fingerprint(settings)
+    for path in (shard_path, out_path):
+        discard_stale(path, fingerprint, state.is_main_process or path == shard_path)
     rewrite_clean(shard_path)
-    done = {row["id"] for row in read_predictions(shard_path)}
+    done = {row["id"] for row in read_predictions(shard_path)} | {row["id"] for row in read_predictions(out_path)}
     mine = _shard(records, state.process_index, state.num_processes, record_id)
     todo = [r for r in mine if record_id(r) not in done]
-    settings = {**getattr(adapter, "settings", {}), "pool": pool}
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", disable=not progress,
                desc=desc or out_path.stem, mininterval=2)
     with shard_path.open("a", encoding="utf-8") as handle:
         for batch in batches(todo, batch_size, sort_key, record_id):
             outputs = adapter.answer([to_sample(r) for r in batch], pool=pool, max_new_tokens=max_new_tokens)
             for record, output in zip(batch, outputs):
-                row = to_row(record, output, settings, pool)
-                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+                row = {**to_row(record, output, settings, pool), "fingerprint": fingerprint}
+                handle.write(dump_row(row))
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(batch))
@@ -147,11 +156,23 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
 
 def rewrite_clean(path: Path) -> None:
     """Drop a torn last line before appending, so the file stays valid JSONL."""
+    from mimic_utils.artifacts import write_text
+
     if path.is_file():
-        rows = read_predictions(path)
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        text = "".join(dump_row(r) for r in read_predictions(path))
         if text != path.read_text(encoding="utf-8"):
-            path.write_text(text, encoding="utf-8")
+            write_text(path, text)
+
+
+def discard_stale(path: Path, fingerprint: str, may_delete: bool = True) -> None:
+    """Predictions written by another model (other weights, mask, preprocessing or pooling) are never
+    resumed from: the file is set aside as ``<name>.stale.jsonl`` and the run starts over, saying so."""
+    rows = read_predictions(path)
+    stale = [r for r in rows if r.get("fingerprint") != fingerprint]
+    if stale and may_delete:
+        print(f"[evaluate] {path.name}: {len(stale)} of {len(rows)} rows come from another model "
+              f"(fingerprint {stale[0].get('fingerprint')} != {fingerprint}); starting over")
+        path.replace(path.with_suffix(".stale.jsonl"))
 
 
 def _merge_shards(out_path: Path, world: int) -> None:
@@ -163,7 +184,7 @@ def _merge_shards(out_path: Path, world: int) -> None:
             rows[row["id"]] = row
     for row in read_predictions(out_path):
         rows.setdefault(row["id"], row)
-    write_text(out_path, "".join(json.dumps(rows[i], sort_keys=True) + "\n" for i in sorted(rows)))
+    write_text(out_path, "".join(dump_row(rows[i]) for i in sorted(rows)))
     for rank in range(world):
         out_path.with_suffix(f".rank{rank}.jsonl").unlink(missing_ok=True)
 

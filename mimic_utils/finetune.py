@@ -168,6 +168,16 @@ class FinetuneConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_digest(config: FinetuneConfig, adapter, records: list[dict]) -> str:
+    """Checkpoints are resumed only by the same run: same configuration, same starting model (weights,
+    mask, preprocessing) and the same training conversations."""
+    from mimic_utils.models import model_fingerprint
+
+    data = hashlib.sha256("\n".join(sorted(r["id"] for r in records)).encode()).hexdigest()
+    key = json.dumps([config.digest(), model_fingerprint(adapter.settings), data], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def set_trainable(model: nn.Module, prefixes: tuple[str, ...]) -> list[str]:
     """Freeze everything, then unfreeze parameters whose name contains one of ``prefixes`` (e.g.
     ``language_model`` — the vision tower and projector stay frozen). Returns the trained names."""
@@ -259,7 +269,7 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
         return sft_loss(adapter, mixed_batch(rng, multi, single, size, config.single_ratio))
 
     log: list[dict] = []
-    checkpoint = out_dir / "checkpoints" / config.digest() / f"{name}.pt"
+    checkpoint = out_dir / "checkpoints" / run_digest(config, adapter, records) / f"{name}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     train_stage(name, adapter.model, params, loss_fn, schedule, config.seed, checkpoint, log, evaluate, progress,

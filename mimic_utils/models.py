@@ -85,6 +85,35 @@ MASK_FILE = "mimic_mask.json"
 """Beside a model trained with image-block masking: its masked layers, applied whenever it is loaded."""
 
 
+def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str:
+    """sha256 over a local checkpoint's safetensors files (for files above ``full_hash_limit``: size and
+    the first and last 16 MB), so predictions and checkpoints of other weights are never reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            if size <= full_hash_limit:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(16 * 2**20))
+                handle.seek(size - 16 * 2**20)
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def model_fingerprint(settings: dict) -> str:
+    """A short hash of what makes a model's answers what they are: its weights (or hub commit, or id),
+    mask, preprocessing, dtype and quantization. Stored with every prediction and checkpoint."""
+    import hashlib
+
+    weights = settings.get("weights_sha256") or settings.get("commit") or settings.get("model")
+    facts = {k: settings.get(k) for k in ("mask", "preprocessing", "dtype", "quantization", "pool")}
+    return hashlib.sha256(json.dumps({"weights": weights, **facts}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class ModelLoadError(RuntimeError):
     """A model or family could not be resolved or loaded; the message names the model and family."""
 
@@ -363,6 +392,8 @@ def load_adapter(
         "quantization": quantization,
         "trust_remote_code": trust_remote_code,
     }
+    if Path(source).is_dir():
+        settings["weights_sha256"] = weights_fingerprint(Path(source))
     adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
     mask_file = Path(source) / MASK_FILE
     if mask_file.is_file():  # a model trained with image-block masking is always run with it

@@ -50,7 +50,9 @@ class ScriptedModel:
 
 
 class FailingModel:
-    """A model that must not be asked anything (every row is already written)."""
+    """The same model resumed, which must not be asked anything (every row is already written)."""
+
+    settings = ScriptedModel.settings
 
     def answer(self, samples, pool: int = 1, max_new_tokens: int | None = None) -> list[str]:
         raise AssertionError("the model was called although every prediction was already written")
@@ -517,3 +519,15 @@ def test_the_scene_benchmark_reads_back_through_the_muirbench_loader(tmp_path):
         assert len(r.images) == 3
     prompt = bm.build_prompt(records[0])
     assert prompt.endswith("Answer with the option's letter from the given choices directly.")
+
+
+def test_the_answer_rank_among_count_options_is_not_fixed():
+    import random
+    from collections import Counter
+
+    rng = random.Random(0)
+    ranks = Counter()
+    for _ in range(200):
+        options = bm._choice_options({"family": "counting", "gt": "5"}, [], rng)
+        ranks[sorted(options, key=int).index("5")] += 1
+    assert set(ranks) == {0, 1, 2, 3} and min(ranks.values()) > 25

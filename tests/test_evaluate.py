@@ -85,3 +85,15 @@ def test_two_processes_under_accelerate_merge_to_the_single_process_result(tmp_p
     subprocess.run([sys.executable, worker, str(images), str(single), "10", "2"], env=env, check=True)
     assert evaluate.read_predictions(sharded) == evaluate.read_predictions(single)
     assert not list(tmp_path.glob("sharded.rank*"))
+
+
+def test_predictions_of_another_model_are_not_resumed(adapter, tmp_path):
+    records = make_records(tmp_path / "img", 4)
+    path = tmp_path / "p.jsonl"
+    first = evaluate.run(adapter, records, path, batch_size=2, progress=False)
+    assert len({r["fingerprint"] for r in first}) == 1
+    other = tiny_qwen_adapter()
+    other.settings["weights_sha256"] = "another model"
+    rows = evaluate.run(other, records, path, batch_size=2, progress=False)
+    assert {r["fingerprint"] for r in rows} != {r["fingerprint"] for r in first}
+    assert (tmp_path / "p.stale.jsonl").is_file()

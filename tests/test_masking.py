@@ -78,7 +78,7 @@ def test_layer_specs(spec, num_layers, auto_layer, expected):
         ("auto", 24, r"'auto'.*\[24\] outside 0..23"),
         ("12-30", None, r"'12-30'.*outside 0..23.*24 layers"),
         ("7-3", None, r"'7-3'.*backwards.*24 layers"),
-        ("first_half", None, r"'first_half'.*24 layers.*second_half"),
+        ("middle", None, r"'middle'.*24 layers.*second_half"),
         ("1-2-3", None, r"'1-2-3'"),
         ([0, 40], None, r"\[40\] outside 0..23"),
     ],
