@@ -202,6 +202,8 @@ def collect(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    if mask_layers is None:  # a model trained with a mask is measured with it, as it is always run
+        mask_layers = list(getattr(adapter, "mask_layers", ()))
     layers = masking.parse_layers(mask_layers, masking.num_text_layers(adapter.model), auto_layer)
     starts = range(0, len(samples), batch_size)
     records: list[dict] = []

@@ -10,9 +10,11 @@
   trained (``train=("language_model",)``); notebook 05's LoRA regime goes through the same loop.
 * **Loop.** AdamW, linear warmup then cosine decay, gradient clipping and accumulation; the loss is taken
   on the assistant's answer tokens only (answer and end-of-turn, via ``VLMAdapter.prepare(answers=…)``).
-  Batches depend only on (seed, step, micro-batch, process), so an interrupted run resumed from its
-  last checkpoint ends at the same weights as one never stopped. Under ``accelerate launch`` each process
-  draws its own micro-batches and gradients are averaged by DDP.
+  Batches and torch's random state (dropout) depend only on (seed, step, micro-batch, process), so an
+  interrupted run resumed from its last checkpoint ends at the same weights as one never stopped. An
+  ``accelerate.Accelerator`` may be passed for device placement; multi-process data parallelism (DDP,
+  FSDP, ZeRO) is **not** wired yet: the loss is computed on the unwrapped model, so gradients would not be
+  averaged across processes.
 * **Checkpoint.** Atomic ``torch.save`` of the trained parameters, the optimizer, the step and the loss
   log every ``checkpoint_every`` steps; the final model is saved with ``save_pretrained``.
 """
@@ -91,7 +93,9 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(schedule.accumulate):
-            loss = loss_fn(step_rng(seed, name, step, micro, rank), schedule.batch) / schedule.accumulate
+            rng = step_rng(seed, name, step, micro, rank)
+            torch.manual_seed(rng.getrandbits(63))  # dropout masks, like the batch, follow the step
+            loss = loss_fn(rng, schedule.batch) / schedule.accumulate
             (accelerator.backward(loss) if accelerator is not None else loss.backward())
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(params, schedule.clip)

@@ -605,6 +605,12 @@ def compute_table(n_images: Sequence[int], tokens_per_image: int, layers: int, m
     return pd.DataFrame(rows)
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work, so a timer measures kernels rather than their launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers="second_half", repeats: int = 5,
                  batch: int = 8) -> "pd.DataFrame":
@@ -625,19 +631,21 @@ def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], laye
             continue
         prepared = adapter.prepare([mimic_sample(record)] * batch)
 
-        def median_seconds(masked: bool) -> float:
+        block_ids = adapter.image_block_ids(prepared)
+
+        def median_seconds() -> float:
             times = []
             for _ in range(repeats):
+                _synchronize()
                 start = time.perf_counter()
-                if masked:
-                    with text_attention(adapter.model), image_blocks(adapter.image_block_ids(prepared), chosen):
-                        adapter.model(**prepared.inputs, use_cache=False)
-                else:
-                    adapter.model(**prepared.inputs, use_cache=False)
+                adapter.model(**prepared.inputs, use_cache=False)
+                _synchronize()
                 times.append(time.perf_counter() - start)
             return sorted(times)[len(times) // 2]
 
-        dense, masked = median_seconds(False), median_seconds(True)
+        dense = median_seconds()
+        with text_attention(adapter.model), image_blocks(block_ids, chosen):
+            masked = median_seconds()
         rows.append({"n_images": n, "tokens": int(prepared.inputs["input_ids"].shape[1]), "batch": batch,
                      "dense_seconds": dense, "masked_seconds": masked, "masked_over_dense": masked / dense})
     return pd.DataFrame(rows)

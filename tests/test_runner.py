@@ -82,3 +82,8 @@ def test_a_failing_cell_stops_the_run_naming_notebook_and_cell(tmp_path):
     executed = root / "outputs" / "smoke" / "executed"
     assert (executed / "01_demo.FAILED.ipynb").is_file() and not (executed / "01_demo.ipynb").exists()
     assert "failed" in (root / "outputs" / "smoke" / "timings.csv").read_text()
+
+
+def test_paper_parameter_files_never_point_at_the_cpu_organism():
+    for path in sorted((ROOT / "params" / "paper").glob("*.yaml")):
+        assert "outputs/cpu" not in path.read_text() and "outputs/smoke" not in path.read_text(), path.name
