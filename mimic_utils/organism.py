@@ -537,6 +537,12 @@ def write_card(out_dir: Path, config: OrganismConfig, summary: dict, scores: dic
         "Targets (issue #5): counting ≥ 0.80 — " + ("met" if met["counting"] else "**not met**")
         + "; presence ≥ 0.90 — " + ("met" if met["presence"] else "**not met**") + ".",
         "",
+        *([] if all(met.values()) else [
+            "Where the targets are not met, `curves.png` and `loss.csv` show why: the held-out teacher-forced "
+            "curves of stage 2 tell whether counting and presence were still rising at the end (then a longer "
+            "stage 2 is the next step) or had plateaued (then the language stage, not the budget, is the "
+            "limit: try a higher learning rate, a little vision learning rate, or more presence questions). "
+            "The vision tower itself reads presence and counts far better (stage-0 metrics in `loss.csv`).", ""]),
         "## Training configuration",
         "",
         "```json",
