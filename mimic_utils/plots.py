@@ -96,6 +96,7 @@ def metric_lines(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str
     """A line plot of a metric against a knob, one line per ``hue`` (e.g. task or model)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     sns.lineplot(data=frame, x=x, y=y, hue=hue, style=style, marker="o" if len(frame) < 200 else None, ax=ax)
+    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     if ylim is not None:
@@ -110,6 +111,7 @@ def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str
     """Grouped bars of a metric, e.g. tasks × models."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * frame[x].nunique() * max(1, frame[hue].nunique()) / 2), 3.6))
     sns.barplot(data=frame, x=x, y=y, hue=hue, ax=ax)
+    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
