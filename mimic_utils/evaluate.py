@@ -102,9 +102,24 @@ def mimic_sample(record: dict) -> dict:
             "task_family": scoring_family(record)}
 
 
-def _shard(records: list, rank: int, world: int, record_id: Callable) -> list:
-    ordered = sorted(records, key=record_id)
-    return ordered[rank::world]
+def process_state():
+    """accelerate's view of the launched processes.
+
+    ``PartialState()`` only recognises several CPU processes (MULTI_CPU over gloo) when told ``cpu=True``;
+    without it, two processes on a machine without GPUs each believe they are alone and write the same
+    file. So CPU is asked for when there is no GPU or ``ACCELERATE_USE_CPU`` is set.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def _shard(records: list, rank: int, world: int, batch_size: int, sort_key: Callable, record_id: Callable) -> list:
+    """This process's share: every ``world``-th *batch* of the single-process batching, so each sample
+    is answered inside exactly the batch (same neighbours, same padding) it would get in one process."""
+    return [r for b in list(batches(records, batch_size, sort_key, record_id))[rank::world] for r in b]
 
 
 def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool: int = 1,
@@ -117,9 +132,7 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
     ``to_row(record, output, settings, pool)``, ``record_id``, ``sort_key`` and ``max_new_tokens``
     (``None`` means each MIMIC task's official budget).
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     ids = [record_id(r) for r in records]
@@ -132,7 +145,7 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
         discard_stale(path, fingerprint, state.is_main_process or path == shard_path)
     rewrite_clean(shard_path)
     done = {row["id"] for row in read_predictions(shard_path)} | {row["id"] for row in read_predictions(out_path)}
-    mine = _shard(records, state.process_index, state.num_processes, record_id)
+    mine = _shard(records, state.process_index, state.num_processes, batch_size, sort_key, record_id)
     todo = [r for r in mine if record_id(r) not in done]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", disable=not progress,
                desc=desc or out_path.stem, mininterval=2)

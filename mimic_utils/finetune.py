@@ -11,10 +11,14 @@
 * **Loop.** AdamW, linear warmup then cosine decay, gradient clipping and accumulation; the loss is taken
   on the assistant's answer tokens only (answer and end-of-turn, via ``VLMAdapter.prepare(answers=…)``).
   Batches and torch's random state (dropout) depend only on (seed, step, micro-batch, process), so an
-  interrupted run resumed from its last checkpoint ends at the same weights as one never stopped. An
-  ``accelerate.Accelerator`` may be passed for device placement; multi-process data parallelism (DDP,
-  FSDP, ZeRO) is **not** wired yet: the loss is computed on the unwrapped model, so gradients would not be
-  averaged across processes.
+  interrupted run resumed from its last checkpoint ends at the same weights as one never stopped.
+* **Scale-out.** Given an ``accelerate.Accelerator`` (``accelerate launch -m mimic_utils.finetune``), the
+  model and optimizer are prepared by it and every forward goes through the prepared (DDP / FSDP /
+  DeepSpeed) module, backward through ``accelerator.backward``, clipping through
+  ``accelerator.clip_grad_norm_``, and gradients are only synchronised on the last micro-batch of a step.
+  Each process draws its own micro-batches (the stream depends on its rank).
+* **Precision.** A model loaded in bf16/fp16 keeps its *trained* parameters in fp32 (master weights) and
+  runs its forward under autocast, so small updates are not rounded away; frozen weights stay 16-bit.
 * **Checkpoint.** Atomic ``torch.save`` of the trained parameters, the optimizer, the step and the loss
   log every ``checkpoint_every`` steps; the final model is saved with ``save_pretrained``.
 """
@@ -25,6 +29,7 @@ import hashlib
 import json
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,9 +74,11 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
                 save_keys: set[str] | None = None, accelerator=None) -> None:
     """Run (or resume) one stage: AdamW, warmup + cosine, clipping, accumulation, checkpoints, a loss log.
 
-    ``loss_fn(rng, batch) -> loss`` draws its own micro-batch from the given random stream; ``evaluate()``
-    returns held-out metrics logged every ``eval_every`` steps and at the end. ``save_keys`` limits
-    checkpoints to those state-dict entries (the trained ones), so a large frozen base is not copied.
+    ``loss_fn(rng, batch, model) -> loss`` draws its own micro-batch from the given random stream and runs
+    the forward through ``model``: the module itself, or the accelerator-prepared wrapper under
+    ``accelerate launch`` (a forward that bypasses the wrapper would not synchronise gradients).
+    ``evaluate()`` returns held-out metrics logged every ``eval_every`` steps and at the end. ``save_keys``
+    limits checkpoints to those state-dict entries (the trained ones), so a large frozen base is not copied.
     """
     from tqdm.auto import tqdm
 
@@ -95,10 +102,16 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
         for micro in range(schedule.accumulate):
             rng = step_rng(seed, name, step, micro, rank)
             torch.manual_seed(rng.getrandbits(63))  # dropout masks, like the batch, follow the step
-            loss = loss_fn(rng, schedule.batch) / schedule.accumulate
-            (accelerator.backward(loss) if accelerator is not None else loss.backward())
+            last = micro == schedule.accumulate - 1
+            with (accelerator.no_sync(target) if accelerator is not None and not last else nullcontext()):
+                loss = loss_fn(rng, schedule.batch, target) / schedule.accumulate
+                (accelerator.backward(loss) if accelerator is not None else loss.backward())
             total += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, schedule.clip)
+        if accelerator is not None:
+            accelerator.clip_grad_norm_(params, schedule.clip)
+            total = accelerator.reduce(torch.tensor(total), reduction="mean").item()
+        else:
+            torch.nn.utils.clip_grad_norm_(params, schedule.clip)
         optimizer.step()
         done = step + 1
         entry = {"stage": name, "step": done, "loss": total}
@@ -216,8 +229,9 @@ def apply_lora(adapter, r: int = 128, alpha: int = 32, dropout: float = 0.05, kb
     return [n for n, p in adapter.model.named_parameters() if p.requires_grad]
 
 
-def sft_loss(adapter, records: list[dict]) -> torch.Tensor:
-    """Cross-entropy on the answer and end-of-turn tokens of a batch of conversations (left-padded)."""
+def sft_loss(adapter, records: list[dict], model: nn.Module | None = None) -> torch.Tensor:
+    """Cross-entropy on the answer and end-of-turn tokens of a batch of conversations (left-padded),
+    the forward run through ``model`` (the accelerator-prepared wrapper) when given."""
     from mimic_utils.evaluate import load_images
     from mimic_utils.traindata import prompt_family
 
@@ -230,7 +244,7 @@ def sft_loss(adapter, records: list[dict]) -> torch.Tensor:
     for row, record in enumerate(records):
         n = len(tokenizer(record["gt"] + adapter.end_of_turn, add_special_tokens=False).input_ids)
         labels[row, -n:] = ids[row, -n:]  # left padding: every row ends with its answer
-    return adapter.forward(batch, labels=labels).loss  # under the adapter's image-block mask, if any
+    return adapter.forward(batch, model=model, labels=labels).loss  # under the adapter's image-block mask, if any
 
 
 def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size: int, single_ratio: float) -> list[dict]:
@@ -239,9 +253,65 @@ def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size:
 
 
 def split_conversations(records: list[dict], max_images: int) -> tuple[list[dict], list[dict]]:
-    """(multi-image, single-image) conversations, dropping samples above ``max_images`` images."""
+    """(multi-image, single-image) conversations, dropping samples above ``max_images`` images; a
+    one-image conversation mixed in from the hub counts as single-image."""
     kept = [r for r in records if len(r["images"]) <= max_images]
-    return [r for r in kept if r["origin"] != "single"], [r for r in kept if r["origin"] == "single"]
+    single = [r for r in kept if r["origin"] == "single" or (r["origin"] == "hub" and len(r["images"]) == 1)]
+    chosen = {id(r) for r in single}
+    return [r for r in kept if id(r) not in chosen], single
+
+
+def master_weights(model: nn.Module) -> bool:
+    """Keep the trained parameters of a 16-bit model in fp32 (the frozen ones stay 16-bit).
+
+    Pure-bf16 AdamW rounds most small updates away (bf16 has 8 bits of mantissa); with fp32 masters and
+    an autocast forward the usual mixed-precision recipe holds. Returns whether autocast is needed.
+    """
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if not any(p.dtype in (torch.bfloat16, torch.float16) for p in trained):
+        return False
+    for param in trained:
+        param.data = param.data.float()
+    return True
+
+
+def autocast_dtype(model: nn.Module) -> torch.dtype:
+    """The 16-bit dtype of a model's frozen weights (the one its forward should autocast to)."""
+    for param in model.parameters():
+        if param.dtype in (torch.bfloat16, torch.float16):
+            return param.dtype
+    return torch.bfloat16
+
+
+def merge_lora(adapter, out_dir: Path, reload_base=None) -> nn.Module:
+    """Merge trained LoRA weights into a plain model that :func:`mimic_utils.models.load_adapter` reads.
+
+    A full-precision base merges in place. A quantised (QLoRA) base must not: merging into 4-bit weights
+    re-quantises them and loses the update. Then, as the QLoRA recipe does, the PEFT adapter is saved to
+    ``out_dir/lora`` and merged into the base reloaded *unquantised* (in the adapter's dtype).
+    ``reload_base()`` returns that reloaded model; by default the adapter's own source is loaded again.
+    """
+    if adapter.settings.get("quantization") is None and reload_base is None:
+        return adapter.model.merge_and_unload()
+    from peft import PeftModel
+
+    lora_dir = Path(out_dir) / "lora"
+    adapter.model.save_pretrained(lora_dir)
+    base = reload_base() if reload_base is not None else _reload_unquantized(adapter)
+    merged = PeftModel.from_pretrained(base, lora_dir).merge_and_unload()
+    adapter.settings["quantization"] = None
+    return merged
+
+
+def _reload_unquantized(adapter) -> nn.Module:
+    """The adapter's base checkpoint again, same revision, dtype and device, without quantisation."""
+    from mimic_utils.models import load_adapter
+
+    s = adapter.settings
+    dtype = s.get("dtype") if s.get("dtype") not in (None, "auto") else "bfloat16"
+    return load_adapter(s["model"], family=s["family"], dtype=dtype, device=s.get("device", "cpu"),
+                        revision=s.get("revision"), trust_remote_code=s.get("trust_remote_code", False),
+                        preprocessing=s.get("preprocessing")).model
 
 
 def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path | str, evaluate=None,
@@ -249,7 +319,8 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
     """Train ``adapter.model`` on the conversations; save it (HF format) with its processor into ``out_dir``.
 
     Returns ``{"log": [...], "trained_parameters": n, "config": ...}``; the loss log is also written as
-    ``loss.csv`` beside the model.
+    ``loss.csv`` beside the model. Under ``accelerate launch`` pass the ``Accelerator``: only its main
+    process writes.
     """
     import pandas as pd
 
@@ -264,13 +335,17 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
         trained = apply_lora(adapter, **config.lora, kbit=quantized)
     else:
         trained = set_trainable(adapter.model, config.train)
+    half = master_weights(adapter.model)
+    cast_to = autocast_dtype(adapter.model)
+    device_type = next(adapter.model.parameters()).device.type
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     schedule = StageSchedule(config.steps, config.lr, config.batch, warmup=max(1, round(config.warmup_ratio * config.steps)),
                              clip=config.clip, checkpoint_every=config.checkpoint_every, eval_every=config.steps,
                              weight_decay=config.weight_decay, accumulate=config.accumulate)
 
-    def loss_fn(rng: random.Random, size: int) -> torch.Tensor:
-        return sft_loss(adapter, mixed_batch(rng, multi, single, size, config.single_ratio))
+    def loss_fn(rng: random.Random, size: int, model: nn.Module) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=cast_to, enabled=half):
+            return sft_loss(adapter, mixed_batch(rng, multi, single, size, config.single_ratio), model)
 
     log: list[dict] = []
     checkpoint = out_dir / "checkpoints" / run_digest(config, adapter, records) / f"{name}.pt"
@@ -280,10 +355,65 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
                 save_keys=set(adapter.model.state_dict()) & set(trained), accelerator=accelerator)
     adapter.model.eval()
     if config.lora is not None:
-        adapter.model = adapter.model.merge_and_unload()  # a plain model again, loadable by load_adapter
+        adapter.model = merge_lora(adapter, out_dir)  # a plain model again, loadable by load_adapter
+    if half:
+        adapter.model.to(cast_to)  # saved in the dtype it was loaded in
     if accelerator is None or accelerator.is_main_process:
         adapter.save(out_dir)
         pd.DataFrame(log).to_csv(out_dir / "loss.csv", index=False)
         write_json(out_dir / "finetune.json", {"config": asdict(config), "trained_parameters": sum(p.numel() for p in params),
                                                "multi_image_conversations": len(multi), "single_image_conversations": len(single)})
     return {"log": log, "trained_parameters": sum(p.numel() for p in params), "config": asdict(config)}
+
+
+# --- command line: notebook 04's training, scaled out with `accelerate launch` -----------------------
+
+
+def training_inputs(profile: str, notebook: str, root: Path | None = None) -> tuple[dict, FinetuneConfig, list[dict], Path]:
+    """(base model entry, config, conversations incl. hub mixes, output folder) of a finetuning notebook's
+    parameter file — what the notebook itself trains on, so a launched run and the notebook share checkpoints."""
+    from mimic_utils import runner, traindata
+    from mimic_utils.artifacts import output_dir, profile_dir, repo_root
+
+    root = root or repo_root()
+    matches = [nb for nb in runner.discover(profile, root) if notebook in (nb.stem, nb.number)]
+    if not matches:
+        raise runner.ParameterError(f"--notebook {notebook!r}: no such notebook")
+    nb = matches[0]
+    params = runner.load_parameters(nb, profile)
+    missing = [k for k in ("base_model", "finetune_config") if k not in params]
+    if missing:
+        raise runner.ParameterError(f"{nb.params_file}: needs {missing} to be launched as a finetuning run")
+    out = output_dir(profile, nb.stem, root)
+    conversations = traindata.load(profile_dir(profile, root) / "01_data_build" / "train", root=root)
+    conversations = traindata.with_hub(conversations, params.get("hub_datasets") or [], out / "hub_images")
+    return params["base_model"], FinetuneConfig(**params["finetune_config"]), conversations, out / "model"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``accelerate launch -m mimic_utils.finetune --profile paper``: train what notebook 04 trains, on every
+    process accelerate starts (DDP, FSDP or DeepSpeed as its config says); the notebook then finds the
+    finished checkpoint, skips training and evaluates."""
+    import argparse
+
+    from accelerate import Accelerator
+
+    from mimic_utils.evaluate import load_under_study
+
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.finetune", description=main.__doc__.split(";")[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--notebook", default="04_data_centric_finetune")
+    args = parser.parse_args(argv)
+    accelerator = Accelerator()
+    spec, config, conversations, out = training_inputs(args.profile, args.notebook)
+    if "device" in spec or accelerator.num_processes > 1:
+        spec = {**spec, "device": str(accelerator.device)}  # each process on its own GPU
+    adapter = load_under_study(spec)
+    result = finetune(adapter, conversations, config, out, accelerator=accelerator)
+    if accelerator.is_main_process:
+        print(f"[finetune] {len(result['log'])} steps on {accelerator.num_processes} process(es); saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

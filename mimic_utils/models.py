@@ -596,10 +596,14 @@ class VLMAdapter:
             return nullcontext()
         return masking.image_blocks(self.image_block_ids(batch), self.mask_layers, self.mask_mode, model=self.model)
 
-    def forward(self, batch: "Batch", **kwargs):
-        """``model(**batch.inputs, **kwargs)`` under the adapter's mask (training and analysis use this)."""
+    def forward(self, batch: "Batch", model=None, **kwargs):
+        """``model(**batch.inputs, **kwargs)`` under the adapter's mask (training and analysis use this).
+
+        ``model`` defaults to :attr:`model`; training under ``accelerate`` passes the prepared wrapper
+        (DDP, FSDP, DeepSpeed), whose forward is what synchronises gradients.
+        """
         with self.masked(batch):
-            return self.model(**batch.inputs, **kwargs)
+            return (model or self.model)(**batch.inputs, **kwargs)
 
     def save(self, folder: str | Path) -> Path:
         """``save_pretrained`` of model and processor, plus the mask (``mimic_mask.json``) if any."""

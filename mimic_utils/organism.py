@@ -183,11 +183,11 @@ def vision_stage(model, processor, train: ScenePool, heldout: ScenePool, schedul
     pretrainer = VisionPretrainer(model.model.visual, hidden, len(train.categories))
     pixels = pixel_settings(processor)
 
-    def loss_fn(rng: random.Random, batch: int) -> torch.Tensor:
+    def loss_fn(rng: random.Random, batch: int, net: nn.Module) -> torch.Tensor:
         picks = torch.tensor(rng.sample(range(len(train)), batch))
         images, cells = flip_batch(train.images[picks], train.cells[picks], rng)
         pixel_values, grid = patchify(images, **pixels)
-        cell_logits, counts = pretrainer(pixel_values, grid, batch)
+        cell_logits, counts = net(pixel_values, grid, batch)
         return vision_loss(cell_logits, counts, cells, train.counts[picks], cell_weight)
 
     def evaluate() -> dict:
@@ -331,7 +331,8 @@ def language_stage(name: str, model, features: torch.Tensor, convs: Conversation
         p.requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def loss_fn(rng: random.Random, batch: int) -> torch.Tensor:
+    def loss_fn(rng: random.Random, batch: int, _net: nn.Module) -> torch.Tensor:
+        # single-process only: the cached-feature forward reaches into model.model.visual.merger
         return language_forward(model, features, convs, rng.sample(range(len(convs)), batch), patch_grid, pad_id).loss
 
     def evaluate() -> dict:

@@ -17,7 +17,11 @@ Families (all questions use the benchmark's wording, so training and evaluation 
   ``oddone_minor`` "Which image contains a dog?" (the number of the only image that holds it);
 * **single-image** questions (the organism's stage 2 and the single-image share of the finetuning mix):
   ``counting`` (true counts 0..max), ``presence`` (yes/no, balanced), ``listing`` of one supercategory
-  ("none" when absent) and ``naming`` of a single-class image.
+  ("none" when absent) and ``naming`` of a single-class image;
+* **hub** conversations (:func:`hub_conversations`): multi-image instruction datasets from the HF hub in
+  the Mantis-Instruct schema (``images`` + ``conversation`` of role/content turns with ``<image>``
+  placeholders), which the official recipe mixes in (NLVR2, Spot-the-Diff, …). Their question text is
+  kept verbatim after the images.
 
 Every record is a conversation: ``messages`` with a user turn (image references first, then the text,
 in the official layout that evaluation uses) and an assistant turn, plus ``images`` (paths), ``family``, ``question``, ``gt`` and the evidence.
@@ -44,9 +48,15 @@ SINGLE_FAMILIES = ("counting", "presence", "listing", "naming")
 MIMIC_FAMILIES = ("counting", "listing", "common", "oddone")
 
 
+HUB_FAMILY = "hub"
+
+
 def prompt_family(family: str) -> str:
     """The MIMIC prompt family a training question is asked under: ``listing_minor`` and single-image
-    listing get Listing's suffix and budget, the yes/no and naming questions Common's."""
+    listing get Listing's suffix and budget, the yes/no and naming questions Common's. Hub conversations
+    are not MIMIC questions: their text goes after the images as it is."""
+    if family == HUB_FAMILY:
+        return HUB_FAMILY
     base = family.split("_")[0]
     return base if base in TASK_FAMILIES else "common"
 
@@ -307,3 +317,79 @@ def load(train_dir: Path | str, root: Path | None = None) -> list[dict]:
     if file_sha256(path) != manifest["files"][path.name]["sha256"]:
         raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
     return absolute_images(read_jsonl(path), root or manifest.get("image_root"))
+
+
+# --- multi-image instruction data from the hub ------------------------------------------------------
+
+HUB_KEYS = {"name", "config", "split", "limit", "revision", "image_root"}
+
+
+def hub_conversations(spec: dict, image_dir: Path | str, progress: bool = True) -> list[dict]:
+    """Conversations from one hub dataset in the Mantis-Instruct schema, e.g.
+    ``{"name": "TIGER-Lab/Mantis-Instruct", "config": "nlvr2", "split": "train", "limit": 5000}``.
+
+    Each row's first user turn (``<image>`` placeholders removed: our layout puts the images first) and
+    first assistant reply become one conversation. Embedded image bytes are written under ``image_dir``;
+    path-only images are resolved against ``image_root`` (Mantis ships them as zip archives to unpack).
+    """
+    import datasets
+
+    unknown = sorted(set(spec) - HUB_KEYS)
+    if unknown or "name" not in spec:
+        raise ValueError(f"hub dataset {spec!r}: needs 'name'; unknown key(s) {unknown}; known: {sorted(HUB_KEYS)}")
+    label = f"{spec['name']}" + (f" [{spec['config']}]" if spec.get("config") else "")
+    rows = datasets.load_dataset(spec["name"], spec.get("config"), split=spec.get("split", "train"),
+                                 revision=spec.get("revision"))
+    if "images" not in rows.column_names or "conversation" not in rows.column_names:
+        raise ValueError(f"hub dataset {label}: expected columns 'images' and 'conversation' (Mantis-Instruct "
+                         f"schema), found {rows.column_names}")
+    rows = rows.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+    if spec.get("limit") is not None:
+        rows = rows.select(range(min(int(spec["limit"]), len(rows))))
+    image_dir = Path(image_dir)
+    records = []
+    for number, row in enumerate(tqdm(rows, desc=f"hub {label}", disable=not progress, leave=False)):
+        uid = f"hub-{spec.get('config') or Path(spec['name']).name}-{row.get('id', number)}"
+        turn = _first_exchange(row["conversation"], label, uid)
+        if turn is None:
+            continue
+        images = [_hub_image(image, image_dir / f"{uid}-{k}", spec.get("image_root"), label, uid)
+                  for k, image in enumerate(row["images"])]
+        records.append({"id": uid, "family": HUB_FAMILY, "origin": HUB_FAMILY, "images": images,
+                        "question": turn[0], "gt": turn[1], "source": label})
+    return records
+
+
+def _first_exchange(conversation: list[dict], label: str, uid: str) -> tuple[str, str] | None:
+    """(question without ``<image>`` placeholders, answer) of the first user→assistant exchange."""
+    for user, reply in zip(conversation, conversation[1:]):
+        if user.get("role") == "user" and reply.get("role") == "assistant":
+            question = " ".join(user.get("content", "").replace("<image>", " ").split())
+            return (question, reply.get("content", "").strip()) if question else None
+    return None
+
+
+def _hub_image(image: dict, stem: Path, image_root: str | None, label: str, uid: str) -> str:
+    """The file of one undecoded hub image: its bytes written once, or its path under ``image_root``."""
+    if image.get("bytes"):
+        from PIL import Image
+        import io
+
+        with Image.open(io.BytesIO(image["bytes"])) as decoded:
+            path = stem.with_suffix("." + (decoded.format or "png").lower())
+        if not path.exists():
+            from mimic_utils.artifacts import write_bytes
+
+            write_bytes(path, image["bytes"])
+        return str(path)
+    path = Path(image_root or "") / (image.get("path") or "")
+    if not (image.get("path") and path.is_file()):
+        raise FileNotFoundError(f"hub dataset {label}, row {uid}: image {image.get('path')!r} has no bytes and is not "
+                                f"found under image_root={image_root!r} (unpack the dataset's image archives there)")
+    return str(path)
+
+
+def with_hub(records: list[dict], specs: list[dict], image_dir: Path | str, progress: bool = True) -> list[dict]:
+    """``records`` plus every hub dataset of ``specs`` (notebook 04's ``hub_datasets`` parameter)."""
+    extra = [r for spec in specs for r in hub_conversations(spec, image_dir, progress)]
+    return records + extra

@@ -62,3 +62,26 @@ def two_samples():
         ),
         models.Sample([noise_image(84, 84, 4), noise_image(56, 84, 5)], "Which vehicles appear", "listing"),
     ]
+
+
+def launch_two_cpu_processes(script, *args) -> str:
+    """Run ``script`` as two CPU processes under ``accelerate launch`` and return their stdout.
+
+    ``accelerate launch --cpu --num_processes 2`` silently starts *one* process (multi-CPU needs a
+    distributed launcher), so this uses ``--multi_gpu`` (torch.distributed's launcher) with
+    ``ACCELERATE_USE_CPU=1``: accelerate then runs MULTI_CPU over gloo. Workers print their world size,
+    which callers assert, so a launch that silently falls back to one process fails the test.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "PYTHONPATH": str(here), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                           str(script), *map(str, args)], env=env, check=True, capture_output=True, text=True)
+    return done.stdout

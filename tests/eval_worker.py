@@ -40,3 +40,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     folder, out, n, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     evaluate.run(tiny_qwen_adapter(), make_records(folder, n), out, batch_size=batch, progress=False)
+    print(f"processes={evaluate.process_state().num_processes}", flush=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import launch_two_cpu_processes
 from eval_worker import make_records, tiny_qwen_adapter
 from mimic_utils import evaluate
 
@@ -75,15 +76,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_under_accelerate_merge_to_the_single_process_result(tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     images, sharded, single = tmp_path / "img", tmp_path / "sharded.jsonl", tmp_path / "single.jsonl"
+    worker = HERE / "eval_worker.py"
+    make_records(images, 10)  # images written once, before the ranks start
+    out = launch_two_cpu_processes(worker, images, sharded, 10, 2)
+    assert out.count("processes=2") == 2
     env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
-    worker = str(HERE / "eval_worker.py")
-    subprocess.run([accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", worker, str(images), str(sharded), "10", "2"],
-                   env=env, check=True)
-    subprocess.run([sys.executable, worker, str(images), str(single), "10", "2"], env=env, check=True)
-    assert evaluate.read_predictions(sharded) == evaluate.read_predictions(single)
+    subprocess.run([sys.executable, str(worker), str(images), str(single), "10", "2"], env=env, check=True)
+    by_id = lambda path: {row["id"]: row for row in evaluate.read_predictions(path)}  # noqa: E731
+    assert by_id(sharded) == by_id(single) and len(by_id(single)) == 10
     assert not list(tmp_path.glob("sharded.rank*"))
 
 

@@ -7,18 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval_worker import make_records, tiny_qwen_adapter
+from eval_worker import tiny_qwen_adapter
+from conftest import launch_two_cpu_processes
+from finetune_worker import conversations
 from mimic_utils import finetune
 from mimic_utils.models import load_adapter
 
-
-def conversations(folder: Path, n: int) -> list[dict]:
-    """Training conversations over noise images: multi-image and single-image ones."""
-    records = make_records(folder, n)
-    for i, r in enumerate(records):
-        r["origin"] = "single" if len(r["images"]) == 1 else "mimic"
-        r["gt"] = str(i % 4)
-    return records
+HERE = Path(__file__).parent
 
 
 def test_cosine_schedule_warms_up_then_decays():
@@ -115,3 +110,68 @@ def test_masked_lora_trains_adapters_and_projector_and_the_mask_travels_with_the
     reloaded = load_adapter(tmp_path / "model", family="qwen2_vl", dtype="float32")
     assert reloaded.mask_layers == adapter.mask_layers == (1,)
     assert reloaded.settings["mask"] == {"layers": [1], "mode": "blockwise"}
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_average_their_gradients(tmp_path):
+    """Each rank draws its own batches: only synchronised gradients keep the two replicas identical."""
+    conversations(tmp_path / "img", 8)  # images written once, before the ranks start
+    out = launch_two_cpu_processes(HERE / "finetune_worker.py", tmp_path / "img", tmp_path)
+    assert out.count("processes=2") == 2
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    base = tiny_qwen_adapter().model.state_dict()
+    assert any(not torch.equal(base[n], rank0[n]) for n in base if "language_model" in n)
+    for name in rank0:
+        assert torch.allclose(rank0[name], rank1[name], atol=1e-6), name
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_a_16_bit_model_trains_fp32_master_weights_and_keeps_the_frozen_ones_16_bit():
+    adapter = tiny_qwen_adapter()
+    adapter.model.to(torch.bfloat16)
+    finetune.set_trainable(adapter.model, ("language_model",))
+    assert finetune.master_weights(adapter.model)
+    for name, param in adapter.model.named_parameters():
+        assert param.dtype == (torch.float32 if param.requires_grad else torch.bfloat16), name
+    fp32 = tiny_qwen_adapter()
+    finetune.set_trainable(fp32.model, ("language_model",))
+    assert not finetune.master_weights(fp32.model)
+
+
+@pytest.mark.slow
+def test_a_bf16_model_finetunes_under_autocast_and_is_saved_in_bf16(tmp_path):
+    adapter = tiny_qwen_adapter()
+    adapter.model.to(torch.bfloat16)
+    before = {n: p.detach().float().clone() for n, p in adapter.model.named_parameters()}
+    config = finetune.FinetuneConfig(steps=2, lr=1e-3, batch=2)
+    result = finetune.finetune(adapter, conversations(tmp_path / "img", 8), config, tmp_path / "model", progress=False)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in result["log"])
+    reloaded = load_adapter(tmp_path / "model", family="qwen2_vl")
+    assert reloaded.model.dtype == torch.bfloat16
+    changed = [n for n, p in reloaded.model.named_parameters() if not torch.equal(before[n], p.float())]
+    assert changed and all("language_model" in n for n in changed)
+
+
+@pytest.mark.slow
+def test_qlora_style_merge_into_a_reloaded_base_equals_the_in_place_merge(tmp_path):
+    """The quantised path saves the PEFT adapter and merges it into the base loaded again unquantised;
+    with a full-precision base both routes must give the same model."""
+    base_dir = tmp_path / "base"
+    tiny_qwen_adapter().save(base_dir)
+    records = conversations(tmp_path / "img", 8)
+    config = finetune.FinetuneConfig(steps=2, lr=1e-2, batch=2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    merged = {}
+    for route in ("in_place", "reload"):
+        adapter = load_adapter(base_dir, family="qwen2_vl", dtype="float32")
+        torch.manual_seed(0)  # the same LoRA initialisation on both routes
+        finetune.apply_lora(adapter, **config.lora)
+        params = [p for p in adapter.model.parameters() if p.requires_grad]
+        loss = finetune.sft_loss(adapter, records[:4])
+        loss.backward()
+        torch.optim.SGD(params, lr=0.1).step()
+        reload = (lambda: load_adapter(base_dir, family="qwen2_vl", dtype="float32").model) if route == "reload" else None
+        merged[route] = finetune.merge_lora(adapter, tmp_path / route, reload_base=reload).state_dict()
+    assert (tmp_path / "reload" / "lora" / "adapter_config.json").is_file()
+    assert set(merged["in_place"]) == set(merged["reload"])
+    for name, value in merged["in_place"].items():
+        assert torch.allclose(value, merged["reload"][name], atol=1e-6), name

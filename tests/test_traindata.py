@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from mimic_utils import traindata
 from mimic_utils.tasks import KnobError
 from mimic_utils.prompts import build_messages
 from mimic_utils.traindata import TrainMix, build, family_counts, prompt_family, single_image_questions
@@ -97,3 +99,65 @@ def test_save_and_load_roundtrip(index, tmp_path):
     (tmp_path / "conversations.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match="content differs"):
         load(tmp_path)
+
+
+def _mantis_style_dataset(folder, rows):
+    """A local dataset in the Mantis-Instruct schema (what the hub loader reads), written as parquet."""
+    import io
+
+    import datasets
+
+    from conftest import noise_image
+
+    def png(seed):
+        buffer = io.BytesIO()
+        noise_image(32, 32, seed).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "images": datasets.Sequence(datasets.Image(decode=False)),
+        "conversation": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "source": datasets.Value("string"),
+    })
+    data = datasets.Dataset.from_dict({
+        "id": [r[0] for r in rows],
+        "images": [[{"bytes": png(10 * i + k), "path": None} for k in range(r[1])] for i, r in enumerate(rows)],
+        "conversation": [r[2] for r in rows],
+        "source": ["test"] * len(rows),
+    }, features=features)
+    folder.mkdir(parents=True)
+    data.to_parquet(str(folder / "train-00000.parquet"))
+    return folder
+
+
+def test_hub_conversations_in_the_mantis_schema_become_training_records(tmp_path):
+    from mimic_utils import finetune
+
+    user = {"role": "user", "content": "<image><image> Are the two images the same?"}
+    rows = [("a", 2, [user, {"role": "assistant", "content": "No."}, user, {"role": "assistant", "content": "x"}]),
+            ("b", 1, [{"role": "user", "content": "<image> What is shown?"}, {"role": "assistant", "content": "dog"}]),
+            ("c", 2, [{"role": "assistant", "content": "orphan reply"}])]
+    folder = _mantis_style_dataset(tmp_path / "mantis", rows)
+    records = traindata.hub_conversations({"name": str(folder), "split": "train", "limit": 3}, tmp_path / "img",
+                                          progress=False)
+    assert [r["id"] for r in records] == ["hub-mantis-a", "hub-mantis-b"]  # no user→assistant exchange in "c"
+    first = records[0]
+    assert first["question"] == "Are the two images the same?" and first["gt"] == "No."
+    assert len(first["images"]) == 2 and all(Path(p).is_file() for p in first["images"])
+    assert traindata.prompt_family("hub") == "hub"
+    multi, single = finetune.split_conversations(records, 10)
+    assert [r["id"] for r in multi] == ["hub-mantis-a"] and [r["id"] for r in single] == ["hub-mantis-b"]
+
+
+def test_hub_spec_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="unknown key"):
+        traindata.hub_conversations({"name": "x", "subset": "nlvr2"}, tmp_path)
+    folder = _mantis_style_dataset(tmp_path / "m", [("a", 1, [{"role": "user", "content": "q"},
+                                                               {"role": "assistant", "content": "a"}])])
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder / "train-00000.parquet").drop(["conversation"])
+    pq.write_table(table, folder / "train-00000.parquet")
+    with pytest.raises(ValueError, match="Mantis-Instruct"):
+        traindata.hub_conversations({"name": str(folder)}, tmp_path / "img", progress=False)
