@@ -255,32 +255,28 @@ def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size:
 def split_conversations(records: list[dict], max_images: int) -> tuple[list[dict], list[dict]]:
     """(multi-image, single-image) conversations, dropping samples above ``max_images`` images; a
     one-image conversation mixed in from the hub counts as single-image."""
+    from mimic_utils.traindata import HUB_FAMILY
+
+    def is_single(r: dict) -> bool:
+        return r["origin"] == "single" or (r["origin"] == HUB_FAMILY and len(r["images"]) == 1)
+
     kept = [r for r in records if len(r["images"]) <= max_images]
-    single = [r for r in kept if r["origin"] == "single" or (r["origin"] == "hub" and len(r["images"]) == 1)]
-    chosen = {id(r) for r in single}
-    return [r for r in kept if id(r) not in chosen], single
+    return [r for r in kept if not is_single(r)], [r for r in kept if is_single(r)]
 
 
-def master_weights(model: nn.Module) -> bool:
+def master_weights(model: nn.Module) -> torch.dtype | None:
     """Keep the trained parameters of a 16-bit model in fp32 (the frozen ones stay 16-bit).
 
     Pure-bf16 AdamW rounds most small updates away (bf16 has 8 bits of mantissa); with fp32 masters and
-    an autocast forward the usual mixed-precision recipe holds. Returns whether autocast is needed.
+    an autocast forward the usual mixed-precision recipe holds. Returns the 16-bit dtype the forward
+    should autocast to (and the model be saved in), or ``None`` for a model that trains in fp32.
     """
     trained = [p for p in model.parameters() if p.requires_grad]
-    if not any(p.dtype in (torch.bfloat16, torch.float16) for p in trained):
-        return False
-    for param in trained:
-        param.data = param.data.float()
-    return True
-
-
-def autocast_dtype(model: nn.Module) -> torch.dtype:
-    """The 16-bit dtype of a model's frozen weights (the one its forward should autocast to)."""
-    for param in model.parameters():
-        if param.dtype in (torch.bfloat16, torch.float16):
-            return param.dtype
-    return torch.bfloat16
+    half = next((p.dtype for p in trained if p.dtype in (torch.bfloat16, torch.float16)), None)
+    if half is not None:
+        for param in trained:
+            param.data = param.data.float()
+    return half
 
 
 def merge_lora(adapter, out_dir: Path, reload_base=None) -> nn.Module:
@@ -336,7 +332,6 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
     else:
         trained = set_trainable(adapter.model, config.train)
     half = master_weights(adapter.model)
-    cast_to = autocast_dtype(adapter.model)
     device_type = next(adapter.model.parameters()).device.type
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     schedule = StageSchedule(config.steps, config.lr, config.batch, warmup=max(1, round(config.warmup_ratio * config.steps)),
@@ -344,7 +339,7 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
                              weight_decay=config.weight_decay, accumulate=config.accumulate)
 
     def loss_fn(rng: random.Random, size: int, model: nn.Module) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=cast_to, enabled=half):
+        with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
             return sft_loss(adapter, mixed_batch(rng, multi, single, size, config.single_ratio), model)
 
     log: list[dict] = []
@@ -356,8 +351,8 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
     adapter.model.eval()
     if config.lora is not None:
         adapter.model = merge_lora(adapter, out_dir)  # a plain model again, loadable by load_adapter
-    if half:
-        adapter.model.to(cast_to)  # saved in the dtype it was loaded in
+    if half is not None:
+        adapter.model.to(half)  # saved in the dtype it was loaded in
     if accelerator is None or accelerator.is_main_process:
         adapter.save(out_dir)
         pd.DataFrame(log).to_csv(out_dir / "loss.csv", index=False)

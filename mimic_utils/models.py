@@ -603,7 +603,7 @@ class VLMAdapter:
         (DDP, FSDP, DeepSpeed), whose forward is what synchronises gradients.
         """
         with self.masked(batch):
-            return (model or self.model)(**batch.inputs, **kwargs)
+            return (self.model if model is None else model)(**batch.inputs, **kwargs)
 
     def save(self, folder: str | Path) -> Path:
         """``save_pretrained`` of model and processor, plus the mask (``mimic_mask.json``) if any."""

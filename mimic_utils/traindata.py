@@ -343,14 +343,14 @@ def hub_conversations(spec: dict, image_dir: Path | str, progress: bool = True) 
     if "images" not in rows.column_names or "conversation" not in rows.column_names:
         raise ValueError(f"hub dataset {label}: expected columns 'images' and 'conversation' (Mantis-Instruct "
                          f"schema), found {rows.column_names}")
-    rows = rows.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
     if spec.get("limit") is not None:
         rows = rows.select(range(min(int(spec["limit"]), len(rows))))
+    rows = rows.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
     image_dir = Path(image_dir)
     records = []
     for number, row in enumerate(tqdm(rows, desc=f"hub {label}", disable=not progress, leave=False)):
         uid = f"hub-{spec.get('config') or Path(spec['name']).name}-{row.get('id', number)}"
-        turn = _first_exchange(row["conversation"], label, uid)
+        turn = _first_exchange(row["conversation"])
         if turn is None:
             continue
         images = [_hub_image(image, image_dir / f"{uid}-{k}", spec.get("image_root"), label, uid)
@@ -360,7 +360,7 @@ def hub_conversations(spec: dict, image_dir: Path | str, progress: bool = True) 
     return records
 
 
-def _first_exchange(conversation: list[dict], label: str, uid: str) -> tuple[str, str] | None:
+def _first_exchange(conversation: list[dict]) -> tuple[str, str] | None:
     """(question without ``<image>`` placeholders, answer) of the first user→assistant exchange."""
     for user, reply in zip(conversation, conversation[1:]):
         if user.get("role") == "user" and reply.get("role") == "assistant":
@@ -376,7 +376,7 @@ def _hub_image(image: dict, stem: Path, image_root: str | None, label: str, uid:
         import io
 
         with Image.open(io.BytesIO(image["bytes"])) as decoded:
-            path = stem.with_suffix("." + (decoded.format or "png").lower())
+            path = stem.parent / f"{stem.name}.{(decoded.format or 'png').lower()}"  # ids may hold dots
         if not path.exists():
             from mimic_utils.artifacts import write_bytes
 

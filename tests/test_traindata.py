@@ -136,18 +136,19 @@ def test_hub_conversations_in_the_mantis_schema_become_training_records(tmp_path
 
     user = {"role": "user", "content": "<image><image> Are the two images the same?"}
     rows = [("a", 2, [user, {"role": "assistant", "content": "No."}, user, {"role": "assistant", "content": "x"}]),
-            ("b", 1, [{"role": "user", "content": "<image> What is shown?"}, {"role": "assistant", "content": "dog"}]),
+            ("b.1", 1, [{"role": "user", "content": "<image> What is shown?"}, {"role": "assistant", "content": "dog"}]),
             ("c", 2, [{"role": "assistant", "content": "orphan reply"}])]
     folder = _mantis_style_dataset(tmp_path / "mantis", rows)
     records = traindata.hub_conversations({"name": str(folder), "split": "train", "limit": 3}, tmp_path / "img",
                                           progress=False)
-    assert [r["id"] for r in records] == ["hub-mantis-a", "hub-mantis-b"]  # no user→assistant exchange in "c"
+    assert [r["id"] for r in records] == ["hub-mantis-a", "hub-mantis-b.1"]  # no user→assistant exchange in "c"
     first = records[0]
     assert first["question"] == "Are the two images the same?" and first["gt"] == "No."
     assert len(first["images"]) == 2 and all(Path(p).is_file() for p in first["images"])
+    assert Path(records[1]["images"][0]).name == "hub-mantis-b.1-0.png"  # a dot in the id is not a suffix
     assert traindata.prompt_family("hub") == "hub"
     multi, single = finetune.split_conversations(records, 10)
-    assert [r["id"] for r in multi] == ["hub-mantis-a"] and [r["id"] for r in single] == ["hub-mantis-b"]
+    assert [r["id"] for r in multi] == ["hub-mantis-a"] and [r["id"] for r in single] == ["hub-mantis-b.1"]
 
 
 def test_hub_spec_errors_name_the_problem(tmp_path):
