@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shlex
 import sys
 import tempfile
@@ -380,7 +381,9 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     root = repo_root()
     records = bench.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
-    records = [r for r in records if r["experiment"] == "images"][: args.n]
+    sweep = [r for r in records if r["experiment"] == "images"]
+    # a seeded draw over the whole sweep (every task, 1..10 images), not its first rows (one task, one image)
+    records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
     adapter = evaluate.load_under_study({"name": "organism", "source": args.model}, root)
     timings, outputs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -391,7 +394,8 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
             outputs[label] = [r["output"] for r in rows]
     single, batched = timings["batch_1"], timings[f"batch_{args.batch}"]
     return {
-        "samples": len(records), "model": args.model, "threads": args.threads,
+        "samples": len(records), "images_per_sample": round(sum(len(r["images"]) for r in records) / len(records), 2),
+        "model": args.model, "threads": args.threads,
         "batch_1_seconds": round(single, 2), "batch_1_samples_per_second": round(len(records) / single, 1),
         f"batch_{args.batch}_seconds": round(batched, 2),
         f"batch_{args.batch}_samples_per_second": round(len(records) / batched, 1),
@@ -404,7 +408,8 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
 def _evaluation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="cpu", help="whose notebook-01 benchmark to read")
     parser.add_argument("--model", default="outputs/cpu/models/base")
-    parser.add_argument("--n", type=int, default=256, help="questions (from the images sweep)")
+    parser.add_argument("--n", type=int, default=256, help="questions, drawn at random from the images sweep")
+    parser.add_argument("--seed", type=int, default=0, help="seed of that draw")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
 

@@ -23,7 +23,7 @@ questions through the same adapter and scorer as any real checkpoint.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from torch import nn
 from mimic_utils import scenes
 from mimic_utils.finetune import StageSchedule, pad_batch, train_stage
 from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+from mimic_utils.traindata import SINGLE_FAMILIES
 
 #: Random streams of the organism's own draws (the COCO and OpenImages draws use 0 and 1).
 TRAIN_STREAM, HELDOUT_STREAM = 2, 3
@@ -245,11 +246,21 @@ def describe(counts: dict[str, int], categories: list[str]) -> str:
 DESCRIBE_QUESTION = "What objects are in the image?"
 
 
+def family_shares(count: int, weights: dict[str, int]) -> dict[str, int]:
+    """``count`` questions split over the families in proportion to their integer ``weights``."""
+    total = sum(weights.values())
+    shares = {family: count * weight // total for family, weight in weights.items()}
+    for family in list(weights)[: count - sum(shares.values())]:  # the remainder, one each, in order
+        shares[family] += 1
+    return shares
+
+
 def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed: int, max_count: int,
-                        tokens_per_image: int) -> Conversations:
+                        tokens_per_image: int, weights: dict[str, int] | None = None) -> Conversations:
     """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
-    over the four families and presence from :func:`mimic_utils.traindata.single_image_questions`."""
-    from mimic_utils.traindata import single_image_questions
+    of the families in ``weights`` (default: the four of
+    :func:`mimic_utils.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each."""
+    from mimic_utils.traindata import Pools, single_image_questions
 
     rows: list[tuple[int, str, str, str]] = []
     if kind == "describe":
@@ -258,8 +269,11 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
             counts = dict(pool.index.images[str(i)].counts())
             rows.append((i, DESCRIBE_QUESTION, "describe", describe(counts, pool.categories)))
     else:
-        for r in single_image_questions(pool.index, count, seed=seed, max_count=max_count, prefix=f"organism-{kind}"):
-            rows.append((int(r["image_ids"][0]), r["question"], r["family"], r["gt"]))
+        pools = Pools(pool.index)
+        for family, share in family_shares(count, weights or dict.fromkeys(SINGLE_FAMILIES, 1)).items():
+            for r in single_image_questions(pool.index, share, seed=seed, max_count=max_count, families=(family,),
+                                            pools=pools, prefix=f"organism-{kind}"):
+                rows.append((int(r["image_ids"][0]), r["question"], r["family"], r["gt"]))
     encoded = [encode_conversation(processor, q, fam, 1, a, tokens_per_image) for _, q, fam, a in rows]
     return Conversations([e[0] for e in encoded], [e[1] for e in encoded], [r[0] for r in rows],
                          [r[2] for r in rows], [r[3] for r in rows])
@@ -362,6 +376,9 @@ class OrganismConfig:
     align_steps: int = 600
     instruct_steps: int = 2400
     instruct_conversations: int = 60000
+    #: stage-2 questions per family, relative (the lookups by category name, counting and presence, are
+    #: the hard ones); keys are the families of mimic_utils.traindata.SINGLE_FAMILIES
+    instruct_weights: dict = field(default_factory=lambda: dict.fromkeys(SINGLE_FAMILIES, 1))
     lm_lr: float = 1e-3
     batch: int = 64
     max_count: int = 5
@@ -378,7 +395,12 @@ class OrganismConfig:
         for key in values:
             if key not in known:
                 raise ValueError(f"{path}: unknown key {key!r}; known: {sorted(known)}")
-        return cls(**values)
+        config = cls(**values)
+        unknown = set(config.instruct_weights) - set(SINGLE_FAMILIES)
+        if unknown or any(not isinstance(w, int) or w < 0 for w in config.instruct_weights.values()):
+            raise ValueError(f"{path}: instruct_weights must map families of {list(SINGLE_FAMILIES)} to "
+                             f"non-negative integers, got {config.instruct_weights}")
+        return config
 
     def scene_params(self) -> scenes.SceneParams:
         return scenes.SceneParams(image_size=self.image_size, max_objects=self.max_objects,
@@ -434,11 +456,12 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
     features = timed("cache", lambda: cache_vision(model, processor, train, progress=progress))
     heldout_features = cache_vision(model, processor, heldout, progress=progress)
     stages = [
-        ("align", "describe", config.align_steps, config.pool_images),
+        ("align", "describe", config.align_steps, min(config.pool_images, config.align_steps * config.batch)),
         ("instruct", "questions", config.instruct_steps, config.instruct_conversations),
     ]
     for name, kind, steps, count in stages:
-        convs = build_conversations(train, processor, kind, count, config.seed, config.max_count, n_tokens)
+        convs = build_conversations(train, processor, kind, count, config.seed, config.max_count, n_tokens,
+                                    config.instruct_weights)
         held = build_conversations(heldout, processor, kind, config.heldout_questions, config.seed + 1,
                                    config.max_count, n_tokens)
         schedule = StageSchedule(steps, config.lm_lr, config.batch, warmup=50, eval_every=300)

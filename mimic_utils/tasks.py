@@ -155,6 +155,17 @@ class Pools:
         return [i for i in self.ids if not self.uncertain[i]]
 
     @cached_property
+    def by_count(self) -> dict[tuple[str, int], list[str]]:
+        """Certain images per (class, instances on the image), 0 included, in index order: single-image
+        questions draw from these instead of scanning every image per question (70,000-image pools)."""
+        table: dict[tuple[str, int], list[str]] = {}
+        for image_id in self.certain:
+            counts = self.counts[image_id]
+            for category in self.index.categories:
+                table.setdefault((category, counts.get(category, 0)), []).append(image_id)
+        return table
+
+    @cached_property
     def only(self) -> dict[str, list[str]]:
         """Images whose class set is exactly one class, per class (the Odd-One majority pool)."""
         pools: dict[str, list[str]] = {}

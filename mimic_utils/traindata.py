@@ -155,7 +155,7 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
     if family == "counting":
         wanted = rng.randint(0, max_count)  # balanced over the true count, 0 included
         target = rng.choice(index.categories)
-        matching = [i for i in pools.certain if pools.counts[i][target] == wanted]
+        matching = pools.by_count.get((target, wanted), [])
         if not matching:
             raise _Skip()
         question = f"How many {target} objects are there in total across all images?"
@@ -163,7 +163,7 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
     if family == "presence":
         target = rng.choice(index.categories)
         present = rng.random() < 0.5
-        pool = pools.holding[target] if present else [i for i in pools.certain if target not in pools.classes[i]]
+        pool = pools.holding[target] if present else pools.by_count.get((target, 0), [])
         if not pool:
             raise _Skip()
         return [rng.choice(pool)], [target], f"Is there a {target} in the image?", "yes" if present else "no"
