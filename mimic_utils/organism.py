@@ -620,6 +620,29 @@ def recorded_config(out_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")).get("config")
 
 
+def card_table(folder: Path) -> "pd.DataFrame | None":
+    """The organism's held-out single-image scores and training time, as its model card records them
+    (``eval.json`` and ``training.json`` beside the weights), for notebooks to show; ``None`` for a
+    folder that holds no organism (a real checkpoint has neither file)."""
+    import json
+
+    import pandas as pd
+
+    folder = Path(folder)
+    if not ((folder / "eval.json").is_file() and (folder / "training.json").is_file()):
+        return None
+    scores = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    minutes = json.loads((folder / "training.json").read_text(encoding="utf-8"))["seconds"]["total"] / 60
+    rows = [{"question": name, "n": value["n"], "score": round(value["score"], 3),
+             "target": TARGETS.get(name), "met": None if name not in TARGETS else value["score"] >= TARGETS[name]}
+            for name, value in scores.items() if isinstance(value, dict) and "score" in value]
+    rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "target": None,
+              "met": None} for count, score in scores.get("counting_by_true_count", {}).items()]
+    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "target": 60,
+                 "met": minutes <= 60})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json

@@ -166,6 +166,11 @@ class Pools:
         return table
 
     @cached_property
+    def single_class(self) -> list[str]:
+        """Certain images that hold exactly one class, in index order (single-image naming questions)."""
+        return [i for i in self.certain if len(self.classes[i]) == 1]
+
+    @cached_property
     def only(self) -> dict[str, list[str]]:
         """Images whose class set is exactly one class, per class (the Odd-One majority pool)."""
         pools: dict[str, list[str]] = {}

@@ -173,7 +173,7 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
         present = sorted(c for c in pools.classes[image] if index.supercategory_of[c] == supercategory)
         question = f"List the categories of {supercategory} that appear in the images"
         return [image], [supercategory], question, ", ".join(present) or "none"
-    single = [i for i in pools.certain if len(pools.classes[i]) == 1]
+    single = pools.single_class
     if not single:
         raise _Skip()
     image = rng.choice(single)

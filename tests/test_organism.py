@@ -101,3 +101,19 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, mon
     resumed = run(tmp_path / "b.pt")
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_card_table_reads_the_card_and_marks_targets(tmp_path):
+    import json
+
+    assert organism.card_table(tmp_path) is None  # a real checkpoint's folder has no organism card
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "counting": {"n": 10, "score": 0.85}, "presence": {"n": 10, "score": 0.5},
+        "listing": {"n": 10, "score": 0.9}, "counting_by_true_count": {"0": 1.0, "1": 0.7}}))
+    (tmp_path / "training.json").write_text(json.dumps({"seconds": {"total": 3900}}))
+    table = organism.card_table(tmp_path).set_index("question")
+    assert bool(table.loc["counting", "met"]) and not bool(table.loc["presence", "met"])
+    assert table.loc["listing", "met"] is None
+    assert table.loc["counting, true count 1", "score"] == 0.7
+    assert table.loc["training minutes (2 cores)", "score"] == 65.0
+    assert not bool(table.loc["training minutes (2 cores)", "met"])

@@ -232,3 +232,14 @@ def test_images_with_dropped_annotations_are_never_used(index):
                 assert not used, r["id"]  # every class of every image matters
             queried = members_of(r["targets"]) if r["family"] == "listing" else set(r["targets"])
             assert not used or "dog" not in queried, r["id"]
+
+
+def test_pool_lookup_tables_equal_a_scan_of_every_image(index):
+    from mimic_utils.tasks import Pools
+
+    pools = Pools(index)
+    for category in index.categories:
+        for n in range(0, 6):
+            scan = [i for i in pools.certain if pools.counts[i][category] == n]
+            assert pools.by_count.get((category, n), []) == scan  # same order: the same random draws
+    assert pools.single_class == [i for i in pools.certain if len(pools.classes[i]) == 1]
