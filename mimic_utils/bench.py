@@ -381,7 +381,7 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     root = repo_root()
     records = bench.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
-    sweep = [r for r in records if r["experiment"] == "images"]
+    sweep = [r for r in records if r["experiment"] == "images" and args.images in (None, len(r["images"]))]
     # a seeded draw over the whole sweep (every task, 1..10 images), not its first rows (one task, one image)
     records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
     adapter = evaluate.load_under_study({"name": "organism", "source": args.model}, root)
@@ -410,6 +410,7 @@ def _evaluation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="outputs/cpu/models/base")
     parser.add_argument("--n", type=int, default=256, help="questions, drawn at random from the images sweep")
     parser.add_argument("--seed", type=int, default=0, help="seed of that draw")
+    parser.add_argument("--images", type=int, default=None, help="only questions with this many images")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
 

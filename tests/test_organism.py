@@ -117,3 +117,36 @@ def test_card_table_reads_the_card_and_marks_targets(tmp_path):
     assert table.loc["counting, true count 1", "score"] == 0.7
     assert table.loc["training minutes (2 cores)", "score"] == 65.0
     assert not bool(table.loc["training minutes (2 cores)", "met"])
+
+
+@pytest.mark.slow
+def test_the_committed_organism_reloads_and_gives_its_recorded_scores(tmp_path):
+    """The weights in outputs/cpu/models/base reload with from_pretrained (through the adapter) and score
+    exactly what their model card records on the same held-out questions."""
+    import hashlib
+    import json
+
+    from mimic_utils.artifacts import repo_root
+
+    folder = repo_root() / "outputs" / "cpu" / "models" / "base"
+    recorded = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() in card
+    config = organism.OrganismConfig(**recorded["config"])
+    adapter = load_adapter(folder, family="qwen2_vl", dtype="float32")
+    records = organism.heldout_records(config, tmp_path / "heldout", progress=False)
+    scores = organism.evaluate_single_image(adapter, records, tmp_path / "p.jsonl", progress=False)
+    assert scores == json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+
+
+def test_family_shares_follow_the_weights_and_sum_to_the_count():
+    shares = organism.family_shares(1000, {"counting": 2, "presence": 2, "listing": 1, "naming": 1})
+    assert shares == {"counting": 334, "presence": 334, "listing": 166, "naming": 166}
+    assert sum(organism.family_shares(7, {"a": 1, "b": 1, "c": 1}).values()) == 7
+
+
+def test_instruct_weights_with_an_unknown_family_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "organism.yaml"
+    path.write_text("instruct_weights: {counting: 2, colour: 1}\n")
+    with pytest.raises(ValueError, match=r"organism\.yaml.*instruct_weights"):
+        organism.OrganismConfig.from_yaml(path)
