@@ -382,6 +382,8 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
     root = repo_root()
     records = bench.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
     sweep = [r for r in records if r["experiment"] == "images" and args.images in (None, len(r["images"]))]
+    if not sweep:
+        raise ValueError(f"bench evaluation: the {args.profile} images sweep has no question with --images {args.images}")
     # a seeded draw over the whole sweep (every task, 1..10 images), not its first rows (one task, one image)
     records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
     adapter = evaluate.load_under_study({"name": "organism", "source": args.model}, root)

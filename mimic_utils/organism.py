@@ -523,6 +523,7 @@ def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch
 
 
 TARGETS = {"counting": 0.80, "presence": 0.90}
+TARGET_MINUTES = 60  # whole training, from scratch, on 2 cores
 
 
 def write_card(out_dir: Path, config: OrganismConfig, summary: dict, scores: dict, command: str) -> Path:
@@ -638,8 +639,8 @@ def card_table(folder: Path) -> "pd.DataFrame | None":
             for name, value in scores.items() if isinstance(value, dict) and "score" in value]
     rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "target": None,
               "met": None} for count, score in scores.get("counting_by_true_count", {}).items()]
-    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "target": 60,
-                 "met": minutes <= 60})
+    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "target": TARGET_MINUTES,
+                 "met": minutes <= TARGET_MINUTES})
     return pd.DataFrame(rows)
 
 

@@ -174,9 +174,8 @@ class Pools:
     def only(self) -> dict[str, list[str]]:
         """Images whose class set is exactly one class, per class (the Odd-One majority pool)."""
         pools: dict[str, list[str]] = {}
-        for image_id, classes in self.classes.items():
-            if len(classes) == 1 and not self.uncertain[image_id]:
-                pools.setdefault(next(iter(classes)), []).append(image_id)
+        for image_id in self.single_class:
+            pools.setdefault(next(iter(self.classes[image_id])), []).append(image_id)
         return pools
 
 
