@@ -532,6 +532,7 @@ class Batch:
     task_families: list[str]
     prompts: list[str]
     pool: int = 1
+    vision_cache: bool = True  # the model call reads the frozen tower's output from the cache
 
     @property
     def input_length(self) -> int:
@@ -603,7 +604,7 @@ class VLMAdapter:
         (DDP, FSDP, DeepSpeed), whose forward is what synchronises gradients.
         """
         with self.masked(batch):
-            return (self.model if model is None else model)(**batch.inputs, **kwargs)
+            return (self.model if model is None else model)(**self.model_inputs(batch), **kwargs)
 
     def save(self, folder: str | Path) -> Path:
         """``save_pretrained`` of model and processor, plus the mask (``mimic_mask.json``) if any."""
@@ -641,13 +642,17 @@ class VLMAdapter:
         text = self.processor.apply_chat_template(turn, tokenize=False)
         return text.split(marker, 1)[1].rstrip()
 
-    def prepare(self, samples, pool: int = 1, answers: list[str] | None = None) -> Batch:
+    def prepare(self, samples, pool: int = 1, answers: list[str] | None = None, vision_cache: bool = True) -> Batch:
         """Model inputs for ``samples`` (``Sample``, or dicts / objects with ``images``, ``question``,
         ``task_family``): official prompt through the chat template, left padding, and with
         ``pool > 1`` the 1D-pooled vision tokens (see the module docstring).
 
         With ``answers`` (training), each prompt is followed by its answer and the template's
         :attr:`end_of_turn`, so every row ends with the tokens a loss should be taken on.
+
+        With ``vision_cache`` (the default) the frozen tower's output comes from :mod:`mimic_utils.vision_cache`
+        when the model is called (:meth:`model_inputs`) and enters it through ``mm_encoder_outputs``, the
+        route pooling takes; ``batch.inputs`` stay the processor's own outputs.
         """
         samples = [_sample_fields(s) for s in samples]
         families = [normalize_task_family(task) if is_mimic_task(task) else task for _, _, task in samples]
@@ -673,10 +678,28 @@ class VLMAdapter:
         image_token = self.processor.image_token
         counts = [[r["replacement"].count(image_token) for r in row if r["type"] == "image"] for row in offsets]
         inputs = {key: self._to_model(value) for key, value in encoded.items()}
-        batch = Batch(inputs, counts, [list(c) for c in counts], families, prompts, pool=1)
+        batch = Batch(inputs, counts, [list(c) for c in counts], families, prompts, pool=1, vision_cache=vision_cache)
         if pool > 1 and any(counts):
-            batch = self.pool(batch, pool)
+            batch = self.pool(batch, pool, self.cached_image_features(batch) if vision_cache else None)
         return batch
+
+    def model_inputs(self, batch: Batch) -> dict:
+        """What the model is called with: ``batch.inputs``, or — for an unpooled batch whose tower output
+        is cached — the same inputs routed through ``mm_encoder_outputs`` (the r = 1 pooling route, which
+        reproduces the model exactly) so the tower does not run again."""
+        if batch.pool != 1 or not batch.vision_cache or not any(batch.image_tokens):
+            return batch.inputs
+        features = self.cached_image_features(batch)
+        return batch.inputs if features is None else self.pool(batch, 1, features).inputs
+
+    def cached_image_features(self, batch: Batch):
+        """The vision path's output for ``batch`` with the frozen tower read from the shared
+        :mod:`mimic_utils.vision_cache` (None where the family or the model's state cannot be cached).
+        The live projector keeps its gradient only while the model trains."""
+        from mimic_utils import vision_cache
+
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.model.training):
+            return vision_cache.image_features(self.model, self.family, batch.inputs, batch.image_tokens)
 
     def _to_model(self, value):
         if not isinstance(value, torch.Tensor):
@@ -686,20 +709,21 @@ class VLMAdapter:
             value = value.to(self.model.dtype)
         return value
 
-    @torch.no_grad()
-    def pool(self, batch: Batch, r: int) -> Batch:
+    def pool(self, batch: Batch, r: int, features=None) -> Batch:
         """The 1D-pooled version of an unpooled ``batch`` (``r = 1`` runs the same path without
-        shortening anything, which must reproduce the unpooled model exactly)."""
+        shortening anything, which must reproduce the unpooled model exactly). ``features`` are the vision
+        path's output when already computed (the vision cache); otherwise the model's own path runs."""
         if batch.pool != 1:
             raise ValueError("batch is already pooled")
         spec = get_family(self.family)
         inputs = batch.inputs
         # 1. Per-image vision features, exactly as the model would compute them.
-        encoder = self.model.get_image_features
-        accepted = inspect.signature(encoder).parameters
-        vision_kwargs = {k: v for k, v in inputs.items() if k in accepted and k != "kwargs"}
-        output = encoder(**vision_kwargs, return_dict=True)
-        features = output.pooler_output
+        if features is None:
+            encoder = self.model.get_image_features
+            accepted = inspect.signature(encoder).parameters
+            vision_kwargs = {k: v for k, v in inputs.items() if k in accepted and k != "kwargs"}
+            with torch.no_grad():
+                features = encoder(**vision_kwargs, return_dict=True).pooler_output
         as_sequence = isinstance(features, (list, tuple))
         flat = torch.cat(list(features), dim=0) if as_sequence else features.reshape(-1, features.shape[-1])
         lengths = [n for row in batch.image_tokens for n in row]
@@ -724,7 +748,9 @@ class VLMAdapter:
         position_ids = None
         if spec.mrope:
             rope_kwargs = {"attention_mask": inputs["attention_mask"]}
-            position_ids, _ = self.model.model.get_rope_index(
+            from mimic_utils.vision_cache import inner_model
+
+            position_ids, _ = inner_model(self.model).get_rope_index(
                 ids, inputs["mm_token_type_ids"], inputs["image_grid_thw"], None, **rope_kwargs
             )
 
@@ -790,7 +816,7 @@ class VLMAdapter:
 
     def _generate(self, batch: Batch, budgets: list[int]):
         return self.model.generate(
-            **batch.inputs,
+            **self.model_inputs(batch),
             max_new_tokens=max(budgets),
             do_sample=False,
             num_beams=1,

@@ -1,0 +1,318 @@
+"""Frozen vision features, computed once per image and reused by every model that shares the tower.
+
+Every model of the study keeps its vision tower frozen after pretraining (the organism's later stages,
+data-centric finetuning, every LoRA variant), and every notebook evaluates the same images again. So the
+tower's output for an image is cached and the rest of the vision path — the projector, which LoRA trains,
+and LLaVA-OV's packing — runs live on top of it:
+
+===================  ================================================  ===================================
+family               cached (the frozen tower)                          run live (may be trained)
+===================  ================================================  ===================================
+``qwen2_vl``         ``visual`` blocks (its ``last_hidden_state``)      ``visual.merger``
+``llava_onevision``  ``vision_tower`` hidden state of the feature layer  ``multi_modal_projector`` + packing
+``internvl``         ``vision_tower`` hidden state of the feature layer  pixel shuffle + ``multi_modal_projector``
+===================  ================================================  ===================================
+
+**Key.** An entry is keyed by the tower's *weight fingerprint* (a hash of the tower's parameters and the
+config values that select its output) and the sha256 of the image's *preprocessed pixels* (the rows of
+``pixel_values`` that belong to it, with its grid or size). Hashing the pixels rather than the file
+covers the content and every preprocessing setting that moves them (resolution, min/max pixels,
+tiles, padding). Pooling is applied after the projector, so one unpooled entry serves every pooling
+factor. Qwen2.5-VL (window attention reorders the tower's output) is not cached.
+
+**Never stale.** The fingerprint is recomputed whenever a tower parameter changed in place (torch's
+per-tensor version counters), and a tower with any trainable parameter is never served from the cache.
+What is cached is exactly what stays frozen.
+
+**Where.** In memory (bounded, oldest entries dropped first) and, when a directory is configured, on disk
+as one ``.pt`` file per entry under ``<directory>/<fingerprint>/``, written atomically (temporary name,
+then rename). The study keeps it in ``outputs/<profile>/cache/vision/`` (not committed; safe to delete at
+any time: it is rebuilt on demand). :func:`configure` sets it; the runner sets ``MIMIC_CACHE_DIR`` for the
+notebooks it runs, and without it the cache lives in memory only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+#: Environment variable naming the on-disk cache root (the runner sets it to outputs/<profile>/cache).
+ENV_DIR = "MIMIC_CACHE_DIR"
+DEFAULT_MEMORY_BYTES = 2 * 2**30
+
+
+# --- the store ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VisionCache:
+    """Per-image tower features in memory (LRU, bounded in bytes) and optionally on disk."""
+
+    directory: Path | None = None
+    max_memory_bytes: int = DEFAULT_MEMORY_BYTES
+    hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    _memory: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _bytes: int = 0
+
+    def _path(self, fingerprint: str, key: str) -> Path | None:
+        return None if self.directory is None else Path(self.directory) / fingerprint[:16] / key[:2] / f"{key}.pt"
+
+    def get(self, fingerprint: str, key: str) -> torch.Tensor | None:
+        entry = self._memory.get((fingerprint, key))
+        if entry is not None:
+            self._memory.move_to_end((fingerprint, key))
+            self.hits += 1
+            return entry
+        path = self._path(fingerprint, key)
+        if path is not None and path.is_file():
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a torn or foreign file is recomputed, never trusted
+                return None
+            self._remember(fingerprint, key, entry)
+            self.disk_hits += 1
+            return entry
+        return None
+
+    def put(self, fingerprint: str, key: str, value: torch.Tensor) -> None:
+        value = value.detach().to("cpu").contiguous()
+        self._remember(fingerprint, key, value)
+        path = self._path(fingerprint, key)
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(value.clone(), temporary)
+            os.replace(temporary, path)
+
+    def _remember(self, fingerprint: str, key: str, value: torch.Tensor) -> None:
+        if (fingerprint, key) in self._memory:
+            return
+        self._memory[(fingerprint, key)] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.max_memory_bytes and len(self._memory) > 1:
+            _, dropped = self._memory.popitem(last=False)
+            self._bytes -= dropped.numel() * dropped.element_size()
+
+    def clear_memory(self) -> None:
+        self._memory.clear()
+        self._bytes = 0
+
+
+_SHARED: VisionCache | None = None
+
+
+def configure(directory: str | Path | None = None, max_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> VisionCache:
+    """The process-wide cache every adapter uses by default; ``directory`` adds the on-disk layer."""
+    global _SHARED
+    _SHARED = VisionCache(Path(directory) if directory else None, max_memory_bytes)
+    return _SHARED
+
+
+def shared() -> VisionCache:
+    """The process-wide cache (created on first use, on disk under ``$MIMIC_CACHE_DIR/vision`` if set)."""
+    if _SHARED is None:
+        root = os.environ.get(ENV_DIR)
+        return configure(Path(root) / "vision" if root else None)
+    return _SHARED
+
+
+# --- per-family split of the vision path ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageSlice:
+    """One image's share of the processor's vision inputs."""
+
+    pixels: torch.Tensor
+    meta: torch.Tensor  # grid (t, h, w), or image size (h, w), or number of tiles
+
+    def key(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (self.meta, self.pixels):
+            digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def inner_model(model):
+    """The family's inner model (``Qwen2VLModel`` …), through a peft wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def _split_rows(tensor: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    return list(torch.split(tensor, list(sizes), dim=0))
+
+
+# Qwen2-VL: pixel rows per image = t·h·w; the merger is the projector.
+
+def _qwen_slices(inner, inputs: dict, image_tokens: list[list[int]]) -> list[ImageSlice]:
+    grid = inputs["image_grid_thw"]
+    rows = _split_rows(inputs["pixel_values"], grid.prod(-1).tolist())
+    return [ImageSlice(p, g) for p, g in zip(rows, grid)]
+
+
+def _qwen_encode(inner, slices: list[ImageSlice]) -> list[torch.Tensor]:
+    grid = torch.stack([s.meta for s in slices])
+    pixels = torch.cat([s.pixels for s in slices]).type(inner.visual.dtype)
+    hidden = inner.visual(pixels, grid_thw=grid).last_hidden_state
+    return _split_rows(hidden, grid.prod(-1).tolist())
+
+
+def _qwen_project(inner, features: list[torch.Tensor], slices: list[ImageSlice]):
+    merged = inner.visual.merger(torch.cat(features))
+    merge = inner.visual.spatial_merge_size ** 2
+    return tuple(_split_rows(merged, [int(s.meta.prod()) // merge for s in slices]))
+
+
+# LLaVA-OneVision: pixel_values is (images, patches, C, H, W); anyres tiles only for one-image samples.
+
+def _llava_patches(inner, inputs: dict) -> list[int]:
+    from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+    counts = inputs.get("batch_num_images")
+    needs = [True] * len(inputs["image_sizes"]) if counts is None else [int(n) == 1 for n in counts for _ in range(int(n))]
+    return [image_size_to_num_patches(size, inner.config.image_grid_pinpoints, inner.config.vision_config.image_size)
+            if need else 1 for size, need in zip(inputs["image_sizes"], needs)]
+
+
+def _llava_slices(inner, inputs: dict, image_tokens: list[list[int]]) -> list[ImageSlice]:
+    pixels = inputs["pixel_values"]
+    return [ImageSlice(pixels[i, :n], size) for i, (n, size) in enumerate(zip(_llava_patches(inner, inputs),
+                                                                             inputs["image_sizes"]))]
+
+
+def _selected_hidden(inner, pixels: torch.Tensor) -> torch.Tensor:
+    """The tower's hidden state at the configured feature layer(s), CLS dropped for "default" (as HF does)."""
+    layer = inner.config.vision_feature_layer
+    out = inner.vision_tower(pixel_values=pixels, output_hidden_states=True, return_dict=True)
+    hidden = (out.hidden_states[layer] if isinstance(layer, int)
+              else torch.cat([out.hidden_states[i] for i in layer], dim=-1))
+    return hidden[:, 1:] if inner.config.vision_feature_select_strategy == "default" else hidden
+
+
+def _tiles_encode(inner, slices: list[ImageSlice]) -> list[torch.Tensor]:
+    pixels = torch.cat([s.pixels for s in slices]).to(inner.vision_tower.dtype)
+    return _split_rows(_selected_hidden(inner, pixels), [s.pixels.shape[0] for s in slices])
+
+
+def _llava_project(inner, features: list[torch.Tensor], slices: list[ImageSlice]):
+    projected = inner.multi_modal_projector(torch.cat(features))
+    per_image = _split_rows(projected, [f.shape[0] for f in features])
+    sizes = torch.stack([s.meta for s in slices])
+    packed, _ = inner.pack_image_features(per_image, sizes, image_newline=inner.image_newline,
+                                          vision_aspect_ratio=inner.config.vision_aspect_ratio)
+    return packed
+
+
+# InternVL: pixel_values is (tiles, C, H, W); tiles per image from its share of the placeholders.
+
+def _internvl_slices(inner, inputs: dict, image_tokens: list[list[int]]) -> list[ImageSlice]:
+    tokens = [n for row in image_tokens for n in row]
+    pixels = inputs["pixel_values"]
+    per_tile = sum(tokens) // pixels.shape[0]
+    tiles = [n // per_tile for n in tokens]
+    return [ImageSlice(p, torch.tensor(t)) for p, t in zip(_split_rows(pixels, tiles), tiles)]
+
+
+def _internvl_project(inner, features: list[torch.Tensor], slices: list[ImageSlice]):
+    hidden = torch.cat(features)
+    tiles, channels = hidden.shape[0], hidden.shape[1]
+    side = int(channels ** 0.5)
+    shuffled = inner.pixel_shuffle(hidden.reshape(tiles, side, side, -1), scale_factor=inner.config.downsample_ratio)
+    return inner.multi_modal_projector(shuffled.reshape(tiles, -1, shuffled.shape[-1]))
+
+
+@dataclass(frozen=True)
+class VisionSplit:
+    """Where a family's frozen tower ends and its live projector begins."""
+
+    tower: str  # attribute of the inner model holding the cached part
+    live: tuple[str, ...]  # submodules of ``tower`` that are not cached (run live)
+    slices: Callable
+    encode: Callable
+    project: Callable
+
+
+SPLITS: dict[str, VisionSplit] = {
+    "qwen2_vl": VisionSplit("visual", ("merger",), _qwen_slices, _qwen_encode, _qwen_project),
+    "llava_onevision": VisionSplit("vision_tower", (), _llava_slices, _tiles_encode, _llava_project),
+    "internvl": VisionSplit("vision_tower", (), _internvl_slices, _tiles_encode, _internvl_project),
+}
+
+
+def _tower_parameters(inner, split: VisionSplit) -> list[tuple[str, torch.nn.Parameter]]:
+    tower = getattr(inner, split.tower)
+    return [(n, p) for n, p in tower.named_parameters() if n.split(".")[0] not in split.live]
+
+
+def tower_fingerprint(inner, split: VisionSplit) -> str | None:
+    """sha256 of the cached part's weights and output-selecting config, or None while it is being trained
+    (train mode with trainable parameters).
+
+    Memoised on the tower module together with every parameter's version counter, so an in-place update
+    (an optimizer step, ``load_state_dict``) forces a new fingerprint.
+    """
+    params = _tower_parameters(inner, split)
+    tower = getattr(inner, split.tower)
+    if tower.training and any(p.requires_grad for _, p in params):
+        return None
+    versions = tuple(p._version for _, p in params) + tuple(id(p) for _, p in params)
+    memo = getattr(tower, "_mimic_fingerprint", None)
+    if memo is not None and memo[0] == versions:
+        return memo[1]
+    digest = hashlib.sha256()
+    config = inner.config
+    digest.update(repr((split.tower, getattr(config, "vision_feature_layer", None),
+                        getattr(config, "vision_feature_select_strategy", None))).encode())
+    for name, param in params:
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    fingerprint = digest.hexdigest()
+    object.__setattr__(tower, "_mimic_fingerprint", (versions, fingerprint))
+    return fingerprint
+
+
+def image_features(model, family: str, inputs: dict, image_tokens: list[list[int]],
+                   cache: VisionCache | None = None):
+    """What ``model.get_image_features(...).pooler_output`` returns for ``inputs``, with the tower's output
+    read from ``cache`` where present (the missing images go through the tower together, once).
+
+    Returns None when this family or this model state cannot be cached (then the caller runs the model's
+    own vision path).
+    """
+    split = SPLITS.get(family)
+    if split is None or "pixel_values" not in inputs:
+        return None
+    inner = inner_model(model)
+    fingerprint = tower_fingerprint(inner, split)
+    if fingerprint is None:
+        return None
+    cache = cache or shared()
+    slices = split.slices(inner, inputs, image_tokens)
+    keys = [s.key() for s in slices]
+    found = {k: cache.get(fingerprint, k) for k in dict.fromkeys(keys)}
+    missing = [k for k, v in found.items() if v is None]
+    if missing:
+        cache.misses += len(missing)
+        by_key = dict(zip(keys, slices))
+        with torch.no_grad():
+            computed = split.encode(inner, [by_key[k] for k in missing])
+        for key, value in zip(missing, computed):
+            cache.put(fingerprint, key, value)
+            found[key] = value
+    device = inputs["pixel_values"].device
+    dtype = next(getattr(inner, split.tower).parameters()).dtype
+    features = [found[k].to(device=device, dtype=dtype) for k in keys]
+    return split.project(inner, features, slices)
+
+
+__all__ = ["ENV_DIR", "SPLITS", "VisionCache", "configure", "image_features", "shared", "tower_fingerprint"]
