@@ -125,13 +125,17 @@ def _shard(records: list, rank: int, world: int, batch_size: int, sort_key: Call
 def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool: int = 1,
         progress: bool = True, desc: str | None = None, *, to_sample: Callable = mimic_sample,
         to_row: Callable = prediction_row, record_id: Callable = mimic_id, sort_key: Callable = length_key,
-        max_new_tokens: int | None = None) -> list[dict]:
+        max_new_tokens: int | None = None, reuse_dir: Path | str | None = None) -> list[dict]:
     """Predict and score every record (resuming from ``out_path``); returns all rows, sorted by id.
 
     The defaults evaluate MIMIC records; a public benchmark passes its own ``to_sample(record)``,
     ``to_row(record, output, settings, pool)``, ``record_id``, ``sort_key`` and ``max_new_tokens``
-    (``None`` means each MIMIC task's official budget).
+    (``None`` means each MIMIC task's official budget). Answers the same model already gave to the same
+    question in any notebook are read from :mod:`mimic_utils.prediction_cache` (under ``reuse_dir``, by
+    default ``$MIMIC_CACHE_DIR/predictions``) instead of being generated again.
     """
+    from mimic_utils.prediction_cache import open_cache, question_key
+
     state = process_state()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,16 +151,25 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
     done = {row["id"] for row in read_predictions(shard_path)} | {row["id"] for row in read_predictions(out_path)}
     mine = _shard(records, state.process_index, state.num_processes, batch_size, sort_key, record_id)
     todo = [r for r in mine if record_id(r) not in done]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", disable=not progress,
-               desc=desc or out_path.stem, mininterval=2)
+    reuse = open_cache(fingerprint, reuse_dir) if state.num_processes == 1 else None
+    keys = {record_id(r): question_key(r, max_new_tokens) for r in todo} if reuse else {}
     with shard_path.open("a", encoding="utf-8") as handle:
+        # a reused answer is scored again, so a scorer change never leaves a stale score behind
+        known = [reuse.get(keys[record_id(r)]) for r in todo] if reuse else []
+        handle.write("".join(dump_row({**to_row(r, row["output"], settings, pool), "fingerprint": fingerprint})
+                             for r, row in zip(todo, known) if row is not None))
+        todo = [r for r, row in zip(todo, known) if row is None] if reuse else todo
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", disable=not progress,
+                   desc=desc or out_path.stem, mininterval=2)
         for batch in batches(todo, batch_size, sort_key, record_id):
             outputs = adapter.answer([to_sample(r) for r in batch], pool=pool, max_new_tokens=max_new_tokens)
-            for record, output in zip(batch, outputs):
-                row = {**to_row(record, output, settings, pool), "fingerprint": fingerprint}
-                handle.write(dump_row(row))
+            rows = [{**to_row(record, output, settings, pool), "fingerprint": fingerprint}
+                    for record, output in zip(batch, outputs)]
+            handle.write("".join(dump_row(row) for row in rows))
             handle.flush()
             os.fsync(handle.fileno())
+            if reuse:
+                reuse.add([(keys[record_id(r)], row) for r, row in zip(batch, rows)])
             bar.update(len(batch))
     bar.close()
     if state.num_processes > 1:
@@ -220,17 +233,6 @@ def summarize(rows: list[dict], by: tuple[str, ...] = ("task",)) -> dict:
     return aggregate(flat, by=by)
 
 
-def score_table(rows: list[dict], group: str) -> list[dict]:
-    """Rows of ``(group value, task, n, score)``: the headline score per task and value of ``group``
-    (a record field such as ``task`` or a knob such as ``knob_n_images``)."""
-    summary = summarize(rows, by=(group,))
-    table = []
-    for family, stats in summary.items():
-        for value, cell in stats.get("by", {}).get(group, {}).items():
-            table.append({group: value, "family": family, "n": cell["n"], "score": cell["score"]})
-    return table
-
-
 # --- what notebooks call -----------------------------------------------------------------------------
 
 MODEL_SPEC_KEYS = {"name", "source", "family", "dtype", "device", "attn_implementation", "quantization",
@@ -266,34 +268,6 @@ def load_under_study(spec: dict, root: Path | None = None):
     return adapter
 
 
-def knob_table(rows: list[dict], experiment: str, knob: str) -> "pd.DataFrame":
-    """Headline score per task and knob value within one experiment: columns task, knob, n, score."""
-    import pandas as pd
-
-    chosen = [r for r in rows if r.get("experiment") == experiment]
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for row in chosen:
-        groups.setdefault((row["task"], row["knobs"][knob]), []).append(row)
-    table = []
-    for (task, value), members in sorted(groups.items()):
-        stats = next(iter(summarize(members, by=()).values()))
-        table.append({"task": task, knob: value, "n": stats["n"], "score": round(stats["score"], 4)})
-    return pd.DataFrame(table)
-
-
-def task_table(rows: list[dict], experiment: str = "images") -> "pd.DataFrame":
-    """Headline score per task over one experiment's questions (Counting Balanced and Unbalanced apart)."""
-    import pandas as pd
-
-    table = []
-    for task in sorted({r["task"] for r in rows if r.get("experiment") == experiment}):
-        members = [r for r in rows if r.get("experiment") == experiment and r["task"] == task]
-        stats = next(iter(summarize(members, by=()).values()))
-        extra = {k: round(stats[k], 4) for k in ("precision", "recall") if k in stats}
-        table.append({"task": task, "n": stats["n"], "score": round(stats["score"], 4), **extra})
-    return pd.DataFrame(table)
-
-
 def token_budget_table(adapters: dict, records: list[dict], n_images: tuple[int, ...] = (1, 2, 4, 10),
                        pool: int = 1) -> "pd.DataFrame":
     """Vision and text tokens of one real sample per image count, per model (for the notebooks' tables)."""
@@ -313,149 +287,18 @@ def token_budget_table(adapters: dict, records: list[dict], n_images: tuple[int,
     return pd.DataFrame(table)
 
 
-def pooling_sweep(adapters: dict, records: list[dict], factors: list[int], pred_dir: Path, batch_size: int,
-                  progress: bool = True) -> "pd.DataFrame":
-    """Score per task and image count at each 1D pooling factor r, with vision tokens per sample.
+def pooled_runs(adapter, name: str, records: list[dict], factors: list[int], pred_dir: Path, batch_size: int,
+                progress: bool = True) -> dict[int, list[dict]]:
+    """One model's rows at each 1D pooling factor r, on the same questions (``<model>.pool<r>.jsonl``;
+    r = 1 reads the unpooled ``<model>.jsonl`` instead of generating again)."""
+    return {r: run(adapter, records, pred_dir / (f"{name}.jsonl" if r == 1 else f"{name}.pool{r}.jsonl"),
+                   batch_size=batch_size, pool=r, progress=progress, desc=f"{name} r={r}")
+            for r in factors}
 
-    r = 1 reads the unpooled predictions file (``<model>.jsonl``) instead of generating again.
-    """
+
+def pooled_token_budget(adapters: dict, records: list[dict], factors: list[int]) -> "pd.DataFrame":
+    """Vision tokens per sample at each image count of ``records`` and each pooling factor, per model."""
     import pandas as pd
 
-    table = []
-    counts = sorted({len(r["images"]) for r in records})
-    for name, adapter in adapters.items():
-        for r in factors:
-            path = pred_dir / (f"{name}.jsonl" if r == 1 else f"{name}.pool{r}.jsonl")
-            rows = run(adapter, records, path, batch_size=batch_size, pool=r, progress=progress,
-                       desc=f"{name} r={r}")
-            budget = token_budget_table({name: adapter}, records, tuple(counts), pool=r)
-            tokens = dict(zip(budget["n_images"], budget["vision_tokens"]))
-            for n in counts:
-                for task in sorted({row["task"] for row in rows}):
-                    members = [row for row in rows if row["task"] == task and row["knobs"]["n_images"] == n]
-                    if members:
-                        stats = next(iter(summarize(members, by=()).values()))
-                        table.append({"model": name, "n_images": n, "pool": r, "vision_tokens": int(tokens[n]),
-                                      "task": task, "n": stats["n"], "score": round(stats["score"], 4)})
-    return pd.DataFrame(table)
-
-
-def _trend(first: float, last: float, tolerance: float = 0.03) -> str:
-    if last < first - tolerance:
-        return "falls"
-    if last > first + tolerance:
-        return "rises"
-    return "stays about level"
-
-
-def _mean_at(frame, knob: str, value) -> float:
-    return float(frame.loc[frame[knob] == value, "score"].mean())
-
-
-def diagnosis_findings(per_task, by_images, pooling, spread, distractors, by_k) -> list[str]:
-    """One sentence per experiment, computed from the tables (so the narrative cannot drift from them)."""
-    lines = []
-    for model in sorted(per_task["model"].unique()):
-        tasks = per_task[per_task["model"] == model].set_index("task")["score"]
-        if {"counting_balanced", "counting_unbalanced"} <= set(tasks.index):
-            lines.append(f"{model}: counting {tasks['counting_balanced']:.2f} Balanced vs "
-                         f"{tasks['counting_unbalanced']:.2f} Unbalanced; listing F1 {tasks.get('listing', float('nan')):.2f}, "
-                         f"common {tasks.get('common', float('nan')):.2f}, odd-one {tasks.get('oddone', float('nan')):.2f}.")
-        frame = by_images[by_images["model"] == model]
-        low, high = frame["n_images"].min(), frame["n_images"].max()
-        a, b = _mean_at(frame, "n_images", low), _mean_at(frame, "n_images", high)
-        lines.append(f"{model}: mean score over tasks {_trend(a, b)} with more images ({a:.2f} at {low} → {b:.2f} at {high}).")
-        frame = pooling[pooling["model"] == model]
-        if len(frame):
-            n = frame["n_images"].max()
-            at_n = frame[frame["n_images"] == n]
-            r0, r1 = at_n["pool"].min(), at_n["pool"].max()
-            a, b = _mean_at(at_n, "pool", r0), _mean_at(at_n, "pool", r1)
-            lines.append(f"{model}: at {n} images, pooling r={r0} → r={r1} (vision tokens "
-                         f"{at_n['vision_tokens'].max()} → {at_n['vision_tokens'].min()}): mean score {_trend(a, b)} "
-                         f"({a:.2f} → {b:.2f}).")
-        for label, table, knob in (("spread", spread, "spread"), ("distractors", distractors, "distractors"),
-                                   ("k", by_k, "k")):
-            frame = table[table["model"] == model]
-            if len(frame):
-                low, high = frame[knob].min(), frame[knob].max()
-                a, b = _mean_at(frame, knob, low), _mean_at(frame, knob, high)
-                lines.append(f"{model}: as {label} goes {low} → {high}, score {_trend(a, b)} ({a:.2f} → {b:.2f}).")
-    return lines
-
-
-#: The sweeps of notebook 01's plan and the knob each one varies.
-SWEEPS = {"images": "n_images", "spread": "spread", "distractors": "distractors", "k": "k"}
-
-
-def model_tables(rows_by_model: dict[str, list[dict]]) -> dict[str, "pd.DataFrame"]:
-    """Every comparison table of the study for several models at once (a ``model`` column added):
-    ``per_task`` (the images sweep, per task) and one table per sweep, keyed by its knob."""
-    import pandas as pd
-
-    tables = {"per_task": pd.concat([task_table(rows).assign(model=m) for m, rows in rows_by_model.items()],
-                                    ignore_index=True)}
-    for experiment, knob in SWEEPS.items():
-        frames = [knob_table(rows, experiment, knob).assign(model=m) for m, rows in rows_by_model.items()]
-        frames = [f for f in frames if len(f)]
-        if frames:
-            tables[experiment] = pd.concat(frames, ignore_index=True)
-    return tables
-
-
-def cap_per_cell(records: list[dict], cap: int | None) -> list[dict]:
-    """At most ``cap`` questions per (experiment, task, knobs) cell, in file order (None keeps all)."""
-    if not cap:
-        return records
-    seen: dict[tuple, int] = {}
-    kept = []
-    for record in records:
-        key = (record.get("experiment"), record.get("task"), json.dumps(record.get("knobs", {}), sort_keys=True))
-        seen[key] = seen.get(key, 0) + 1
-        if seen[key] <= cap:
-            kept.append(record)
-    return kept
-
-
-def comparison_findings(tables: dict, base: str, other: str) -> list[str]:
-    """Sentences comparing two models table by table (per task, single-image, images, spread)."""
-    lines = []
-    per_task = tables["per_task"].pivot_table(index="task", columns="model", values="score")
-    for task, row in per_task.iterrows():
-        lines.append(f"{task}: {base} {row[base]:.2f} → {other} {row[other]:.2f} ({_trend(row[base], row[other])}).")
-    images = tables.get("images")
-    if images is not None:
-        by_n = images.pivot_table(index="n_images", columns="model", values="score")
-        for n in (by_n.index.min(), by_n.index.max()):
-            label = "single-image questions" if n == 1 else f"{n}-image questions"
-            lines.append(f"{label} (mean over tasks): {base} {by_n.loc[n, base]:.2f} → {other} {by_n.loc[n, other]:.2f}.")
-    spread = tables.get("spread")
-    if spread is not None:
-        by_s = spread.pivot_table(index="spread", columns="model", values="score")
-        top = by_s.index.max()
-        lines.append(f"counting with the total spread over {top} images: {base} {by_s.loc[top, base]:.2f} → "
-                     f"{other} {by_s.loc[top, other]:.2f}.")
-    return lines
-
-
-def cross_benchmark_table(mimic_per_task: "pd.DataFrame", scores: dict) -> "pd.DataFrame":
-    """Models × benchmarks: MIMIC's mean headline score over tasks, then each benchmark's accuracy (None
-    for a benchmark that did not run)."""
-    import pandas as pd
-
-    table = mimic_per_task.groupby("model", sort=False)["score"].mean().rename("MIMIC").to_frame()
-    for (label, model), summary in scores.items():
-        table.loc[model, label] = summary.get("accuracy") if summary.get("status") == "done" else None
-    return table.reset_index()
-
-
-def sub_task_table(scores: dict) -> "pd.DataFrame":
-    """The appendix: accuracy per benchmark, sub-task and model."""
-    import pandas as pd
-
-    rows = []
-    for (label, model), summary in scores.items():
-        for sub_task, cell in summary.get("by", {}).get("sub_task", {}).items():
-            rows.append({"benchmark": label, "sub_task": sub_task, "model": model, "n": cell["n"],
-                         "accuracy": cell.get("accuracy", cell.get("score"))})
-    return pd.DataFrame(rows)
+    counts = tuple(sorted({len(r["images"]) for r in records}))
+    return pd.concat([token_budget_table(adapters, records, counts, pool=r) for r in factors], ignore_index=True)

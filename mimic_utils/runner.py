@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from mimic_utils.artifacts import PROFILES, atomic_path, profile_dir, repo_root, write_text
+from mimic_utils.vision_cache import ENV_DIR
 
 #: Parameters the runner injects itself; a parameter file may not set them.
 INJECTED = ("profile",)
@@ -193,6 +195,8 @@ def run(profile: str, only: str | None = None, start: str | None = None, check: 
     if check:
         return chosen
     out = profile_dir(profile, root)
+    # the notebooks' kernels inherit it: vision features and answers are cached under outputs/<profile>/cache
+    os.environ.setdefault(ENV_DIR, str(out / "cache"))
     for nb in chosen:
         print(f"[runner] {profile}: {nb.stem} …", flush=True)
         try:

@@ -1,0 +1,93 @@
+"""Answers a model already gave, reused by every notebook that asks the same model the same question.
+
+The base model answers the same MIMIC questions in notebooks 02, 04, 05 and 06. An answer depends only on
+the model (weights, mask, preprocessing, pooling: the fingerprint every prediction row carries), the
+question record (its text, ground truth, images — by content — and every other field) and the decoding
+budget. So :func:`mimic_utils.evaluate.run` looks each question up here before generating, and stores
+what it generates.
+
+One append-only JSONL file per model fingerprint, ``<directory>/<fingerprint>.jsonl``, each line
+``{"key": <question key>, "row": <the prediction row>}``; a torn last line is ignored. The study keeps it in
+``outputs/<profile>/cache/predictions/`` (``$MIMIC_CACHE_DIR/predictions``, set by the runner); without a
+directory nothing is reused. Deleting it only costs time. Sharded runs (several processes) do not use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from mimic_utils.vision_cache import ENV_DIR
+
+
+@lru_cache(maxsize=200_000)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes, memoised by (path, size, mtime) so a study run hashes each image once."""
+    stat = os.stat(path)
+    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def question_key(record: dict, max_new_tokens: int | None) -> str:
+    """What makes two questions the same for a given model: every field of the record, each image by the
+    sha256 of its bytes (a rebuilt image under the same name is a new question), and the token budget."""
+    images = record.get("images") or []
+    digests = [file_digest(p) if isinstance(p, str) and os.path.isfile(p) else str(p) for p in images]
+    content = {**record, "images": digests, "_max_new_tokens": max_new_tokens}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class PredictionCache:
+    """The stored rows of one model fingerprint."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.path = Path(directory) / f"{fingerprint}.jsonl"
+        self.rows: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn line from a killed run: that answer is simply generated again
+                self.rows[entry["key"]] = entry["row"]
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def add(self, entries: list[tuple[str, dict]]) -> None:
+        """Append ``(key, row)`` pairs (one write, flushed) and remember them."""
+        if not entries:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and self.path.stat().st_size > 0 and _last_byte(self.path) != b"\n"
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write("\n" if torn else "")
+            handle.write("".join(json.dumps({"key": k, "row": r}, sort_keys=True, ensure_ascii=False) + "\n"
+                                 for k, r in entries))
+        self.rows.update(entries)
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def open_cache(fingerprint: str, directory: str | Path | None = None) -> PredictionCache | None:
+    """The cache of ``fingerprint`` under ``directory`` (default ``$MIMIC_CACHE_DIR/predictions``), or None
+    when no directory is configured."""
+    if directory is None:
+        root = os.environ.get(ENV_DIR)
+        if not root:
+            return None
+        directory = Path(root) / "predictions"
+    return PredictionCache(Path(directory), fingerprint)
+
+
+__all__ = ["PredictionCache", "file_digest", "open_cache", "question_key"]
