@@ -15,35 +15,53 @@ from pathlib import Path
 
 from mimic_utils.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from mimic_utils.sources import AnnotationIndex
-from mimic_utils.tasks import FAMILIES, TaskSpec, generate_all, spec_dict
+from mimic_utils.tasks import FAMILIES, MAX_IMAGES, KnobError, Pools, TaskSpec, generate_all, source_cap, spec_dict
 
 #: The task variants every sweep over images covers, as (family, counting split).
 VARIANTS = (("counting", "balanced"), ("counting", "unbalanced"), ("listing", None), ("common", None),
             ("oddone", None))
+#: The task variants of the k sweep.
+K_VARIANTS = (("counting", "unbalanced"), ("listing", None))
 #: Official HF schema of the exported dataset.
 HF_FIELDS = ("images", "question", "gt", "task", "id")
+#: Sweeps given as lists of values; a single number is read as a one-value list (older parameter files).
+SWEEP_FIELDS = ("images", "spread", "distractors", "k", "k_images")
 
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
-    """The sweeps notebook 02 plots, each with ``per_value`` questions per task and knob value.
+    """The sweeps notebook 02 plots, each with ``per_value`` questions per task and knob value. Each sweep
+    moves one thing and holds the rest:
 
     * ``images``: every task at each number of images (the target's spread drawn at random; Odd-One needs
       at least 3 images and so skips smaller values).
-    * ``spread``: Counting with the total fixed at ``spread_total``, held by 1..n images, no distractors.
+    * ``spread``: Counting (Balanced) on ``spread_images`` images at every point; s of them hold the target
+      and the other ``spread_images - s`` are distractors. The totals cycle evenly over
+      ``spread_answer_range`` at every s, so the answer histogram is the same at every point and only how
+      many images hold the instances moves (see :func:`check_spread`).
     * ``distractors``: Counting (Unbalanced) with the target in one image plus 0..m distractor images.
-    * ``k``: Counting (Unbalanced) and Listing with k query concepts, at ``k_images`` images.
+    * ``k``: Counting (Unbalanced) and Listing with k query concepts, at each of ``k_images`` image counts
+      (one image shows k away from the many-image floor); every named concept is present in the sample.
     """
 
     per_value: int = 200
     answer_range: tuple[int, int] = (1, 8)
     images: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10)
-    spread_total: int = 6
-    spread: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    spread: tuple[int, ...] = (1, 2, 3, 4)
+    spread_images: int = 6
+    spread_answer_range: tuple[int, int] = (4, 5)
     distractors: tuple[int, ...] = (0, 1, 2, 4, 6, 9)
     k: tuple[int, ...] = (1, 2, 3)
-    k_images: int = 4
+    k_images: tuple[int, ...] = (1, 4)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in SWEEP_FIELDS:
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, int) else tuple(value))
+        for name in ("answer_range", "spread_answer_range"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_spread(self)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "benchmark") -> "BenchmarkPlan":
@@ -52,8 +70,41 @@ class BenchmarkPlan:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**converted)
+        return cls(**values)
+
+
+def check_spread(plan: BenchmarkPlan) -> None:
+    """Refuse a spread sweep that cannot hold its image count and answer prior fixed, naming the parameter.
+
+    Every point uses ``spread_images`` images, so no spread may exceed it. Every point draws its totals from
+    the same ``spread_answer_range``, so the range must start at ``max(spread)`` or more: each image that
+    holds the target adds at least one instance. Its top must fit one image (spread 1); the source decides
+    that, so :func:`check_spread_source` checks it when the benchmark is built.
+    """
+    if not plan.spread:
+        return
+    top = max(plan.spread)
+    if not 1 <= min(plan.spread) <= top <= plan.spread_images <= MAX_IMAGES:
+        raise KnobError(f"benchmark: spread {list(plan.spread)} must lie in 1..spread_images and spread_images "
+                        f"({plan.spread_images}) in 1..{MAX_IMAGES}: every spread point has spread_images images")
+    low, high = plan.spread_answer_range
+    if not top <= low <= high:
+        raise KnobError(f"benchmark: spread_answer_range {list(plan.spread_answer_range)} must start at max(spread)"
+                        f"={top} or above (each of the {top} holding images adds an instance) and end at or "
+                        f"above its start, so that every spread point draws the same totals")
+
+
+def check_spread_source(plan: BenchmarkPlan, pools: Pools) -> None:
+    """Refuse a ``spread_answer_range`` whose top the source cannot reach on the fewest holding images: that
+    point's range would be cut, and its answer prior would differ from the other points'."""
+    if not plan.spread:
+        return
+    fewest = min(plan.spread)
+    cap = source_cap(pools, 1, fewest)
+    if cap < plan.spread_answer_range[1]:
+        raise KnobError(f"benchmark: spread_answer_range {list(plan.spread_answer_range)} is out of reach at "
+                        f"spread {fewest}: the source holds at most {cap} instances of one class on {fewest} "
+                        f"image(s); lower its top to {cap} or raise min(spread)")
 
 
 def plan_specs(plan: BenchmarkPlan) -> list[TaskSpec]:
@@ -65,28 +116,31 @@ def plan_specs(plan: BenchmarkPlan) -> list[TaskSpec]:
         for family, split in VARIANTS
         if not (family == "oddone" and n_images < 3)
     ]
-    total = (plan.spread_total, plan.spread_total)
-    specs += [TaskSpec("counting", n, s, spread=s, split="balanced", answer_range=total, experiment="spread")
-              for s in plan.spread]
+    specs += [TaskSpec("counting", n, plan.spread_images, spread=s, split="balanced",
+                       answer_range=plan.spread_answer_range, experiment="spread") for s in plan.spread]
     specs += [TaskSpec("counting", n, 1 + d, spread=1, split="unbalanced", experiment="distractors")
               for d in plan.distractors]
-    specs += [TaskSpec(family, n, plan.k_images, k=k, split=split, experiment="k")
-              for k in plan.k for family, split in (("counting", "unbalanced"), ("listing", None))]
+    specs += [TaskSpec(family, n, n_images, k=k, split=split, experiment="k")
+              for n_images in plan.k_images for k in plan.k for family, split in K_VARIANTS]
     return specs
 
 
 def build(index: AnnotationIndex, plan: BenchmarkPlan, progress: bool = True) -> list[dict]:
     """All benchmark records of a plan (exactly ``per_value`` per task and knob value, or an error)."""
-    return generate_all(index, plan_specs(plan), seed=plan.seed, progress=progress)
+    pools = Pools(index)
+    check_spread_source(plan, pools)
+    return generate_all(index, plan_specs(plan), seed=plan.seed, progress=progress, pools=pools)
 
 
 def knob_counts(records: list[dict]) -> dict:
-    """Counts per experiment, task and knob value, e.g. ``{"images": {"counting_balanced": {"n4": 200}}}``."""
+    """Counts per experiment, task and knob value, e.g. ``{"images": {"counting_balanced": {"n4": 200}}}``;
+    the k sweep is keyed by image count and k (``"n1-k2"``), since it runs at several image counts."""
     counts: dict = defaultdict(lambda: defaultdict(Counter))
     for r in records:
         knobs = r["knobs"]
         value = {"images": f"n{knobs['n_images']}", "spread": f"s{knobs['spread']}",
-                 "distractors": f"d{knobs['distractors']}", "k": f"k{knobs['k']}"}.get(r["experiment"], "all")
+                 "distractors": f"d{knobs['distractors']}",
+                 "k": f"n{knobs['n_images']}-k{knobs['k']}"}.get(r["experiment"], "all")
         counts[r["experiment"]][r["task"]][value] += 1
     return {e: {t: dict(sorted(v.items())) for t, v in sorted(tasks.items())} for e, tasks in sorted(counts.items())}
 
@@ -108,7 +162,7 @@ def save(records: list[dict], out_dir: Path | str, plan: BenchmarkPlan, index: A
         path = write_jsonl(out_dir / f"{family}.jsonl", rows)
         files[path.name] = {"records": len(rows), "sha256": file_sha256(path)}
     manifest = {
-        "plan": {**asdict(plan), "answer_range": list(plan.answer_range)},
+        "plan": asdict(plan),
         "specs": [spec_dict(s) for s in plan_specs(plan)],
         "source": {"format": index.source_format, "sha256": index.source_hash, "images": len(index.images),
                    "categories": len(index.categories), "supercategories": len(index.supercategories)},

@@ -574,6 +574,7 @@ class VLMAdapter:
     image_kwargs: dict = field(default_factory=dict)
     mask_layers: tuple[int, ...] = ()
     mask_mode: str = "blockwise"
+    use_vision_cache: bool = True  # read the frozen tower's output from mimic_utils.vision_cache
 
     def set_mask(self, spec, auto_layer: int | None = None, mode: str = "blockwise") -> tuple[int, ...]:
         """Mask image blocks in the layers of ``spec`` (``"12-23"``, ``"second_half"``, ``"auto"``, indices,
@@ -642,7 +643,7 @@ class VLMAdapter:
         text = self.processor.apply_chat_template(turn, tokenize=False)
         return text.split(marker, 1)[1].rstrip()
 
-    def prepare(self, samples, pool: int = 1, answers: list[str] | None = None, vision_cache: bool = True) -> Batch:
+    def prepare(self, samples, pool: int = 1, answers: list[str] | None = None, vision_cache: bool | None = None) -> Batch:
         """Model inputs for ``samples`` (``Sample``, or dicts / objects with ``images``, ``question``,
         ``task_family``): official prompt through the chat template, left padding, and with
         ``pool > 1`` the 1D-pooled vision tokens (see the module docstring).
@@ -650,7 +651,7 @@ class VLMAdapter:
         With ``answers`` (training), each prompt is followed by its answer and the template's
         :attr:`end_of_turn`, so every row ends with the tokens a loss should be taken on.
 
-        With ``vision_cache`` (the default) the frozen tower's output comes from :mod:`mimic_utils.vision_cache`
+        With ``vision_cache`` (default: :attr:`use_vision_cache`, on) the frozen tower's output comes from :mod:`mimic_utils.vision_cache`
         when the model is called (:meth:`model_inputs`) and enters it through ``mm_encoder_outputs``, the
         route pooling takes; ``batch.inputs`` stay the processor's own outputs.
         """
@@ -674,6 +675,7 @@ class VLMAdapter:
         if self.image_kwargs and call["images"] is not None:
             call["images_kwargs"] = dict(self.image_kwargs)
         encoded = self.processor(**call)
+        vision_cache = self.use_vision_cache if vision_cache is None else vision_cache
         offsets = encoded.pop("text_replacement_offsets")
         image_token = self.processor.image_token
         counts = [[r["replacement"].count(image_token) for r in row if r["type"] == "image"] for row in offsets]

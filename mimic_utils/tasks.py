@@ -1,7 +1,7 @@
 """MIMIC task generators: Counting, Listing, Common and Odd-One, built from an annotation index.
 
 The paper fixes the four tasks and the knobs it varies; it leaves several definitions open. Our choices,
-each tested in ``tests/test_tasks.py``:
+each tested in ``tests/test_tasks.py`` or ``tests/test_benchmark_plan.py``:
 
 * **Images, spread, distractors.** A sample has ``n_images`` distinct images. ``spread`` of them *hold the
   target* (at least one instance of a queried class, or of a member of a queried supercategory); the other
@@ -17,7 +17,13 @@ each tested in ``tests/test_tasks.py``:
 * **Listing.** "List the categories of vehicle that appear in the images" (the prompt later appends the
   official ". Please provide the list of category names directly."). The answer is every member of the
   queried supercategory present in any image, alphabetically, joined with ", ". With k concepts the
-  question names k supercategories and the answer lists the members of all of them.
+  question names k supercategories and the answer lists the members of all of them present.
+* **Every named concept is in the sample.** Each class (Counting) or supercategory (Listing) a question
+  names has at least one instance (member) in the sample's images, and each image that holds the target
+  holds at least one named concept. So k counts concepts the model must really track, never a name with
+  nothing behind it (a category without instances in the source is never asked about), and k above the
+  number of images is met by images that hold several named concepts (:func:`_cover`); a source whose
+  images hold too few concepts for that fails with a :class:`KnobError` naming k.
 * **Common.** The one class present in every image: the intersection of the images' class sets is exactly
   that class. Every image holds it, so spread = n_images and there are no distractors; k is 1.
 * **Odd-One.** The one class present in only a minority of the images: it is in ``spread`` images with
@@ -37,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Callable, Iterable
 
@@ -126,7 +132,7 @@ def validate_spec(spec: TaskSpec) -> None:
 class Pools:
     """Look-up tables over an index: which images hold which classes, and how many instances.
 
-    Built once per index so generating 10,000 questions stays fast (DESIGN target: under 30 s).
+    Built once per index so that generating 10,000 questions stays fast (target: under 30 s).
     """
 
     def __init__(self, index: AnnotationIndex) -> None:
@@ -171,12 +177,56 @@ class Pools:
         return [i for i in self.certain if len(self.classes[i]) == 1]
 
     @cached_property
+    def views(self) -> dict[str, "ConceptView"]:
+        """What Counting (classes) and Listing (supercategories) questions can name, over certain images."""
+        supers = {i: frozenset(self.index.supercategory_of[c] for c in self.classes[i]) for i in self.certain}
+        super_holders = {s: [i for i in self.certain if s in supers[i]] for s in self.index.supercategories}
+        return {"counting": ConceptView(self.holding, {i: self.classes[i] for i in self.certain}),
+                "listing": ConceptView(super_holders, supers)}
+
+    @cached_property
     def only(self) -> dict[str, list[str]]:
         """Images whose class set is exactly one class, per class (the Odd-One majority pool)."""
         pools: dict[str, list[str]] = {}
         for image_id in self.single_class:
             pools.setdefault(next(iter(self.classes[image_id])), []).append(image_id)
         return pools
+
+
+@dataclass(frozen=True)
+class ConceptView:
+    """The concepts one family's questions name (classes or supercategories): the certain images that
+    hold each concept (``holders``, in index order) and the concepts each certain image holds (``held``)."""
+
+    holders: dict[str, list[str]]
+    held: dict[str, frozenset[str]]
+    _rich: dict[tuple[str, int], list[str]] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def present(self) -> list[str]:
+        """Concepts with at least one holding image, in source order: the only ones a question may name."""
+        return [c for c, images in self.holders.items() if images]
+
+    @cached_property
+    def most_held(self) -> int:
+        """The most concepts any one image holds (bounds k on few images)."""
+        return max((len(c) for c in self.held.values()), default=0)
+
+    def holders_with(self, concept: str, need: int) -> list[str]:
+        """Holders of ``concept`` that hold at least ``need`` concepts (cached: one scan per pair, not per
+        sample)."""
+        if (concept, need) not in self._rich:
+            self._rich[concept, need] = [i for i in self.holders[concept] if len(self.held[i]) >= need]
+        return self._rich[concept, need]
+
+    def holding(self, concepts: Iterable[str]) -> list[str]:
+        """Images holding any of ``concepts``, sorted (a stable order for the random draws)."""
+        return sorted({i for c in concepts for i in self.holders[c]})
+
+    def covers(self, images: Iterable[str], concepts: Iterable[str]) -> bool:
+        """Whether every concept is held by at least one of the images."""
+        held = frozenset().union(*(self.held[i] for i in images))
+        return set(concepts) <= held
 
 
 def _rng(seed: int, spec: TaskSpec) -> random.Random:
@@ -214,23 +264,52 @@ def _spread(spec: TaskSpec, rng: random.Random) -> int:
     return spec.spread if spec.spread is not None else rng.randint(1, spec.n_images)
 
 
-def _holding_images(pools: Pools, targets: list[str]) -> list[str]:
-    return sorted({i for t in targets for i in pools.holding.get(t, [])})
-
-
-def _counting(pools: Pools, spec: TaskSpec, rng: random.Random, total: int | None) -> tuple[list[str], list[str], dict]:
-    """One Counting sample; ``total`` fixes the answer (Balanced) or is None (Unbalanced)."""
-    targets = rng.sample(pools.index.categories, spec.k)
+def _named(pools: Pools, spec: TaskSpec, rng: random.Random, total: int | None) -> tuple[list[str], list[str], dict]:
+    """One Counting or Listing sample; ``total`` fixes the answer (Balanced counting) or is None."""
+    view = pools.views[spec.family]
     spread = _spread(spec, rng)
-    holding = _holding_images(pools, targets)
-    if len(holding) < spread:
-        raise _Retry()
     if total is None:
-        chosen = rng.sample(holding, spread)
+        targets, chosen = _cover(view, rng, spread, spec.k)
     else:
-        chosen = _images_summing_to(pools, rng, holding, targets, spread, total)
-    chosen += _pick_distractors(pools, rng, targets, spec.n_images - spread, set(chosen))
+        targets = rng.sample(view.present, spec.k)
+        chosen = _images_summing_to(pools, rng, view.holding(targets), targets, spread, total)
+        if not view.covers(chosen, targets):
+            raise _Retry()
+    banned = targets if spec.family == "counting" else _members(pools.index, targets)
+    chosen += _pick_distractors(pools, rng, banned, spec.n_images - spread, set(chosen))
     return chosen, targets, {"spread": spread}
+
+
+def _cover(view: ConceptView, rng: random.Random, spread: int, k: int) -> tuple[list[str], list[str]]:
+    """``k`` concepts and ``spread`` images such that every image holds a concept and every concept is in
+    an image: first min(spread, k) concept-image pairs, then either further images holding a concept
+    (spread > k) or further concepts from those the images hold (k > spread; each image then needs at
+    least ceil(k / spread) concepts of its own)."""
+    need = -(-k // spread)
+    targets: list[str] = []
+    chosen: list[str] = []
+    for _ in range(min(spread, k)):
+        concept = rng.choice([c for c in view.present if c not in targets])
+        targets.append(concept)
+        chosen.append(_draw_new(rng, view.holders_with(concept, need), chosen))
+    if k > spread:
+        extra = sorted(frozenset().union(*(view.held[i] for i in chosen)) - set(targets))
+        if len(extra) < k - spread:
+            raise _Retry()
+        return targets + rng.sample(extra, k - spread), chosen
+    rest = [i for i in view.holding(targets) if i not in chosen]
+    if len(rest) < spread - k:
+        raise _Retry()
+    return targets, chosen + rng.sample(rest, spread - k)
+
+
+def _draw_new(rng: random.Random, options: list[str], chosen: list[str]) -> str:
+    """A random option not in ``chosen``, by rejection (options run to thousands, chosen to a few)."""
+    for _ in range(len(chosen) * 4 + 1 if options else 0):
+        pick = rng.choice(options)
+        if pick not in chosen:
+            return pick
+    raise _Retry()
 
 
 def _images_summing_to(pools: Pools, rng: random.Random, holding: list[str], targets: list[str],
@@ -266,19 +345,6 @@ def _random_composition(rng: random.Random, total: int, parts: int, allowed: lis
     return values
 
 
-def _listing(pools: Pools, spec: TaskSpec, rng: random.Random, _: int | None) -> tuple[list[str], list[str], dict]:
-    """One Listing sample: k supercategories; holding images contain at least one of their members."""
-    targets = rng.sample(pools.index.supercategories, spec.k)
-    members = _members(pools.index, targets)
-    spread = _spread(spec, rng)
-    holding = _holding_images(pools, members)
-    if len(holding) < spread:
-        raise _Retry()
-    chosen = rng.sample(holding, spread)
-    chosen += _pick_distractors(pools, rng, members, spec.n_images - spread, set(chosen))
-    return chosen, targets, {"spread": spread}
-
-
 def _common(pools: Pools, spec: TaskSpec, rng: random.Random, _: int | None) -> tuple[list[str], list[str], dict]:
     """One Common sample: n images whose class sets intersect in exactly one class."""
     target = rng.choice(pools.index.categories)
@@ -307,7 +373,7 @@ def _oddone(pools: Pools, spec: TaskSpec, rng: random.Random, _: int | None) -> 
     return chosen, [odd], {"spread": spread, "majority": majority}
 
 
-BUILDERS: dict[str, Callable] = {"counting": _counting, "listing": _listing, "common": _common, "oddone": _oddone}
+BUILDERS: dict[str, Callable] = {"counting": _named, "listing": _named, "common": _common, "oddone": _oddone}
 
 
 def question_for(family: str, targets: list[str]) -> str:
@@ -336,15 +402,21 @@ def answer_for(family: str, targets: list[str], evidence: list[dict], supercateg
     return targets[0]
 
 
-def balanced_range(spec: TaskSpec, pools: Pools) -> tuple[int, int]:
-    """The answer range Balanced counting is spread over: ``answer_range`` capped by what the source can
-    hold — the largest total any ``k`` classes reach over the images that may hold them — and floored by
-    the spread (each holding image adds at least one instance)."""
-    holding_images = spec.spread or spec.n_images
+def source_cap(pools: Pools, k: int, holding_images: int) -> int:
+    """The largest total any ``k`` classes reach over ``holding_images`` images of the source (with one
+    holding image: the most instances of k classes any single image holds)."""
     per_class = sorted(
         (sum(sorted((pools.counts[i][c] for i in pools.holding[c]), reverse=True)[:holding_images])
          for c in pools.index.categories), reverse=True)
-    cap = sum(per_class[:spec.k])
+    return sum(per_class[:k])
+
+
+def balanced_range(spec: TaskSpec, pools: Pools) -> tuple[int, int]:
+    """The answer range Balanced counting is spread over: ``answer_range`` capped by what the source can
+    hold (:func:`source_cap` over the images that may hold the target) and floored by the spread (each
+    holding image adds at least one instance)."""
+    holding_images = spec.spread or spec.n_images
+    cap = source_cap(pools, spec.k, holding_images)
     low, high = max(spec.answer_range[0], spec.spread or 1), min(spec.answer_range[1], cap)
     if high < low:
         raise KnobError(f"counting balanced (experiment {spec.experiment!r}, n_images={spec.n_images}): "
@@ -367,6 +439,7 @@ def _balanced_totals(spec: TaskSpec, rng: random.Random, pools: Pools) -> list[i
 def generate(index: AnnotationIndex, spec: TaskSpec, seed: int = 0, pools: Pools | None = None) -> list[dict]:
     """Exactly ``spec.count`` records of one task family, or a :class:`KnobError` saying why not."""
     pools = pools or Pools(index)
+    check_concepts(spec, pools)
     rng = _rng(seed, spec)
     builder = BUILDERS[spec.family]
     records: list[dict] = []
@@ -386,6 +459,21 @@ def generate(index: AnnotationIndex, spec: TaskSpec, seed: int = 0, pools: Pools
         rng.shuffle(images)
         records.append(_record(index, spec, number, images, targets, knobs))
     return records
+
+
+def check_concepts(spec: TaskSpec, pools: Pools) -> None:
+    """Refuse a k the source cannot meet, naming k: too few concepts with instances, or (k above the
+    number of images) no image holding enough named concepts, since every named concept must be present."""
+    if spec.family not in pools.views:
+        return
+    view, what = pools.views[spec.family], "classes" if spec.family == "counting" else "supercategories"
+    where = f"{spec.family} (experiment {spec.experiment!r}, n_images={spec.n_images}): k={spec.k}"
+    if len(view.present) < spec.k:
+        raise KnobError(f"{where}, but only {len(view.present)} {what} have instances in the source")
+    need = -(-spec.k // spec.n_images)
+    if view.most_held < need:
+        raise KnobError(f"{where} needs an image holding {need} {what}, but the source's images hold at most "
+                        f"{view.most_held}: every named concept must be present in the sample")
 
 
 def _explain_failure(spec: TaskSpec, total: int | None, index: AnnotationIndex) -> str:
@@ -421,9 +509,10 @@ def _record(index: AnnotationIndex, spec: TaskSpec, number: int, images: list[st
     }
 
 
-def generate_all(index: AnnotationIndex, specs: list[TaskSpec], seed: int = 0, progress: bool = True) -> list[dict]:
-    """Records for a whole plan of specs, in order, with one progress bar."""
-    pools = Pools(index)
+def generate_all(index: AnnotationIndex, specs: list[TaskSpec], seed: int = 0, progress: bool = True,
+                 pools: Pools | None = None) -> list[dict]:
+    """Records for a whole plan of specs, in order, with one progress bar (``pools`` reused if given)."""
+    pools = pools or Pools(index)
     records: list[dict] = []
     bar = tqdm(specs, desc="MIMIC questions", unit="batch", disable=not progress)
     for spec in bar:

@@ -155,16 +155,16 @@ def test_knobs_the_data_cannot_meet_fail_clearly_instead_of_returning_fewer(inde
 
 
 def test_plan_covers_every_knob_value_with_per_value_questions(index):
-    plan = BenchmarkPlan(per_value=6, images=(1, 3), spread_total=4, spread=(1, 2, 4), distractors=(0, 3),
-                         k=(1, 2), k_images=3)
+    plan = BenchmarkPlan(per_value=6, images=(1, 3), spread=(1, 2, 4), spread_images=5, spread_answer_range=(4, 6),
+                         distractors=(0, 3), k=(1, 2), k_images=3)
     records = build(index, plan, progress=False)
     counts = knob_counts(records)
     assert counts["images"]["counting_balanced"] == {"n1": 6, "n3": 6}
     assert counts["images"]["oddone"] == {"n3": 6}  # odd-one needs three images
     assert counts["spread"]["counting_balanced"] == {"s1": 6, "s2": 6, "s4": 6}
-    assert all(r["gt"] == "4" for r in records if r["experiment"] == "spread")
+    assert {r["knobs"]["n_images"] for r in records if r["experiment"] == "spread"} == {5}
     assert counts["distractors"]["counting_unbalanced"] == {"d0": 6, "d3": 6}
-    assert counts["k"]["listing"] == {"k1": 6, "k2": 6}
+    assert counts["k"]["listing"] == {"n3-k1": 6, "n3-k2": 6}
     assert len(records) == len(plan_specs(plan)) * 6
 
 
@@ -175,7 +175,7 @@ def test_duplicate_specs_in_a_plan_are_refused(index):
 
 
 def test_save_load_roundtrip_and_manifest(index, tmp_path):
-    plan = BenchmarkPlan(per_value=4, images=(2,), spread=(1,), spread_total=3, distractors=(0,), k=(1,))
+    plan = BenchmarkPlan(per_value=4, images=(2,), spread=(1,), spread_answer_range=(1, 3), distractors=(0,), k=(1,))
     records = build(index, plan, progress=False)
     manifest = save(records, tmp_path, plan, index, root=Path("/data"))
     loaded = load(tmp_path)
