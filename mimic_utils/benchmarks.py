@@ -296,9 +296,12 @@ def muirbench_record(row: Row, images: Sequence[ImageLike]) -> BenchRecord:
 
 
 def blink_record(row: Row, images: Sequence[ImageLike]) -> BenchRecord:
-    """BLINK: answers are "(A)"; the dataset's own ``prompt`` (question and lettered choices) is kept."""
-    options = [str(c) for c in row["choices"]]
-    letters = choice_letters(len(options))
+    """BLINK: answers are "(A)"; the dataset's own ``prompt`` (question and lettered choices) is kept.
+
+    Choices may carry their "(A)" marker; it is stripped from the option text (the prompt keeps it), so
+    a reply that repeats an option's text is matched to its letter.
+    """
+    letters, options = _lettered_options(row["choices"])
     return BenchRecord(id=str(row["idx"]), benchmark="blink", images=images, question=str(row["question"]),
                        options=options, letters=letters, answer=answer_letter(row["answer"], letters, options),
                        sub_task=str(row["sub_task"]), meta={"prompt": str(row["prompt"])})
@@ -538,16 +541,56 @@ def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
-def _load_saved(folder: Path, split: str):
+class BenchmarkFormatError(ValueError):
+    """A dataset that is there but not in the benchmark's schema: a missing field, config or split. The
+    message names the benchmark, where it was read from and what is missing."""
+
+
+def _format_error(spec: BenchmarkSpec, where: str, what: str) -> BenchmarkFormatError:
+    return BenchmarkFormatError(f"{spec.title} at {where}: {what}")
+
+
+def _where(spec: BenchmarkSpec, source: str | os.PathLike | None, config: str | None) -> str:
+    """Where one config is read from, for messages: the hub id or folder, and the config."""
+    return str(source or spec.hub_id) + (f" (config {config})" if config else "")
+
+
+def _load_saved(spec: BenchmarkSpec, folder: Path, split: str):
     """A split of a saved dataset (a saved ``DatasetDict`` must hold ``split``)."""
     import datasets
 
     loaded = datasets.load_from_disk(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise ValueError(f"{folder}: no split {split!r} (has {sorted(loaded)})")
+            raise _format_error(spec, str(folder), f"no split {split!r} (has {sorted(loaded)})")
         return loaded[split]
     return loaded
+
+
+def local_configs(spec: BenchmarkSpec, folder: Path) -> tuple[str | None, ...]:
+    """The configs to read from a local copy of a benchmark.
+
+    One saved dataset (all of BLINK's sub-tasks, or a single one) is read once (``None``); a folder
+    with a sub-folder per config (``save_to_disk`` per config, or ``hf download``) gives the configs
+    that are there, so a partial copy loads; a folder without any is handed to ``load_dataset`` per config.
+    """
+    if not folder.exists():
+        raise _unavailable(spec, f"source folder {folder} does not exist")
+    if len(spec.configs) == 1:
+        return spec.configs
+    if _is_saved_dataset(folder):
+        return (None,)
+    return tuple(c for c in spec.configs if (folder / c).is_dir()) or spec.configs
+
+
+def report_sub_tasks(spec: BenchmarkSpec, source: str | os.PathLike, records: list[BenchRecord]) -> str:
+    """Say which of a multi-config benchmark's sub-tasks a local copy holds (printed, and returned)."""
+    found = sorted({r.sub_task for r in records})
+    missing = [c for c in spec.configs if c not in found]
+    line = (f"[benchmarks] {spec.title} at {source}: {len(found)} of {len(spec.configs)} sub-tasks found"
+            f" ({', '.join(found) or 'none'})" + (f"; missing: {', '.join(missing)}" if missing else ""))
+    print(line)
+    return line
 
 
 def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: str | None, split: str,
@@ -556,7 +599,8 @@ def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: st
     (``<source>`` or ``<source>/<config>``) or a local data folder read by ``load_dataset``.
 
     Anything that cannot be read (no network, no cache, no such folder) becomes
-    :class:`BenchmarkUnavailable` with instructions; a wrong split or config still raises as it is.
+    :class:`BenchmarkUnavailable` with instructions; a config or split that is not there becomes
+    :class:`BenchmarkFormatError` naming the benchmark, the source and the config.
     """
     import datasets
 
@@ -567,12 +611,15 @@ def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: st
             raise _unavailable(spec, f"source folder {folder} does not exist")
         for candidate in ([folder / config] if config else []) + [folder]:
             if _is_saved_dataset(candidate):
-                return _load_saved(candidate, split)
+                return _load_saved(spec, candidate, split)
     try:
         return datasets.load_dataset(where, config, split=split, revision=revision)
     except OSError as err:  # ConnectionError, DatasetNotFoundError, missing files: all "not here"
         named = f"{where!r}" + (f" config {config!r}" if config else "") + f" split {split!r}"
         raise _unavailable(spec, f"cannot load {named}", err) from err
+    except ValueError as err:  # an unknown config or split
+        raise _format_error(spec, _where(spec, source, config), f"no config {config!r} with split {split!r} "
+                            f"({type(err).__name__}: {err})") from err
 
 
 def _present_images(view: Any, column: str) -> list[list[DatasetImage]]:
@@ -604,16 +651,29 @@ def _image_files(paths: Iterable[str], image_root: Path) -> list[str]:
     return [str(image_root / str(path).removeprefix("./")) for path in paths]
 
 
-def records_from_dataset(spec: BenchmarkSpec, dataset: Any, image_root: Path | None = None) -> list[BenchRecord]:
-    """Every row of one loaded split as a record; images stay in the dataset (or on disk for MMIU)."""
+def records_from_dataset(spec: BenchmarkSpec, dataset: Any, image_root: Path | None = None,
+                         where: str | None = None) -> list[BenchRecord]:
+    """Every row of one loaded split as a record; images stay in the dataset (or on disk for MMIU).
+
+    A field the benchmark reads that the dataset lacks raises :class:`BenchmarkFormatError` naming the
+    benchmark, ``where`` (the source and config) and the field.
+    """
+    where = where or spec.hub_id
     image_columns = [c for c in spec.image_columns if c in dataset.column_names]
+    if spec.image_columns and spec.image_columns[0] not in image_columns:  # the one every question has
+        raise _format_error(spec, where, f"no field {spec.image_columns[0]!r} "
+                            f"(fields: {', '.join(dataset.column_names)})")
     plain = dataset.remove_columns(image_columns) if image_columns else dataset
     images = dataset_images(dataset, image_columns) if image_columns else [[] for _ in range(len(dataset))]
     records = []
     for index, (row, row_images) in enumerate(zip(plain, images)):
-        if spec.image_path_field:
-            row_images = _image_files(row[spec.image_path_field], image_root or Path("."))
-        records.append(spec.to_record({**row, "row_index": index}, row_images))
+        try:
+            if spec.image_path_field:
+                row_images = _image_files(row[spec.image_path_field], image_root or Path("."))
+            records.append(spec.to_record({**row, "row_index": index}, row_images))
+        except KeyError as err:
+            raise _format_error(spec, where, f"no field {err.args[0]!r} (fields: "
+                                f"{', '.join(dataset.column_names)})") from err
     return records
 
 
@@ -644,18 +704,23 @@ def load_benchmark(name: str, source: str | os.PathLike | None = None, *, split:
     """A benchmark's records, from the hub (``source=None``: its real id, configs and split) or a local copy.
 
     ``source``: a folder from ``hf download`` (read by ``datasets.load_dataset``) or from
-    ``save_to_disk`` (one sub-folder per config for BLINK). ``image_root``: where MMIU's unzipped image
-    folders are (default ``source``). ``limit``: at most this many records per sub-task. A dataset that
-    cannot be read raises :class:`BenchmarkUnavailable` saying how to get it, or with
-    ``skip_missing=True`` returns :class:`NotRun` carrying that message.
+    ``save_to_disk``. BLINK's 14 configs may be one saved dataset (all sub-tasks, or one), a sub-folder per
+    config, or only some of them: :func:`local_configs` decides, and the sub-tasks found are reported.
+    ``image_root``: where MMIU's unzipped image folders are (default ``source``). ``limit``: at most this
+    many records per sub-task. A dataset that cannot be read raises :class:`BenchmarkUnavailable` saying
+    how to get it, or with ``skip_missing=True`` returns :class:`NotRun` carrying that message; one in
+    another schema raises :class:`BenchmarkFormatError`.
     """
     spec = get_spec(name)
     root = Path(image_root if image_root is not None else (source or "."))
     try:
         records: list[BenchRecord] = []
-        for config in spec.configs:
+        configs = spec.configs if source is None else local_configs(spec, Path(source))
+        for config in configs:
             dataset = open_split(spec, source, config, split or spec.split, revision)
-            records.extend(records_from_dataset(spec, dataset, root))
+            records.extend(records_from_dataset(spec, dataset, root, _where(spec, source, config)))
+        if source is not None and len(spec.configs) > 1:
+            report_sub_tasks(spec, source, records)
         records = cap_per_sub_task(records, limit)
         _check_image_files(spec, records)
     except BenchmarkUnavailable as err:

@@ -36,6 +36,17 @@ each image block runs its own causal SDPA over its n_i tokens, and text queries 
 keys with the model's mask rows, so the cost follows Σ n_i² + T·N instead of N². Both agree to float
 tolerance (tested on all three families).
 
+**A third, for CUDA.** ``mode="flex"`` runs the masked samples through one
+``torch.nn.attention.flex_attention`` call whose ``BlockMask`` (:func:`flex_block_mask`) holds the same
+rule (the model's causal + padding mask AND the block structure); blocks of 128 × 128 pairs that are
+fully masked are skipped, so the cost follows Σ n_i² + T·N as for ``blockwise`` but in one fused kernel
+instead of one SDPA call per image. On CUDA it runs compiled (``torch.compile(flex_attention)``); on the
+CPU it runs flex's eager reference, which is correct but not fast, and has no backward (so it serves
+tests and inference there, not training). The block mask is built
+once per context and device and shared by every masked layer. It is selectable only: the default
+stays ``blockwise`` everywhere; :func:`preferred_mode` names ``flex`` for a CUDA device for callers that
+opt in. Samples with fewer than two images run transformers' SDPA, exactly as unmasked.
+
 **Observers.** :mod:`mimic_utils.attention` computes attention statistics on the fly: a context may
 carry observers, called at every prefill attention call with an :class:`AttentionCall` (layer, query,
 key, scaling, the effective mask on demand, block ids). They reduce immediately, so nothing grows with
@@ -54,7 +65,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +73,9 @@ import torch.nn.functional as F
 ATTENTION_NAME = "mimic_image_blocks"
 """The name the masking attention function is registered under in ``AttentionInterface``."""
 
-MODES = ("blockwise", "dense")
-"""``blockwise``: per-image SDPA (cost Σ n_i²); ``dense``: the reference, one SDPA with the full mask."""
+MODES = ("blockwise", "dense", "flex")
+"""``blockwise``: per-image SDPA (cost Σ n_i²); ``dense``: the reference, one SDPA with the full mask;
+``flex``: one flex_attention call with the mask as a BlockMask (compiled on CUDA)."""
 
 LAYER_KEYWORDS = ("none", "first_half", "second_half", "auto")
 
@@ -223,6 +235,8 @@ class ImageBlocks:
     layers: frozenset[int]
     mode: str = "blockwise"
     observers: tuple[Observer, ...] = ()
+    flex_masks: dict = field(default_factory=dict, compare=False, repr=False)
+    """``mode="flex"``: the block mask per device, built at the first masked layer and reused by the rest."""
 
     @cached_property
     def plan(self) -> tuple[SamplePlan, ...]:
@@ -440,6 +454,8 @@ def attention_forward(
         output, _ = sdpa_attention_forward(
             module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs
         )
+    elif state.mode == "flex":
+        output = _flex_attention(module, query, key, value, attention_mask, state, dropout, scaling, is_causal, kwargs)
     else:
         if kwargs.get("sliding_window") is not None:
             raise NotImplementedError(f"blockwise image masking does not support sliding-window layers (layer {layer})")
@@ -521,6 +537,116 @@ def _blockwise_attention(module, query, key, value, base_mask, state: ImageBlock
     return output
 
 
+# --- flex attention (CUDA) ------------------------------------------------------------------------
+
+
+def preferred_mode(device: str | torch.device | None = None) -> str:
+    """``"flex"`` for a CUDA device (one fused kernel), ``"blockwise"`` otherwise (and when flex_attention
+    is missing). ``None`` asks whether CUDA is available. Nothing selects it by itself: callers pass it on."""
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return "blockwise"
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return "flex" if cuda else "blockwise"
+
+
+def flex_block_mask(block_ids: torch.Tensor, base_mask: torch.Tensor | None = None, device=None):
+    """The masked layer's mask as a flex_attention ``BlockMask``: :func:`dense_mask`'s rule, never formed.
+
+    A vision query may see earlier keys of its own image; a text query every earlier key; a sample with
+    fewer than two images is only causal. ``base_mask`` is the model's boolean mask ``[B or 1, 1, S, S]``
+    (causal + padding; padding queries see nothing) or ``None`` for plain causal attention.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    device = block_ids.device if device is None else torch.device(device)
+    ids = block_ids.to(device=device, dtype=torch.int32)
+    batch, length = ids.shape
+    unmasked = ~masked_samples(ids)
+    base = None if base_mask is None else base_mask.to(device).expand(batch, 1, length, length)
+
+    def mask_mod(b, h, q, kv):
+        query_block = ids[b, q]
+        allowed = (query_block < 0) | (query_block == ids[b, kv]) | unmasked[b]
+        seen = kv <= q if base is None else base[b, 0, q, kv]
+        return allowed & seen
+
+    return create_block_mask(mask_mod, batch, None, length, length, device=device)
+
+
+def _batch_rows(tensor: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor[rows]`` along the batch (``None`` rows: all of it; a broadcast batch of 1 stays as is)."""
+    if tensor is None or rows is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[rows]
+
+
+def _cached_block_mask(state: ImageBlocks, base_mask: torch.Tensor | None, rows: torch.Tensor | None, device):
+    """The context's block mask for ``rows`` on ``device``, built at the first masked layer. Every layer of
+    one forward gets the same ``base_mask`` object, which is how a stale entry is told apart."""
+    cached = state.flex_masks.get(str(device))
+    if cached is not None and cached[0] is base_mask:
+        return cached[1]
+    block_ids = _batch_rows(state.block_ids.to(device), rows)
+    block_mask = flex_block_mask(block_ids, _batch_rows(base_mask, rows), device)
+    state.flex_masks[str(device)] = (base_mask, block_mask)
+    return block_mask
+
+
+def _flex_kernel(query: torch.Tensor):
+    """flex_attention compiled on CUDA (the fused kernel); its eager reference elsewhere, without the
+    once-per-process warning that eager mode is slow."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if query.is_cuda:
+        return _compiled_flex()
+
+    def eager(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(*args, **kwargs)
+
+    return eager
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    """One compiled flex_attention per process (torch.compile caches its kernels per shape)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def _flex_attention(module, query, key, value, base_mask, state: ImageBlocks, dropout, scaling, is_causal, kwargs):
+    """Masked attention as one flex_attention call over the masked samples; samples with fewer than two
+    images run transformers' SDPA exactly as unmasked. Returns ``[B, S, H, D]``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if dropout or kwargs.get("sliding_window") is not None:
+        raise NotImplementedError(
+            f"flex image masking supports neither attention dropout nor sliding windows (layer {_layer_index(module)})"
+        )
+    masked = masked_samples(state.block_ids).to(query.device)
+    rows = None if bool(masked.all()) else masked.nonzero().flatten()
+    output = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
+    if rows is not None:
+        kept = (~masked).nonzero().flatten()
+        output[kept] = sdpa_attention_forward(
+            module, query[kept], key[kept], value[kept], _batch_rows(base_mask, kept),
+            dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+        )[0]
+        if rows.numel() == 0:
+            return output
+    q, k, v = (_batch_rows(tensor, rows) for tensor in (query, key, value))
+    block_mask = _cached_block_mask(state, base_mask, rows, query.device)
+    seen = _flex_kernel(q)(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+    output[slice(None) if rows is None else rows] = seen.transpose(1, 2)
+    return output
+
+
 __all__ = [
     "ATTENTION_NAME",
     "MODES",
@@ -533,6 +659,7 @@ __all__ = [
     "causal_rows",
     "dense_mask",
     "enable",
+    "flex_block_mask",
     "image_blocks",
     "is_enabled",
     "mask_images",
@@ -540,6 +667,7 @@ __all__ = [
     "num_text_layers",
     "parse_layers",
     "plan_blocks",
+    "preferred_mode",
     "register",
     "set_text_attention",
     "text_attention",

@@ -12,6 +12,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from mimic_utils.artifacts import atomic_path, write_text
@@ -90,32 +93,176 @@ def knob_coverage(counts: dict, path: Path | str) -> plt.Figure:
     return fig
 
 
+#: What the dashed line of a score figure is, said in its legend.
+BLIND_LABEL = "dashed: blind baseline (best constant answer)"
+#: The y label wherever Listing F1 sits beside accuracies.
+SCORE_LABEL = "score (Listing: F1, others: accuracy)"
+#: Line styles for the ``style`` column; dashed is kept for the blind baseline.
+LINESTYLES = ("-", ":", "-.", (0, (1, 3)), (0, (5, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
 def metric_lines(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str, title: str = "",
                  ylabel: str = "accuracy", style: str | None = None,
-                 ylim: tuple[float, float] | None = (-0.02, 1.02)) -> plt.Figure:
-    """A line plot of a metric against a knob, one line per ``hue`` (e.g. task or model)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(data=frame, x=x, y=y, hue=hue, style=style, marker="o" if len(frame) < 200 else None, ax=ax)
-    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
+                 ylim: tuple[float, float] | None = (-0.02, 1.02), *, facet: str | None = None,
+                 band: tuple[str, str] = ("lo", "hi"), blind: str | None = "blind",
+                 blind_by: tuple[str, ...] | None = None, reference: float | None = None) -> plt.Figure:
+    """Lines of a metric against a knob, one per ``hue`` (and ``style``), one panel per ``facet`` value.
+
+    Where the table has them, each line gets its 95% interval from the ``band`` columns (computed by
+    :mod:`mimic_utils.stats`, never a bootstrap across tasks): a band for up to two lines a panel, dodged
+    error bars beyond, so that intervals stay readable. A dashed blind-baseline line comes from the
+    ``blind`` column, one per ``blind_by`` group (default: per ``hue``; grey when not per ``hue``).
+    ``reference`` draws a dotted horizontal line (e.g. 0 for a gain).
+    """
+    facets = list(dict.fromkeys(frame[facet])) if facet else [None]
+    fig, axes = _panels(len(facets))
+    colors = _palette(frame[hue])
+    styles = {v: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+              for i, v in enumerate(dict.fromkeys(frame[style]))} if style else {None: ("-", "o")}
+    has_band = all(c in frame for c in band)
+    blind_by = blind_by if blind_by is not None else (hue,)
+    drew_blind = False
+    for index, (ax, value) in enumerate(zip(axes, facets)):
+        part = frame if facet is None else frame[frame[facet] == value]
+        _lines(ax, part, x, y, hue, style, colors, styles, band if has_band else None)
+        if blind and blind in part and part[blind].notna().any():
+            _blind_lines(ax, part, x, blind, blind_by, hue, colors)
+            drew_blind = True
+        if reference is not None:
+            ax.axhline(reference, color="black", linewidth=0.8, linestyle=":")
+        _integer_ticks(ax, frame[x])
+        ax.set_xlabel(x)
+        ax.set_ylabel(ylabel if index % PANELS_PER_ROW == 0 else "")
+        ax.set_title(f"{value}" if facet else title, fontsize=10)
+    for ax in axes[len(facets):]:
+        ax.set_visible(False)
+    if facet:
+        fig.suptitle(title, fontsize=11)
     if ylim is not None:
-        ax.set_ylim(*ylim)
+        axes[0].set_ylim(*ylim)
+    _legend(fig, hue, colors, style, styles, drew_blind, has_band)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
 
 
+#: Panels per row of a faceted figure, so that a saved figure stays readable.
+PANELS_PER_ROW = 3
+
+
+def _panels(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A grid of ``count`` panels sharing the y axis, at most :data:`PANELS_PER_ROW` a row."""
+    columns = min(count, PANELS_PER_ROW)
+    rows = -(-count // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(1.2 + 3.6 * columns, 0.4 + 3.2 * rows), squeeze=False,
+                             sharey=True)
+    return fig, list(grid.flat)
+
+
+def _palette(values: pd.Series) -> dict:
+    """One colour per distinct value, in order of appearance."""
+    distinct = list(dict.fromkeys(values))
+    return dict(zip(distinct, sns.color_palette(n_colors=max(len(distinct), 1))))
+
+
+def _lines(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, hue: str, style: str | None, colors: dict,
+           styles: dict, band: tuple[str, str] | None) -> None:
+    """One line (with its interval) per hue and style value."""
+    keys = [hue] + ([style] if style else [])
+    lines = list(frame.groupby(keys, sort=False))
+    gaps = pd.Series(sorted(frame[x].unique())).diff().dropna()
+    step = 0.08 * (gaps.min() if len(gaps) else 1.0)
+    for i, (key, part) in enumerate(lines):
+        key = key if isinstance(key, tuple) else (key,)
+        part = part.sort_values(x)
+        if part[x].duplicated().any():
+            raise ValueError(f"several rows per {x} in the line {dict(zip(keys, key))}: give each line one row per "
+                             f"point (e.g. plot a like-for-like mean table, or set style/facet)")
+        linestyle, marker = styles[key[1] if style else None]
+        color = colors[key[0]]
+        where = part[x] + (i - (len(lines) - 1) / 2) * step if band and len(lines) > 2 else part[x]
+        ax.plot(where, part[y], color=color, linestyle=linestyle, marker=marker if len(part) < 60 else None,
+                markersize=4, linewidth=1.4)
+        if band and len(lines) > 2:
+            ax.errorbar(where, part[y], yerr=[part[y] - part[band[0]], part[band[1]] - part[y]], fmt="none",
+                        ecolor=color, elinewidth=0.9, capsize=2)
+        elif band:
+            ax.fill_between(part[x], part[band[0]], part[band[1]], color=color, alpha=0.15, linewidth=0)
+
+
+def _blind_lines(ax: plt.Axes, frame: pd.DataFrame, x: str, blind: str, blind_by: tuple[str, ...], hue: str,
+                 colors: dict) -> None:
+    """The dashed blind baseline per question set (``blind_by`` group; the same questions share one)."""
+    keys = list(blind_by)
+    groups = frame.groupby(keys, sort=False) if keys else [((), frame)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        part = part.drop_duplicates(x).sort_values(x)
+        color = colors[key[keys.index(hue)]] if hue in keys else "grey"
+        ax.plot(part[x], part[blind], color=color, linestyle="--", linewidth=1.0, alpha=0.8)
+
+
+def _integer_ticks(ax: plt.Axes, values: pd.Series) -> None:
+    """Integer knobs get integer ticks: every value when there are few, else whole numbers only."""
+    if not pd.api.types.is_numeric_dtype(values) or not (values.dropna() % 1 == 0).all():
+        return
+    distinct = sorted(values.dropna().unique())
+    if len(distinct) <= 12:
+        ax.set_xticks(distinct)
+        ax.set_xticklabels([str(int(v)) for v in distinct])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend(fig: plt.Figure, hue: str, colors: dict, style: str | None, styles: dict, blind: bool,
+            band: bool) -> None:
+    """One legend outside the panels: hue colours, style markers, and what the band and dashes are."""
+    handles = [Line2D([], [], linestyle="none", label=hue)]
+    handles += [Line2D([], [], color=c, label=str(v)) for v, c in colors.items()]
+    if style:
+        handles.append(Line2D([], [], linestyle="none", label=style))
+        handles += [Line2D([], [], color="grey", linestyle=ls, marker=m, label=str(v))
+                    for v, (ls, m) in styles.items()]
+    if band:
+        handles.append(Patch(color="grey", alpha=0.25, label="band or bars: 95% interval"))
+    if blind:
+        handles.append(Line2D([], [], color="grey", linestyle="--", label=BLIND_LABEL))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
 def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str, title: str = "",
-                 ylabel: str = "accuracy") -> plt.Figure:
-    """Grouped bars of a metric, e.g. tasks × models."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * frame[x].nunique() * max(1, frame[hue].nunique()) / 2), 3.6))
-    sns.barplot(data=frame, x=x, y=y, hue=hue, ax=ax)
-    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
+                 ylabel: str = "accuracy", *, band: tuple[str, str] = ("lo", "hi"), blind: str | None = "blind",
+                 reference: float | None = None, ylim: tuple[float, float] | None = (0, 1.05)) -> plt.Figure:
+    """Grouped bars of a metric (e.g. tasks × models) with 95% error bars from the ``band`` columns and a
+    dashed blind-baseline mark per ``x`` group from the ``blind`` column, where the table has them."""
+    xs, hues = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[hue]))
+    width = 0.8 / len(hues)
+    fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.55 * len(xs) * (1 + len(hues))), 3.6))
+    colors = _palette(frame[hue])
+    for i, value in enumerate(hues):
+        part = frame[frame[hue] == value].set_index(x).reindex(xs)
+        where = [j + (i - (len(hues) - 1) / 2) * width for j in range(len(xs))]
+        errors = ([part[y] - part[band[0]], part[band[1]] - part[y]] if all(c in frame for c in band) else None)
+        ax.bar(where, part[y], width, color=colors[value], label=str(value), yerr=errors, capsize=2,
+               error_kw={"linewidth": 0.8})
+    drew_blind = bool(blind) and blind in frame and frame[blind].notna().any()
+    if drew_blind:
+        for j, value in enumerate(xs):
+            level = frame.loc[frame[x] == value, blind].iloc[0]
+            ax.hlines(level, j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1.0)
+    if reference is not None:
+        ax.axhline(reference, color="black", linewidth=0.8, linestyle=":")
+    handles, _ = ax.get_legend_handles_labels()
+    if drew_blind:
+        handles.append(Line2D([], [], color="black", linestyle="--", label=BLIND_LABEL))
+    ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False, title=hue)
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels([str(v) for v in xs], rotation=30, ha="right", rotation_mode="anchor")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05)
-    ax.tick_params(axis="x", rotation=20)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     fig.tight_layout()
     save_figure(fig, path)
     return fig

@@ -1,19 +1,46 @@
 """The study's one-page findings, ``outputs/<profile>/REPORT.md``, written by notebook 06.
 
 Every sentence is computed from the notebooks' ``metrics.json`` files, so the report cannot drift from the
-results; a notebook that has not run (or is a placeholder) is reported as such, never skipped silently.
+results. Its centre is the claims table (:mod:`mimic_utils.claims`): one row per claim of the paper, in the
+paper's direction, with the measured effect, its 95% interval and a verdict from the one rule of
+:mod:`mimic_utils.stats`. A claim no notebook measured stays in the table as "missing", and a notebook that
+has not run (or is a placeholder) is reported as such, never skipped silently.
+
+For the README: ``claims_section(profile)`` returns the claims table's Markdown for a profile.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from mimic_utils.artifacts import profile_dir, read_json, write_text
+from mimic_utils.claims import claims_markdown, claims_table
 
 NOTEBOOKS = ("01_data_build", "02_zero_shot_diagnosis", "03_attention_analysis", "04_data_centric_finetune",
              "05_masked_qlora_finetune", "06_cross_benchmark_eval")
+VERDICTS = ("reproduced", "opposite", "inconclusive", "missing")
+
+#: How to read every number of the report (and of notebook 06): the rule behind each word.
+HOW_TO_READ = [
+    "**Verdicts.** A claim is *reproduced* only when the 95% interval of its effect excludes 0 in the "
+    "paper's direction, *opposite* when it excludes 0 the other way, *inconclusive* when it contains 0, and "
+    "*missing* when no notebook measured it. Trend words (rises / falls / no detectable change) follow the "
+    "same rule.",
+    "**Intervals.** 95%: Wilson for an accuracy (a 0/1 score per question); a seeded percentile bootstrap "
+    "over questions (resampled within each task) for Listing F1, means over tasks and differences. Two "
+    "models on the same questions are compared paired (the same resampled questions for both, plus "
+    "McNemar's exact p).",
+    "**Baselines.** *blind*: the best constant answer (the most frequent ground truth, officially scored); "
+    "*chance*: 1 / options for a multiple-choice question. *above / below baseline* again means the score's "
+    "interval excludes the baseline.",
+    "**Parse rate.** The share of multiple-choice replies from which a valid option letter was read. Below "
+    "0.5 the reading is \"does not answer in the letter format\", not a transfer result.",
+]
 
 
 def load_all(profile: str, root: Path | None = None) -> dict[str, dict | None]:
@@ -31,93 +58,101 @@ def _status(metrics: dict | None) -> str:
     return metrics.get("status", "ok")
 
 
-def _mean_score(rows: list[dict], **where) -> float | None:
-    chosen = [r["score"] for r in rows if all(r.get(k) == v for k, v in where.items())]
-    return sum(chosen) / len(chosen) if chosen else None
+def claims_rows(profile: str, root: Path | None = None) -> list[dict]:
+    """The claims table's rows for a profile, from whatever metrics its notebooks have written."""
+    return claims_table(load_all(profile, root))
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def claims_section(profile: str, root: Path | None = None) -> str:
+    """The claims table of a profile as Markdown, ready to paste into the README."""
+    return claims_markdown(claims_rows(profile, root))
 
 
-def paper_claims(metrics: dict[str, dict | None], base: str) -> list[tuple[str, str]]:
-    """(claim of the paper, what this run found) pairs, each finding computed from the metrics."""
-    claims = []
-    diag = metrics.get("02_zero_shot_diagnosis")
-    if diag and diag.get("status") == "ok" and diag.get("models"):
-        studied = next(iter(diag["models"]))  # notebook 02's model under study (the organism, or a checkpoint)
-        images = [r for r in diag["by_images"] if r["model"] == studied]
-        values = sorted({r["n_images"] for r in images})
-        first, last = _mean_score(images, n_images=values[0]), _mean_score(images, n_images=values[-1])
-        claims.append(("Accuracy falls as images are added.",
-                       f"{studied}: mean score {_fmt(first)} at {values[0]} image(s), {_fmt(last)} at {values[-1]}."))
-        spread = [r for r in diag["spread"] if r["model"] == studied]
-        if spread:
-            s = sorted({r["spread"] for r in spread})
-            claims.append(("Counting fails when the instances are spread over several images.",
-                           f"counting accuracy {_fmt(_mean_score(spread, spread=s[0]))} with the total in one image, "
-                           f"{_fmt(_mean_score(spread, spread=s[-1]))} spread over {s[-1]}."))
-        pooling = [r for r in diag["pooling"] if r["model"] == studied]
-        if pooling:
-            n = max(r["n_images"] for r in pooling)
-            rs = sorted({r["pool"] for r in pooling})
-            claims.append(("Shortening each image's token sequence (1D pooling) does not recover accuracy.",
-                           f"at {n} images: {_fmt(_mean_score(pooling, n_images=n, pool=rs[0]))} at r={rs[0]}, "
-                           f"{_fmt(_mean_score(pooling, n_images=n, pool=rs[-1]))} at r={rs[-1]}."))
-    attn = metrics.get("03_attention_analysis")
-    if attn and attn.get("status") == "ok":
-        cross = [r for r in attn["shares"] if r["query_kind"] == "vision" and r["target"] == "other_images"]
-        cross.sort(key=lambda r: r["layer"])
-        claims.append(("Cross-image attention is strong early and fades in deeper layers.",
-                       f"vision→other-image share {cross[0]['mean']:.2f} in layer 0, {cross[-1]['mean']:.2f} in the last "
-                       f"layer; auto layer: {attn.get('auto_layer')} ({attn.get('auto_layer_rule')})."))
-    for notebook, other, claim in (("04_data_centric_finetune", "data-centric",
-                                    "Multi-image synthetic supervision improves multi-image accuracy."),
-                                   ("05_masked_qlora_finetune", "masked LoRA (late)",
-                                    "Masking image tokens to their own image in deep layers improves accuracy.")):
-        found = metrics.get(notebook)
-        if found and found.get("status") == "ok":
-            images = found.get("images", [])
-            n = max((r["n_images"] for r in images), default=None)
-            if n is not None:
-                claims.append((claim, f"at {n} images, mean score {base} {_fmt(_mean_score(images, model=base, n_images=n))} → "
-                                      f"{other} {_fmt(_mean_score(images, model=other, n_images=n))}; at 1 image "
-                                      f"{_fmt(_mean_score(images, model=base, n_images=1))} → "
-                                      f"{_fmt(_mean_score(images, model=other, n_images=1))}."))
-    masked = metrics.get("05_masked_qlora_finetune")
-    if masked and masked.get("status") == "ok":
-        flops = {r["n_images"]: r for r in masked["compute_flops"]}
-        n = max(flops)
-        claims.append(("Masking cuts compute (the paper: about 81% fewer FLOPs).",
-                       f"analytic, LLaVA-OV-7B size, {n} images: {flops[n]['masked_layer_attention_saving']:.0%} of the "
-                       f"masked layers' attention FLOPs, {flops[n]['attention_saving']:.0%} of all attention FLOPs, "
-                       f"{flops[n]['total_saving']:.0%} of total prefill FLOPs."))
-    return claims
+def verdict_counts(rows: Sequence[Mapping]) -> str:
+    """"2 reproduced, 1 opposite, 3 inconclusive, 3 missing" (every verdict named, zeros included)."""
+    counts = Counter(row["verdict"] for row in rows)
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
 
 
-def write_report(profile: str, results: pd.DataFrame, base: str = "base", root: Path | None = None) -> Path:
-    """Compose ``REPORT.md`` from every notebook's metrics and notebook 06's results table."""
-    metrics = load_all(profile, root)
-    lines = [f"# MIMIC study — findings (profile `{profile}`)", "",
-             "Every number below is computed from the notebooks' `metrics.json`; figures are in each notebook's "
-             "output folder and the executed notebooks in `executed/`.", "", "## What ran", "",
-             "| notebook | status |", "|---|---|"]
-    lines += [f"| {n} | {_status(m)} |" for n, m in metrics.items()]
+def _effect_text(row: Mapping) -> str:
+    if row.get("effect") is None:
+        return "no value"
+    return f"{row['effect']:+.3f} [95% CI {row['lo']:+.3f}, {row['hi']:+.3f}]"
+
+
+def claim_sentence(row: Mapping) -> str:
+    """One claim's row in words: its verdict, the effect with interval, and what was measured."""
+    head = f"Claim {row['claim']}, \"{row['statement']}\": **{row['verdict']}**"
+    if row["verdict"] == "missing":
+        return f"{head}, {row['measure']}."
+    return f"{head}; {row['measure']}: {_effect_text(row)}."
+
+
+def claims_sentences(rows: Sequence[Mapping]) -> list[str]:
+    """The interpretation of the claims table: the verdict count, then one sentence per claim."""
+    return [f"Of the paper's {len(rows)} claims this run finds {verdict_counts(rows)}.",
+            *(claim_sentence(row) for row in rows)]
+
+
+def _cell(value: object) -> object:
+    """Numbers to 3 decimals, missing values as "—" (a bare ``nan`` in a report reads like a result)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def table_markdown(frame: pd.DataFrame) -> str:
+    """A results table as Markdown, rounded, with "—" for what was not measured."""
+    if frame.empty:
+        return "(no rows)"
+    return frame.map(_cell).to_markdown(index=False)
+
+
+def _status_lines(metrics: Mapping[str, dict | None]) -> list[str]:
+    lines = ["| notebook | status |", "|---|---|"] + [f"| {n} | {_status(m)} |" for n, m in metrics.items()]
     data = metrics.get("01_data_build")
-    if data:
+    if data and "benchmark" in data and "train" in data:
         lines += ["", f"Benchmark: {data['benchmark']['total']} questions; training data: "
                       f"{data['train']['total']} conversations (disjoint image source)."]
-    lines += ["", "## Cross-benchmark results (notebook 06)", "", results.to_markdown(index=False), ""]
-    for notebook, title in (("02_zero_shot_diagnosis", "Diagnosis (notebook 02)"),
-                            ("04_data_centric_finetune", "Data-centric finetuning (notebook 04)"),
-                            ("05_masked_qlora_finetune", "Masked LoRA (notebook 05)")):
-        found = metrics.get(notebook)
+    return lines
+
+
+def _findings_lines(metrics: Mapping[str, dict | None]) -> list[str]:
+    """Each notebook's own generated findings, under its name."""
+    lines = []
+    for notebook, found in metrics.items():
         if found and found.get("findings"):
-            lines += [f"## {title}", ""] + [f"- {line}" for line in found["findings"]] + [""]
-    claims = paper_claims(metrics, base)
-    lines += ["## The paper's claims and what this run found", "", "| claim | this run |", "|---|---|"]
-    lines += [f"| {claim} | {found} |" for claim, found in claims]
+            lines += [f"### {notebook}", ""] + [f"- {line}" for line in found["findings"]] + [""]
+    return lines
+
+
+def report_text(profile: str, metrics: Mapping[str, dict | None], tables: Mapping[str, pd.DataFrame]) -> str:
+    """The whole of ``REPORT.md``: how to read, the claims table and its reading, what ran, the tables
+    (titled, each with n and interval columns) and every notebook's findings."""
+    rows = claims_table(metrics)
+    lines = [f"# MIMIC study — findings (profile `{profile}`)", "",
+             "Every number below is computed from the notebooks' `metrics.json`; figures are in each notebook's "
+             "output folder and the executed notebooks in `executed/`.", "", "## How to read", ""]
+    lines += [f"- {rule}" for rule in HOW_TO_READ]
+    lines += ["", "## The paper's claims", "", claims_markdown(rows)]
+    lines += [f"- {sentence}" for sentence in claims_sentences(rows)]
+    lines += ["", "## What ran", ""] + _status_lines(metrics)
+    for title, frame in tables.items():
+        lines += ["", f"## {title}", "", table_markdown(frame)]
+    findings = _findings_lines(metrics)
+    if findings:
+        lines += ["", "## Findings of each notebook", ""] + findings
     lines += ["", "A tiny model organism is a controlled miniature, not a reproduction of the paper's numbers: where "
               "a finding differs from the paper, read it as a property of this setting, to be checked at scale "
               "with the `paper` profile.", ""]
-    return write_text(profile_dir(profile, root) / "REPORT.md", "\n".join(lines))
+    return "\n".join(lines)
+
+
+def write_report(profile: str, tables: Mapping[str, pd.DataFrame], root: Path | None = None) -> Path:
+    """Compose ``REPORT.md`` from every notebook's metrics and notebook 06's titled tables."""
+    text = report_text(profile, load_all(profile, root), tables)
+    return write_text(profile_dir(profile, root) / "REPORT.md", text)
+
+
+__all__ = ["HOW_TO_READ", "NOTEBOOKS", "claim_sentence", "claims_rows", "claims_section", "claims_sentences",
+           "load_all", "report_text", "table_markdown", "verdict_counts", "write_report"]

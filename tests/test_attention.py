@@ -1,6 +1,7 @@
 """Streaming attention statistics (issue 7) on tiny models of the three families: shares sum to one, equal
-those computed from eager ``output_attentions`` maps, vanish where masking forbids them, and aggregate
-into intervals and the ``auto`` layer."""
+those computed from eager ``output_attentions`` maps, vanish where masking forbids them, sit beside the
+uniform-attention reference (counted here by hand), and aggregate into intervals, the depth trend read
+against uniform attention and the ``auto`` layer."""
 
 from __future__ import annotations
 
@@ -46,9 +47,39 @@ def test_streaming_statistics_equal_those_of_eager_output_attentions(tiny_adapte
     )
     merged = streamed.merge(reference, on=[*KEYS, "head"], suffixes=("_stream", "_eager"), validate="one_to_one")
     assert len(merged) == len(streamed) == len(reference)
-    torch.testing.assert_close(
-        torch.tensor(merged["share_stream"].values), torch.tensor(merged["share_eager"].values), atol=1e-5, rtol=1e-4
-    )
+    for column in ("share", "uniform"):
+        torch.testing.assert_close(torch.tensor(merged[f"{column}_stream"].values),
+                                   torch.tensor(merged[f"{column}_eager"].values), atol=1e-5, rtol=1e-4)
+
+
+def expected_uniform(block_ids: torch.Tensor, attention_mask: torch.Tensor, row: int) -> dict[str, float]:
+    """Uniform vision shares of one sample counted by hand: each image token spreads evenly over the real
+    tokens at or before it; the sample's value is the mean over its image tokens."""
+    ids, real = block_ids[row].tolist(), attention_mask[row].tolist()
+    totals = {target: 0.0 for target in attention.VISION_TARGETS}
+    queries = [p for p, block in enumerate(ids) if block >= 0]
+    for p in queries:
+        keys = [q for q in range(p + 1) if real[q]]
+        same = sum(ids[q] == ids[p] for q in keys)
+        text = sum(ids[q] < 0 for q in keys)
+        for target, count in zip(attention.VISION_TARGETS, (same, len(keys) - same - text, text)):
+            totals[target] += count / len(keys) / len(queries)
+    return totals
+
+
+def test_uniform_reference_counts_the_keys_each_query_can_see(tiny_adapter, two_samples):
+    adapter = tiny_adapter("qwen2_vl")
+    batch = adapter.prepare(two_samples)
+    block_ids = adapter.image_block_ids(batch)
+    last = masking.num_text_layers(adapter.model) - 1
+    frame = attention.collect(adapter, two_samples, batch_size=2, mask_layers=[last])
+    vision = frame[frame["query_kind"] == "vision"].set_index(["sample", "layer", "target"])["uniform"]
+    for row in (0, 1):
+        for target, value in expected_uniform(block_ids, batch.inputs["attention_mask"], row).items():
+            for layer in (0, last):  # the reference ignores the image mask: the same in a masked layer
+                assert vision[(row, layer, target)] == pytest.approx(value, abs=1e-6)
+    totals = frame.groupby(["sample", "layer", "query_kind"])["uniform"].sum()
+    assert totals.between(1 - 1e-5, 1 + 1e-5).all()
 
 
 @pytest.mark.parametrize("mode", masking.MODES)
@@ -75,14 +106,15 @@ def test_records_hold_numbers_only(tiny_adapter, two_samples):
     assert records and all(isinstance(v, (int, float, str)) for r in records for v in r.values())
 
 
-def synthetic_frame(other_by_layer: dict[int, list[float]]) -> pd.DataFrame:
+def synthetic_frame(other_by_layer: dict[int, list[float]], uniform: float = 0.5) -> pd.DataFrame:
+    """Vision rows with the given other-image shares per layer and sample, against a fixed reference."""
     rows = []
     layers = max(other_by_layer) + 1
     for layer, values in other_by_layer.items():
         for sample, other in enumerate(values):
-            for target, share in (("same_image", 1 - other), ("other_images", other)):
+            for target, share, flat in (("same_image", 1 - other, 1 - uniform), ("other_images", other, uniform)):
                 rows.append({"sample": sample, "layer": layer, "depth": layer / (layers - 1),
-                             "query_kind": "vision", "target": target, "share": share})
+                             "query_kind": "vision", "target": target, "share": share, "uniform": flat})
     return pd.DataFrame(rows)
 
 
@@ -94,15 +126,42 @@ def test_aggregate_gives_means_and_normal_intervals():
     assert row["ci_high"] - row["mean"] == pytest.approx(1.96 * sd / 2**0.5)
     flat = table[(table["layer"] == 1) & (table["target"] == "other_images")].iloc[0]
     assert flat["ci_low"] == flat["ci_high"] == pytest.approx(0.1)
+    assert (row["uniform"], row["ratio"]) == (pytest.approx(0.5), pytest.approx(0.6))  # 0.3 / 0.5
+    assert row["ratio_low"] <= row["ratio"] <= row["ratio_high"]
+    assert flat["ratio_low"] == flat["ratio_high"] == pytest.approx(0.2)  # every resample gives 0.1 / 0.5
 
 
-def test_low_cross_layer_is_where_cross_image_attention_stays_low():
+def test_ratio_is_a_ratio_of_means_with_a_bootstrap_interval():
+    ratio, lo, hi = attention.ratio_of_means([0.2, 0.6], [0.5, 0.5])
+    assert ratio == pytest.approx(0.8) and lo == pytest.approx(0.4) and hi == pytest.approx(1.2)
+    assert all(map(pd.isna, attention.ratio_of_means([0.0], [0.0])))  # no reference: undefined, not an error
+
+
+def test_low_cross_layer_reads_the_ratio_against_its_peak():
     aggregated = attention.aggregate(synthetic_frame({0: [0.5], 1: [0.05], 2: [0.3], 3: [0.08], 4: [0.02]}))
-    assert attention.find_low_cross_layer(aggregated, threshold=0.1) == 3  # layer 1 dips, layer 2 rises again
-    assert attention.find_low_cross_layer(aggregated, threshold=0.35) == 1
-    assert attention.find_low_cross_layer(aggregated, threshold=0.2, relative=True) == 3  # 0.2 × 0.5
-    with pytest.raises(ValueError, match="never stays at or below 0.010.*4: 0.020"):
-        attention.find_low_cross_layer(aggregated, threshold=0.01)
+    assert attention.find_low_cross_layer(aggregated, threshold=0.2) == 3  # 0.2 × peak; layer 2 rises again
+    assert attention.find_low_cross_layer(aggregated, threshold=0.7) == 1
+    assert attention.find_low_cross_layer(aggregated, threshold=0.02) is None
+    assert attention.low_cross_sentence(aggregated, None, 0.02).startswith("No layer qualifies")
+    assert "From layer 3 on" in attention.low_cross_sentence(aggregated, 3, 0.2)
+
+
+def test_fade_effect_is_late_minus_early_ratio_with_a_sample_bootstrap():
+    frame = synthetic_frame({0: [0.6, 0.4, 0.5], 1: [0.3, 0.3, 0.3], 2: [0.1, 0.2, 0.15]})
+    effect = attention.fade_effect(frame)
+    assert (effect["first_layers"], effect["last_layers"], effect["n"]) == ([0], [2], 3)
+    assert effect["effect"] == pytest.approx((0.15 - 0.5) / 0.5)
+    assert effect["lo"] <= effect["effect"] <= effect["hi"] < 0
+    assert "fades with depth" in attention.fade_sentence(effect)
+    level = attention.fade_effect(synthetic_frame({0: [0.2, 0.4], 1: [0.4, 0.2]}))
+    assert level["lo"] < 0 < level["hi"] and "no detectable change" in attention.fade_sentence(level)
+
+
+def test_versus_uniform_gives_two_lines_for_the_depth_plot():
+    table = attention.aggregate(synthetic_frame({0: [0.2, 0.4], 1: [0.1, 0.1]}, uniform=0.25))
+    lines = attention.versus_uniform(table, label="organism")
+    assert set(lines["target"]) == {"organism", "uniform"}
+    assert lines.loc[lines["target"] == "uniform", "mean"].tolist() == pytest.approx([0.25, 0.25])
 
 
 def test_block_map_rows_sum_to_one_and_masking_keeps_images_apart(tiny_adapter, two_samples):

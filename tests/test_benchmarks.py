@@ -108,17 +108,24 @@ BLINK_FEATURES = Features({
 })
 
 
-def save_blink(folder: Path) -> Path:
-    """One saved dataset per config, as ``<folder>/<config>``; config k has k % 4 + 1 images."""
-    for k, sub_task in enumerate(bm.BLINK_SUBTASKS):
-        n_images = k % 4 + 1
-        images = {f"image_{i}": [picture(10 * k + i) if i <= n_images else None] for i in range(1, 5)}
-        question = f"Question {sub_task}: which image?"
-        rows = {"idx": [f"val_{sub_task}_1"], "question": [question], "sub_task": [sub_task], **images,
-                "choices": [["the first image", "the second image"]], "answer": ["(B)"],
-                "prompt": [f"{question}\nSelect from the following choices.\n(A) the first image\n"
-                           f"(B) the second image"], "explanation": [""]}
-        Dataset.from_dict(rows, features=BLINK_FEATURES).save_to_disk(str(folder / sub_task))
+def blink_config(sub_task: str, marked: bool = False) -> Dataset:
+    """One BLINK config of one question; the k-th config has k % 4 + 1 images. ``marked`` choices keep
+    their "(A) " prefix, as the hub's do."""
+    k = bm.BLINK_SUBTASKS.index(sub_task)
+    images = {f"image_{i}": [picture(10 * k + i) if i <= k % 4 + 1 else None] for i in range(1, 5)}
+    question = f"Question {sub_task}: which image?"
+    choices = ["the first image", "the second image"]
+    rows = {"idx": [f"val_{sub_task}_1"], "question": [question], "sub_task": [sub_task], **images,
+            "choices": [[f"({l}) {c}" for l, c in zip("AB", choices)] if marked else choices], "answer": ["(B)"],
+            "prompt": [f"{question}\nSelect from the following choices.\n(A) the first image\n"
+                       f"(B) the second image"], "explanation": [""]}
+    return Dataset.from_dict(rows, features=BLINK_FEATURES)
+
+
+def save_blink(folder: Path, sub_tasks: tuple[str, ...] = bm.BLINK_SUBTASKS) -> Path:
+    """One saved dataset per config, as ``<folder>/<config>``."""
+    for sub_task in sub_tasks:
+        blink_config(sub_task).save_to_disk(str(folder / sub_task))
     return folder
 
 
@@ -454,6 +461,94 @@ def test_duplicate_ids_are_refused(tmp_path):
 def test_an_empty_benchmark_summarises_without_a_score(tmp_path):
     summary = bm.evaluate_benchmark(ScriptedModel({}), "muirbench", [], tmp_path / "p.jsonl", progress=False)
     assert summary["n"] == 0 and summary["accuracy"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BLINK as users keep it, and datasets in another schema
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_blink_from_one_saved_folder_holding_every_config_reads_it_once(tmp_path, capsys):
+    folder = tmp_path / "blink"
+    datasets.concatenate_datasets([blink_config(s) for s in bm.BLINK_SUBTASKS]).save_to_disk(str(folder))
+    records = bm.load_benchmark("blink", source=folder)
+    assert [r.sub_task for r in records] == list(bm.BLINK_SUBTASKS)
+    assert len({r.id for r in records}) == 14
+    assert f"BLINK at {folder}: 14 of 14 sub-tasks found" in capsys.readouterr().out
+    summary = bm.evaluate_benchmark(ScriptedModel({"Question": "(B)"}), "blink", records, tmp_path / "b.jsonl",
+                                    progress=False)
+    assert summary["n"] == 14 and summary["accuracy"] == 1.0
+
+
+def test_blink_from_the_folder_of_a_single_config(tmp_path, capsys):
+    folder = tmp_path / "Counting"
+    DatasetDict({"val": blink_config("Counting")}).save_to_disk(str(folder))
+    records = bm.load_benchmark("blink", source=folder)
+    assert [r.sub_task for r in records] == ["Counting"]
+    out = capsys.readouterr().out
+    assert "1 of 14 sub-tasks found (Counting); missing: Art_Style, Forensic_Detection" in out
+
+
+def test_blink_with_only_some_config_folders_loads_those_and_names_the_rest(tmp_path, capsys):
+    present = ("Jigsaw", "Art_Style", "IQ_Test")
+    records = bm.load_benchmark("blink", source=save_blink(tmp_path / "blink", present))
+    assert [r.sub_task for r in records] == ["Art_Style", "IQ_Test", "Jigsaw"]  # in the configs' order
+    out = capsys.readouterr().out
+    assert "3 of 14 sub-tasks found (Art_Style, IQ_Test, Jigsaw); missing: Counting," in out
+
+
+def test_blink_choices_keep_their_marker_in_the_prompt_and_lose_it_for_matching(tmp_path):
+    blink_config("Jigsaw", marked=True).save_to_disk(str(tmp_path / "blink" / "Jigsaw"))
+    records = bm.load_benchmark("blink", source=tmp_path / "blink")
+    assert records[0].options == ["the first image", "the second image"]
+    assert bm.build_prompt(records[0]).endswith("\n(A) the first image\n(B) the second image")
+    assert bm.score_prediction(records[0], "the second image") == {"parsed": "B", "score": 1.0}
+    assert bm.score_prediction(records[0], "The first image.")["parsed"] == "A"
+
+
+def without(saved: Path, field: str, out: Path) -> Path:
+    """A saved dataset (or ``DatasetDict``) written again to ``out`` without one column."""
+    datasets.load_from_disk(str(saved)).remove_columns(field).save_to_disk(str(out))
+    return out
+
+
+@pytest.mark.parametrize("name, save, config, field", [
+    ("muirbench", save_muirbench, None, "options"),
+    ("muirbench", save_muirbench, None, "image_list"),
+    ("blink", lambda f: save_blink(f, ("Jigsaw",)), "Jigsaw", "prompt"),
+    ("blink", lambda f: save_blink(f, ("Jigsaw",)), "Jigsaw", "image_1"),
+    ("nlvr2", save_nlvr2, None, "answer"),
+    ("mantis", save_mantis, "mantis_eval", "question_type"),
+    ("qbench2", save_qbench2, None, "correct_choice"),
+])
+def test_a_missing_field_names_the_benchmark_the_path_and_the_field(tmp_path, name, save, config, field):
+    saved = save(tmp_path / "saved")
+    source = tmp_path / "copy"
+    without(saved / config if config else saved, field, source / config if config else source)
+    with pytest.raises(bm.BenchmarkFormatError) as caught:
+        bm.load_benchmark(name, source=source)
+    message = str(caught.value)
+    assert message.startswith(f"{bm.get_spec(name).title} at {source}") and f"no field {field!r}" in message
+    assert not config or f"(config {config})" in message
+
+
+def test_a_missing_field_of_a_data_folder_is_named_too(tmp_path):
+    source = save_mmiu(tmp_path / "mmiu")
+    frame = datasets.load_dataset("parquet", data_files=str(source / "test.parquet"), split="train")
+    frame.remove_columns("output").to_parquet(str(source / "test.parquet"))
+    with pytest.raises(bm.BenchmarkFormatError, match=f"MMIU at {source}: no field 'output'"):
+        bm.load_benchmark("mmiu", source=source)
+
+
+def test_a_missing_config_or_split_names_the_benchmark_and_the_path(tmp_path):
+    folder = tmp_path / "nlvr2"
+    folder.mkdir()
+    Dataset.from_dict({"id": ["x"]}).to_parquet(str(folder / "test.parquet"))
+    with pytest.raises(bm.BenchmarkFormatError, match=rf"NLVR2 at {folder} \(config nlvr2\): no config 'nlvr2'"):
+        bm.load_benchmark("nlvr2", source=folder)
+    saved = save_qbench2(tmp_path / "qbench2")
+    with pytest.raises(bm.BenchmarkFormatError, match=f"Q-Bench2 at {saved}: no split 'val'"):
+        bm.load_benchmark("qbench2", source=saved, split="val")
 
 
 # ---------------------------------------------------------------------------------------------------------

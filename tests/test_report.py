@@ -1,12 +1,17 @@
-"""The report and comparison tables are computed from metrics, and say plainly what did not run."""
+"""REPORT.md and notebook 06's tables are computed from metrics and predictions, with intervals, baselines
+and verdicts, and say plainly what did not run or was not measured."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pandas as pd
+import pytest
 
-from mimic_utils import evaluate, report
+from mimic_utils import analysis, report, stats, transfer
+from mimic_utils.claims import CLAIMS, claim_entry
 
 
 def write(root, profile, notebook, metrics):
@@ -15,41 +20,114 @@ def write(root, profile, notebook, metrics):
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_report_states_statuses_claims_and_numbers(tmp_path):
+@pytest.fixture
+def study(tmp_path):
+    """A checkout whose cpu outputs hold notebook 01, notebook 02 with three claims, and a placeholder 03."""
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "mimic_utils").mkdir()
     write(tmp_path, "cpu", "01_data_build", {"status": "ok", "benchmark": {"total": 10}, "train": {"total": 5}})
     write(tmp_path, "cpu", "02_zero_shot_diagnosis", {
-        "status": "ok", "models": {"organism": {}},
-        "by_images": [{"model": "organism", "n_images": 1, "task": "t", "score": 0.8},
-                      {"model": "organism", "n_images": 4, "task": "t", "score": 0.2}],
-        "spread": [{"model": "organism", "spread": 1, "score": 0.7}, {"model": "organism", "spread": 4, "score": 0.1}],
-        "pooling": [], "findings": ["organism: fewer right answers with more images"]})
+        "status": "ok", "findings": ["organism: fewer right answers with more images"],
+        "claims": {"1": claim_entry("1", -0.42, -0.50, -0.33, "four-task mean at 10 images − at 1 image", n=400),
+                   "2": claim_entry("2", -0.05, -0.12, 0.02, "pooling gain at 10 images − at 1 image"),
+                   "3": claim_entry("3", 0.08, 0.02, 0.15, "counting accuracy spread over 4 − in 1 image")}})
     write(tmp_path, "cpu", "03_attention_analysis", {"status": "not_built"})
-    results = pd.DataFrame([{"model": "base", "MIMIC": 0.5}])
-    path = report.write_report("cpu", results, root=tmp_path)
-    text = path.read_text()
+    return tmp_path
+
+
+def test_claims_section_keeps_every_claim_and_marks_unmeasured_ones_missing(study):
+    rows = report.claims_rows("cpu", study)
+    assert [r["claim"] for r in rows] == list(CLAIMS)
+    verdicts = {r["claim"]: r["verdict"] for r in rows}
+    assert verdicts["1"] == "reproduced" and verdicts["2"] == "inconclusive" and verdicts["3"] == "opposite"
+    assert all(verdicts[c] == "missing" for c in "456789")
+    text = report.claims_section("cpu", study)
+    assert "| 1 | Accuracy falls as images are added" in text and "-0.420 [-0.500, -0.330]" in text
+    assert "not measured (notebook 05 wrote no entry) | **missing** |" in text
+    assert report.verdict_counts(rows) == "1 reproduced, 1 opposite, 1 inconclusive, 6 missing"
+
+
+def test_claims_section_of_a_profile_that_never_ran_lists_nine_missing_claims(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    rows = report.claims_rows("smoke", tmp_path)
+    assert len(rows) == len(CLAIMS) and {r["verdict"] for r in rows} == {"missing"}
+    assert "**missing**, not measured (notebook 02 wrote no entry)." in report.claim_sentence(rows[0])
+
+
+def test_report_holds_rule_claims_effects_statuses_tables_and_findings(study):
+    results = pd.DataFrame([{"benchmark": transfer.MIMIC, "model": "base", "n": 40, "score": 0.5, "lo": 0.4,
+                             "hi": 0.6, "baseline": 0.25, "parse_rate": math.nan, "reading": "above baseline"}])
+    text = report.write_report("cpu", {"Models × benchmarks": results}, root=study).read_text()
+    assert "only when the 95% interval of its effect excludes 0" in text and "Wilson" in text
+    assert "| 1 | Accuracy falls as images are added (like-for-like task set) | -0.420 [-0.500, -0.330] |" in text
+    assert ("Claim 1, \"Accuracy falls as images are added (like-for-like task set)\": **reproduced**; four-task "
+            "mean at 10 images − at 1 image: -0.420 [95% CI -0.500, -0.330].") in text
+    assert "**opposite**" in text and "**inconclusive**" in text
+    assert "Of the paper's 9 claims this run finds 1 reproduced, 1 opposite, 1 inconclusive, 6 missing." in text
     assert "| 03_attention_analysis | not_built |" in text and "| 04_data_centric_finetune | not run |" in text
-    assert "organism: mean score 0.80 at 1 image(s), 0.20 at 4." in text
-    assert "counting accuracy 0.70 with the total in one image, 0.10 spread over 4." in text
+    assert "## Models × benchmarks" in text
+    assert re.search(r"\| MIMIC \(mean over tasks\) +\| base +\| +40 \| +0\.5 \| +0\.4 \| +0\.6 \| +0\.25 \| — +\|", text)
+    assert "nan" not in text  # a value not measured is a dash
     assert "- organism: fewer right answers with more images" in text
 
 
-def test_cross_benchmark_table_marks_benchmarks_that_did_not_run():
-    mimic = pd.DataFrame([{"model": "base", "task": "a", "score": 0.2}, {"model": "base", "task": "b", "score": 0.4}])
-    scores = {("ood", "base"): {"status": "done", "accuracy": 0.5, "by": {"sub_task": {"x": {"n": 2, "accuracy": 0.5}}}},
-              ("blink", "base"): {"status": "not run", "reason": "offline"}}
-    table = evaluate.cross_benchmark_table(mimic, scores)
-    row = table.set_index("model").loc["base"]
-    assert abs(row["MIMIC"] - 0.3) < 1e-9
-    assert row["ood"] == 0.5 and pd.isna(row["blink"])
-    appendix = evaluate.sub_task_table(scores)
-    assert appendix.to_dict(orient="records") == [{"benchmark": "ood", "sub_task": "x", "model": "base", "n": 2,
-                                                   "accuracy": 0.5}]
+def mc_row(i, parsed, answer="A", letters=("A", "B", "C", "D"), sub_task="counting"):
+    return {"id": str(i), "letters": list(letters), "parsed": parsed, "answer": answer, "sub_task": sub_task,
+            "score": float(parsed == answer)}
 
 
-def test_cap_per_cell_keeps_the_first_questions_of_each_cell():
-    records = [{"id": str(i), "experiment": "images", "task": "t", "knobs": {"n_images": i % 2}} for i in range(10)]
-    kept = evaluate.cap_per_cell(records, 2)
-    assert [r["id"] for r in kept] == ["0", "1", "2", "3"]
-    assert evaluate.cap_per_cell(records, None) == records
+def test_parse_rate_counts_only_valid_letters_of_multiple_choice_rows():
+    rows = [mc_row(0, "A"), mc_row(1, None), mc_row(2, "(b)"), mc_row(3, "E"),
+            {"id": "4", "letters": [], "parsed": "a cat", "score": 1.0}]  # a short answer is not counted
+    assert transfer.parse_rate(rows) == {"n": 4, "parsed": 2, "rate": 0.5}
+    assert math.isnan(transfer.parse_rate([])["rate"])
+    assert transfer.with_n_options(rows)[0]["n_options"] == 4 and "n_options" not in transfer.with_n_options(rows)[4]
+    assert transfer.chance(rows[:4]) == pytest.approx(0.25)
+    assert transfer.chance(rows) == pytest.approx(0.25 * 4 / 5)  # a short answer is not guessed
+
+
+def test_below_half_parsed_the_reading_is_the_letter_format_not_transfer():
+    silent = [mc_row(i, None if i % 4 else "A") for i in range(40)]  # a letter in 1 reply of 4
+    row = transfer.benchmark_row("scene OOD", "masked", silent)
+    assert row["parse_rate"] == 0.25 and row["reading"] == transfer.NO_LETTERS == "does not answer in the letter format"
+    assert "does not answer in the letter format." in transfer.cell_sentence(row)
+    fluent = [mc_row(i, "A") for i in range(40)]
+    assert transfer.benchmark_row("scene OOD", "base", fluent)["reading"] == "above baseline"
+    (found,) = transfer.compare("scene OOD", {"base": fluent, "masked": silent}, "base")
+    assert found["paired"] and found["sentence"] == ("scene OOD, masked vs base: masked does not answer in the "
+                                                     "letter format (parse rate 0.25), so this is no transfer result.")
+
+
+def test_paired_comparison_above_the_floor_uses_the_one_rule():
+    base = [mc_row(i, "A" if i < 10 else "B") for i in range(40)]
+    other = [mc_row(i, "A" if i < 34 else "B") for i in range(40)]
+    (found,) = transfer.compare("scene OOD", {"base": base, "other": other}, "base")
+    assert found["paired"] and found["diff"] == pytest.approx(0.6) and found["lo"] > 0
+    assert found["sentence"].startswith("scene OOD score: rises from base (0.25) to other (0.85), +0.60 [95% CI")
+    assert "McNemar p = " in found["sentence"]
+
+
+def test_benchmark_table_keeps_cells_that_did_not_run():
+    table = transfer.benchmark_table({("scene OOD", "base"): [mc_row(0, "A")]},
+                                     {("blink", "base"): "not run: offline"})
+    assert table.set_index("benchmark").loc["blink", "reading"] == "not run: offline"
+    assert transfer.cell_sentence(table.to_dict(orient="records")[1]) == "blink, base: not run: offline."
+    assert analysis.jsonable(table)[1]["score"] is None
+
+
+def test_mimic_table_gives_each_task_an_interval_and_blind_baseline():
+    images = {"experiment": "images", "knobs": {"n_images": 2}}
+    rows = [{**images, "id": f"c{i}", "task": "counting", "scored_as": "counting", "gt": "2" if i < 6 else "3",
+             "score": float(i < 5)} for i in range(10)]
+    rows += [{**images, "id": f"l{i}", "task": "listing", "scored_as": "listing", "gt": "bus, car", "score": 0.5,
+              "true_positive": 1, "n_pred": 2, "n_gt": 2} for i in range(10)]
+    table = transfer.mimic_table({"base": rows}).set_index("task")
+    wilson = stats.wilson(5, 10)
+    assert (table.loc["counting", "lo"], table.loc["counting", "hi"]) == pytest.approx(wilson, abs=1e-4)
+    assert table.loc["counting", "baseline"] == pytest.approx(0.6) and table.loc["listing", "baseline"] == 1.0
+    assert table.loc["listing", "reading"] == "below baseline" and table.loc["counting", "baseline_kind"] == "blind"
+    mean = table.loc[transfer.MIMIC]
+    assert mean["score"] == pytest.approx(0.5 * (0.5 + 0.5)) and mean["lo"] <= mean["score"] <= mean["hi"]
+    assert mean["n"] == 20 and mean["baseline"] == pytest.approx(0.8)
+    results = transfer.results_table(table.reset_index(), {("scene OOD", "base"): [mc_row(0, "A")]})
+    assert list(results["benchmark"]) == [transfer.MIMIC, "scene OOD"] and list(results["n"]) == [20, 1]
