@@ -34,12 +34,21 @@ def file_digest(path: str) -> str:
     return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def _image_digest(image) -> str:
+    """An in-memory image (a public benchmark row's PIL image) by its pixels; anything else by its text."""
+    if hasattr(image, "tobytes") and hasattr(image, "size"):
+        return hashlib.sha256(repr((image.mode, image.size)).encode() + image.tobytes()).hexdigest()
+    return str(image)
+
+
 def question_key(record: dict, max_new_tokens: int | None) -> str:
     """What makes two questions the same for a given model: every field of the record, each image by the
     sha256 of its bytes (a rebuilt image under the same name is a new question), and the token budget."""
-    images = record.get("images") or []
-    digests = [file_digest(p) if isinstance(p, str) and os.path.isfile(p) else str(p) for p in images]
-    content = {**record, "images": digests, "_max_new_tokens": max_new_tokens}
+    fields = record if isinstance(record, dict) else dict(vars(record))  # MIMIC dicts, benchmark dataclasses
+    images = fields.get("images") or []
+    digests = [file_digest(p) if isinstance(p, (str, os.PathLike)) and os.path.isfile(p) else _image_digest(p)
+               for p in images]
+    content = {**fields, "images": digests, "_max_new_tokens": max_new_tokens}
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 

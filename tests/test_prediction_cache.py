@@ -82,3 +82,16 @@ def test_a_torn_cache_line_is_generated_again(tmp_path):
 def test_without_a_directory_nothing_is_reused(tmp_path, monkeypatch):
     monkeypatch.delenv(prediction_cache.ENV_DIR, raising=False)
     assert prediction_cache.open_cache("abc") is None
+
+
+def test_benchmark_dataclass_records_have_keys(tmp_path):
+    from PIL import Image
+
+    from mimic_utils.benchmarks import BenchRecord
+
+    def record(colour):
+        return BenchRecord("b1", "muirbench", [Image.new("RGB", (4, 4), colour)], "Which?", ["a", "b"], ["A", "B"],
+                           "A", "counting")
+
+    assert prediction_cache.question_key(record("red"), 16) == prediction_cache.question_key(record("red"), 16)
+    assert prediction_cache.question_key(record("red"), 16) != prediction_cache.question_key(record("blue"), 16)
