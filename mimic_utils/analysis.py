@@ -232,7 +232,8 @@ def length_effect(pooled: Mapping[int, Rows], n: int, r: int, subject: str,
     found = stats.difference_of_differences(rows)
     return {"subject": subject, "a_label": "1 image", "b_label": value_label("n_images", n),
             "a": found["first"]["diff"], "b": found["second"]["diff"], "diff": found["diff"], "lo": found["lo"],
-            "hi": found["hi"], "n": len(rows["a"]) + len(rows["c"]), "pool": r, "n_images": n}
+            "hi": found["hi"], "n": len(rows["a"]) + len(rows["c"]), "pool": r, "n_images": n,
+            "gain_at_n": {k: found["second"][k] for k in ("diff", "lo", "hi")}}
 
 
 def tokens_per_image(budget: pd.DataFrame) -> dict[int, float]:
@@ -323,12 +324,13 @@ def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool
 
 
 #: Each contrast of :func:`diagnosis_contrasts` and the direction the paper gives it (claim id or None).
-DIAGNOSIS_DIRECTIONS = {"images": ("1", -1), "oddone": (None, -1), "counting_split": (None, -1),
+DIAGNOSIS_DIRECTIONS = {"images": ("1", -1), "oddone": (None, -1), "counting_split": (None, None),
                         "pooling": ("2", +1), "spread": ("3", -1), "distractors": ("4", -1), "k": ("5", -1)}
 
 
-def direction(name: str) -> tuple[str | None, int]:
-    """The claim and sign of one contrast (the k sweep at more images follows claim 5's direction)."""
+def direction(name: str) -> tuple[str | None, int | None]:
+    """The claim and sign of one contrast (the k sweep at more images follows claim 5's direction; None:
+    the paper states no direction, e.g. Balanced vs Unbalanced)."""
     return DIAGNOSIS_DIRECTIONS.get(name, (None, -1))
 
 
@@ -371,6 +373,12 @@ def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, 
         if claim is None:
             continue
         note = f"model {model}"
+        if claim == "2" and "gain_at_n" in found:
+            gain = found["gain_at_n"]
+            note += (f"; the pooling gain at {found['b_label']} alone: "
+                     f"{stats.interval_text(gain['diff'], gain['lo'], gain['hi'])} "
+                     f"({stats.change_word(gain['lo'], gain['hi'])}), at 1 image: {found['a']:+.2f} — "
+                     "a length effect that comes from losing less at many images than at one is not a gain")
         if claim == "5":
             note += "".join(f"; {other['b_label']} − {other['a_label']} at {other['fixed']['n_images']} images: "
                             f"{stats.interval_text(other['diff'], other['lo'], other['hi'])}"

@@ -85,7 +85,8 @@ def claim_sentence(row: Mapping) -> str:
     head = f"Claim {row['claim']}, \"{row['statement']}\": **{row['verdict']}**"
     if row["verdict"] == "missing":
         return f"{head}, {row['measure']}."
-    return f"{head}; {row['measure']}: {_effect_text(row)}."
+    note = f" ({row['note']})" if row.get("note") else ""
+    return f"{head}; {row['measure']}: {_effect_text(row)}{note}."
 
 
 def claims_sentences(rows: Sequence[Mapping]) -> list[str]:
