@@ -75,13 +75,13 @@ CLASS_PATH = f"{__name__}.MimicHuggingface"
 
 def build(out: Path, root: Path) -> list[dict]:
     """The interop benchmark's records (absolute image paths), exported with their task folder."""
-    from mimic_utils import benchmark, scenes, sources
+    from mimic_utils import mimic_benchmark, scenes, sources
 
     world = scenes.SceneParams(**SCENES["params"])
     coco_json = scenes.write_coco_split(out / "scenes", SCENES["n_images"], SCENES["seed"], world, progress=False)
-    plan = benchmark.BenchmarkPlan.from_dict({**PLAN, "seed": SCENES["seed"]}, where="interop plan")
-    records = benchmark.build(sources.read_coco(coco_json), plan, progress=False)
-    benchmark.export_hf(records, out / "hf")
+    plan = mimic_benchmark.BenchmarkPlan.from_dict({**PLAN, "seed": SCENES["seed"]}, where="interop plan")
+    records = mimic_benchmark.build(sources.read_coco(coco_json), plan, progress=False)
+    mimic_benchmark.export_hf(records, out / "hf")
     lmms_tasks.write_task_folder(out / "hf", out / "lmms_eval", PROFILE, root=root)
     return records
 
@@ -391,7 +391,7 @@ def check(out: Path, root: Path, model: Path, batch_size: int = BATCH_SIZE) -> d
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from mimic_utils.bench import write_result
+    from mimic_utils.perf import write_result
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=OUT, help="work folder, relative to the checkout (default %(default)s)")

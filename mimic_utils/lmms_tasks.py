@@ -92,7 +92,7 @@ def export_tasks(export_dir: Path) -> dict[str, list[str]]:
         found[config] = sorted(split.unique("task"))
     if not found:
         raise FileNotFoundError(f"{export_dir}: no exported MIMIC config (expected folders {', '.join(FAMILIES)} "
-                                "written by mimic_utils.benchmark.export_hf)")
+                                "written by mimic_utils.mimic_benchmark.export_hf)")
     return found
 
 

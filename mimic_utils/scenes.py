@@ -11,7 +11,7 @@ Design choices and why:
 
 * **Sprites are rasterised once** from OpenMoji's COLR0 font, cropped to their visible (alpha) box, and
   resized once per (category, size) pair; composition is plain numpy alpha blending. That keeps
-  thousands of images per second within reach on two cores (see ``python -m mimic_utils.bench scenes``).
+  thousands of images per second within reach on two cores (see ``python -m mimic_utils.perf scenes``).
 * **Every image has its own random stream** ``default_rng([seed, stream, index])``: an image does not
   depend on how many images came before it, the COCO and OpenImages draws never share a stream even with
   the same seed, and outputs are byte-identical for the same seed and parameters.

@@ -1,7 +1,7 @@
 """MIMIC task generators: Counting, Listing, Common and Odd-One, built from an annotation index.
 
 The paper fixes the four tasks and the knobs it varies; it leaves several definitions open. Our choices,
-each tested in ``tests/test_tasks.py`` or ``tests/test_benchmark_plan.py``:
+each tested in ``tests/test_tasks.py`` or ``tests/test_mimic_benchmark.py``:
 
 * **Images, spread, distractors.** A sample has ``n_images`` distinct images. ``spread`` of them *hold the
   target* (at least one instance of a queried class, or of a member of a queried supercategory); the other

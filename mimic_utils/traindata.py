@@ -294,7 +294,7 @@ def family_counts(records: list[dict]) -> dict[str, int]:
 def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: AnnotationIndex,
          root: Path | None = None) -> Path:
     """Write ``conversations.jsonl`` and ``manifest.json`` (mix, source hash, counts per family)."""
-    from mimic_utils.benchmark import file_sha256, relative_images
+    from mimic_utils.mimic_benchmark import file_sha256, relative_images
 
     out_dir = Path(out_dir)
     path = write_jsonl(out_dir / "conversations.jsonl", [relative_images(r, root) for r in records])
@@ -309,7 +309,7 @@ def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: Annotat
 
 def load(train_dir: Path | str, root: Path | None = None) -> list[dict]:
     """Read the conversations back, checked against the manifest's hash."""
-    from mimic_utils.benchmark import absolute_images, file_sha256
+    from mimic_utils.mimic_benchmark import absolute_images, file_sha256
 
     train_dir = Path(train_dir)
     manifest = read_json(train_dir / "manifest.json")

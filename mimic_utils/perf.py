@@ -1,4 +1,4 @@
-"""Performance benchmarks: ``python -m mimic_utils.bench NAME [args]`` writes ``outputs/bench/NAME.json``.
+"""Performance benchmarks: ``python -m mimic_utils.perf NAME [args]`` writes ``outputs/bench/NAME.json``.
 
 Benchmarks are not timed tests (a shared two-core machine makes timings too noisy for pass/fail); they
 are commands whose latest result is kept as a plain file, with the machine it ran on, so that a
@@ -93,7 +93,7 @@ def bench_questions(args: argparse.Namespace) -> dict:
     """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
     import numpy as np
 
-    from mimic_utils.benchmark import BenchmarkPlan, build, plan_specs
+    from mimic_utils.mimic_benchmark import BenchmarkPlan, build, plan_specs
     from mimic_utils.scenes import SceneParams, draw_contents, scene_rng
     from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
 
@@ -408,7 +408,7 @@ def _attention_memory_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_evaluation(args: argparse.Namespace) -> dict:
     """Batched evaluation vs a batch-size-1 loop on the same benchmark questions: samples/s and identity."""
-    from mimic_utils import benchmark as bench
+    from mimic_utils import mimic_benchmark
     from mimic_utils import evaluate
     from mimic_utils.artifacts import profile_dir
 
@@ -416,7 +416,7 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     root = repo_root()
-    records = bench.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
+    records = mimic_benchmark.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
     sweep = [r for r in records if r["experiment"] == "images" and args.images in (None, len(r["images"]))]
     if not sweep:
         raise ValueError(f"bench evaluation: the {args.profile} images sweep has no question with --images {args.images}")
@@ -508,7 +508,7 @@ def _training_steps(adapter, conversations: list, steps: int, cache: bool, tmp: 
 def bench_vision_cache(args: argparse.Namespace) -> dict:
     """K models sharing the frozen tower evaluate the same questions, and a short finetune runs, each with
     and without the vision-feature cache: samples/s, ratios, identical answers and losses."""
-    from mimic_utils import benchmark as bench
+    from mimic_utils import mimic_benchmark
     from mimic_utils import evaluate, traindata
     from mimic_utils.artifacts import profile_dir
 
@@ -517,7 +517,7 @@ def bench_vision_cache(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     root = repo_root()
     data = profile_dir(args.profile, root) / "01_data_build"
-    records = bench.load(data / "mimic", root=root)
+    records = mimic_benchmark.load(data / "mimic", root=root)
     sweep = [r for r in records if r["experiment"] == "images"]
     records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
     base = evaluate.load_under_study({"name": "organism", "source": args.model}, root)
@@ -589,7 +589,7 @@ def _gpu_device(tiny: bool) -> str:
     if tiny:
         return "cpu"
     if not torch.cuda.is_available():
-        raise SystemExit("bench gpu needs a CUDA device; `python -m mimic_utils.bench gpu --tiny` is the CPU dry run")
+        raise SystemExit("bench gpu needs a CUDA device; `python -m mimic_utils.perf gpu --tiny` is the CPU dry run")
     return f"cuda:{torch.cuda.current_device()}"
 
 
@@ -893,7 +893,7 @@ def _gpu_parts(args: argparse.Namespace, device: str, dtype) -> dict:
     for name, part in steps:
         parts[name] = _run_part(name, lambda part=part: part(args, device, dtype))
         # a GPU lease is short: if the command is killed, the parts done so far are still on disk
-        write_result(PARTIAL_GPU_RESULT, "python -m mimic_utils.bench gpu (unfinished)", {"parts": parts},
+        write_result(PARTIAL_GPU_RESULT, "python -m mimic_utils.perf gpu (unfinished)", {"parts": parts},
                      out_dir=args.out_dir)
     return parts
 
@@ -960,7 +960,7 @@ benchmarks: dict[str, Benchmark] = {
 def main(argv: list[str] | None = None) -> Path:
     """Run one benchmark, print its figures and write its result file."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m mimic_utils.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=None, help="default: outputs/bench/")
     sub = parser.add_subparsers(dest="name", required=True)
     for name, bench in benchmarks.items():
@@ -970,7 +970,7 @@ def main(argv: list[str] | None = None) -> Path:
     ratio = figures.pop("ratio", None)
     print(json.dumps({**figures, "ratio": ratio}, indent=2))
     return write_result(
-        args.name, shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
+        args.name, shlex.join(["python", "-m", "mimic_utils.perf", *argv]), figures, ratio, args.out_dir
     )
 
 
