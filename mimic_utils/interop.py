@@ -75,10 +75,11 @@ CLASS_PATH = f"{__name__}.MimicHuggingface"
 
 def build(out: Path, root: Path) -> list[dict]:
     """The interop benchmark's records (absolute image paths), exported with their task folder."""
-    from mimic_utils import mimic_benchmark, scenes, sources
+    from mimic_utils import mimic_benchmark, scene_formats, scenes, sources
 
     world = scenes.SceneParams(**SCENES["params"])
-    coco_json = scenes.write_coco_split(out / "scenes", SCENES["n_images"], SCENES["seed"], world, progress=False)
+    coco_json = scene_formats.write_coco_split(out / "scenes", SCENES["n_images"], SCENES["seed"], world,
+                                               progress=False)
     plan = mimic_benchmark.BenchmarkPlan.from_dict({**PLAN, "seed": SCENES["seed"]}, where="interop plan")
     records = mimic_benchmark.build(sources.read_coco(coco_json), plan, progress=False)
     mimic_benchmark.export_hf(records, out / "hf")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimic_utils import scenes
+from mimic_utils import scene_formats, scenes
 from mimic_utils.finetune import StageSchedule, pad_batch, train_stage
 from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
 from mimic_utils.traindata import SINGLE_FAMILIES
@@ -495,7 +495,7 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
         number = int(record["image_ids"][0])
         path = folder / f"{number:05d}.png"
         if not path.exists():
-            scenes.save_png(path, pool.images[number].numpy())
+            scene_formats.save_png(path, pool.images[number].numpy())
         record["images"] = [str(path)]
         record["task"] = record["family"]
         record["experiment"] = "heldout"

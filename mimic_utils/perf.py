@@ -64,7 +64,8 @@ def write_result(
 
 def bench_scenes(args: argparse.Namespace) -> dict:
     """Draw ``--n`` scenes at ``--size`` px and write them with their COCO JSON into a temporary directory."""
-    from mimic_utils.scenes import SceneParams, sprite, write_coco_split
+    from mimic_utils.scene_formats import write_coco_split
+    from mimic_utils.scenes import SceneParams, sprite
 
     params = SceneParams().scaled(args.size)
     start = time.perf_counter()
@@ -91,8 +92,6 @@ def _scenes_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_questions(args: argparse.Namespace) -> dict:
     """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
-    import numpy as np
-
     from mimic_utils.mimic_benchmark import BenchmarkPlan, build, plan_specs
     from mimic_utils.scenes import SceneParams, draw_contents, scene_rng
     from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
