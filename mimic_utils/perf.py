@@ -128,15 +128,15 @@ def _questions_args(parser: argparse.ArgumentParser) -> None:
 def _timed(run: Callable[[], object], repeats: int) -> dict:
     """Wall-clock seconds of ``run()`` after one warm-up call: min (the figure ratios use, least disturbed
     by the other jobs on the shared cores) and median. Queued GPU work is waited for on both sides."""
-    from mimic_utils.masking import _synchronize
+    from mimic_utils.compute import synchronize
 
     run()
     seconds = []
     for _ in range(repeats):
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         run()
-        _synchronize()
+        synchronize()
         seconds.append(time.perf_counter() - start)
     seconds.sort()
     return {"min": round(seconds[0], 5), "median": round(seconds[len(seconds) // 2], 5)}
@@ -660,17 +660,17 @@ def _prepare_options(adapter) -> dict:
 def _generate_all(adapter, samples: list, size: int, max_new_tokens: int) -> tuple[list[str], float, int]:
     """Greedy answers of ``samples`` in batches of ``size`` (preprocessing included, as in evaluation),
     the seconds it took and the longest (padded) prompt."""
-    from mimic_utils.masking import _synchronize
+    from mimic_utils.compute import synchronize
 
     options = _prepare_options(adapter)
     answers, longest = [], 0
-    _synchronize()
+    synchronize()
     start = time.perf_counter()
     for first in range(0, len(samples), size):
         batch = adapter.prepare(samples[first : first + size], **options)
         longest = max(longest, batch.input_length)
         answers += adapter.generate(batch, max_new_tokens)
-    _synchronize()
+    synchronize()
     return answers, time.perf_counter() - start, longest
 
 
@@ -792,7 +792,7 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
     import torch
 
     from mimic_utils import finetune, realsize
-    from mimic_utils.masking import _synchronize
+    from mimic_utils.compute import synchronize
 
     spec = realsize.spec(TRAIN_MODEL, args.tiny)
     half = finetune.master_weights(adapter.model)
@@ -807,7 +807,7 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
     seconds, losses = [], []
     for step in range(args.train_steps):
         record = _conversation(folder, spec, args.images, args.seed + 1000 * (step + 1))
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
             loss = finetune.sft_loss(adapter, [record])
@@ -815,7 +815,7 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _synchronize()
+        synchronize()
         seconds.append(time.perf_counter() - start)
         losses.append(round(loss.item(), 4))
     later = sorted(seconds[1:] or seconds)

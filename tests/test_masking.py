@@ -278,23 +278,6 @@ def test_a_context_for_another_batch_or_a_disabled_model_is_an_error(adapter, tw
     assert masking.active() is None
 
 
-def test_attention_pairs_follow_the_mask_semantics():
-    # 2 images of 3 tokens, 1 text token before and 2 after: dense causal over 9 tokens
-    assert masking.attention_pairs([3, 3], 1, 2, masked=False) == 45
-    # masked: text before 1; images 6 + 6; text after sees everything before it: 8 + 9
-    assert masking.attention_pairs([3, 3], 1, 2, masked=True) == 1 + 12 + 17
-    assert masking.attention_pairs([5], 1, 2, masked=True) == masking.attention_pairs([5], 1, 2, masked=False)
-
-
-def test_compute_table_at_llava_onevision_size_saves_most_masked_attention():
-    shape = {k: v for k, v in masking.LLAVA_OV_7B.items() if k not in ("tokens_per_image",)}
-    table = masking.compute_table([2, 8], tokens_per_image=730, **shape)
-    eight = table.set_index("n_images").loc[8]
-    assert 0.85 < eight["masked_layer_attention_saving"] < 0.88  # close to 1 - 1/8
-    assert eight["attention_saving"] < eight["masked_layer_attention_saving"]  # half the layers masked
-    assert eight["total_saving"] < eight["attention_saving"]
-
-
 def test_first_half_is_the_early_layers():
     assert masking.parse_layers("first_half", 24) == list(range(12))
     assert masking.parse_layers("first_half", 1) == [0]
