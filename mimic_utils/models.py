@@ -64,14 +64,22 @@ context (e.g. a context variable set around the call), not through ``generate``'
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+import transformers.processing_utils as processing_utils
+from transformers.image_utils import SizeDict
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import is_torchvision_available
 
+from mimic_utils import masking, vision_cache
 from mimic_utils.prompts import (
     build_messages,
     is_mimic_task,
@@ -88,8 +96,6 @@ MASK_FILE = "mimic_mask.json"
 def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str:
     """sha256 over a local checkpoint's safetensors files (for files above ``full_hash_limit``: size and
     the first and last 16 MB), so predictions and checkpoints of other weights are never reused."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
         size = path.stat().st_size
@@ -107,8 +113,6 @@ def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str
 def model_fingerprint(settings: dict) -> str:
     """A short hash of what makes a model's answers what they are: its weights (or hub commit, or id),
     mask, preprocessing, dtype and quantization. Stored with every prediction and checkpoint."""
-    import hashlib
-
     weights = settings.get("weights_sha256") or settings.get("commit") or settings.get("model")
     facts = {k: settings.get(k) for k in ("mask", "preprocessing", "dtype", "quantization", "pool")}
     return hashlib.sha256(json.dumps({"weights": weights, **facts}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -217,11 +221,9 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype = torch.bfl
     """
     if kind is None:
         return None
-    from transformers import BitsAndBytesConfig
-
     skip = list(keep) + ["lm_head"]
     if kind == "4bit":
-        return BitsAndBytesConfig(
+        return transformers.BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -229,7 +231,7 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype = torch.bfl
             llm_int8_skip_modules=skip,
         )
     if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        return transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     raise ValueError(f"unknown quantization {kind!r}; use '4bit', '8bit' or None")
 
 
@@ -242,8 +244,7 @@ def expose_video_processor_base() -> None:
     and for real video processors alike). We export the real class under its own name, which is what
     transformers itself does when torchvision is present. No behaviour changes.
     """
-    import transformers
-    import transformers.processing_utils as processing_utils
+    # transformers' video stack takes seconds to import; only processor assembly needs it
     from transformers.video_processing_utils import VideoProcessorMixin
 
     for namespace in (transformers, processing_utils.transformers_module):
@@ -273,9 +274,6 @@ def load_processor(source: str, family: str, revision: str | None = None, trust_
     backend), the processor's own config (``processor_config.json``, chat template), and a video
     processor that needs no torchvision (videos are never used here).
     """
-    import transformers
-    from transformers.utils import is_torchvision_available
-
     spec = get_family(family, source)
     expose_video_processor_base()
     processor_class = getattr(transformers, spec.processor_class)
@@ -339,44 +337,14 @@ def load_adapter(
 
     Raises :class:`ModelLoadError` naming the model and family when anything cannot be resolved.
     """
-    import transformers
-
-    source = str(model_id_or_path)
-    if family is not None:
-        get_family(family, source)  # an unknown family fails before anything is read
-    if Path(source).expanduser().exists():
-        source = str(Path(source).expanduser())
-    elif _looks_like_path(source):
-        raise ModelLoadError(f"model folder {source!r} does not exist (family {family or 'to be inferred'})")
-    try:
-        config = transformers.AutoConfig.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
-        )
-    except Exception as error:
-        raise ModelLoadError(
-            f"cannot read the config of model {source!r} (family {family or 'to be inferred'}, "
-            f"revision {revision or 'default'}): {error}"
-        ) from error
+    source = _resolve_source(model_id_or_path, family)
+    config = _read_config(source, family, revision, trust_remote_code)
     family = _resolve_family(family, config.model_type, source)
     spec = get_family(family, source)
-
-    torch_dtype = _torch_dtype(dtype)
-    options: dict[str, Any] = {
-        "config": config,
-        "revision": revision,
-        "dtype": torch_dtype,
-        "use_safetensors": True,
-        "trust_remote_code": trust_remote_code,
-    }
-    if attn_implementation is not None:
-        options["attn_implementation"] = attn_implementation
-    if quantization is not None:
-        compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
-        options["quantization_config"] = quantization_config(quantization, compute, keep=(spec.projector,))
-        options["device_map"] = {"": device}
-    model_class = getattr(transformers, spec.model_class)
+    options = _pretrained_options(config, spec, dtype, device, attn_implementation, quantization, revision,
+                                  trust_remote_code)
     try:
-        model = model_class.from_pretrained(source, **options)
+        model = getattr(transformers, spec.model_class).from_pretrained(source, **options)
         processor = load_processor(source, family, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:
         raise ModelLoadError(
@@ -395,11 +363,58 @@ def load_adapter(
     if Path(source).is_dir():
         settings["weights_sha256"] = weights_fingerprint(Path(source))
     adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
-    mask_file = Path(source) / MASK_FILE
-    if mask_file.is_file():  # a model trained with image-block masking is always run with it
+    _apply_saved_mask(adapter, Path(source))
+    return adapter
+
+
+def _resolve_source(model_id_or_path: str | Path, family: str | None) -> str:
+    """A local folder (``~`` expanded) or a hub id; an unknown family or a missing folder fails first."""
+    source = str(model_id_or_path)
+    if family is not None:
+        get_family(family, source)  # an unknown family fails before anything is read
+    if Path(source).expanduser().exists():
+        return str(Path(source).expanduser())
+    if _looks_like_path(source):
+        raise ModelLoadError(f"model folder {source!r} does not exist (family {family or 'to be inferred'})")
+    return source
+
+
+def _read_config(source: str, family: str | None, revision: str | None, trust_remote_code: bool):
+    try:
+        return transformers.AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot read the config of model {source!r} (family {family or 'to be inferred'}, "
+            f"revision {revision or 'default'}): {error}"
+        ) from error
+
+
+def _pretrained_options(config, spec: FamilySpec, dtype, device: str, attn_implementation, quantization: str | None,
+                        revision: str | None, trust_remote_code: bool) -> dict[str, Any]:
+    """The keyword arguments of ``from_pretrained``: safetensors only, and the projector kept unquantized."""
+    torch_dtype = _torch_dtype(dtype)
+    options: dict[str, Any] = {
+        "config": config,
+        "revision": revision,
+        "dtype": torch_dtype,
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+    }
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
+        options["quantization_config"] = quantization_config(quantization, compute, keep=(spec.projector,))
+        options["device_map"] = {"": device}
+    return options
+
+
+def _apply_saved_mask(adapter: VLMAdapter, folder: Path) -> None:
+    """A model trained with image-block masking (``mimic_mask.json`` beside it) is always run with it."""
+    mask_file = folder / MASK_FILE
+    if mask_file.is_file():
         saved = json.loads(mask_file.read_text(encoding="utf-8"))
         adapter.set_mask(saved["layers"], mode=saved.get("mode", "blockwise"))
-    return adapter
 
 
 def adapter_from_model(model, processor, family: str, settings: dict | None = None, preprocessing: dict | None = None):
@@ -435,47 +450,55 @@ def apply_preprocessing(family: str, model, processor, overrides: dict) -> tuple
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"unknown preprocessing {unknown} for family {family!r}; accepted: {', '.join(allowed)}")
-    image_processor = processor.image_processor
-    if family == "llava_onevision":
-        multi_image = overrides.get("multi_image", "pad")
-        if multi_image not in ("pad", "anyres"):
-            raise ValueError(f"llava_onevision multi_image must be 'pad' or 'anyres', got {multi_image!r}")
-        if "vision_aspect_ratio" in overrides:
-            processor.vision_aspect_ratio = overrides["vision_aspect_ratio"]
-            model.config.vision_aspect_ratio = overrides["vision_aspect_ratio"]
-        if "image_grid_pinpoints" in overrides:
-            pinpoints = [list(p) for p in overrides["image_grid_pinpoints"]]
-            image_processor.image_grid_pinpoints = pinpoints
-            model.config.image_grid_pinpoints = pinpoints
-        size = image_processor.size
-        return {}, {
-            # "pad" (HF and official default): each image of a multi-image sample is padded to a square
-            # with the mean colour and resized to the base resolution, no anyres tiles. "anyres" gives
-            # every image the single-image anyres treatment (tiles + newline features).
-            "multi_image": multi_image,
-            "single_image": "anyres",
-            "image_size": [size["height"], size["width"]],
-            "vision_aspect_ratio": processor.vision_aspect_ratio,
-            "image_grid_pinpoints": [list(p) for p in image_processor.image_grid_pinpoints],
-            "num_image_tokens": processor.num_image_tokens,
-            "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
-            "vision_feature_layer": model.config.vision_feature_layer,
-        }
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        from transformers.image_utils import SizeDict
+    return _PREPROCESSORS[family](model, processor, overrides)
 
-        min_pixels = overrides.get("min_pixels", image_processor.size["shortest_edge"])
-        max_pixels = overrides.get("max_pixels", image_processor.size["longest_edge"])
-        image_processor.size = SizeDict(shortest_edge=int(min_pixels), longest_edge=int(max_pixels))
-        return {}, {
-            "min_pixels": int(min_pixels),
-            "max_pixels": int(max_pixels),
-            "patch_size": image_processor.patch_size,
-            "merge_size": image_processor.merge_size,
-            "temporal_patch_size": image_processor.temporal_patch_size,
-        }
-    # internvl: the processor class sets crop_to_patches=True for images, above the image processor's
-    # own attribute, so the tiling settings are passed explicitly on every call.
+
+def _llava_onevision_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    image_processor = processor.image_processor
+    multi_image = overrides.get("multi_image", "pad")
+    if multi_image not in ("pad", "anyres"):
+        raise ValueError(f"llava_onevision multi_image must be 'pad' or 'anyres', got {multi_image!r}")
+    if "vision_aspect_ratio" in overrides:
+        processor.vision_aspect_ratio = overrides["vision_aspect_ratio"]
+        model.config.vision_aspect_ratio = overrides["vision_aspect_ratio"]
+    if "image_grid_pinpoints" in overrides:
+        pinpoints = [list(p) for p in overrides["image_grid_pinpoints"]]
+        image_processor.image_grid_pinpoints = pinpoints
+        model.config.image_grid_pinpoints = pinpoints
+    size = image_processor.size
+    return {}, {
+        # "pad" (HF and official default): each image of a multi-image sample is padded to a square
+        # with the mean colour and resized to the base resolution, no anyres tiles. "anyres" gives
+        # every image the single-image anyres treatment (tiles + newline features).
+        "multi_image": multi_image,
+        "single_image": "anyres",
+        "image_size": [size["height"], size["width"]],
+        "vision_aspect_ratio": processor.vision_aspect_ratio,
+        "image_grid_pinpoints": [list(p) for p in image_processor.image_grid_pinpoints],
+        "num_image_tokens": processor.num_image_tokens,
+        "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
+        "vision_feature_layer": model.config.vision_feature_layer,
+    }
+
+
+def _qwen2_vl_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    image_processor = processor.image_processor
+    min_pixels = overrides.get("min_pixels", image_processor.size["shortest_edge"])
+    max_pixels = overrides.get("max_pixels", image_processor.size["longest_edge"])
+    image_processor.size = SizeDict(shortest_edge=int(min_pixels), longest_edge=int(max_pixels))
+    return {}, {
+        "min_pixels": int(min_pixels),
+        "max_pixels": int(max_pixels),
+        "patch_size": image_processor.patch_size,
+        "merge_size": image_processor.merge_size,
+        "temporal_patch_size": image_processor.temporal_patch_size,
+    }
+
+
+def _internvl_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    # the processor class sets crop_to_patches=True for images, above the image processor's own
+    # attribute, so the tiling settings are passed explicitly on every call.
+    image_processor = processor.image_processor
     defaults = getattr(processor, "images_kwargs", {}) or {}
     tiles = {
         "crop_to_patches": bool(
@@ -492,6 +515,15 @@ def apply_preprocessing(family: str, model, processor, overrides: dict) -> tuple
         "image_size": [size["height"], size["width"]],
         "tokens_per_tile": processor.image_seq_length,
     }
+
+
+#: Per family: apply its preprocessing settings, return ``(image_kwargs, effective settings)``.
+_PREPROCESSORS = {
+    "llava_onevision": _llava_onevision_preprocessing,
+    "qwen2_vl": _qwen2_vl_preprocessing,
+    "qwen2_5_vl": _qwen2_vl_preprocessing,
+    "internvl": _internvl_preprocessing,
+}
 
 
 # --- samples and batches -------------------------------------------------------------------------
@@ -579,8 +611,6 @@ class VLMAdapter:
     def set_mask(self, spec, auto_layer: int | None = None, mode: str = "blockwise") -> tuple[int, ...]:
         """Mask image blocks in the layers of ``spec`` (``"12-23"``, ``"second_half"``, ``"auto"``, indices,
         or ``None``/``"none"`` for no mask); recorded in ``settings["mask"]``."""
-        from mimic_utils import masking
-
         self.mask_layers = tuple(masking.parse_layers(spec, masking.num_text_layers(self.model), auto_layer))
         self.mask_mode = mode
         if self.mask_layers:
@@ -590,10 +620,6 @@ class VLMAdapter:
 
     def masked(self, batch: "Batch"):
         """The masking context for ``batch`` (a no-op context for an unmasked adapter)."""
-        from contextlib import nullcontext
-
-        from mimic_utils import masking
-
         if not self.mask_layers:
             return nullcontext()
         return masking.image_blocks(self.image_block_ids(batch), self.mask_layers, self.mask_mode, model=self.model)
@@ -698,8 +724,6 @@ class VLMAdapter:
         """The vision path's output for ``batch`` with the frozen tower read from the shared
         :mod:`mimic_utils.vision_cache` (None where the family or the model's state cannot be cached).
         The live projector keeps its gradient only while the model trains."""
-        from mimic_utils import vision_cache
-
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.model.training):
             return vision_cache.image_features(self.model, self.family, batch.inputs, batch.image_tokens)
 
@@ -750,17 +774,13 @@ class VLMAdapter:
         position_ids = None
         if spec.mrope:
             rope_kwargs = {"attention_mask": inputs["attention_mask"]}
-            from mimic_utils.vision_cache import inner_model
-
-            position_ids, _ = inner_model(self.model).get_rope_index(
+            position_ids, _ = vision_cache.inner_model(self.model).get_rope_index(
                 ids, inputs["mm_token_type_ids"], inputs["image_grid_thw"], None, **rope_kwargs
             )
 
         pooled_inputs = _gather_left_padded(inputs, keep, position_ids, self.tokenizer.pad_token_id)
         for name in spec.vision_inputs:
             pooled_inputs.pop(name, None)
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         pooled_inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled_output)}
         return Batch(pooled_inputs, new_counts, batch.unpooled_image_tokens, batch.task_families, batch.prompts, r)
 
