@@ -42,7 +42,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from mimic_utils import masking
 from mimic_utils.stats import N_BOOT, change_word, interval_text
@@ -245,9 +247,6 @@ def collect(
     or indices; ``None`` measures the unmasked model). The model is switched to the masking attention for
     the call and restored afterwards. ``pool`` is the 1D pooling factor of :meth:`VLMAdapter.prepare`.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
     if mask_layers is None:  # a model trained with a mask is measured with it, as it is always run
         mask_layers = list(getattr(adapter, "mask_layers", ()))
     layers = masking.parse_layers(mask_layers, masking.num_text_layers(adapter.model), auto_layer)
@@ -271,8 +270,6 @@ def shares_from_attentions(
 ):
     """The same table from full attention maps (``output_attentions=True`` with eager attention): the
     reference the streaming statistics are tested against."""
-    import pandas as pd
-
     ids = list(range(block_ids.shape[0])) if sample_ids is None else list(sample_ids)
     answers = answer_positions(attention_mask)
     visible = causal_visible(attention_mask)
@@ -350,8 +347,6 @@ def versus_uniform(table, query_kind: str = "vision", target: str = "other_image
     """Measured and uniform shares of one (query kind, target) as two lines named ``label`` and
     ``reference``, with ``depth, mean, ci_low, ci_high`` — the shape :func:`mimic_utils.plots.attention_depth`
     draws (one line per ``target``)."""
-    import pandas as pd
-
     rows = table[(table["query_kind"] == query_kind) & (table["target"] == target)]
     rows = rows.groupby(["layer", "depth", "query_kind"], as_index=False).mean(numeric_only=True)  # over heads
     line = ["layer", "depth", "query_kind", "mean", "ci_low", "ci_high"]
@@ -461,8 +456,6 @@ def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, a
     """For one sample, per layer: the mean attention mass each image block's queries (and the answer
     position) put on each image block and on the text, averaged over heads — a ``pandas.DataFrame`` with
     ``layer, depth, query, key, share``. Streams like :func:`collect` (one layer's map at a time)."""
-    import pandas as pd
-
     batch = adapter.prepare([sample])
     block_ids = adapter.image_block_ids(batch)
     answer = int(answer_positions(batch.inputs["attention_mask"])[0])

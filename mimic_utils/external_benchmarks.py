@@ -85,6 +85,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from mimic_utils import evaluate
@@ -141,12 +144,10 @@ class DatasetImage:
     position: int | None = None  # index inside a list-of-images column
 
     def open(self) -> Image.Image:
-        from datasets import Image as ImageFeature
-
         cell = self.view[self.row].column(self.column)[0].as_py()
         if self.position is not None:
             cell = cell[self.position]
-        return ImageFeature().decode_example(cell)
+        return datasets.Image().decode_example(cell)
 
 
 ImageLike = Union[Image.Image, str, os.PathLike, DatasetImage]
@@ -556,8 +557,6 @@ def _where(spec: BenchmarkSpec, source: str | os.PathLike | None, config: str | 
 
 def _load_saved(spec: BenchmarkSpec, folder: Path, split: str):
     """A split of a saved dataset (a saved ``DatasetDict`` must hold ``split``)."""
-    import datasets
-
     loaded = datasets.load_from_disk(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -601,8 +600,6 @@ def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: st
     :class:`BenchmarkUnavailable` with instructions; a config or split that is not there becomes
     :class:`BenchmarkFormatError` naming the benchmark, the source and the config.
     """
-    import datasets
-
     where = spec.hub_id if source is None else str(source)
     if source is not None:
         folder = Path(source)
@@ -624,9 +621,6 @@ def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: st
 def _present_images(view: Any, column: str) -> list[list[DatasetImage]]:
     """Per row, references to the images one column holds (a list column or a single, nullable image),
     read from the Arrow data without decoding."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     values = view[column]
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
         counts = [n or 0 for n in pc.list_value_length(values).to_pylist()]

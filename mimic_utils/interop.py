@@ -45,13 +45,17 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mimic_utils import evaluate, lmms_tasks, prompts
+from mimic_utils import evaluate, lmms_tasks, mimic_benchmark, prompts, scene_formats, scenes, sources
 from mimic_utils.artifacts import repo_root
+from mimic_utils.models import family_for_model_type, load_processor
+from mimic_utils.perf import write_result
 
 PROFILE = "interop"
 MODEL = "outputs/cpu/models/base"
@@ -75,8 +79,6 @@ CLASS_PATH = f"{__name__}.MimicHuggingface"
 
 def build(out: Path, root: Path) -> list[dict]:
     """The interop benchmark's records (absolute image paths), exported with their task folder."""
-    from mimic_utils import mimic_benchmark, scene_formats, scenes, sources
-
     world = scenes.SceneParams(**SCENES["params"])
     coco_json = scene_formats.write_coco_split(out / "scenes", SCENES["n_images"], SCENES["seed"], world,
                                                progress=False)
@@ -94,12 +96,9 @@ def build(out: Path, root: Path) -> list[dict]:
 
 def _model_class() -> type:
     """Define :class:`MimicHuggingface` (on first use, so that this module imports without lmms-eval)."""
-    import torch
     import transformers
     from lmms_eval.api.model import lmms
     from lmms_eval.models.chat.huggingface import Huggingface
-
-    from mimic_utils.models import family_for_model_type, load_processor
 
     class ProcessorCall:
         """The processor, called the way transformers 5 accepts: ``Huggingface.generate_until`` passes
@@ -333,8 +332,6 @@ def speed(n: int, seconds: float, batch_size: int) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     return {name: version(name) for name in ("lmms_eval", "torch", "transformers", "datasets", "accelerate")}
 
 
@@ -392,8 +389,6 @@ def check(out: Path, root: Path, model: Path, batch_size: int = BATCH_SIZE) -> d
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from mimic_utils.perf import write_result
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=OUT, help="work folder, relative to the checkout (default %(default)s)")
     parser.add_argument("--model", default=MODEL, help="model folder, relative to the checkout")

@@ -81,7 +81,7 @@ def load_yaml(text: str) -> dict[str, Any]:
 
 def export_tasks(export_dir: Path) -> dict[str, list[str]]:
     """``{config: [task values]}`` of an HF export, configs in the official order, tasks sorted."""
-    import datasets
+    import datasets  # about a second to import; only reading an export needs it
 
     found: dict[str, list[str]] = {}
     for config in FAMILIES:

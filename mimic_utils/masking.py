@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import operator
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -310,6 +311,7 @@ def active() -> ImageBlocks | None:
 
 def register() -> str:
     """Register the masking attention (and its mask builder, the library's ``sdpa_mask``); idempotent."""
+    # transformers' attention integrations take seconds to import: they load when masking is first used
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -543,7 +545,7 @@ def _blockwise_attention(module, query, key, value, base_mask, state: ImageBlock
 def preferred_mode(device: str | torch.device | None = None) -> str:
     """``"flex"`` for a CUDA device (one fused kernel), ``"blockwise"`` otherwise (and when flex_attention
     is missing). ``None`` asks whether CUDA is available. Nothing selects it by itself: callers pass it on."""
-    try:
+    try:  # flex_attention is missing from some torch builds; imported only where it is used
         from torch.nn.attention import flex_attention  # noqa: F401
     except ImportError:
         return "blockwise"
@@ -597,8 +599,6 @@ def _cached_block_mask(state: ImageBlocks, base_mask: torch.Tensor | None, rows:
 def _flex_kernel(query: torch.Tensor):
     """flex_attention compiled on CUDA (the fused kernel); its eager reference elsewhere, without the
     once-per-process warning that eager mode is slow."""
-    import warnings
-
     from torch.nn.attention.flex_attention import flex_attention
 
     if query.is_cuda:

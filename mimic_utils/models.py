@@ -73,12 +73,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-import transformers.processing_utils as processing_utils
-from transformers.image_utils import SizeDict
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import is_torchvision_available
 
+# transformers itself is imported where a model or processor is built: it costs seconds, and readers of
+# predictions (evaluate, transfer, analysis) import this module without ever loading a model.
 from mimic_utils import masking, vision_cache
 from mimic_utils.prompts import (
     build_messages,
@@ -221,9 +218,11 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype = torch.bfl
     """
     if kind is None:
         return None
+    from transformers import BitsAndBytesConfig
+
     skip = list(keep) + ["lm_head"]
     if kind == "4bit":
-        return transformers.BitsAndBytesConfig(
+        return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -231,7 +230,7 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype = torch.bfl
             llm_int8_skip_modules=skip,
         )
     if kind == "8bit":
-        return transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     raise ValueError(f"unknown quantization {kind!r}; use '4bit', '8bit' or None")
 
 
@@ -244,7 +243,8 @@ def expose_video_processor_base() -> None:
     and for real video processors alike). We export the real class under its own name, which is what
     transformers itself does when torchvision is present. No behaviour changes.
     """
-    # transformers' video stack takes seconds to import; only processor assembly needs it
+    import transformers
+    import transformers.processing_utils as processing_utils
     from transformers.video_processing_utils import VideoProcessorMixin
 
     for namespace in (transformers, processing_utils.transformers_module):
@@ -274,6 +274,9 @@ def load_processor(source: str, family: str, revision: str | None = None, trust_
     backend), the processor's own config (``processor_config.json``, chat template), and a video
     processor that needs no torchvision (videos are never used here).
     """
+    import transformers
+    from transformers.utils import is_torchvision_available
+
     spec = get_family(family, source)
     expose_video_processor_base()
     processor_class = getattr(transformers, spec.processor_class)
@@ -337,6 +340,8 @@ def load_adapter(
 
     Raises :class:`ModelLoadError` naming the model and family when anything cannot be resolved.
     """
+    import transformers
+
     source = _resolve_source(model_id_or_path, family)
     config = _read_config(source, family, revision, trust_remote_code)
     family = _resolve_family(family, config.model_type, source)
@@ -380,6 +385,8 @@ def _resolve_source(model_id_or_path: str | Path, family: str | None) -> str:
 
 
 def _read_config(source: str, family: str | None, revision: str | None, trust_remote_code: bool):
+    import transformers
+
     try:
         return transformers.AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:
@@ -482,6 +489,8 @@ def _llava_onevision_preprocessing(model, processor, overrides: dict) -> tuple[d
 
 
 def _qwen2_vl_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    from transformers.image_utils import SizeDict
+
     image_processor = processor.image_processor
     min_pixels = overrides.get("min_pixels", image_processor.size["shortest_edge"])
     max_pixels = overrides.get("max_pixels", image_processor.size["longest_edge"])
@@ -739,6 +748,8 @@ class VLMAdapter:
         """The 1D-pooled version of an unpooled ``batch`` (``r = 1`` runs the same path without
         shortening anything, which must reproduce the unpooled model exactly). ``features`` are the vision
         path's output when already computed (the vision cache); otherwise the model's own path runs."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
         if batch.pool != 1:
             raise ValueError("batch is already pooled")
         spec = get_family(self.family)

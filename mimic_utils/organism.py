@@ -22,20 +22,30 @@ questions through the same adapter and scorer as any real checkpoint.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import random
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mimic_utils import scene_formats, scenes
+from mimic_utils import evaluate, scene_formats, scenes, tiny
+from mimic_utils.artifacts import profile_dir, repo_root, write_json
 from mimic_utils.finetune import StageSchedule, pad_batch, train_stage
+from mimic_utils.models import load_adapter
 from mimic_utils.organism_card import recorded_config, write_card, write_curves
+from mimic_utils.prompts import build_messages
 from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
-from mimic_utils.traindata import SINGLE_FAMILIES
+from mimic_utils.traindata import SINGLE_FAMILIES, Pools, prompt_family, single_image_questions
 
 #: Random streams of the organism's own draws (the COCO and OpenImages draws use 0 and 1).
 TRAIN_STREAM, HELDOUT_STREAM = 2, 3
@@ -71,8 +81,6 @@ def cell_labels(objects, categories: list[str], image_size: int, cell: int) -> n
 
 def render_pool(n: int, seed: int, stream: int, params: scenes.SceneParams, cell: int, progress: bool = True) -> ScenePool:
     """Render ``n`` scenes of the random draw into memory, with their labels and an annotation index."""
-    from tqdm.auto import tqdm
-
     categories = list(params.categories)
     supercategory_of = {c.name: c.supercategory for c in params.category_table()}
     size = params.image_size
@@ -211,9 +219,6 @@ def encode_conversation(processor, question: str, family: str, n_images: int, an
     placeholder is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a
     fixed-size image (tested against it), so no pixels are needed here.
     """
-    from mimic_utils.prompts import build_messages
-    from mimic_utils.traindata import prompt_family
-
     messages = build_messages(question, n_images, prompt_family(family), "qwen2_vl")
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     image_token = processor.image_token
@@ -261,8 +266,6 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
     """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
     of the families in ``weights`` (default: the four of
     :func:`mimic_utils.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each."""
-    from mimic_utils.traindata import Pools, single_image_questions
-
     rows: list[tuple[int, str, str, str]] = []
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
@@ -283,8 +286,6 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
 @torch.no_grad()
 def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: bool = True) -> torch.Tensor:
     """The frozen tower's block outputs (before the merger) for every pool image: [N, patches, embed]."""
-    from tqdm.auto import tqdm
-
     visual = model.model.visual
     visual.eval()
     pixels = pixel_settings(processor)
@@ -300,8 +301,6 @@ def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: 
 def language_forward(model, features: torch.Tensor, convs: Conversations, picks: list[int], patch_grid: int,
                      pad_id: int):
     """Forward a batch of conversations, the merger applied to cached block outputs of their images."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     ids = pad_batch([convs.ids[i] for i in picks], pad_id)
     labels = pad_batch([convs.labels[i] for i in picks], -100)
     blocks = features[torch.tensor([convs.image[i] for i in picks])]
@@ -388,9 +387,6 @@ class OrganismConfig:
     @classmethod
     def from_yaml(cls, path: Path) -> "OrganismConfig":
         """Read ``params/<profile>/organism.yaml``; unknown keys are refused with the file and key named."""
-        import yaml
-        from dataclasses import fields
-
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         known = {f.name for f in fields(cls)}
         for key in values:
@@ -409,10 +405,6 @@ class OrganismConfig:
 
     def digest(self) -> str:
         """A short hash of the config: checkpoints of another config are never resumed."""
-        import hashlib
-        import json
-        from dataclasses import asdict
-
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -426,10 +418,6 @@ def tokens_per_image(config: OrganismConfig, processor) -> tuple[int, int]:
 def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True) -> dict:
     """All three stages (each resumed from its checkpoint if present); saves the model with
     ``save_pretrained`` into ``out_dir`` and returns the training summary."""
-    import time
-
-    from mimic_utils import tiny
-
     out_dir = Path(out_dir)
     work = out_dir / "checkpoints" / config.digest()
     work.mkdir(parents=True, exist_ok=True)
@@ -485,8 +473,6 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
     Counting is balanced over the true count 0..``max_count``; the true count is kept as a knob so
     accuracy can be read per count.
     """
-    from mimic_utils.traindata import single_image_questions
-
     pool = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
                        progress)
     folder.mkdir(parents=True, exist_ok=True)
@@ -507,8 +493,6 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
 def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch_size: int = 64,
                           progress: bool = True) -> dict:
     """Held-out single-image scores through the adapter (real generation, official scorers)."""
-    from mimic_utils import evaluate
-
     rows = evaluate.run(adapter, records, predictions, batch_size=batch_size, progress=progress, desc="held-out")
     scores = {}
     for family in sorted({r["family"] for r in rows}):
@@ -524,13 +508,6 @@ def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    from dataclasses import asdict
-
-    from mimic_utils.artifacts import profile_dir, repo_root, write_json
-    from mimic_utils.models import load_adapter
-
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--if-needed", action="store_true",

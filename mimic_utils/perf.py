@@ -10,6 +10,10 @@ regression is visible in review. To add one, write ``def bench_x(args) -> dict``
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -18,11 +22,24 @@ import shlex
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
-from mimic_utils.artifacts import repo_root, write_text
+from PIL import Image
+
+from mimic_utils import mimic_benchmark
+from mimic_utils.artifacts import profile_dir, repo_root, write_text
+from mimic_utils.mimic_benchmark import BenchmarkPlan, build, plan_specs
+from mimic_utils.scene_formats import write_coco_split
+from mimic_utils.scenes import SceneParams, draw_contents, scene_rng, sprite
+from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+
+# torch and the modules built on it are imported inside the benchmarks that use them, so that
+# `perf scenes` and `perf questions` run without loading torch.
 
 
 def machine_info() -> dict:
@@ -64,9 +81,6 @@ def write_result(
 
 def bench_scenes(args: argparse.Namespace) -> dict:
     """Draw ``--n`` scenes at ``--size`` px and write them with their COCO JSON into a temporary directory."""
-    from mimic_utils.scene_formats import write_coco_split
-    from mimic_utils.scenes import SceneParams, sprite
-
     params = SceneParams().scaled(args.size)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,10 +106,6 @@ def _scenes_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_questions(args: argparse.Namespace) -> dict:
     """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
-    from mimic_utils.mimic_benchmark import BenchmarkPlan, build, plan_specs
-    from mimic_utils.scenes import SceneParams, draw_contents, scene_rng
-    from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
-
     params = SceneParams(same_category_prob=0.5)
     table = {c.name: c.supercategory for c in params.category_table()}
     images = {}
@@ -163,8 +173,6 @@ def _layer_inputs(images: int, tokens: int, text: int, heads: int, kv_heads: int
 def _attention_call(query, key, value, block_ids, mode: str | None) -> Callable[[], object]:
     """One layer's attention as a decoder layer calls it, output ``[B, S, H, D]``: outside a context
     (``mode`` None) the registered function is transformers' SDPA; inside, the masked layer in ``mode``."""
-    from types import SimpleNamespace
-
     from mimic_utils import masking
 
     groups = query.shape[1] // key.shape[1]
@@ -240,7 +248,6 @@ def _model_forward(adapter, batch, layers: list[int], mode: str | None, **kwargs
 
 def _noise_image(side: int, generator):
     import torch
-    from PIL import Image
 
     pixels = (torch.rand(side, side, 3, generator=generator) * 255).to(torch.uint8)
     return Image.fromarray(pixels.numpy())
@@ -407,11 +414,9 @@ def _attention_memory_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_evaluation(args: argparse.Namespace) -> dict:
     """Batched evaluation vs a batch-size-1 loop on the same benchmark questions: samples/s and identity."""
-    from mimic_utils import mimic_benchmark
-    from mimic_utils import evaluate
-    from mimic_utils.artifacts import profile_dir
-
     import torch
+
+    from mimic_utils import evaluate
 
     torch.set_num_threads(args.threads)
     root = repo_root()
@@ -458,8 +463,6 @@ def _evaluation_args(parser: argparse.ArgumentParser) -> None:
 def _lm_variant(adapter, seed: int):
     """A copy of ``adapter`` whose language model is perturbed (seeded) and whose tower is untouched: what a
     finetuned model of the study is to the base — the same frozen tower, other answers."""
-    import copy
-
     import torch
 
     variant = copy.deepcopy(adapter)
@@ -490,8 +493,6 @@ def _timed_runs(adapters: dict, records: list, tmp: Path, cache: bool, batch: in
 
 def _training_steps(adapter, conversations: list, steps: int, cache: bool, tmp: Path) -> dict:
     """``steps`` data-centric finetuning steps (language model trained, tower and projector frozen)."""
-    import copy
-
     from mimic_utils import finetune, vision_cache
 
     vision_cache.configure(None)
@@ -507,11 +508,9 @@ def _training_steps(adapter, conversations: list, steps: int, cache: bool, tmp: 
 def bench_vision_cache(args: argparse.Namespace) -> dict:
     """K models sharing the frozen tower evaluate the same questions, and a short finetune runs, each with
     and without the vision-feature cache: samples/s, ratios, identical answers and losses."""
-    from mimic_utils import mimic_benchmark
-    from mimic_utils import evaluate, traindata
-    from mimic_utils.artifacts import profile_dir
-
     import torch
+
+    from mimic_utils import evaluate, traindata
 
     torch.set_num_threads(args.threads)
     root = repo_root()
@@ -594,8 +593,6 @@ def _gpu_device(tiny: bool) -> str:
 
 def _device_info(device: str) -> dict:
     """The accelerator and the library versions the GPU figures depend on."""
-    import importlib.metadata
-
     import torch
 
     info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -614,8 +611,6 @@ def _device_info(device: str) -> dict:
 
 def _release() -> None:
     """Free what a finished part left behind (its model) before the next part builds its own."""
-    import gc
-
     import torch
 
     gc.collect()
@@ -626,8 +621,6 @@ def _release() -> None:
 def _run_part(name: str, run: Callable[[], dict]) -> dict:
     """``run()``'s figures plus its seconds. An exception becomes the part's ``error`` (with a short
     traceback), so one failing part does not cost the others' figures."""
-    import traceback
-
     print(f"[bench gpu] {name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
@@ -652,8 +645,6 @@ def _samples(spec, count: int, images: int, seed: int) -> list:
 def _prepare_options(adapter) -> dict:
     """``prepare()`` options under which every forward computes the whole vision path (no cached tower
     output), so both batch sizes are timed on the same work."""
-    import inspect
-
     return {"vision_cache": False} if "vision_cache" in inspect.signature(adapter.prepare).parameters else {}
 
 
@@ -883,8 +874,6 @@ def _gpu_streaming(args: argparse.Namespace, device: str, dtype) -> dict:
 
 def _gpu_parts(args: argparse.Namespace, device: str, dtype) -> dict:
     """Every part of the GPU check, one after the other, each guarded (:func:`_run_part`)."""
-    from functools import partial
-
     steps = [(f"generation_{key}", partial(_gpu_generation, key)) for key in GPU_MODELS]
     steps += [("attention", _gpu_attention), ("masked_forward", _gpu_masked_forward),
               ("masked_qlora", _gpu_masked_qlora), ("lora", _gpu_lora), ("streaming_memory", _gpu_streaming)]

@@ -58,6 +58,8 @@ import json
 from dataclasses import dataclass, field, replace
 
 import torch
+from PIL import Image
+from tokenizers import Tokenizer
 
 from mimic_utils import tiny as tiny_models
 
@@ -159,7 +161,6 @@ def padded_tokenizer(family: str, vocab_size: int | None = None):
     dropping ids the tokenizer does not know. ``None`` rounds the tokenizer's own size up to a multiple
     of 128.
     """
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     base = tiny_models.build_tokenizer(family=family)
@@ -241,8 +242,6 @@ def build(key: str, tiny: bool = False, device: str | torch.device = "cpu", dtyp
 
 def noise_images(spec: ModelSpec, count: int, seed: int = 0) -> list:
     """``count`` random RGB images of ``spec.image_side`` px (different per seed and index)."""
-    from PIL import Image
-
     generator = torch.Generator().manual_seed(seed)
     side = spec.image_side
     return [Image.fromarray((torch.rand(side, side, 3, generator=generator) * 255).to(torch.uint8).numpy())

@@ -176,6 +176,7 @@ def _qwen_project(inner, features: list[torch.Tensor], slices: list[ImageSlice])
 # LLaVA-OneVision: pixel_values is (images, patches, C, H, W); anyres tiles only for one-image samples.
 
 def _llava_patches(inner, inputs: dict) -> list[int]:
+    # the LLaVA-OneVision modeling module is only loaded when a LLaVA-OV model is cached
     from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
     counts = inputs.get("batch_num_images")
