@@ -1,77 +1,13 @@
-"""Public multi-image benchmarks (DESIGN §1): each is a loader into one record type, a prompt builder and a
-scorer, the three small pure pieces of an lmms-eval task (``doc_to_visual``/``doc_to_text``/
-``process_results``), plus its generation budget.
+"""Public multi-image benchmarks (MuirBench, BLINK, NLVR2, Mantis-Eval, MMIU, Q-Bench2): each is a loader
+into one record type, a prompt builder and a scorer, the three small pure pieces of an lmms-eval task
+(``doc_to_visual``/``doc_to_text``/``process_results``), plus its generation budget.
 
     records = load_benchmark("muirbench", source=None, skip_missing=True)   # hub id, or a local copy
     summary = evaluate_benchmark(adapter, "muirbench", records, out / "muirbench.jsonl", batch_size=8)
 
-What each benchmark reads, and how it is asked
-----------------------------------------------
-The paper's numbers come from the official lmms-eval fork (github.com/anurag-198/MIMIC, folder
-``lmm_eval/lmms_eval/tasks/<task>/``); where it and upstream lmms-eval (EvolvingLMMs-Lab/lmms-eval) differ
-we follow the fork, and say so. All decoding is greedy.
-
-============  ==========================================  =========================================  ====
-name          dataset (config, split; fields read)        prompt text after the images (source)      new
-                                                                                                     tok.
-============  ==========================================  =========================================  ====
-muirbench     ``MUIRBENCH/MUIRBENCH`` (test; idx, task,   ``{question}\\nA. {opt}\\nB. {opt}…``        16
-              image_relation, image_type, question,       ``\\nAnswer with the option's letter from
-              options, answer = letter, image_list)       the given choices directly.`` (fork and
-                                                          upstream ``muirbench``, identical)
-blink         ``BLINK-Benchmark/BLINK`` (14 configs, val; the dataset's own ``prompt`` field          16
-              idx, sub_task, question, choices, answer =  verbatim: ``{question}\\nSelect from the
-              "(A)", prompt, image_1..image_4)            following choices.\\n(A) …\\n(B) …`` (fork;
-                                                          upstream prefixes "Note: You only need to
-                                                          respond with A, B … information.\\n" and
-                                                          allows 1024 tokens)
-nlvr2         ``TIGER-Lab/NLVR2`` (nlvr2, test; id,       ``{question}`` verbatim (fork; no options   16
-              question, options = "(A) True"/"(B)         or suffix). A reply "yes"/"no" is read as
-              False", answer = letter, category, images)  True/False, as the fork's scorer does
-mantis        ``TIGER-Lab/Mantis-Eval`` (mantis_eval,     multi-choice: ``{question}\\n (A) {opt}…``   16
-              test; id, question_type, question, options, ``\\nAnswer with the option's letter from
-              answer, category, images)                   the given choices directly.``; short-answer:
-                                                          ``{question}\\nPlease provide the correct
-                                                          answer directly.`` (fork; upstream samples
-                                                          at T=0.2 with 64 tokens, we stay greedy)
-mmiu          ``FanqingM/MMIU-Benchmark`` (test; task,    ``Question: {context}\\n{question}`` (or     16
-              question, context, options = "A: …\\nB:    question first for the fork's 23 listed
-              …", output = letter, input_image_path       tasks) ``\\nPlease answer the option
-              relative to the unzipped image archives)    directly like A,B,C,D... Answer: `` (fork)
-qbench2       ``q-future/Q-Bench2-HF`` (dev; id, image1,  ``{question}\\nA. {opt}…\\nAnswer with the   32
-              image2, question, option0..3 ("N/A" =       option's letter from the given choices
-              none), correct_choice, question_concern,    directly.\\n`` (upstream ``qbench2_dev``,
-              question_type)                              which the fork uses unchanged)
-============  ==========================================  =========================================  ====
-
-Deviations (deliberate, all here)
----------------------------------
-* **Images first.** Our adapters put every image before the text (``VLMAdapter.answer`` passes this text
-  through after the images). The fork instead lets a literal ``<image>`` in the text mark where an image
-  goes (MuirBench, Mantis and NLVR2 questions hold them; MMIU writes ``Question: <image>…<image>\\n``).
-  So :func:`build_prompt` renames the k-th ``<image>`` to ``<image k>`` (a text reference to the k-th
-  image shown; a bare ``<image>`` would also be LLaVA-OneVision's image token) and MMIU's
-  ``Question:`` is followed directly by its text. When there are fewer placeholders than images the
-  missing ones are taken to come first, as Mantis' own evaluation does.
-* **Mantis options** are always written ``\\n ({letter}) {text}``; the fork writes an option that already
-  carries a marker ("A. cat") verbatim instead, which differs only in the marker's form.
-* **Scoring.** Every multiple-choice benchmark is scored by :func:`mimic_utils.scoring.score_choice`:
-  the answer letter is extracted only among the record's valid letters (an explicit "answer is B"
-  first, then standalone markers, then a unique option text), never a random guess and never the "T"
-  of "The correct answer is (B)". The fork's MuirBench and MMIU filters compare the whole reply (or a
-  leading "B.") to the letter, so "(B)" or "B) cat" count wrong (its BLINK and Mantis filters add a few
-  patterns, its NLVR2 scorer compares the words True/False); upstream Q-Bench guesses a random letter
-  when it finds none. Scores can therefore be somewhat higher than the fork's for chatty models.
-* **Mantis short-answer** is scored by normalised exact match (:func:`normalize_short_answer`: the text
-  after a final "answer:"/"answer is" cue, lower-cased, whitespace collapsed, surrounding punctuation
-  removed). The fork counts a reply correct when it merely *contains* the reference (so "2" matches
-  "12"); upstream lmms-eval requires exact lower-case equality after the "Final Answer:" cue.
-
-No revision is pinned by default (the hub's ``main``); pass ``revision=`` to pin one. The fork's MMIU
-images came from snapshot ``03bf7d143d920e97a757f606b6b7baee161b019b`` of ``FanqingM/MMIU-Benchmark``.
-
-Accuracy is reported overall and per sub-task (BLINK ``sub_task``, MuirBench ``task``, MMIU ``task``,
-Mantis and NLVR2 ``category``, Q-Bench2 ``question_concern``), with the extra breakdowns each spec lists.
+Prompts and fields follow the official lmms-eval fork; where we deviate (images first, Mantis option
+markers, letter extraction, Mantis short answers) docs/public_benchmarks.md says how and why, with the
+table of datasets, fields, prompts and token budgets.
 """
 
 from __future__ import annotations

@@ -1,41 +1,11 @@
 """Our MIMIC in lmms-eval, side by side with our harness: ``make interop`` (``python -m mimic_utils.interop``).
 
-It runs inside ``.venv-interop``: lmms-eval 0.7.3 installed with ``--no-deps`` beside the torch and
-transformers pinned in ``requirements.txt`` and its light dependencies, never torchvision (see the
-Makefile). In one process it
-
-1. builds a small benchmark in the smoke profile's scene world (:data:`PLAN`: 20 questions per task, 3 to
-   8 images), its HF export and its lmms-eval task folder (:func:`mimic_utils.lmms_tasks.write_task_folder`)
-   under ``tmp/outputs/interop``;
-2. loads that folder through lmms-eval's own ``TaskManager(include_path=…)`` and checks every visual list
-   and prompt it builds (``doc_to_visual``, ``doc_to_text`` as a simple class prefixes it, and
-   ``doc_to_messages`` through the chat template) against our harness's;
-3. runs our batched harness (:func:`mimic_utils.evaluate.run`) over the same questions with the committed
-   organism (``outputs/cpu/models/base``), and once more one question at a time;
-4. scores our harness's outputs with lmms-eval's ``process_results`` and aggregation, per task, against
-   our metrics;
-5. runs the organism end to end through lmms-eval (``simple_evaluate``, default batch size) with
-   :class:`MimicHuggingface`, compares its answers and metrics with ours, and times both;
-6. writes ``outputs/bench/lmms_eval.json`` (agreement of prompts, scores and answers; both speeds and
-   their ratio; versions).
-
-The model class
----------------
-lmms-eval's ``qwen2_vl`` class needs ``qwen_vl_utils``, which needs torchvision, and PyPI's torchvision
-does not import beside the CPU torch pinned here. Its generic chat class ``huggingface``
-(``lmms_eval.models.chat.huggingface.Huggingface``) handles any ``AutoModelForImageTextToText`` model,
-Qwen2-VL included, with the model's own chat template, but its constructor loads the processor through
-``AutoProcessor``, which builds Qwen2-VL's video processor and so needs torchvision as well, and it casts
-every model to bfloat16; and its ``generate_until`` calls the processor with ``audios=[]``, which
-transformers 5 refuses ("use ``audio``"). :class:`MimicHuggingface` therefore subclasses it and replaces
-only the constructor: the model in the dtype it was saved in, the processor assembled without torchvision
-(:func:`mimic_utils.models.load_processor`, as our harness loads it) and called through a small wrapper
-that drops the empty ``audios``/``videos`` lists. Everything that answers a request
-(collation, ``doc_to_messages``, chat template, processor call, ``generate``, decoding) is lmms-eval's own
-``Huggingface.generate_until``, unchanged. It is registered under the name ``mimic_hf`` through
-lmms-eval's model registry (:data:`MANIFEST`, a ``ModelManifest``, which is also what an
-``lmms_eval.models`` entry point would provide) and run by that name. Where torchvision imports, the
-stock ``--model huggingface`` reads the same task folder.
+Inside ``.venv-interop`` (lmms-eval 0.7.3 beside the pinned torch and transformers, never torchvision) it
+builds a small benchmark and its task folder, checks that lmms-eval's prompts and visuals equal ours,
+scores our answers with lmms-eval's own scorers, runs the organism end to end through lmms-eval with
+:class:`MimicHuggingface` (lmms-eval's ``huggingface`` class with a constructor that needs no
+torchvision), and writes the agreement and both speeds to ``outputs/bench/lmms_eval.json``. The steps
+and why the model class is what it is: docs/lmms_eval.md.
 """
 
 from __future__ import annotations

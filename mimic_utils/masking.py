@@ -1,60 +1,18 @@
-"""Layer-wise image-block attention masking (DESIGN §1), for every family, through transformers' own hooks.
+"""Layer-wise image-block attention masking, for every family, through transformers' own hooks.
 
-**Semantics** (official MIMIC, kept exactly). In the chosen decoder layers of the language model a
-vision token attends only to earlier (causal) tokens of its *own* image: block-diagonal and causal, it
-sees neither the text prefix nor the other images. Text tokens keep ordinary causal attention over
-everything. A sample with fewer than two images is not masked. During generation only the prefill is
-masked; every decode step attends to everything before it. Padding stays masked throughout.
-
-**How it reaches the model.** transformers 5 dispatches every decoder attention call through
-``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. We register one function under
-:data:`ATTENTION_NAME` (:func:`register`) and switch *only the language model's* sub-config to it
-(:func:`enable`, via the framework's ``set_attn_implementation({"text_config": ...})``); vision towers
-keep their own implementation. The same name is registered in ``AttentionMaskInterface`` with the
-library's ``sdpa_mask``: ``create_causal_mask`` returns no mask at all for implementations it does not
-know, which would silently drop the padding. The attention module gives the layer (``module.layer_idx``).
-
-**Per-batch data.** ``generate()`` rejects unknown model kwargs, so the block ids of a batch
-(:meth:`mimic_utils.models.VLMAdapter.image_block_ids`) and the masked layers travel in a
-:class:`contextvars.ContextVar` set by :func:`image_blocks` (or :func:`mask_images` for an adapter and
-batch)::
+In the chosen decoder layers an image token attends only to earlier tokens of its own image; text keeps
+causal attention, one-image samples are unmasked and decode steps attend to everything (the official
+semantics). One function is registered in ``AttentionInterface`` and enabled for the language model only;
+a batch's block ids travel in a context, because ``generate()`` rejects unknown kwargs::
 
     masking.enable(adapter.model)                       # once; unchanged behaviour outside a context
     with masking.mask_images(adapter, batch, "second_half"):
-        logits = adapter.model(**batch.inputs).logits
         answers = adapter.generate(batch)
 
-Outside a context the registered function *is* transformers' ``sdpa_attention_forward`` (same call, same
-arguments), so a model switched to it gives bit-identical outputs. Inside a context a call is a
-*prefill* when queries and keys both cover the whole prompt the block ids describe; any other call
-(a decode step: one query against a longer cache) is plain SDPA, which is the "new tokens attend to
-everything" rule.
-
-**Two computations, one result.** ``mode="dense"`` is the reference: the model's boolean mask AND the
-block structure, through SDPA over all N² pairs. ``mode="blockwise"`` (default) never forms that mask:
-each image block runs its own causal SDPA over its n_i tokens, and text queries run one SDPA over all
-keys with the model's mask rows, so the cost follows Σ n_i² + T·N instead of N². Both agree to float
-tolerance (tested on all three families).
-
-**A third, for CUDA.** ``mode="flex"`` runs the masked samples through one
-``torch.nn.attention.flex_attention`` call whose ``BlockMask`` (:func:`flex_block_mask`) holds the same
-rule (the model's causal + padding mask AND the block structure); blocks of 128 × 128 pairs that are
-fully masked are skipped, so the cost follows Σ n_i² + T·N as for ``blockwise`` but in one fused kernel
-instead of one SDPA call per image. On CUDA it runs compiled (``torch.compile(flex_attention)``); on the
-CPU it runs flex's eager reference, which is correct but not fast, and has no backward (so it serves
-tests and inference there, not training). The block mask is built
-once per context and device and shared by every masked layer. It is selectable only: the default
-stays ``blockwise`` everywhere; :func:`preferred_mode` names ``flex`` for a CUDA device for callers that
-opt in. Samples with fewer than two images run transformers' SDPA, exactly as unmasked.
-
-**Observers.** :mod:`mimic_utils.attention` computes attention statistics on the fly: a context may
-carry observers, called at every prefill attention call with an :class:`AttentionCall` (layer, query,
-key, scaling, the effective mask on demand, block ids). They reduce immediately, so nothing grows with
-depth.
-
-*Caveat for training.* With gradient checkpointing the layer is recomputed during ``backward()``; keep
-``backward()`` inside the context. Python context variables do not reach autograd's device threads
-(CUDA), so checkpointed recomputation there would be unmasked: turn checkpointing off for masked runs.
+``mode`` picks one of three computations with one result: ``dense`` (the reference mask), ``blockwise``
+(one SDPA per image, the default) and ``flex`` (one ``flex_attention`` call, compiled on CUDA). Observers
+in a context see every prefill attention call (:mod:`mimic_utils.attention`). See docs/design.md
+(*Masking*) for the semantics, the layer specs and a caveat for gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -185,7 +143,8 @@ def causal_rows(rows: torch.Tensor | slice, length: int, device=None) -> torch.T
 
 
 def dense_mask(block_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, 1, S, S]`` bool: the full masked-layer mask (True = may attend), the reference of DESIGN §1.
+    """``[B, 1, S, S]`` bool: the full masked-layer mask (True = may attend): the reference
+    computation of the official semantics (docs/design.md, *Masking*).
 
     Causal AND padding (``attention_mask`` ``[B, S]``, 1 = real token) AND :func:`block_structure`.
     Padding queries get an all-False row, as transformers' own SDPA mask gives them.

@@ -1,65 +1,13 @@
-"""One interface for the real LVLM families of the study.
+"""One interface for the real LVLM families of the study: LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, InternVL.
 
-The study treats every model the same way: load it (:func:`load_adapter`, or
-:func:`adapter_from_model` for an in-memory tiny model), turn multi-image samples into model inputs
-with the official MIMIC prompt (:meth:`VLMAdapter.prepare`), answer greedily
-(:meth:`VLMAdapter.generate`), and look at where each image sits in the sequence
-(:meth:`VLMAdapter.image_block_ids`, :meth:`VLMAdapter.token_budget`).
-
-Families and their real transformers classes:
-
-====================  ===========================================  =========================
-family                model class                                  processor class
-====================  ===========================================  =========================
-``llava_onevision``   ``LlavaOnevisionForConditionalGeneration``   ``LlavaOnevisionProcessor``
-``qwen2_vl``          ``Qwen2VLForConditionalGeneration``          ``Qwen2VLProcessor``
-``qwen2_5_vl``        ``Qwen2_5_VLForConditionalGeneration``       ``Qwen2_5_VLProcessor``
-``internvl``          ``InternVLForConditionalGeneration``         ``InternVLProcessor`` (``-hf`` checkpoints)
-====================  ===========================================  =========================
-
-**Image tokens.** An image's block is the run of the family's placeholder token that the model
-overwrites with vision features (``<|image_pad|>``, ``<image>``, ``<IMG_CONTEXT>``). Everything the
-vision path produces lands there, including LLaVA-OV's learned ``image_newline`` (appended to every
-image's features, so it sits in the last position of each block). Delimiters that come from the
-tokenizer and keep their text embedding (``<|vision_start|>``/``<|vision_end|>``, ``<img>``/``</img>``)
-count as text: they are identical for every image, carry no pixels, and the masking semantics of
-DESIGN §1 concern what the vision tower wrote. :meth:`VLMAdapter.image_block_ids` gives, per token,
-the image index 0..n-1 within its sample or -1 for text; the per-image lengths come from the
-processor's own expansion of each placeholder (``return_text_replacement_offsets``).
-
-**1D pooling** (sequence-length experiment, DESIGN §1). ``prepare(samples, pool=r)`` runs the vision
-path once (``model.get_image_features``, the same call ``generate()`` makes before prefill), takes
-each image's flattened feature run (L, D) — exactly the tokens of its block, so for LLaVA-OV the
-``image_newline`` is the last of the L and is averaged into the last group — zero-pads it to a multiple
-of r and averages groups of r consecutive tokens, leaving ⌈L/r⌉ tokens. The prompt keeps ⌈L/r⌉
-placeholders per image (the tokens at offsets 0, r, 2r, … of each run). The pooled features enter the
-model through ``mm_encoder_outputs``, the framework's input for precomputed encoder outputs, which both
-``forward`` and ``generate`` accept; no forward is patched and no hook is needed.
-
-*Qwen2-VL / Qwen2.5-VL positions.* Their M-RoPE positions are derived from ``image_grid_thw``, which
-no longer matches the shortened prompt. We compute the positions of the full prompt with the model's
-own ``get_rope_index`` and keep those of the surviving tokens: a pooled token takes the (t, h, w)
-position of the first token of its group, and the text keeps its original positions (an image
-advances M-RoPE by max(h, w) whatever its token count, so the text after it is where it always was).
-These explicit ``position_ids`` (with the text-position row ``generate()`` expects, shape
-``[4, batch, seq]``) go with the inputs; ``generate()`` extends them by one per new token, as it does
-for its own.
-
-**Settings.** ``adapter.settings`` is a plain dict recorded with every prediction: model, revision,
-dtype, quantization, attention implementation, the prompt layout (:func:`mimic_utils.prompts.prompt_settings`)
-and the preprocessing that moves scores (settable through ``preprocessing=``, see
-:data:`PREPROCESSING_KEYS`): LLaVA-OV multi-image handling (``multi_image="pad"``, HF's and the official
-default: each image of a multi-image sample is padded to a square with the mean colour and resized to
-the base resolution, no anyres tiles; ``"anyres"`` tiles every image as a one-image sample is tiled),
-its ``vision_aspect_ratio`` and ``image_grid_pinpoints``; Qwen2-VL ``min_pixels``/``max_pixels``;
-InternVL tiles per image (``crop_to_patches``, ``min_patches``, ``max_patches``). The pooling factor
-belongs to each batch (``Batch.pool``) and is recorded by the caller.
-
-**Later: masking and attention analysis.** Custom attention functions register through
-``transformers.AttentionInterface``; load with ``attn_implementation=<name>`` or call
-``adapter.model.set_attn_implementation(name)``. ``generate()`` rejects unknown model kwargs, so the
-per-batch block ids (:meth:`VLMAdapter.image_block_ids`) must reach the attention function through a
-context (e.g. a context variable set around the call), not through ``generate``'s kwargs.
+Every model is treated the same way: load it (:func:`load_adapter`, or :func:`adapter_from_model` for an
+in-memory tiny model), turn multi-image samples into model inputs with the official MIMIC prompt
+(:meth:`VLMAdapter.prepare`, optionally with 1D pooling of each image's tokens), answer greedily
+(:meth:`VLMAdapter.generate`), and find where each image sits in the sequence
+(:meth:`VLMAdapter.image_block_ids`, :meth:`VLMAdapter.token_budget`). ``adapter.settings`` records the
+model, dtype, quantization, prompt layout and the preprocessing that moves scores with every prediction.
+What counts as an image token, how pooling keeps M-RoPE positions, and the preprocessing settings are in
+docs/design.md (*Image tokens and 1D pooling*, *Preprocessing settings*).
 """
 
 from __future__ import annotations
@@ -581,7 +529,8 @@ class Batch:
 
 
 def pool_tokens(features: torch.Tensor, r: int) -> torch.Tensor:
-    """1D pooling of one image's tokens ``(L, D)`` → ``(⌈L/r⌉, D)`` (DESIGN §1).
+    """1D pooling of one image's tokens ``(L, D)`` → ``(⌈L/r⌉, D)``
+    (docs/design.md, *Image tokens and 1D pooling*).
 
     Zero-pads to a multiple of r, then averages each group of r consecutive tokens (the padded zeros
     count in the last group's mean, as in average pooling with zero padding).

@@ -2,22 +2,13 @@
 
     python -m mimic_utils.organism --profile cpu      # or: make organism
 
-It is built the way the paper's LVLMs are, in miniature (DESIGN §3), because we measured that training
-the tiny model end to end on questions does not learn to look at the image:
-
-* **Stage 0 — vision pretraining**, our stand-in for CLIP/SigLIP: the vision tower and its patch merger
-  learn dense box supervision from the scene world. Each merged vision token (a 28 px cell) predicts the
-  category whose object centre lies in its cell, or background (one softmax, object cells weighted
-  ``cell_weight``), and a pooled head regresses per-category counts.
-* **Stage 1 — alignment**: vision frozen; the merger and the language model learn scene descriptions
-  ("2 dog, 1 cat").
-* **Stage 2 — single-image instruction tuning**: the four MIMIC question types and presence, asked of
-  one image only — so the organism is a single-image solver, as the paper describes real LVLMs.
-
-Stages 1 and 2 reuse the frozen tower's block outputs, computed once, and feed them to the model through
-its own ``mm_encoder_outputs`` argument; only the merger and the language model run per step. Every
-stage checkpoints, resumes, logs its loss, and the final model is evaluated on held-out single-image
-questions through the same adapter and scorer as any real checkpoint.
+Trained end to end on questions the tiny model does not learn to look at the image, so it is built the
+way the paper's LVLMs are, in miniature: stage 0 pretrains the vision tower on dense box supervision (our
+stand-in for CLIP/SigLIP), stage 1 aligns the merger and language model on scene descriptions, stage 2
+tunes them on single-image questions. Stages 1 and 2 reuse the frozen tower's outputs; every stage
+checkpoints and resumes; the final model is scored on held-out single-image questions through the same
+adapter and scorers as any checkpoint, and :mod:`mimic_utils.organism_card` writes its card. The recipe
+and why: docs/organism.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,12 @@
 """The embedded scene world: seeded procedural images of OpenMoji pictograms of real COCO categories.
 
 The study needs COCO-format and OpenImages-format data that every machine can rebuild offline in seconds.
-Each image is a background (one of several *families*, so that different draws look different) with
-0..N pictograms pasted at random scales and positions. Categories keep their true COCO 2017 ids, names and
-supercategories, so that the builders downstream cannot tell this world from the real datasets except by
-its pixels: they read it through :func:`mimic_utils.sources.read_coco` and
-:func:`mimic_utils.sources.read_openimages`, exactly like real data.
-
-Design choices and why:
-
-* **Sprites are rasterised once** from OpenMoji's COLR0 font, cropped to their visible (alpha) box, and
-  resized once per (category, size) pair; composition is plain numpy alpha blending. That keeps
-  thousands of images per second within reach on two cores (see ``python -m mimic_utils.perf scenes``).
-* **Every image has its own random stream** ``default_rng([seed, stream, index])``: an image does not
-  depend on how many images came before it, the COCO and OpenImages draws never share a stream even with
-  the same seed, and outputs are byte-identical for the same seed and parameters.
-* **Overlap is bounded**: the summed intersection of an object's box with every other box is at most
-  ``max_covered`` of its area (an upper bound on the covered fraction), so a person could count every object.
-* **Boxes are exact**: the bounding box of the pasted sprite's visible pixels (alpha above
-  :data:`ALPHA_THRESHOLD`), clipped to the image.
-* **Outputs are atomic**: each file is written under a temporary name and renamed; the annotation files
-  are written last, so their presence means the split is complete.
-
-Glyph choices (checked by eye on a contact sheet at 20-36 px) are documented on :data:`CATEGORIES` and
-:data:`DROPPED_GLYPHS`.
+Each image is a background (one of several families, so that different draws look different) with 0..N
+pictograms pasted at random scales and positions, overlap bounded so every object stays countable.
+Categories keep their true COCO 2017 ids, names and supercategories; every image has its own random
+stream, so the same seed gives the same pixels. :mod:`mimic_utils.scene_formats` writes the draws in the
+real datasets' formats. Glyph choices are documented on :data:`CATEGORIES` and :data:`DROPPED_GLYPHS`;
+the design is in docs/design.md (*The scene world*).
 """
 
 from __future__ import annotations
@@ -151,8 +134,9 @@ DROPPED_GLYPHS: dict[str, str] = {
     "hair drier": "no glyph",
 }
 
-#: The default world (DESIGN §3): 30 categories, 5 in each of 6 supercategories, chosen for distinct
-#: colours and silhouettes at 20-36 px (e.g. dog rather than cat, which has the same orange body).
+#: The default world (docs/design.md, *The scene world*): 30 categories, 5 in each of 6 supercategories,
+#: chosen for distinct colours and silhouettes at 20-36 px (e.g. dog rather than cat, which has the same
+#: orange body).
 #: No name is a substring of another (pizza rather than carrot, which contains "car"): the official Common
 #: and Odd-One scorers use substring match, so "carrot" would count as a correct "car".
 DEFAULT_CATEGORY_NAMES: tuple[str, ...] = (
@@ -188,7 +172,7 @@ class SceneError(ValueError):
 
 @dataclass(frozen=True)
 class SceneParams:
-    """Everything that shapes a draw. Defaults are the organism's world (DESIGN §3).
+    """Everything that shapes a draw. Defaults are the organism's world (docs/organism.md).
 
     ``min_object_px`` / ``max_object_px`` bound the longer side of an object's box (the visible box can be a
     pixel or two shorter than the drawn size: anti-aliased edges below :data:`ALPHA_THRESHOLD` do not count).

@@ -10,7 +10,7 @@ whole study (and its tests) runs on them unchanged.
 - :func:`build_processor` – the family's real processor class around that tokenizer.
 - :func:`build_tiny` – ``(model, processor)`` for ``qwen2_vl``, ``qwen2_5_vl``, ``llava_onevision`` or
   ``internvl``.
-- :func:`organism_config` / :func:`build_organism` – the Qwen2-VL model organism of DESIGN §3.
+- :func:`organism_config` / :func:`build_organism` – the Qwen2-VL model organism (docs/organism.md).
 - :func:`save_tiny` – ``save_pretrained`` of both (safetensors); load it back with
   :func:`mimic_utils.models.load_adapter`.
 
@@ -478,7 +478,7 @@ def internvl_config(tokenizer, image_size: int = INTERNVL_TILE_SIZE, text_hidden
 
 
 def organism_config(tokenizer=None):
-    """The Qwen2-VL model organism of DESIGN §3 (about 5M parameters).
+    """The Qwen2-VL model organism (docs/organism.md; about 5M parameters).
 
     Text: hidden 256 × 4 layers (4 heads, 2 KV heads, MLP 768), embeddings tied to the LM head.
     Vision: depth 4 × hidden 128 (4 heads, MLP ratio 4), patch 14, spatial merge 2: a 112 px image is

@@ -1,5 +1,5 @@
-"""Image-block masking (DESIGN §1) on tiny models of the three families of the study, through the
-registered attention function: the mask pattern, exact zeros where a vision token must not look, text and
+"""Image-block masking (docs/design.md, *Masking*) on tiny models of the three families of the study,
+through the registered attention function: the mask pattern, exact zeros where a vision token must not look, text and
 earlier layers untouched, blockwise = dense, one-image samples and the outside of the context unchanged,
 generation with a masked prefill and unmasked decode steps, and the layer specs."""
 
