@@ -97,11 +97,15 @@ def bench_scenes(args: argparse.Namespace) -> dict:
     }
 
 
+def _seed_and_target_seconds(parser: argparse.ArgumentParser, target: float) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=target, help="target seconds (for the ratio)")
+
+
 def _scenes_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=2000, help="images to draw")
     parser.add_argument("--size", type=int, default=224, help="image size in px (objects scale with it)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=20.0, help="target seconds (for the ratio)")
+    _seed_and_target_seconds(parser, 20.0)
 
 
 def bench_questions(args: argparse.Namespace) -> dict:
@@ -131,8 +135,7 @@ def bench_questions(args: argparse.Namespace) -> dict:
 def _questions_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=10000, help="about this many questions")
     parser.add_argument("--images", type=int, default=10000, help="images in the source index")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=30.0, help="target seconds (for the ratio)")
+    _seed_and_target_seconds(parser, 30.0)
 
 
 def _timed(run: Callable[[], object], repeats: int) -> dict:
@@ -447,11 +450,16 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
     }
 
 
-def _evaluation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="cpu", help="whose notebook-01 benchmark to read")
+def _study_questions_args(parser: argparse.ArgumentParser, reads: str, n: int) -> None:
+    """The profile whose notebook-01 outputs are read, the model, and ``--n`` questions of the images sweep."""
+    parser.add_argument("--profile", default="cpu", help=f"whose notebook-01 {reads} to read")
     parser.add_argument("--model", default="outputs/cpu/models/base")
-    parser.add_argument("--n", type=int, default=256, help="questions, drawn at random from the images sweep")
+    parser.add_argument("--n", type=int, default=n, help="questions, drawn at random from the images sweep")
     parser.add_argument("--seed", type=int, default=0, help="seed of that draw")
+
+
+def _evaluation_args(parser: argparse.ArgumentParser) -> None:
+    _study_questions_args(parser, "benchmark", 256)
     parser.add_argument("--images", type=int, default=None, help="only questions with this many images")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -551,11 +559,8 @@ def bench_vision_cache(args: argparse.Namespace) -> dict:
 
 
 def _vision_cache_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="cpu", help="whose notebook-01 benchmark and training data to read")
-    parser.add_argument("--model", default="outputs/cpu/models/base")
+    _study_questions_args(parser, "benchmark and training data", 192)
     parser.add_argument("--models", type=int, default=3, help="models sharing the tower (the organism + variants)")
-    parser.add_argument("--n", type=int, default=192, help="questions, drawn at random from the images sweep")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40, help="finetuning steps timed with and without the cache")
     parser.add_argument("--threads", type=int, default=2)
