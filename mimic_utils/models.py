@@ -306,15 +306,7 @@ def load_adapter(
     if quantization is None:
         model = model.to(device)
     model.eval()
-    settings = {
-        "model": source,
-        "revision": revision,
-        "commit": getattr(config, "_commit_hash", None),
-        "quantization": quantization,
-        "trust_remote_code": trust_remote_code,
-    }
-    if Path(source).is_dir():
-        settings["weights_sha256"] = weights_fingerprint(Path(source))
+    settings = _loaded_settings(source, config, revision, quantization, trust_remote_code)
     adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
     _apply_saved_mask(adapter, Path(source))
     return adapter
@@ -362,6 +354,21 @@ def _pretrained_options(config, spec: FamilySpec, dtype, device: str, attn_imple
         options["quantization_config"] = quantization_config(quantization, compute, keep=(spec.projector,))
         options["device_map"] = {"": device}
     return options
+
+
+def _loaded_settings(source: str, config, revision: str | None, quantization: str | None,
+                     trust_remote_code: bool) -> dict:
+    """What a loaded checkpoint adds to the recorded settings: where it came from, and its weights' hash."""
+    settings = {
+        "model": source,
+        "revision": revision,
+        "commit": getattr(config, "_commit_hash", None),
+        "quantization": quantization,
+        "trust_remote_code": trust_remote_code,
+    }
+    if Path(source).is_dir():
+        settings["weights_sha256"] = weights_fingerprint(Path(source))
+    return settings
 
 
 def _apply_saved_mask(adapter: VLMAdapter, folder: Path) -> None:
