@@ -1,10 +1,13 @@
 """Helper package of the MIMIC study: every notebook in ``notebooks/`` is a thin narrative over these modules.
 
-Modules are named for their concern (see ../shared/DESIGN.md §2): ``scenes`` draws the embedded image world,
-``sources`` reads COCO / OpenImages annotations into one index, ``tasks`` and ``benchmark`` build and store MIMIC,
-``traindata`` writes multi-image training conversations, ``models`` and ``tiny`` load real and tiny VLMs,
-``prompts``, ``evaluate`` and ``scoring`` run and score them, ``masking`` and ``attention`` reach into attention,
-``finetune`` trains, ``benchmarks`` loads the public multi-image sets, ``plots`` draws, ``runner`` executes the study.
+One module per concern (the README's module table lists them all; docs/design.md explains the design):
+``scenes`` draws the embedded image world and ``scene_formats`` writes it as COCO / OpenImages files,
+``sources`` reads those formats into one index, ``tasks`` and ``mimic_benchmark`` build and store MIMIC,
+``traindata`` writes training conversations, ``models`` and ``tiny`` load real and tiny VLMs,
+``prompts``, ``evaluate`` and ``scoring`` ask and score them, ``masking``, ``attention`` and ``compute``
+reach into attention, ``finetune`` and ``organism`` train, ``external_benchmarks`` and ``scene_ood`` hold
+the public multi-image benchmarks, ``stats``, ``claims``, ``analysis``, ``transfer`` and ``report`` turn
+predictions into findings, ``runner`` executes the study and ``perf`` measures it.
 """
 
 __version__ = "0.1.0"

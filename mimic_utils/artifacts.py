@@ -1,6 +1,6 @@
 """Where the study's files live and how they are written.
 
-Every artifact is a plain file under ``outputs/<profile>/`` (DESIGN §2). Writes are atomic — the content
+Every artifact is a plain file under ``outputs/<profile>/`` (docs/design.md, *Files*). Writes are atomic — the content
 goes to a temporary name in the same folder and is renamed into place — so an interrupted run never
 leaves a half-written JSON, CSV or figure behind for a later notebook to trust.
 """

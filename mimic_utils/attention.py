@@ -1,37 +1,13 @@
-"""Where attention goes, layer by layer (issue 7): within an image, across images, to the text.
+"""Where attention goes, layer by layer: within an image, across images, to the text.
 
-Per decoder layer and sample we measure two things.
-
-- **Vision queries.** For every image token, the share of its attention mass on its own image
-  (``same_image``), on the other images (``other_images``) and on text (``text``: every non-image
-  token, the delimiters and the query itself included); averaged over the sample's image tokens (each
-  query counts once) and over heads unless ``per_head``.
-- **The answer position.** The last prompt token, whose output predicts the first answer token: its
-  share on each image (``image_0`` … ``image_{n-1}``) and on ``text``.
-
-Each (sample, layer, query kind) sums to 1. :func:`collect` returns a long table — ``sample, n_images,
-layer, depth`` (= layer / (L − 1)) ``, query_kind, target, share, uniform`` [``, head``] — and
-:func:`aggregate` adds means with 95% intervals over samples.
-
-**Against uniform attention.** A raw share says little alone: a token of the third image can see two
-earlier images, one of the first image none, so "cross-image" attention has a different ceiling for
-every query. Next to each measured share we record ``uniform``: the share the same query would give if
-it spread its attention evenly over every key it may see (the model's causal and padding mask, without
-the image-block mask — so a masked layer reads 0 against a nonzero reference). It depends only on the
-block ids and the mask, so it costs one extra matmul per chunk. ``ratio`` = measured / uniform (ratio of
-means over samples, bootstrap interval) is > 1 where attention favours those keys, < 1 where it avoids
-them; the depth trend of the claim (:func:`fade_effect`) and the ``auto`` layer
-(:func:`find_low_cross_layer`) are read on it.
-
-**Streaming.** Nothing waits for the end of the forward pass. The statistics ride on the masking
-attention function of :mod:`mimic_utils.masking`: a :class:`ShareCollector` is an observer in its
-context, called at each layer's prefill attention call with that layer's query and key; it recomputes the
-layer's attention weights a chunk of query rows at a time (:meth:`~mimic_utils.masking.AttentionCall.probabilities`,
-the same mask the layer used), reduces them to a few numbers per sample and lets them go. Memory is one
-chunk of one layer, whatever the depth — unlike ``output_attentions=True``, which keeps every layer's
-``[B, H, S, S]`` map (and needs eager attention). The same reduction applied to eager's maps
-(:func:`shares_from_attentions`) gives the same numbers; the tests check it. With masked layers
-(``mask_layers``) the statistics are those of the masked model.
+:func:`collect` returns a long table, per sample, layer and query kind, of attention shares: image tokens'
+share on their own image, on the other images and on text, and the answer position's share on each image
+and on text — each next to ``uniform``, the share the same query would give attending evenly to every key
+it may see, because a raw share has a different ceiling for every query. :func:`aggregate` adds means with
+95% intervals over samples; :func:`fade_effect` and :func:`find_low_cross_layer` read the depth trend and
+the ``"auto"`` masking layer on the measured/uniform ratio. The statistics are computed on the fly by an
+observer of the masking attention function, one chunk of one layer at a time, so memory does not grow
+with depth (docs/design.md, *Attention statistics*).
 """
 
 from __future__ import annotations
@@ -42,7 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from mimic_utils import masking
 from mimic_utils.stats import N_BOOT, change_word, interval_text
@@ -245,9 +223,6 @@ def collect(
     or indices; ``None`` measures the unmasked model). The model is switched to the masking attention for
     the call and restored afterwards. ``pool`` is the 1D pooling factor of :meth:`VLMAdapter.prepare`.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
     if mask_layers is None:  # a model trained with a mask is measured with it, as it is always run
         mask_layers = list(getattr(adapter, "mask_layers", ()))
     layers = masking.parse_layers(mask_layers, masking.num_text_layers(adapter.model), auto_layer)
@@ -271,8 +246,6 @@ def shares_from_attentions(
 ):
     """The same table from full attention maps (``output_attentions=True`` with eager attention): the
     reference the streaming statistics are tested against."""
-    import pandas as pd
-
     ids = list(range(block_ids.shape[0])) if sample_ids is None else list(sample_ids)
     answers = answer_positions(attention_mask)
     visible = causal_visible(attention_mask)
@@ -350,8 +323,6 @@ def versus_uniform(table, query_kind: str = "vision", target: str = "other_image
     """Measured and uniform shares of one (query kind, target) as two lines named ``label`` and
     ``reference``, with ``depth, mean, ci_low, ci_high`` — the shape :func:`mimic_utils.plots.attention_depth`
     draws (one line per ``target``)."""
-    import pandas as pd
-
     rows = table[(table["query_kind"] == query_kind) & (table["target"] == target)]
     rows = rows.groupby(["layer", "depth", "query_kind"], as_index=False).mean(numeric_only=True)  # over heads
     line = ["layer", "depth", "query_kind", "mean", "ci_low", "ci_high"]
@@ -461,8 +432,6 @@ def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, a
     """For one sample, per layer: the mean attention mass each image block's queries (and the answer
     position) put on each image block and on the text, averaged over heads — a ``pandas.DataFrame`` with
     ``layer, depth, query, key, share``. Streams like :func:`collect` (one layer's map at a time)."""
-    import pandas as pd
-
     batch = adapter.prepare([sample])
     block_ids = adapter.image_block_ids(batch)
     answer = int(answer_positions(batch.inputs["attention_mask"])[0])

@@ -21,10 +21,16 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+import pandas as pd
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mimic_utils.models import model_fingerprint
+from mimic_utils.artifacts import repo_root, write_text
+from mimic_utils.models import load_adapter, model_fingerprint
+from mimic_utils.prediction_cache import open_cache, question_key
 from mimic_utils.scoring import aggregate, score_sample
 from mimic_utils.traindata import prompt_family
 
@@ -109,10 +115,6 @@ def process_state():
     without it, two processes on a machine without GPUs each believe they are alone and write the same
     file. So CPU is asked for when there is no GPU or ``ACCELERATE_USE_CPU`` is set.
     """
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
@@ -134,8 +136,6 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
     question in any notebook are read from :mod:`mimic_utils.prediction_cache` (under ``reuse_dir``, by
     default ``$MIMIC_CACHE_DIR/predictions``) instead of being generated again.
     """
-    from mimic_utils.prediction_cache import open_cache, question_key
-
     state = process_state()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,8 +182,6 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
 
 def rewrite_clean(path: Path) -> None:
     """Drop a torn last line before appending, so the file stays valid JSONL."""
-    from mimic_utils.artifacts import write_text
-
     if path.is_file():
         text = "".join(dump_row(r) for r in read_predictions(path))
         if text != path.read_text(encoding="utf-8"):
@@ -202,8 +200,6 @@ def discard_stale(path: Path, fingerprint: str, may_delete: bool = True) -> None
 
 
 def _merge_shards(out_path: Path, world: int) -> None:
-    from mimic_utils.artifacts import write_text
-
     rows = {}
     for rank in range(world):
         for row in read_predictions(out_path.with_suffix(f".rank{rank}.jsonl")):
@@ -246,9 +242,6 @@ def load_under_study(spec: dict, root: Path | None = None):
     (the organism, ``outputs/cpu/models/base``, under ``cpu`` and ``smoke``). The other keys go to
     :func:`mimic_utils.models.load_adapter`; an unknown key is refused with its name.
     """
-    from mimic_utils.artifacts import repo_root
-    from mimic_utils.models import load_adapter
-
     unknown = sorted(set(spec) - MODEL_SPEC_KEYS)
     if unknown:
         raise ValueError(f"model entry {spec.get('name', spec.get('source'))!r}: unknown key(s) {unknown}; "
@@ -271,8 +264,6 @@ def load_under_study(spec: dict, root: Path | None = None):
 def token_budget_table(adapters: dict, records: list[dict], n_images: tuple[int, ...] = (1, 2, 4, 10),
                        pool: int = 1) -> "pd.DataFrame":
     """Vision and text tokens of one real sample per image count, per model (for the notebooks' tables)."""
-    import pandas as pd
-
     table = []
     for name, adapter in adapters.items():
         for n in n_images:
@@ -298,7 +289,5 @@ def pooled_runs(adapter, name: str, records: list[dict], factors: list[int], pre
 
 def pooled_token_budget(adapters: dict, records: list[dict], factors: list[int]) -> "pd.DataFrame":
     """Vision tokens per sample at each image count of ``records`` and each pooling factor, per model."""
-    import pandas as pd
-
     counts = tuple(sorted({len(r["images"]) for r in records}))
     return pd.concat([token_budget_table(adapters, records, counts, pool=r) for r in factors], ignore_index=True)

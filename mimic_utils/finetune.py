@@ -25,16 +25,27 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import random
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
+from accelerate import Accelerator
 from torch import nn
+from tqdm.auto import tqdm
+
+from mimic_utils import traindata
+from mimic_utils.artifacts import atomic_path, output_dir, profile_dir, repo_root, write_json
+from mimic_utils.evaluate import load_images, load_under_study
+from mimic_utils.masking import parse_layers
+from mimic_utils.models import get_family, load_adapter, model_fingerprint
+from mimic_utils.traindata import HUB_FAMILY, prompt_family
 
 # --- the loop every training in the study shares (the organism's stages too) -----------------------
 
@@ -80,8 +91,6 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
     ``evaluate()`` returns held-out metrics logged every ``eval_every`` steps and at the end. ``save_keys``
     limits checkpoints to those state-dict entries (the trained ones), so a large frozen base is not copied.
     """
-    from tqdm.auto import tqdm
-
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     start = _resume(checkpoint, module, optimizer, log, name, schedule.steps)
     if start >= schedule.steps:
@@ -144,8 +153,6 @@ def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], nam
 def save_checkpoint(path: Path, module: nn.Module, optimizer, step: int, log: list[dict],
                     keys: set[str] | None = None) -> None:
     """Atomically save the (trained part of the) module, the optimizer, the step and the loss log."""
-    from mimic_utils.artifacts import atomic_path
-
     weights = module.state_dict()
     if keys is not None:
         weights = {k: v for k, v in weights.items() if k in keys}
@@ -188,8 +195,6 @@ class FinetuneConfig:
 def run_digest(config: FinetuneConfig, adapter, records: list[dict]) -> str:
     """Checkpoints are resumed only by the same run: same configuration, same starting model (weights,
     mask, preprocessing) and the same training conversations."""
-    from mimic_utils.models import model_fingerprint
-
     data = hashlib.sha256("\n".join(sorted(r["id"] for r in records)).encode()).hexdigest()
     key = json.dumps([config.digest(), model_fingerprint(adapter.settings), data], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -217,9 +222,8 @@ def apply_lora(adapter, r: int = 128, alpha: int = 32, dropout: float = 0.05, kb
     """Wrap ``adapter.model`` with peft LoRA (official shape by default: r 128, alpha 32, dropout 0.05) on
     :data:`LORA_TARGETS`; the projector is trained in full (``modules_to_save``). With ``kbit`` (a 4-bit
     base on CUDA) ``prepare_model_for_kbit_training`` runs first. Returns the trained parameter names."""
+    # peft takes seconds to import and only LoRA runs need it
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from mimic_utils.models import get_family
 
     if kbit:
         adapter.model = prepare_model_for_kbit_training(adapter.model, use_gradient_checkpointing=False)
@@ -232,9 +236,6 @@ def apply_lora(adapter, r: int = 128, alpha: int = 32, dropout: float = 0.05, kb
 def sft_loss(adapter, records: list[dict], model: nn.Module | None = None) -> torch.Tensor:
     """Cross-entropy on the answer and end-of-turn tokens of a batch of conversations (left-padded),
     the forward run through ``model`` (the accelerator-prepared wrapper) when given."""
-    from mimic_utils.evaluate import load_images
-    from mimic_utils.traindata import prompt_family
-
     samples = [{"images": load_images(r["images"]), "question": r["question"], "task_family": prompt_family(r["family"])}
                for r in records]
     # the vision cache runs the live projector outside ``model``'s forward, which a DDP/FSDP wrapper
@@ -258,8 +259,6 @@ def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size:
 def split_conversations(records: list[dict], max_images: int) -> tuple[list[dict], list[dict]]:
     """(multi-image, single-image) conversations, dropping samples above ``max_images`` images; a
     one-image conversation mixed in from the hub counts as single-image."""
-    from mimic_utils.traindata import HUB_FAMILY
-
     def is_single(r: dict) -> bool:
         return r["origin"] == "single" or (r["origin"] == HUB_FAMILY and len(r["images"]) == 1)
 
@@ -304,8 +303,6 @@ def merge_lora(adapter, out_dir: Path, reload_base=None) -> nn.Module:
 
 def _reload_unquantized(adapter) -> nn.Module:
     """The adapter's base checkpoint again, same revision, dtype and device, without quantisation."""
-    from mimic_utils.models import load_adapter
-
     s = adapter.settings
     dtype = s.get("dtype") if s.get("dtype") not in (None, "auto") else "bfloat16"
     return load_adapter(s["model"], family=s["family"], dtype=dtype, device=s.get("device", "cpu"),
@@ -321,10 +318,6 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
     ``loss.csv`` beside the model. Under ``accelerate launch`` pass the ``Accelerator``: only its main
     process writes.
     """
-    import pandas as pd
-
-    from mimic_utils.artifacts import write_json
-
     out_dir = Path(out_dir)
     multi, single = split_conversations(records, config.max_images)
     if not multi:
@@ -388,8 +381,6 @@ def resolve_ablation(ablation: dict[str, str], num_layers: int,
     one sentence per variant that is dropped or merged — ``auto`` without a layer from notebook 03 is not
     trained at all, rather than silently becoming another variant.
     """
-    from mimic_utils.masking import parse_layers
-
     distinct: dict[str, tuple[int, ...]] = {}
     aliases: dict[str, str] = {}
     notes: list[str] = []
@@ -414,8 +405,6 @@ def train_masked_lora(adapter, layers: tuple[int, ...], records: list[dict], con
     """One ablation run: the mask on ``layers``, then LoRA with ``config`` under ``seed``. The seed is set
     before LoRA wraps the model, so LoRA's random initial matrices belong to the seed too (the batches and
     dropout already follow ``config.seed``): two runs with one seed differ only in their mask."""
-    from dataclasses import replace
-
     adapter.set_mask(list(layers))
     torch.manual_seed(seed)
     return finetune(adapter, records, replace(config, seed=seed), out_dir, progress=False, name="masked_lora")
@@ -445,9 +434,7 @@ def seed_average(runs: list[list[dict]]) -> list[dict]:
 def training_inputs(profile: str, notebook: str, root: Path | None = None) -> tuple[dict, FinetuneConfig, list[dict], Path]:
     """(base model entry, config, conversations incl. hub mixes, output folder) of a finetuning notebook's
     parameter file — what the notebook itself trains on, so a launched run and the notebook share checkpoints."""
-    from mimic_utils import runner, traindata
-    from mimic_utils.artifacts import output_dir, profile_dir, repo_root
-
+    from mimic_utils import runner  # the parameter files; kept out of the library's imports
     root = root or repo_root()
     matches = [nb for nb in runner.discover(profile, root) if notebook in (nb.stem, nb.number)]
     if not matches:
@@ -467,12 +454,6 @@ def main(argv: list[str] | None = None) -> int:
     """``accelerate launch -m mimic_utils.finetune --profile paper``: train what notebook 04 trains, on every
     process accelerate starts (DDP, FSDP or DeepSpeed as its config says); the notebook then finds the
     finished checkpoint, skips training and evaluates."""
-    import argparse
-
-    from accelerate import Accelerator
-
-    from mimic_utils.evaluate import load_under_study
-
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.finetune", description=main.__doc__.split(";")[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--notebook", default="04_data_centric_finetune")

@@ -1,41 +1,11 @@
 """Our MIMIC in lmms-eval, side by side with our harness: ``make interop`` (``python -m mimic_utils.interop``).
 
-It runs inside ``.venv-interop``: lmms-eval 0.7.3 installed with ``--no-deps`` beside the torch and
-transformers pinned in ``requirements.txt`` and its light dependencies, never torchvision (see the
-Makefile). In one process it
-
-1. builds a small benchmark in the smoke profile's scene world (:data:`PLAN`: 20 questions per task, 3 to
-   8 images), its HF export and its lmms-eval task folder (:func:`mimic_utils.lmms_tasks.write_task_folder`)
-   under ``tmp/outputs/interop``;
-2. loads that folder through lmms-eval's own ``TaskManager(include_path=…)`` and checks every visual list
-   and prompt it builds (``doc_to_visual``, ``doc_to_text`` as a simple class prefixes it, and
-   ``doc_to_messages`` through the chat template) against our harness's;
-3. runs our batched harness (:func:`mimic_utils.evaluate.run`) over the same questions with the committed
-   organism (``outputs/cpu/models/base``), and once more one question at a time;
-4. scores our harness's outputs with lmms-eval's ``process_results`` and aggregation, per task, against
-   our metrics;
-5. runs the organism end to end through lmms-eval (``simple_evaluate``, default batch size) with
-   :class:`MimicHuggingface`, compares its answers and metrics with ours, and times both;
-6. writes ``outputs/bench/lmms_eval.json`` (agreement of prompts, scores and answers; both speeds and
-   their ratio; versions).
-
-The model class
----------------
-lmms-eval's ``qwen2_vl`` class needs ``qwen_vl_utils``, which needs torchvision, and PyPI's torchvision
-does not import beside the CPU torch pinned here. Its generic chat class ``huggingface``
-(``lmms_eval.models.chat.huggingface.Huggingface``) handles any ``AutoModelForImageTextToText`` model,
-Qwen2-VL included, with the model's own chat template, but its constructor loads the processor through
-``AutoProcessor``, which builds Qwen2-VL's video processor and so needs torchvision as well, and it casts
-every model to bfloat16; and its ``generate_until`` calls the processor with ``audios=[]``, which
-transformers 5 refuses ("use ``audio``"). :class:`MimicHuggingface` therefore subclasses it and replaces
-only the constructor: the model in the dtype it was saved in, the processor assembled without torchvision
-(:func:`mimic_utils.models.load_processor`, as our harness loads it) and called through a small wrapper
-that drops the empty ``audios``/``videos`` lists. Everything that answers a request
-(collation, ``doc_to_messages``, chat template, processor call, ``generate``, decoding) is lmms-eval's own
-``Huggingface.generate_until``, unchanged. It is registered under the name ``mimic_hf`` through
-lmms-eval's model registry (:data:`MANIFEST`, a ``ModelManifest``, which is also what an
-``lmms_eval.models`` entry point would provide) and run by that name. Where torchvision imports, the
-stock ``--model huggingface`` reads the same task folder.
+Inside ``.venv-interop`` (lmms-eval 0.7.3 beside the pinned torch and transformers, never torchvision) it
+builds a small benchmark and its task folder, checks that lmms-eval's prompts and visuals equal ours,
+scores our answers with lmms-eval's own scorers, runs the organism end to end through lmms-eval with
+:class:`MimicHuggingface` (lmms-eval's ``huggingface`` class with a constructor that needs no
+torchvision), and writes the agreement and both speeds to ``outputs/bench/lmms_eval.json``. The steps
+and why the model class is what it is: docs/lmms_eval.md.
 """
 
 from __future__ import annotations
@@ -45,13 +15,17 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mimic_utils import evaluate, lmms_tasks, prompts
+from mimic_utils import evaluate, lmms_tasks, mimic_benchmark, prompts, scene_formats, scenes, sources
 from mimic_utils.artifacts import repo_root
+from mimic_utils.models import family_for_model_type, load_processor
+from mimic_utils.perf import write_result
 
 PROFILE = "interop"
 MODEL = "outputs/cpu/models/base"
@@ -75,13 +49,12 @@ CLASS_PATH = f"{__name__}.MimicHuggingface"
 
 def build(out: Path, root: Path) -> list[dict]:
     """The interop benchmark's records (absolute image paths), exported with their task folder."""
-    from mimic_utils import benchmark, scenes, sources
-
     world = scenes.SceneParams(**SCENES["params"])
-    coco_json = scenes.write_coco_split(out / "scenes", SCENES["n_images"], SCENES["seed"], world, progress=False)
-    plan = benchmark.BenchmarkPlan.from_dict({**PLAN, "seed": SCENES["seed"]}, where="interop plan")
-    records = benchmark.build(sources.read_coco(coco_json), plan, progress=False)
-    benchmark.export_hf(records, out / "hf")
+    coco_json = scene_formats.write_coco_split(out / "scenes", SCENES["n_images"], SCENES["seed"], world,
+                                               progress=False)
+    plan = mimic_benchmark.BenchmarkPlan.from_dict({**PLAN, "seed": SCENES["seed"]}, where="interop plan")
+    records = mimic_benchmark.build(sources.read_coco(coco_json), plan, progress=False)
+    mimic_benchmark.export_hf(records, out / "hf")
     lmms_tasks.write_task_folder(out / "hf", out / "lmms_eval", PROFILE, root=root)
     return records
 
@@ -93,12 +66,9 @@ def build(out: Path, root: Path) -> list[dict]:
 
 def _model_class() -> type:
     """Define :class:`MimicHuggingface` (on first use, so that this module imports without lmms-eval)."""
-    import torch
     import transformers
     from lmms_eval.api.model import lmms
     from lmms_eval.models.chat.huggingface import Huggingface
-
-    from mimic_utils.models import family_for_model_type, load_processor
 
     class ProcessorCall:
         """The processor, called the way transformers 5 accepts: ``Huggingface.generate_until`` passes
@@ -332,8 +302,6 @@ def speed(n: int, seconds: float, batch_size: int) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     return {name: version(name) for name in ("lmms_eval", "torch", "transformers", "datasets", "accelerate")}
 
 
@@ -391,8 +359,6 @@ def check(out: Path, root: Path, model: Path, batch_size: int = BATCH_SIZE) -> d
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from mimic_utils.bench import write_result
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=OUT, help="work folder, relative to the checkout (default %(default)s)")
     parser.add_argument("--model", default=MODEL, help="model folder, relative to the checkout")

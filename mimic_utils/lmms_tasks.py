@@ -1,29 +1,14 @@
 """The MIMIC benchmark as an lmms-eval task folder, written next to its HF export.
 
-Upstream lmms-eval (0.7.x) has no MIMIC task (only the authors' fork has one, reading the hub dataset), so
-every export of ours gets a folder that lmms-eval reads with ``--include_path``::
+Upstream lmms-eval has no MIMIC task, so every export of ours gets a folder that lmms-eval reads with
+``--include_path``: one YAML per task (``mimic_<profile>_counting_balanced`` … ``_oddone``), the group
+``mimic_<profile>``, and a self-contained ``utils.py`` (:mod:`mimic_utils.lmms_task_utils`) with verbatim
+copies of our prompt and scoring modules::
 
     write_task_folder("outputs/cpu/01_data_build/mimic/hf", "outputs/cpu/01_data_build/mimic/lmms_eval", "cpu")
-    # then, from the checkout root (any lmms-eval model class; see mimic_utils.interop for the one that
-    # runs here, without torchvision and with transformers 5):
-    lmms-eval --model huggingface --model_args pretrained=… --tasks mimic_cpu \\
-        --include_path outputs/cpu/01_data_build/mimic/lmms_eval --batch_size 1
 
-The folder holds one YAML per MIMIC task found in the export (``mimic_<profile>_counting_balanced`` and
-``…_counting_unbalanced``, both read from the export's ``counting`` config and kept apart by its ``task``
-field as our harness reports them, then ``…_listing``, ``…_common``, ``…_oddone``), a group
-``mimic_<profile>`` over them, and a self-contained ``utils.py`` (see :mod:`mimic_utils.lmms_task_utils`)
-with verbatim copies of our prompt and scoring modules beside it. Each task decodes greedily with the
-official budget (16 new tokens, Listing 32).
-
-Where the data is
------------------
-Each YAML names its config folder in ``dataset_path`` with ``dataset_kwargs: {load_from_disk: true}``.
-lmms-eval 0.7.x hands that path unchanged to ``datasets.load_from_disk``: it does not resolve it against
-the YAML's folder (it does that only for ``data_files`` of the generic ``csv``/``json``/``parquet``/``arrow``
-builders), so a relative path is relative to the working directory of the lmms-eval process. We write the
-path relative to the checkout when the export lies inside it (a committed task folder then works in every
-clone, with lmms-eval started from the checkout root) and absolute otherwise.
+``dataset_path`` is written relative to the checkout when the export lies inside it, because lmms-eval
+resolves it against its working directory, not the YAML's folder (docs/lmms_eval.md).
 """
 
 from __future__ import annotations
@@ -81,7 +66,7 @@ def load_yaml(text: str) -> dict[str, Any]:
 
 def export_tasks(export_dir: Path) -> dict[str, list[str]]:
     """``{config: [task values]}`` of an HF export, configs in the official order, tasks sorted."""
-    import datasets
+    import datasets  # about a second to import; only reading an export needs it
 
     found: dict[str, list[str]] = {}
     for config in FAMILIES:
@@ -92,7 +77,7 @@ def export_tasks(export_dir: Path) -> dict[str, list[str]]:
         found[config] = sorted(split.unique("task"))
     if not found:
         raise FileNotFoundError(f"{export_dir}: no exported MIMIC config (expected folders {', '.join(FAMILIES)} "
-                                "written by mimic_utils.benchmark.export_hf)")
+                                "written by mimic_utils.mimic_benchmark.export_hf)")
     return found
 
 

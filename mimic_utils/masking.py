@@ -1,66 +1,25 @@
-"""Layer-wise image-block attention masking (DESIGN §1), for every family, through transformers' own hooks.
+"""Layer-wise image-block attention masking, for every family, through transformers' own hooks.
 
-**Semantics** (official MIMIC, kept exactly). In the chosen decoder layers of the language model a
-vision token attends only to earlier (causal) tokens of its *own* image: block-diagonal and causal, it
-sees neither the text prefix nor the other images. Text tokens keep ordinary causal attention over
-everything. A sample with fewer than two images is not masked. During generation only the prefill is
-masked; every decode step attends to everything before it. Padding stays masked throughout.
-
-**How it reaches the model.** transformers 5 dispatches every decoder attention call through
-``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. We register one function under
-:data:`ATTENTION_NAME` (:func:`register`) and switch *only the language model's* sub-config to it
-(:func:`enable`, via the framework's ``set_attn_implementation({"text_config": ...})``); vision towers
-keep their own implementation. The same name is registered in ``AttentionMaskInterface`` with the
-library's ``sdpa_mask``: ``create_causal_mask`` returns no mask at all for implementations it does not
-know, which would silently drop the padding. The attention module gives the layer (``module.layer_idx``).
-
-**Per-batch data.** ``generate()`` rejects unknown model kwargs, so the block ids of a batch
-(:meth:`mimic_utils.models.VLMAdapter.image_block_ids`) and the masked layers travel in a
-:class:`contextvars.ContextVar` set by :func:`image_blocks` (or :func:`mask_images` for an adapter and
-batch)::
+In the chosen decoder layers an image token attends only to earlier tokens of its own image; text keeps
+causal attention, one-image samples are unmasked and decode steps attend to everything (the official
+semantics). One function is registered in ``AttentionInterface`` and enabled for the language model only;
+a batch's block ids travel in a context, because ``generate()`` rejects unknown kwargs::
 
     masking.enable(adapter.model)                       # once; unchanged behaviour outside a context
     with masking.mask_images(adapter, batch, "second_half"):
-        logits = adapter.model(**batch.inputs).logits
         answers = adapter.generate(batch)
 
-Outside a context the registered function *is* transformers' ``sdpa_attention_forward`` (same call, same
-arguments), so a model switched to it gives bit-identical outputs. Inside a context a call is a
-*prefill* when queries and keys both cover the whole prompt the block ids describe; any other call
-(a decode step: one query against a longer cache) is plain SDPA, which is the "new tokens attend to
-everything" rule.
-
-**Two computations, one result.** ``mode="dense"`` is the reference: the model's boolean mask AND the
-block structure, through SDPA over all N² pairs. ``mode="blockwise"`` (default) never forms that mask:
-each image block runs its own causal SDPA over its n_i tokens, and text queries run one SDPA over all
-keys with the model's mask rows, so the cost follows Σ n_i² + T·N instead of N². Both agree to float
-tolerance (tested on all three families).
-
-**A third, for CUDA.** ``mode="flex"`` runs the masked samples through one
-``torch.nn.attention.flex_attention`` call whose ``BlockMask`` (:func:`flex_block_mask`) holds the same
-rule (the model's causal + padding mask AND the block structure); blocks of 128 × 128 pairs that are
-fully masked are skipped, so the cost follows Σ n_i² + T·N as for ``blockwise`` but in one fused kernel
-instead of one SDPA call per image. On CUDA it runs compiled (``torch.compile(flex_attention)``); on the
-CPU it runs flex's eager reference, which is correct but not fast, and has no backward (so it serves
-tests and inference there, not training). The block mask is built
-once per context and device and shared by every masked layer. It is selectable only: the default
-stays ``blockwise`` everywhere; :func:`preferred_mode` names ``flex`` for a CUDA device for callers that
-opt in. Samples with fewer than two images run transformers' SDPA, exactly as unmasked.
-
-**Observers.** :mod:`mimic_utils.attention` computes attention statistics on the fly: a context may
-carry observers, called at every prefill attention call with an :class:`AttentionCall` (layer, query,
-key, scaling, the effective mask on demand, block ids). They reduce immediately, so nothing grows with
-depth.
-
-*Caveat for training.* With gradient checkpointing the layer is recomputed during ``backward()``; keep
-``backward()`` inside the context. Python context variables do not reach autograd's device threads
-(CUDA), so checkpointed recomputation there would be unmasked: turn checkpointing off for masked runs.
+``mode`` picks one of three computations with one result: ``dense`` (the reference mask), ``blockwise``
+(one SDPA per image, the default) and ``flex`` (one ``flex_attention`` call, compiled on CUDA). Observers
+in a context see every prefill attention call (:mod:`mimic_utils.attention`). See docs/design.md
+(*Masking*) for the semantics, the layer specs and a caveat for gradient checkpointing.
 """
 
 from __future__ import annotations
 
 import operator
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -184,7 +143,8 @@ def causal_rows(rows: torch.Tensor | slice, length: int, device=None) -> torch.T
 
 
 def dense_mask(block_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, 1, S, S]`` bool: the full masked-layer mask (True = may attend), the reference of DESIGN §1.
+    """``[B, 1, S, S]`` bool: the full masked-layer mask (True = may attend): the reference
+    computation of the official semantics (docs/design.md, *Masking*).
 
     Causal AND padding (``attention_mask`` ``[B, S]``, 1 = real token) AND :func:`block_structure`.
     Padding queries get an all-False row, as transformers' own SDPA mask gives them.
@@ -310,6 +270,7 @@ def active() -> ImageBlocks | None:
 
 def register() -> str:
     """Register the masking attention (and its mask builder, the library's ``sdpa_mask``); idempotent."""
+    # transformers' attention integrations take seconds to import: they load when masking is first used
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -543,7 +504,7 @@ def _blockwise_attention(module, query, key, value, base_mask, state: ImageBlock
 def preferred_mode(device: str | torch.device | None = None) -> str:
     """``"flex"`` for a CUDA device (one fused kernel), ``"blockwise"`` otherwise (and when flex_attention
     is missing). ``None`` asks whether CUDA is available. Nothing selects it by itself: callers pass it on."""
-    try:
+    try:  # flex_attention is missing from some torch builds; imported only where it is used
         from torch.nn.attention import flex_attention  # noqa: F401
     except ImportError:
         return "blockwise"
@@ -597,8 +558,6 @@ def _cached_block_mask(state: ImageBlocks, base_mask: torch.Tensor | None, rows:
 def _flex_kernel(query: torch.Tensor):
     """flex_attention compiled on CUDA (the fused kernel); its eager reference elsewhere, without the
     once-per-process warning that eager mode is slow."""
-    import warnings
-
     from torch.nn.attention.flex_attention import flex_attention
 
     if query.is_cuda:
@@ -672,108 +631,3 @@ __all__ = [
     "set_text_attention",
     "text_attention",
 ]
-
-
-# --- compute: analytic FLOPs and measured forward time (notebook 05's table) -------------------------
-
-#: LLaVA-OneVision-7B's language model (Qwen2-7B) and multi-image size: 8 images of 730 tokens.
-LLAVA_OV_7B = {"layers": 28, "hidden": 3584, "heads": 28, "kv_heads": 4, "head_dim": 128, "intermediate": 18944,
-               "tokens_per_image": 730, "masked_layers": 14}
-
-
-def attention_pairs(block_sizes: Sequence[int], text_before: int, text_after: int, masked: bool) -> int:
-    """Query-key pairs one causal attention layer computes: ``N(N+1)/2`` dense; in a masked layer each
-    image's queries see only their own earlier tokens (``n(n+1)/2`` per image) while text queries stay
-    causal over everything before them."""
-    images = sum(block_sizes)
-    total = text_before + images + text_after
-    if not masked or len(block_sizes) < 2:
-        return total * (total + 1) // 2
-    before = text_before * (text_before + 1) // 2
-    within = sum(n * (n + 1) // 2 for n in block_sizes)
-    after = sum(text_before + images + i + 1 for i in range(text_after))
-    return before + within + after
-
-
-def layer_flops(tokens: int, pairs: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
-                intermediate: int) -> dict[str, int]:
-    """Multiply-adds ×2 of one decoder layer: attention (scores and weighted values over ``pairs``) and
-    the rest (Q, K, V, O projections and the gated MLP over ``tokens``)."""
-    attention = 2 * 2 * pairs * heads * head_dim
-    projections = 2 * tokens * hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim)
-    mlp = 2 * tokens * 3 * hidden * intermediate
-    return {"attention": attention, "other": projections + mlp}
-
-
-def compute_table(n_images: Sequence[int], tokens_per_image: int, layers: int, masked_layers: int, hidden: int,
-                  heads: int, kv_heads: int, head_dim: int, intermediate: int, text_before: int = 20,
-                  text_after: int = 30) -> "pd.DataFrame":
-    """Analytic attention and total FLOPs of the prefill, dense vs masked in ``masked_layers`` layers."""
-    import pandas as pd
-
-    rows = []
-    for n in n_images:
-        blocks = [tokens_per_image] * n
-        tokens = text_before + n * tokens_per_image + text_after
-        shape = dict(hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate)
-        dense = layer_flops(tokens, attention_pairs(blocks, text_before, text_after, False), **shape)
-        masked = layer_flops(tokens, attention_pairs(blocks, text_before, text_after, True), **shape)
-        attention_dense = layers * dense["attention"]
-        attention_masked = (layers - masked_layers) * dense["attention"] + masked_layers * masked["attention"]
-        other = layers * dense["other"]
-        rows.append({
-            "n_images": n, "tokens": tokens,
-            "masked_layer_attention_saving": 1 - masked["attention"] / dense["attention"],
-            "attention_tflops_dense": attention_dense / 1e12, "attention_tflops_masked": attention_masked / 1e12,
-            "attention_saving": 1 - attention_masked / attention_dense,
-            "total_tflops_dense": (attention_dense + other) / 1e12,
-            "total_tflops_masked": (attention_masked + other) / 1e12,
-            "total_saving": 1 - (attention_masked + other) / (attention_dense + other),
-        })
-    return pd.DataFrame(rows)
-
-
-def _synchronize() -> None:
-    """Wait for queued GPU work, so a timer measures kernels rather than their launch."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
-def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers="second_half", repeats: int = 5,
-                 batch: int = 8) -> "pd.DataFrame":
-    """Measured prefill time of the adapter's model, dense vs masked in ``layers``, per image count: the
-    median of ``repeats`` forwards of a batch of ``batch`` copies of one benchmark sample with that many
-    images (counts the benchmark lacks are skipped). Times from one run: compare the ratio, not seconds."""
-    import time
-
-    import pandas as pd
-
-    from mimic_utils.evaluate import mimic_sample
-
-    chosen = parse_layers(layers, num_text_layers(adapter.model))
-    rows = []
-    for n in n_images:
-        record = next((r for r in records if len(r["images"]) == n), None)
-        if record is None:
-            continue
-        prepared = adapter.prepare([mimic_sample(record)] * batch)
-
-        block_ids = adapter.image_block_ids(prepared)
-
-        def median_seconds() -> float:
-            times = []
-            for _ in range(repeats):
-                _synchronize()
-                start = time.perf_counter()
-                adapter.model(**prepared.inputs, use_cache=False)
-                _synchronize()
-                times.append(time.perf_counter() - start)
-            return sorted(times)[len(times) // 2]
-
-        dense = median_seconds()
-        with text_attention(adapter.model), image_blocks(block_ids, chosen):
-            masked = median_seconds()
-        rows.append({"n_images": n, "tokens": int(prepared.inputs["input_ids"].shape[1]), "batch": batch,
-                     "dense_seconds": dense, "masked_seconds": masked, "masked_over_dense": masked / dense})
-    return pd.DataFrame(rows)

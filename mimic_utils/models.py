@@ -1,77 +1,30 @@
-"""One interface for the real LVLM families of the study.
+"""One interface for the real LVLM families of the study: LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, InternVL.
 
-The study treats every model the same way: load it (:func:`load_adapter`, or
-:func:`adapter_from_model` for an in-memory tiny model), turn multi-image samples into model inputs
-with the official MIMIC prompt (:meth:`VLMAdapter.prepare`), answer greedily
-(:meth:`VLMAdapter.generate`), and look at where each image sits in the sequence
-(:meth:`VLMAdapter.image_block_ids`, :meth:`VLMAdapter.token_budget`).
-
-Families and their real transformers classes:
-
-====================  ===========================================  =========================
-family                model class                                  processor class
-====================  ===========================================  =========================
-``llava_onevision``   ``LlavaOnevisionForConditionalGeneration``   ``LlavaOnevisionProcessor``
-``qwen2_vl``          ``Qwen2VLForConditionalGeneration``          ``Qwen2VLProcessor``
-``qwen2_5_vl``        ``Qwen2_5_VLForConditionalGeneration``       ``Qwen2_5_VLProcessor``
-``internvl``          ``InternVLForConditionalGeneration``         ``InternVLProcessor`` (``-hf`` checkpoints)
-====================  ===========================================  =========================
-
-**Image tokens.** An image's block is the run of the family's placeholder token that the model
-overwrites with vision features (``<|image_pad|>``, ``<image>``, ``<IMG_CONTEXT>``). Everything the
-vision path produces lands there, including LLaVA-OV's learned ``image_newline`` (appended to every
-image's features, so it sits in the last position of each block). Delimiters that come from the
-tokenizer and keep their text embedding (``<|vision_start|>``/``<|vision_end|>``, ``<img>``/``</img>``)
-count as text: they are identical for every image, carry no pixels, and the masking semantics of
-DESIGN §1 concern what the vision tower wrote. :meth:`VLMAdapter.image_block_ids` gives, per token,
-the image index 0..n-1 within its sample or -1 for text; the per-image lengths come from the
-processor's own expansion of each placeholder (``return_text_replacement_offsets``).
-
-**1D pooling** (sequence-length experiment, DESIGN §1). ``prepare(samples, pool=r)`` runs the vision
-path once (``model.get_image_features``, the same call ``generate()`` makes before prefill), takes
-each image's flattened feature run (L, D) — exactly the tokens of its block, so for LLaVA-OV the
-``image_newline`` is the last of the L and is averaged into the last group — zero-pads it to a multiple
-of r and averages groups of r consecutive tokens, leaving ⌈L/r⌉ tokens. The prompt keeps ⌈L/r⌉
-placeholders per image (the tokens at offsets 0, r, 2r, … of each run). The pooled features enter the
-model through ``mm_encoder_outputs``, the framework's input for precomputed encoder outputs, which both
-``forward`` and ``generate`` accept; no forward is patched and no hook is needed.
-
-*Qwen2-VL / Qwen2.5-VL positions.* Their M-RoPE positions are derived from ``image_grid_thw``, which
-no longer matches the shortened prompt. We compute the positions of the full prompt with the model's
-own ``get_rope_index`` and keep those of the surviving tokens: a pooled token takes the (t, h, w)
-position of the first token of its group, and the text keeps its original positions (an image
-advances M-RoPE by max(h, w) whatever its token count, so the text after it is where it always was).
-These explicit ``position_ids`` (with the text-position row ``generate()`` expects, shape
-``[4, batch, seq]``) go with the inputs; ``generate()`` extends them by one per new token, as it does
-for its own.
-
-**Settings.** ``adapter.settings`` is a plain dict recorded with every prediction: model, revision,
-dtype, quantization, attention implementation, the prompt layout (:func:`mimic_utils.prompts.prompt_settings`)
-and the preprocessing that moves scores (settable through ``preprocessing=``, see
-:data:`PREPROCESSING_KEYS`): LLaVA-OV multi-image handling (``multi_image="pad"``, HF's and the official
-default: each image of a multi-image sample is padded to a square with the mean colour and resized to
-the base resolution, no anyres tiles; ``"anyres"`` tiles every image as a one-image sample is tiled),
-its ``vision_aspect_ratio`` and ``image_grid_pinpoints``; Qwen2-VL ``min_pixels``/``max_pixels``;
-InternVL tiles per image (``crop_to_patches``, ``min_patches``, ``max_patches``). The pooling factor
-belongs to each batch (``Batch.pool``) and is recorded by the caller.
-
-**Later: masking and attention analysis.** Custom attention functions register through
-``transformers.AttentionInterface``; load with ``attn_implementation=<name>`` or call
-``adapter.model.set_attn_implementation(name)``. ``generate()`` rejects unknown model kwargs, so the
-per-batch block ids (:meth:`VLMAdapter.image_block_ids`) must reach the attention function through a
-context (e.g. a context variable set around the call), not through ``generate``'s kwargs.
+Every model is treated the same way: load it (:func:`load_adapter`, or :func:`adapter_from_model` for an
+in-memory tiny model), turn multi-image samples into model inputs with the official MIMIC prompt
+(:meth:`VLMAdapter.prepare`, optionally with 1D pooling of each image's tokens), answer greedily
+(:meth:`VLMAdapter.generate`), and find where each image sits in the sequence
+(:meth:`VLMAdapter.image_block_ids`, :meth:`VLMAdapter.token_budget`). ``adapter.settings`` records the
+model, dtype, quantization, prompt layout and the preprocessing that moves scores with every prediction.
+What counts as an image token, how pooling keeps M-RoPE positions, and the preprocessing settings are in
+docs/design.md (*Image tokens and 1D pooling*, *Preprocessing settings*).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# transformers itself is imported where a model or processor is built: it costs seconds, and readers of
+# predictions (evaluate, transfer, analysis) import this module without ever loading a model.
+from mimic_utils import masking, vision_cache
 from mimic_utils.prompts import (
     build_messages,
     is_mimic_task,
@@ -88,8 +41,6 @@ MASK_FILE = "mimic_mask.json"
 def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str:
     """sha256 over a local checkpoint's safetensors files (for files above ``full_hash_limit``: size and
     the first and last 16 MB), so predictions and checkpoints of other weights are never reused."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
         size = path.stat().st_size
@@ -107,8 +58,6 @@ def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str
 def model_fingerprint(settings: dict) -> str:
     """A short hash of what makes a model's answers what they are: its weights (or hub commit, or id),
     mask, preprocessing, dtype and quantization. Stored with every prediction and checkpoint."""
-    import hashlib
-
     weights = settings.get("weights_sha256") or settings.get("commit") or settings.get("model")
     facts = {k: settings.get(k) for k in ("mask", "preprocessing", "dtype", "quantization", "pool")}
     return hashlib.sha256(json.dumps({"weights": weights, **facts}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -341,25 +290,55 @@ def load_adapter(
     """
     import transformers
 
+    source = _resolve_source(model_id_or_path, family)
+    config = _read_config(source, family, revision, trust_remote_code)
+    family = _resolve_family(family, config.model_type, source)
+    spec = get_family(family, source)
+    options = _pretrained_options(config, spec, dtype, device, attn_implementation, quantization, revision,
+                                  trust_remote_code)
+    try:
+        model = getattr(transformers, spec.model_class).from_pretrained(source, **options)
+        processor = load_processor(source, family, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load model {source!r} as family {family!r} ({spec.model_class}): {error}"
+        ) from error
+    if quantization is None:
+        model = model.to(device)
+    model.eval()
+    settings = _loaded_settings(source, config, revision, quantization, trust_remote_code)
+    adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
+    _apply_saved_mask(adapter, Path(source))
+    return adapter
+
+
+def _resolve_source(model_id_or_path: str | Path, family: str | None) -> str:
+    """A local folder (``~`` expanded) or a hub id; an unknown family or a missing folder fails first."""
     source = str(model_id_or_path)
     if family is not None:
         get_family(family, source)  # an unknown family fails before anything is read
     if Path(source).expanduser().exists():
-        source = str(Path(source).expanduser())
-    elif _looks_like_path(source):
+        return str(Path(source).expanduser())
+    if _looks_like_path(source):
         raise ModelLoadError(f"model folder {source!r} does not exist (family {family or 'to be inferred'})")
+    return source
+
+
+def _read_config(source: str, family: str | None, revision: str | None, trust_remote_code: bool):
+    import transformers
+
     try:
-        config = transformers.AutoConfig.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
-        )
+        return transformers.AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:
         raise ModelLoadError(
             f"cannot read the config of model {source!r} (family {family or 'to be inferred'}, "
             f"revision {revision or 'default'}): {error}"
         ) from error
-    family = _resolve_family(family, config.model_type, source)
-    spec = get_family(family, source)
 
+
+def _pretrained_options(config, spec: FamilySpec, dtype, device: str, attn_implementation, quantization: str | None,
+                        revision: str | None, trust_remote_code: bool) -> dict[str, Any]:
+    """The keyword arguments of ``from_pretrained``: safetensors only, and the projector kept unquantized."""
     torch_dtype = _torch_dtype(dtype)
     options: dict[str, Any] = {
         "config": config,
@@ -374,17 +353,12 @@ def load_adapter(
         compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
         options["quantization_config"] = quantization_config(quantization, compute, keep=(spec.projector,))
         options["device_map"] = {"": device}
-    model_class = getattr(transformers, spec.model_class)
-    try:
-        model = model_class.from_pretrained(source, **options)
-        processor = load_processor(source, family, revision=revision, trust_remote_code=trust_remote_code)
-    except Exception as error:
-        raise ModelLoadError(
-            f"cannot load model {source!r} as family {family!r} ({spec.model_class}): {error}"
-        ) from error
-    if quantization is None:
-        model = model.to(device)
-    model.eval()
+    return options
+
+
+def _loaded_settings(source: str, config, revision: str | None, quantization: str | None,
+                     trust_remote_code: bool) -> dict:
+    """What a loaded checkpoint adds to the recorded settings: where it came from, and its weights' hash."""
     settings = {
         "model": source,
         "revision": revision,
@@ -394,12 +368,15 @@ def load_adapter(
     }
     if Path(source).is_dir():
         settings["weights_sha256"] = weights_fingerprint(Path(source))
-    adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
-    mask_file = Path(source) / MASK_FILE
-    if mask_file.is_file():  # a model trained with image-block masking is always run with it
+    return settings
+
+
+def _apply_saved_mask(adapter: VLMAdapter, folder: Path) -> None:
+    """A model trained with image-block masking (``mimic_mask.json`` beside it) is always run with it."""
+    mask_file = folder / MASK_FILE
+    if mask_file.is_file():
         saved = json.loads(mask_file.read_text(encoding="utf-8"))
         adapter.set_mask(saved["layers"], mode=saved.get("mode", "blockwise"))
-    return adapter
 
 
 def adapter_from_model(model, processor, family: str, settings: dict | None = None, preprocessing: dict | None = None):
@@ -435,47 +412,57 @@ def apply_preprocessing(family: str, model, processor, overrides: dict) -> tuple
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"unknown preprocessing {unknown} for family {family!r}; accepted: {', '.join(allowed)}")
-    image_processor = processor.image_processor
-    if family == "llava_onevision":
-        multi_image = overrides.get("multi_image", "pad")
-        if multi_image not in ("pad", "anyres"):
-            raise ValueError(f"llava_onevision multi_image must be 'pad' or 'anyres', got {multi_image!r}")
-        if "vision_aspect_ratio" in overrides:
-            processor.vision_aspect_ratio = overrides["vision_aspect_ratio"]
-            model.config.vision_aspect_ratio = overrides["vision_aspect_ratio"]
-        if "image_grid_pinpoints" in overrides:
-            pinpoints = [list(p) for p in overrides["image_grid_pinpoints"]]
-            image_processor.image_grid_pinpoints = pinpoints
-            model.config.image_grid_pinpoints = pinpoints
-        size = image_processor.size
-        return {}, {
-            # "pad" (HF and official default): each image of a multi-image sample is padded to a square
-            # with the mean colour and resized to the base resolution, no anyres tiles. "anyres" gives
-            # every image the single-image anyres treatment (tiles + newline features).
-            "multi_image": multi_image,
-            "single_image": "anyres",
-            "image_size": [size["height"], size["width"]],
-            "vision_aspect_ratio": processor.vision_aspect_ratio,
-            "image_grid_pinpoints": [list(p) for p in image_processor.image_grid_pinpoints],
-            "num_image_tokens": processor.num_image_tokens,
-            "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
-            "vision_feature_layer": model.config.vision_feature_layer,
-        }
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        from transformers.image_utils import SizeDict
+    return _PREPROCESSORS[family](model, processor, overrides)
 
-        min_pixels = overrides.get("min_pixels", image_processor.size["shortest_edge"])
-        max_pixels = overrides.get("max_pixels", image_processor.size["longest_edge"])
-        image_processor.size = SizeDict(shortest_edge=int(min_pixels), longest_edge=int(max_pixels))
-        return {}, {
-            "min_pixels": int(min_pixels),
-            "max_pixels": int(max_pixels),
-            "patch_size": image_processor.patch_size,
-            "merge_size": image_processor.merge_size,
-            "temporal_patch_size": image_processor.temporal_patch_size,
-        }
-    # internvl: the processor class sets crop_to_patches=True for images, above the image processor's
-    # own attribute, so the tiling settings are passed explicitly on every call.
+
+def _llava_onevision_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    image_processor = processor.image_processor
+    multi_image = overrides.get("multi_image", "pad")
+    if multi_image not in ("pad", "anyres"):
+        raise ValueError(f"llava_onevision multi_image must be 'pad' or 'anyres', got {multi_image!r}")
+    if "vision_aspect_ratio" in overrides:
+        processor.vision_aspect_ratio = overrides["vision_aspect_ratio"]
+        model.config.vision_aspect_ratio = overrides["vision_aspect_ratio"]
+    if "image_grid_pinpoints" in overrides:
+        pinpoints = [list(p) for p in overrides["image_grid_pinpoints"]]
+        image_processor.image_grid_pinpoints = pinpoints
+        model.config.image_grid_pinpoints = pinpoints
+    size = image_processor.size
+    return {}, {
+        # "pad" (HF and official default): each image of a multi-image sample is padded to a square
+        # with the mean colour and resized to the base resolution, no anyres tiles. "anyres" gives
+        # every image the single-image anyres treatment (tiles + newline features).
+        "multi_image": multi_image,
+        "single_image": "anyres",
+        "image_size": [size["height"], size["width"]],
+        "vision_aspect_ratio": processor.vision_aspect_ratio,
+        "image_grid_pinpoints": [list(p) for p in image_processor.image_grid_pinpoints],
+        "num_image_tokens": processor.num_image_tokens,
+        "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
+        "vision_feature_layer": model.config.vision_feature_layer,
+    }
+
+
+def _qwen2_vl_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    from transformers.image_utils import SizeDict
+
+    image_processor = processor.image_processor
+    min_pixels = overrides.get("min_pixels", image_processor.size["shortest_edge"])
+    max_pixels = overrides.get("max_pixels", image_processor.size["longest_edge"])
+    image_processor.size = SizeDict(shortest_edge=int(min_pixels), longest_edge=int(max_pixels))
+    return {}, {
+        "min_pixels": int(min_pixels),
+        "max_pixels": int(max_pixels),
+        "patch_size": image_processor.patch_size,
+        "merge_size": image_processor.merge_size,
+        "temporal_patch_size": image_processor.temporal_patch_size,
+    }
+
+
+def _internvl_preprocessing(model, processor, overrides: dict) -> tuple[dict, dict]:
+    # the processor class sets crop_to_patches=True for images, above the image processor's own
+    # attribute, so the tiling settings are passed explicitly on every call.
+    image_processor = processor.image_processor
     defaults = getattr(processor, "images_kwargs", {}) or {}
     tiles = {
         "crop_to_patches": bool(
@@ -492,6 +479,15 @@ def apply_preprocessing(family: str, model, processor, overrides: dict) -> tuple
         "image_size": [size["height"], size["width"]],
         "tokens_per_tile": processor.image_seq_length,
     }
+
+
+#: Per family: apply its preprocessing settings, return ``(image_kwargs, effective settings)``.
+_PREPROCESSORS = {
+    "llava_onevision": _llava_onevision_preprocessing,
+    "qwen2_vl": _qwen2_vl_preprocessing,
+    "qwen2_5_vl": _qwen2_vl_preprocessing,
+    "internvl": _internvl_preprocessing,
+}
 
 
 # --- samples and batches -------------------------------------------------------------------------
@@ -540,7 +536,8 @@ class Batch:
 
 
 def pool_tokens(features: torch.Tensor, r: int) -> torch.Tensor:
-    """1D pooling of one image's tokens ``(L, D)`` → ``(⌈L/r⌉, D)`` (DESIGN §1).
+    """1D pooling of one image's tokens ``(L, D)`` → ``(⌈L/r⌉, D)``
+    (docs/design.md, *Image tokens and 1D pooling*).
 
     Zero-pads to a multiple of r, then averages each group of r consecutive tokens (the padded zeros
     count in the last group's mean, as in average pooling with zero padding).
@@ -579,8 +576,6 @@ class VLMAdapter:
     def set_mask(self, spec, auto_layer: int | None = None, mode: str = "blockwise") -> tuple[int, ...]:
         """Mask image blocks in the layers of ``spec`` (``"12-23"``, ``"second_half"``, ``"auto"``, indices,
         or ``None``/``"none"`` for no mask); recorded in ``settings["mask"]``."""
-        from mimic_utils import masking
-
         self.mask_layers = tuple(masking.parse_layers(spec, masking.num_text_layers(self.model), auto_layer))
         self.mask_mode = mode
         if self.mask_layers:
@@ -590,10 +585,6 @@ class VLMAdapter:
 
     def masked(self, batch: "Batch"):
         """The masking context for ``batch`` (a no-op context for an unmasked adapter)."""
-        from contextlib import nullcontext
-
-        from mimic_utils import masking
-
         if not self.mask_layers:
             return nullcontext()
         return masking.image_blocks(self.image_block_ids(batch), self.mask_layers, self.mask_mode, model=self.model)
@@ -698,8 +689,6 @@ class VLMAdapter:
         """The vision path's output for ``batch`` with the frozen tower read from the shared
         :mod:`mimic_utils.vision_cache` (None where the family or the model's state cannot be cached).
         The live projector keeps its gradient only while the model trains."""
-        from mimic_utils import vision_cache
-
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.model.training):
             return vision_cache.image_features(self.model, self.family, batch.inputs, batch.image_tokens)
 
@@ -715,6 +704,8 @@ class VLMAdapter:
         """The 1D-pooled version of an unpooled ``batch`` (``r = 1`` runs the same path without
         shortening anything, which must reproduce the unpooled model exactly). ``features`` are the vision
         path's output when already computed (the vision cache); otherwise the model's own path runs."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
         if batch.pool != 1:
             raise ValueError("batch is already pooled")
         spec = get_family(self.family)
@@ -750,17 +741,13 @@ class VLMAdapter:
         position_ids = None
         if spec.mrope:
             rope_kwargs = {"attention_mask": inputs["attention_mask"]}
-            from mimic_utils.vision_cache import inner_model
-
-            position_ids, _ = inner_model(self.model).get_rope_index(
+            position_ids, _ = vision_cache.inner_model(self.model).get_rope_index(
                 ids, inputs["mm_token_type_ids"], inputs["image_grid_thw"], None, **rope_kwargs
             )
 
         pooled_inputs = _gather_left_padded(inputs, keep, position_ids, self.tokenizer.pad_token_id)
         for name in spec.vision_inputs:
             pooled_inputs.pop(name, None)
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         pooled_inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled_output)}
         return Batch(pooled_inputs, new_counts, batch.unpooled_image_tokens, batch.task_families, batch.prompts, r)
 

@@ -2,39 +2,41 @@
 
     python -m mimic_utils.organism --profile cpu      # or: make organism
 
-It is built the way the paper's LVLMs are, in miniature (DESIGN §3), because we measured that training
-the tiny model end to end on questions does not learn to look at the image:
-
-* **Stage 0 — vision pretraining**, our stand-in for CLIP/SigLIP: the vision tower and its patch merger
-  learn dense box supervision from the scene world. Each merged vision token (a 28 px cell) predicts the
-  category whose object centre lies in its cell, or background (one softmax, object cells weighted
-  ``cell_weight``), and a pooled head regresses per-category counts.
-* **Stage 1 — alignment**: vision frozen; the merger and the language model learn scene descriptions
-  ("2 dog, 1 cat").
-* **Stage 2 — single-image instruction tuning**: the four MIMIC question types and presence, asked of
-  one image only — so the organism is a single-image solver, as the paper describes real LVLMs.
-
-Stages 1 and 2 reuse the frozen tower's block outputs, computed once, and feed them to the model through
-its own ``mm_encoder_outputs`` argument; only the merger and the language model run per step. Every
-stage checkpoints, resumes, logs its loss, and the final model is evaluated on held-out single-image
-questions through the same adapter and scorer as any real checkpoint.
+Trained end to end on questions the tiny model does not learn to look at the image, so it is built the
+way the paper's LVLMs are, in miniature: stage 0 pretrains the vision tower on dense box supervision (our
+stand-in for CLIP/SigLIP), stage 1 aligns the merger and language model on scene descriptions, stage 2
+tunes them on single-image questions. Stages 1 and 2 reuse the frozen tower's outputs; every stage
+checkpoints and resumes; the final model is scored on held-out single-image questions through the same
+adapter and scorers as any checkpoint, and :mod:`mimic_utils.organism_card` writes its card. The recipe
+and why: docs/organism.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import random
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mimic_utils import scenes
+from mimic_utils import evaluate, scene_formats, scenes, tiny
+from mimic_utils.artifacts import profile_dir, repo_root, write_json
 from mimic_utils.finetune import StageSchedule, pad_batch, train_stage
+from mimic_utils.models import load_adapter
+from mimic_utils.organism_card import recorded_config, write_card, write_curves
+from mimic_utils.prompts import build_messages
 from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
-from mimic_utils.traindata import SINGLE_FAMILIES
+from mimic_utils.traindata import SINGLE_FAMILIES, Pools, prompt_family, single_image_questions
 
 #: Random streams of the organism's own draws (the COCO and OpenImages draws use 0 and 1).
 TRAIN_STREAM, HELDOUT_STREAM = 2, 3
@@ -70,8 +72,6 @@ def cell_labels(objects, categories: list[str], image_size: int, cell: int) -> n
 
 def render_pool(n: int, seed: int, stream: int, params: scenes.SceneParams, cell: int, progress: bool = True) -> ScenePool:
     """Render ``n`` scenes of the random draw into memory, with their labels and an annotation index."""
-    from tqdm.auto import tqdm
-
     categories = list(params.categories)
     supercategory_of = {c.name: c.supercategory for c in params.category_table()}
     size = params.image_size
@@ -210,9 +210,6 @@ def encode_conversation(processor, question: str, family: str, n_images: int, an
     placeholder is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a
     fixed-size image (tested against it), so no pixels are needed here.
     """
-    from mimic_utils.prompts import build_messages
-    from mimic_utils.traindata import prompt_family
-
     messages = build_messages(question, n_images, prompt_family(family), "qwen2_vl")
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     image_token = processor.image_token
@@ -260,8 +257,6 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
     """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
     of the families in ``weights`` (default: the four of
     :func:`mimic_utils.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each."""
-    from mimic_utils.traindata import Pools, single_image_questions
-
     rows: list[tuple[int, str, str, str]] = []
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
@@ -282,8 +277,6 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
 @torch.no_grad()
 def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: bool = True) -> torch.Tensor:
     """The frozen tower's block outputs (before the merger) for every pool image: [N, patches, embed]."""
-    from tqdm.auto import tqdm
-
     visual = model.model.visual
     visual.eval()
     pixels = pixel_settings(processor)
@@ -299,8 +292,6 @@ def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: 
 def language_forward(model, features: torch.Tensor, convs: Conversations, picks: list[int], patch_grid: int,
                      pad_id: int):
     """Forward a batch of conversations, the merger applied to cached block outputs of their images."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     ids = pad_batch([convs.ids[i] for i in picks], pad_id)
     labels = pad_batch([convs.labels[i] for i in picks], -100)
     blocks = features[torch.tensor([convs.image[i] for i in picks])]
@@ -387,9 +378,6 @@ class OrganismConfig:
     @classmethod
     def from_yaml(cls, path: Path) -> "OrganismConfig":
         """Read ``params/<profile>/organism.yaml``; unknown keys are refused with the file and key named."""
-        import yaml
-        from dataclasses import fields
-
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         known = {f.name for f in fields(cls)}
         for key in values:
@@ -408,10 +396,6 @@ class OrganismConfig:
 
     def digest(self) -> str:
         """A short hash of the config: checkpoints of another config are never resumed."""
-        import hashlib
-        import json
-        from dataclasses import asdict
-
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -425,10 +409,6 @@ def tokens_per_image(config: OrganismConfig, processor) -> tuple[int, int]:
 def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True) -> dict:
     """All three stages (each resumed from its checkpoint if present); saves the model with
     ``save_pretrained`` into ``out_dir`` and returns the training summary."""
-    import time
-
-    from mimic_utils import tiny
-
     out_dir = Path(out_dir)
     work = out_dir / "checkpoints" / config.digest()
     work.mkdir(parents=True, exist_ok=True)
@@ -475,7 +455,7 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
     return {"config": config, "seconds": seconds, "log": log, "parameters": tiny.count_parameters(model)}
 
 
-# --- held-out evaluation, model card, command line ---------------------------------------------------
+# --- held-out evaluation and the command line ---------------------------------------------------
 
 
 def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True) -> list[dict]:
@@ -484,8 +464,6 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
     Counting is balanced over the true count 0..``max_count``; the true count is kept as a knob so
     accuracy can be read per count.
     """
-    from mimic_utils.traindata import single_image_questions
-
     pool = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
                        progress)
     folder.mkdir(parents=True, exist_ok=True)
@@ -495,7 +473,7 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
         number = int(record["image_ids"][0])
         path = folder / f"{number:05d}.png"
         if not path.exists():
-            scenes.save_png(path, pool.images[number].numpy())
+            scene_formats.save_png(path, pool.images[number].numpy())
         record["images"] = [str(path)]
         record["task"] = record["family"]
         record["experiment"] = "heldout"
@@ -506,8 +484,6 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
 def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch_size: int = 64,
                           progress: bool = True) -> dict:
     """Held-out single-image scores through the adapter (real generation, official scorers)."""
-    from mimic_utils import evaluate
-
     rows = evaluate.run(adapter, records, predictions, batch_size=batch_size, progress=progress, desc="held-out")
     scores = {}
     for family in sorted({r["family"] for r in rows}):
@@ -522,136 +498,7 @@ def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch
     return scores
 
 
-TARGETS = {"counting": 0.80, "presence": 0.90}
-TARGET_MINUTES = 60  # whole training, from scratch, on 2 cores
-
-
-def write_card(out_dir: Path, config: OrganismConfig, summary: dict, scores: dict, command: str) -> Path:
-    """The model card (README.md beside the weights): recipe, data, time, held-out scores, weights hash."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    from mimic_utils.artifacts import write_text
-
-    weights = out_dir / "model.safetensors"
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    seconds = summary.get("seconds", {})
-    met = {k: scores.get(k, {}).get("score", 0.0) >= v for k, v in TARGETS.items()}
-    lines = [
-        "# MIMIC model organism (tiny Qwen2-VL)",
-        "",
-        "A `Qwen2VLForConditionalGeneration` with a small config, trained from scratch on the CPU by",
-        "`mimic_utils.organism` on the embedded scene world (OpenMoji pictograms of COCO categories, CC BY-SA 4.0).",
-        "Recipe: stage 0 dense vision pretraining (our stand-in for CLIP/SigLIP), stage 1 alignment on scene",
-        "descriptions, stage 2 single-image instruction tuning. It never saw a multi-image question.",
-        "",
-        f"- command: `{command}`",
-        f"- parameters: {summary.get('parameters', 'n/a'):,}",
-        f"- weights: `model.safetensors`, sha256 `{sha}`",
-        f"- training time (this machine, 2 cores): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()),
-        "",
-        "## Held-out single-image scores (real generation through `mimic_utils.models`, official scorers)",
-        "",
-        "| question | n | score |",
-        "|---|---|---|",
-        *[f"| {k} | {v['n']} | {v['score']:.3f} |" for k, v in scores.items() if isinstance(v, dict) and "n" in v],
-        "",
-        "Counting accuracy per true count: " + ", ".join(f"{k}: {v:.2f}" for k, v in scores.get("counting_by_true_count", {}).items()),
-        "",
-        "Targets (issue #5): counting ≥ 0.80 — " + ("met" if met["counting"] else "**not met**")
-        + "; presence ≥ 0.90 — " + ("met" if met["presence"] else "**not met**") + ".",
-        "",
-        *([] if all(met.values()) else [
-            "Where the targets are not met, `curves.png` and `loss.csv` show why: the held-out teacher-forced "
-            "curves of stage 2 tell whether counting and presence were still rising at the end (then a longer "
-            "stage 2 is the next step) or had plateaued (then the language stage, not the budget, is the "
-            "limit: try a higher learning rate, a little vision learning rate, or more presence questions). "
-            "The vision tower itself reads presence and counts far better (stage-0 metrics in `loss.csv`).", ""]),
-        "## Training configuration",
-        "",
-        "```json",
-        json.dumps(asdict(config), indent=2, sort_keys=True),
-        "```",
-        "",
-        "Loss and held-out curves: `loss.csv`, `curves.png`. Held-out scores: `eval.json`.",
-        "",
-    ]
-    return write_text(out_dir / "README.md", "\n".join(lines))
-
-
-def write_curves(out_dir: Path, log: list[dict]) -> None:
-    """``loss.csv`` (every step, with held-out metrics where evaluated) and ``curves.png``."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from mimic_utils.plots import save_figure, save_table
-
-    frame = pd.DataFrame(log)
-    frame.insert(0, "global_step", range(1, len(frame) + 1))
-    with_metrics = frame.dropna(axis=1, how="all")
-    save_table(with_metrics, out_dir / "loss.csv")
-    metrics = [c for c in frame.columns if c not in ("global_step", "stage", "step", "loss")]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
-    for stage, part in frame.groupby("stage", sort=False):
-        left.plot(part["global_step"], part["loss"].rolling(25, min_periods=1).mean(), label=stage)
-    left.set_yscale("log")
-    left.set_xlabel("step")
-    left.set_title("training loss (25-step mean)")
-    left.legend()
-    for column in metrics:
-        points = frame.dropna(subset=[column])
-        right.plot(points["global_step"], points[column], marker="o", label=column)
-    right.set_xlabel("step")
-    right.set_title("held-out metrics")
-    right.set_ylim(0, 1)
-    right.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "curves.png")
-    plt.close(fig)
-
-
-def recorded_config(out_dir: Path) -> dict | None:
-    """The configuration recorded beside committed weights (``training.json``), if any."""
-    import json
-
-    path = out_dir / "training.json"
-    if not (path.is_file() and (out_dir / "model.safetensors").is_file()):
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("config")
-
-
-def card_table(folder: Path) -> "pd.DataFrame | None":
-    """The organism's held-out single-image scores and training time, as its model card records them
-    (``eval.json`` and ``training.json`` beside the weights), for notebooks to show; ``None`` for a
-    folder that holds no organism (a real checkpoint has neither file)."""
-    import json
-
-    import pandas as pd
-
-    folder = Path(folder)
-    if not ((folder / "eval.json").is_file() and (folder / "training.json").is_file()):
-        return None
-    scores = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
-    minutes = json.loads((folder / "training.json").read_text(encoding="utf-8"))["seconds"]["total"] / 60
-    rows = [{"question": name, "n": value["n"], "score": round(value["score"], 3),
-             "target": TARGETS.get(name), "met": None if name not in TARGETS else value["score"] >= TARGETS[name]}
-            for name, value in scores.items() if isinstance(value, dict) and "score" in value]
-    rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "target": None,
-              "met": None} for count, score in scores.get("counting_by_true_count", {}).items()]
-    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "target": TARGET_MINUTES,
-                 "met": minutes <= TARGET_MINUTES})
-    return pd.DataFrame(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    from dataclasses import asdict
-
-    from mimic_utils.artifacts import profile_dir, repo_root, write_json
-    from mimic_utils.models import load_adapter
-
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--if-needed", action="store_true",

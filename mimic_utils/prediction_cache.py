@@ -1,15 +1,10 @@
 """Answers a model already gave, reused by every notebook that asks the same model the same question.
 
-The base model answers the same MIMIC questions in notebooks 02, 04, 05 and 06. An answer depends only on
-the model (weights, mask, preprocessing, pooling: the fingerprint every prediction row carries), the
-question record (its text, ground truth, images — by content — and every other field) and the decoding
-budget. So :func:`mimic_utils.evaluate.run` looks each question up here before generating, and stores
-what it generates.
-
-One append-only JSONL file per model fingerprint, ``<directory>/<fingerprint>.jsonl``, each line
-``{"key": <question key>, "row": <the prediction row>}``; a torn last line is ignored. The study keeps it in
-``outputs/<profile>/cache/predictions/`` (``$MIMIC_CACHE_DIR/predictions``, set by the runner); without a
-directory nothing is reused. Deleting it only costs time. Sharded runs (several processes) do not use it.
+An answer depends only on the model (its fingerprint: weights, mask, preprocessing, pooling), the question
+record (every field, the images by content) and the decoding budget, so :func:`mimic_utils.evaluate.run`
+looks each question up here before generating and stores what it generates: one append-only JSONL file
+per model fingerprint under ``$MIMIC_CACHE_DIR/predictions`` (set by the runner); without a directory
+nothing is reused (docs/caching.md).
 """
 
 from __future__ import annotations

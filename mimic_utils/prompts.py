@@ -1,34 +1,10 @@
-"""The official MIMIC prompt (DESIGN §1), as pure functions.
+"""The official MIMIC prompt, as pure functions.
 
-The official user turn is ``"<image> <image> … <image>\\nQuestion: {question}\\nAnswer:"``: the image
-placeholders first, separated by single spaces, then the question. Listing questions get the suffix
-``". Please provide the list of category names directly."``. Decoding is greedy with 16 new tokens
-(32 for Listing).
-
-A model sees the prompt through its own chat template, so the same user turn is written as an HF
-multimodal chat message (``content = [{"type": "image"}, …, {"type": "text", "text": …}]``). How the
-spaces between the image placeholders survive depends on how each family's template renders images:
-
-=================  ==========================================  =====================================
-family             what the chat template does with images     what we send
-=================  ==========================================  =====================================
-qwen2_vl,          renders the content items in order, each     a ``{"type": "text", "text": " "}``
-qwen2_5_vl         image as ``<|vision_start|><|image_pad|>``   item between consecutive images, then
-                   ``<|vision_end|>``                           ``"\\nQuestion: …\\nAnswer:"``: the
-                                                                official spaces, verbatim
-llava_onevision    renders *all* images first, back to back     images, then ``"Question: …\\nAnswer:"``
-                   (``<image><image>…``), then each text item   The template supplies the newline; it
-                   prefixed with ``"\\n"``                       cannot put anything between images, so
-                                                                the spaces are dropped (separator "")
-internvl           renders items in order, each image as        images, then ``"Question: …\\nAnswer:"``
-                   ``<IMG_CONTEXT>\\n``                          The template's own newline after each
-                                                                image is the separator ("\\n"); adding
-                                                                spaces would give ``"\\n \\n"``
-=================  ==========================================  =====================================
-
-So every family sees the official layout (images first, one separator between images, a newline,
-``Question: …``, a newline, ``Answer:``) with the separator its template allows; the separator used is
-recorded in every predictions file through :func:`prompt_settings`.
+The official user turn is ``"<image> <image> … <image>\\nQuestion: {question}\\nAnswer:"`` (Listing appends
+``". Please provide the list of category names directly."``), decoded greedily with 16 new tokens (32 for
+Listing). Each family sees it through its own chat template, which decides what may stand between
+images; :func:`build_messages` sends the official layout with the separator the template allows, and
+:func:`prompt_settings` records that separator in every predictions file (docs/design.md, *Prompt*).
 """
 
 from __future__ import annotations

@@ -1,55 +1,11 @@
-"""The paper's two models at their real size, built offline with random weights.
+"""The paper's two models at their real size, built offline with random weights, for the GPU check.
 
-A GPU check must exercise the shapes the study will run at (sequence lengths, head counts, vocabulary,
-memory), but this project has no model hub. So the real architectures are rebuilt from their published
-``config.json`` numbers: the real transformers classes, random bf16 weights, an offline tokenizer padded
-to the real vocabulary, and the real processor classes as :mod:`mimic_utils.tiny` builds them. The
-*same* functions build a tiny version (``tiny=True``) for the CPU dry run and the unit tests; nothing
-here builds a real-size model unless asked to.
-
-- :data:`SPECS` – ``{"llava_onevision_0.5b": ..., "qwen2_vl_2b": ...}``, each with a ``tiny`` twin.
-- :func:`spec` – the :class:`ModelSpec` of a key at real or tiny size.
-- :func:`padded_tokenizer` – the offline tokenizer with ``len(tokenizer) == vocab_size``.
-- :func:`model_config` / :func:`build` – the config, and ``(model, processor)`` on a device and dtype.
-- :func:`noise_images` – benchmark images at the spec's size (e.g. 729 vision tokens each).
-
-**Where the numbers come from** (checked against these sources; hub ids name the checkpoints):
-
-*LLaVA-OneVision-0.5B* (``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``).
-
-- Vision tower, SigLIP-so400m at 384 px: hidden 1152, MLP 4304, 16 heads, patch 14, i.e. 27 × 27 = 729
-  tokens per image. Sources: transformers 5.23's ``LlavaOnevisionConfig`` defaults (copied from the llava-hf
-  checkpoints) and the SigLIP-so400m ``config.json`` reproduced in llama.cpp's LLaVA docs.
-- Depth: so400m itself has 27 layers, but LLaVA-OneVision reads the *penultimate* layer
-  (``mm_vision_select_layer: -2`` upstream). So the HF checkpoint stores 26 layers and takes the last
-  (``vision_feature_layer: -1``, the transformers default above). We build those 26: 27 would add a layer
-  the model never uses.
-- Language model, Qwen2-0.5B: 24 layers, hidden 896, MLP 4864, 14 heads, 2 KV heads, vocab 151,936, rope
-  theta 1e6, tied embeddings. Sources: the Qwen2-0.5B / Qwen2.5-0.5B ``config.json`` and NeMo's
-  ``Qwen2Config500M``.
-- Multi-image layout: ``vision_feature_select_strategy="full"``, ``anyres_max_9`` with the 6 × 6 grid of
-  384 px pinpoints. A multi-image sample has 729 + 1 (``image_newline``) tokens per image.
-
-*Qwen2-VL-2B* (``Qwen/Qwen2-VL-2B-Instruct``).
-
-- Vision tower: depth 32, embed_dim 1280, 16 heads, mlp_ratio 4, patch 14, spatial merge 2, temporal
-  patch 2, hidden_size 1536 out. Sources: NeMo's ``Qwen2VLConfig2B`` (32 layers, 16 heads, projector
-  5120 → 1536) and the Qwen2-VL-2B config of mllm's ``configuration_qwen2vl.hpp``.
-- Language model, Qwen2-1.5B: 28 layers, hidden 1536, MLP 8960, 12 heads, 2 KV heads, vocab 151,936,
-  rope theta 1e6, tied embeddings. Sources: NeMo's ``Qwen2Config1P5B`` with
-  ``share_embeddings_and_output_weights=True`` for the 2B VL model, and Qwen2/Qwen2.5-1.5B ``config.json``.
-- M-RoPE section [16, 24, 24]: NeMo's Qwen2-VL provider, citing the 2B, 7B and 72B ``config.json``.
-- Processor: min_pixels 3136 (56²), max_pixels 12,845,056, from the Qwen2-VL ``preprocessor_config.json``
-  as public copies of it give them. The benchmark images are 756 px, i.e. 27 × 27 merged tokens = 729
-  per image, the same vision length as LLaVA-OV.
-
-**Check.** Built on the ``meta`` device (shapes only), the two have 893,618,208 and 2,208,985,600
-parameters, the hub's 0.9B and 2.21B; the LLaVA-OV language model alone has Qwen2-0.5B's 494,032,768.
-
-**What differs from the checkpoints.** Weights are random. Token *ids* are the offline tokenizer's, not
-Qwen's (e.g. ``<image>`` is not 151646), but the vocabulary, and so the embedding and LM-head shapes,
-is the real 151,936. Greedy outputs of random weights are meaningless text: the GPU check compares
-outputs between batch sizes and times the computation; it scores nothing.
+LLaVA-OneVision-0.5B and Qwen2-VL-2B are rebuilt from their published ``config.json`` numbers: the real
+transformers classes, random bf16 weights, an offline tokenizer padded to the real vocabulary and the real
+processor classes as :mod:`mimic_utils.tiny` builds them; the same functions build a tiny twin
+(``tiny=True``) for the CPU dry run and the tests. :data:`SPECS` holds the numbers, :func:`build` gives
+``(model, processor)``. Where each number comes from, and what differs from the checkpoints, is in
+docs/gpu_check.md.
 """
 
 from __future__ import annotations
@@ -58,6 +14,8 @@ import json
 from dataclasses import dataclass, field, replace
 
 import torch
+from PIL import Image
+from tokenizers import Tokenizer
 
 from mimic_utils import tiny as tiny_models
 
@@ -159,7 +117,6 @@ def padded_tokenizer(family: str, vocab_size: int | None = None):
     dropping ids the tokenizer does not know. ``None`` rounds the tokenizer's own size up to a multiple
     of 128.
     """
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     base = tiny_models.build_tokenizer(family=family)
@@ -241,8 +198,6 @@ def build(key: str, tiny: bool = False, device: str | torch.device = "cpu", dtyp
 
 def noise_images(spec: ModelSpec, count: int, seed: int = 0) -> list:
     """``count`` random RGB images of ``spec.image_side`` px (different per seed and index)."""
-    from PIL import Image
-
     generator = torch.Generator().manual_seed(seed)
     side = spec.image_side
     return [Image.fromarray((torch.rand(side, side, 3, generator=generator) * 255).to(torch.uint8).numpy())

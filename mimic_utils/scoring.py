@@ -1,54 +1,12 @@
 """Scorers: the official MIMIC metrics and multiple-choice letter extraction for the public benchmarks.
 
 Every function here is pure and total on strings: whatever a model writes, a scorer returns a value and
-never raises (the property tests in ``tests/test_scoring.py`` check this). Only programming errors
-(an unknown task family, malformed choice letters) raise.
-
-Official MIMIC rules
---------------------
-Source: the ``mimic`` task of the official lmms-eval fork (github.com/anurag-198/MIMIC,
-``lmm_eval/lmms_eval/tasks/mimic/*_utils.py``). In that pipeline the model wrapper returns the decoded text
-``.strip()``-ed, and the task filter (``MultiChoiceRegexFilter_1``) hands the scorer ``" " + text``, i.e. with
-one leading space. Both facts shape what the rules below do in practice.
-
-* **Counting** (``parse_count``, ``score_counting``). The response is stripped of ``, . ! ? ; : '`` one
-  character at a time in that order (``s = s.strip(ch)`` for each); because of the leading space only the
-  *right* end is ever stripped. Then, first that succeeds: ``int(s)``; ``w2n.word_to_num(s)``
-  (word2number 1.1, which keeps every number word of the sentence and combines them, so
-  "There are three dogs" -> 3 but "three dogs and two cats" -> 5, and "point" -> 0); the first ``\\d+``
-  of ``s``. Else the answer is wrong. Correct when the parsed string equals ``str(gt).lower().strip()``.
-  Accuracy overall and per ``task``.
-* **Common, Odd-One** (``score_contains``). Correct when ``gt.lower().strip()`` is a substring of the
-  lower-cased prediction (a plain substring: "cat" is found in "caterpillar"; kept as official).
-* **Listing** (``listing_counts``, ``listing_prf``). Prediction and gt are split on ``", "`` and
-  lower-cased; a gt item is a true positive if any predicted item equals it. Precision = TP / #predicted,
-  recall = TP / #gt, both micro over the whole set, F1 from them; F1 is the headline.
-
-Deviations (all deliberate, all listed here)
---------------------------------------------
-* ``parse_count`` returns an ``int`` (not the official string) and ``None`` whenever the official parse could
-  not equal an integer ground truth: no number found, a word2number float ("three point five" -> 3.5,
-  "three point zero" -> "3.0"), or a regex hit that is not a canonical ASCII integer ("03", Arabic-Indic
-  digits), which the official code compares verbatim and so never matches. For integer ground truths the
-  counting score is therefore identical to the official one; the emulation of the strip order and of the
-  leading space is exact.
-* Listing, by default: each item is also stripped of surrounding whitespace and a trailing period, empty
-  items are dropped, and duplicate gt items are counted once. Officially the leading space that the filter
-  adds makes the *first* predicted item (" bus") never equal a gt item ("bus"), and a final "truck." never
-  equals "truck"; we treat both as the pipeline artefacts they are. Predicted duplicates still count in
-  #predicted, as officially (repetition lowers precision). ``listing_counts(..., official_quirks=True)``
-  reproduces the official numbers exactly, for comparison with the paper.
-* ``listing_prf`` returns 0.0 where the official aggregation would divide by zero.
-
-Multiple choice (public benchmarks)
------------------------------------
-``extract_choice`` is our own. Upstream extractors differ per benchmark: MuirBench's filter accepts only a
-leading "B." and otherwise compares the raw text, ``parse_multi_choice_response`` falls back to a *random*
-letter, and a known upstream bug read "The correct answer is (B)" as "T". Ours returns only one of the
-valid letters, and a letter only counts as a standalone token, so that answer is B. The order of
-evidence is: an explicit "answer is X" / "Answer: X" / "option X" (the last one wins); the letter markers
-"(B)", "B.", "B)", "B:" and bare capital letters anywhere (all must agree, else ambiguous); finally, the
-unique option text found in the response. No evidence or conflicting evidence gives ``None`` (wrong).
+never raises (the property tests in ``tests/test_scoring.py`` check this); only programming errors (an
+unknown task family, malformed choice letters) raise. Counting, Common/Odd-One and Listing follow the
+official lmms-eval fork exactly, including its leading-space and strip-order quirks, with one deliberate
+deviation: Listing items are stripped of whitespace and a trailing period (``official_quirks=True`` gives
+the official numbers). Multiple-choice extraction (:func:`extract_choice`) is our own and never guesses.
+The rules, the deviation and why are in docs/design.md (*Scoring*).
 """
 
 from __future__ import annotations

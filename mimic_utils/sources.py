@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,6 @@ def read_coco(
 
     Image ids become strings; categories are listed in COCO id order; images without annotations are kept.
     """
-    from pycocotools.coco import COCO
-
     path = Path(instances_json).resolve()
     data = _load_coco_json(path)
     _check_coco(data, path)

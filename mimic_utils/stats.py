@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
+from mimic_utils.scoring import score_sample
+
 #: Bootstrap resamples; 2,000 keeps the 95% percentile interval's Monte-Carlo error near 0.005.
 N_BOOT = 2000
 LEVEL = 0.95
@@ -239,8 +241,7 @@ def blind_baseline(rows: Rows, scorer: Callable[[str, object], Mapping] | None =
         return math.nan
     if all("n_options" in r for r in rows):
         return float(np.mean([1.0 / r["n_options"] for r in rows]))
-    if scorer is None:
-        from mimic_utils.scoring import score_sample as scorer
+    scorer = scorer or score_sample
     family = rows[0].get("scored_as", rows[0].get("family"))
     constant = Counter(str(r["gt"]) for r in rows).most_common(1)[0][0]
     scored = [{**scorer(family, constant, r["gt"]), "id": i} for i, r in enumerate(rows)]

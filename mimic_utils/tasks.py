@@ -1,41 +1,11 @@
 """MIMIC task generators: Counting, Listing, Common and Odd-One, built from an annotation index.
 
-The paper fixes the four tasks and the knobs it varies; it leaves several definitions open. Our choices,
-each tested in ``tests/test_tasks.py`` or ``tests/test_benchmark_plan.py``:
-
-* **Images, spread, distractors.** A sample has ``n_images`` distinct images. ``spread`` of them *hold the
-  target* (at least one instance of a queried class, or of a member of a queried supercategory); the other
-  ``n_images - spread`` are *distractors* that hold none of it. So ``distractors = n_images - spread``;
-  a spread of ``None`` draws it uniformly from ``1..n_images`` per sample. Image order is shuffled.
-* **Counting.** "How many dog objects are there in total across all images?" The answer is the total
-  number of instances of the queried class(es) over all images. With **k query concepts** the question
-  names k classes and the answer is their summed count, so it stays one number for the official scorer.
-  *Balanced*: answers are spread exactly evenly over ``answer_range``, floored by the spread and capped
-  by the largest total the source holds for that many images (:func:`balanced_range`; with a 5-object
-  scene world one image cannot total 8). *Unbalanced*: images holding the target are drawn uniformly at random and
-  the answer is whatever they add up to — the data's natural long tail.
-* **Listing.** "List the categories of vehicle that appear in the images" (the prompt later appends the
-  official ". Please provide the list of category names directly."). The answer is every member of the
-  queried supercategory present in any image, alphabetically, joined with ", ". With k concepts the
-  question names k supercategories and the answer lists the members of all of them present.
-* **Every named concept is in the sample.** Each class (Counting) or supercategory (Listing) a question
-  names has at least one instance (member) in the sample's images, and each image that holds the target
-  holds at least one named concept. So k counts concepts the model must really track, never a name with
-  nothing behind it (a category without instances in the source is never asked about), and k above the
-  number of images is met by images that hold several named concepts (:func:`_cover`); a source whose
-  images hold too few concepts for that fails with a :class:`KnobError` naming k.
-* **Common.** The one class present in every image: the intersection of the images' class sets is exactly
-  that class. Every image holds it, so spread = n_images and there are no distractors; k is 1.
-* **Odd-One.** The one class present in only a minority of the images: it is in ``spread`` images with
-  ``1 <= spread < n_images / 2`` (default 1), and every other class in the sample is in more than half of
-  the images. We build it from a *majority* class M: the other images hold only M, the odd images hold the
-  odd class and nothing but M. Needs ``n_images >= 3``; k is 1.
-* **k for Common and Odd-One.** The official scorers need a single-class answer (substring match), and a
-  unique answer is required, so these two tasks take k = 1 only; asking for more is an error.
-
-Every record keeps its evidence: the per-image class counts of every image (not only the target), so a
-test can recompute each answer from the annotations independently. If the knobs cannot be met with the
-data at hand, a :class:`KnobError` names the knob and why; fewer samples than asked are never returned.
+A :class:`TaskSpec` names a task and its knobs (images, spread, distractors, k, Balanced/Unbalanced
+answers); :func:`generate` returns exactly that many records, each with the evidence (every image's class
+counts) from which a test recomputes its answer. The paper leaves several definitions open; ours — what
+spread and distractors mean, k summed counts and k supercategories, every named concept present, Odd-One's
+minority — are in docs/design.md (*Tasks and knobs*), each tested in ``tests/test_tasks.py`` or
+``tests/test_mimic_benchmark.py``. Knobs the data cannot meet raise a :class:`KnobError` naming the knob.
 """
 
 from __future__ import annotations

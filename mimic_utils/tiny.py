@@ -10,7 +10,7 @@ whole study (and its tests) runs on them unchanged.
 - :func:`build_processor` – the family's real processor class around that tokenizer.
 - :func:`build_tiny` – ``(model, processor)`` for ``qwen2_vl``, ``qwen2_5_vl``, ``llava_onevision`` or
   ``internvl``.
-- :func:`organism_config` / :func:`build_organism` – the Qwen2-VL model organism of DESIGN §3.
+- :func:`organism_config` / :func:`build_organism` – the Qwen2-VL model organism (docs/organism.md).
 - :func:`save_tiny` – ``save_pretrained`` of both (safetensors); load it back with
   :func:`mimic_utils.models.load_adapter`.
 
@@ -29,6 +29,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as token_models
+
+from mimic_utils.models import expose_video_processor_base
+
+# transformers' classes are imported inside the builders: loading every family's processor, video and
+# config modules up front would cost seconds in every process that imports this module.
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl")
 
@@ -108,9 +115,7 @@ def task_vocabulary(extra_words: Iterable[str] = ()) -> list[str]:
 @lru_cache(maxsize=8)
 def _trained_bpe_json(words: tuple[str, ...]) -> str:
     """Train the byte-level BPE once per vocabulary; returns its JSON so callers get fresh copies."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE())
+    bpe = Tokenizer(token_models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
     # Each word alone and after a space (the byte-level "Ġ" form) so both become single tokens;
@@ -208,7 +213,6 @@ def build_tokenizer(extra_words: Iterable[str] = (), family: str = "qwen2_vl"):
     is a single token, with or without a leading space. The word ids are the same for every family;
     the special tokens follow them. ``extra_words`` adds category names (from ``mimic_utils.scenes``).
     """
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     _check_family(family)
@@ -250,8 +254,6 @@ def _base_video_processor():
 
 
 def _prepare_processor_check() -> None:
-    from mimic_utils.models import expose_video_processor_base
-
     expose_video_processor_base()
 
 
@@ -476,7 +478,7 @@ def internvl_config(tokenizer, image_size: int = INTERNVL_TILE_SIZE, text_hidden
 
 
 def organism_config(tokenizer=None):
-    """The Qwen2-VL model organism of DESIGN §3 (about 5M parameters).
+    """The Qwen2-VL model organism (docs/organism.md; about 5M parameters).
 
     Text: hidden 256 × 4 layers (4 heads, 2 KV heads, MLP 768), embeddings tied to the LM head.
     Vision: depth 4 × hidden 128 (4 heads, MLP ratio 4), patch 14, spatial merge 2: a 112 px image is

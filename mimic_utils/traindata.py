@@ -30,16 +30,19 @@ in the official layout that evaluation uses) and an assistant turn, plus ``image
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image
 from tqdm.auto import tqdm
 
+from mimic_utils.artifacts import read_json, read_jsonl, write_bytes, write_json, write_jsonl
+from mimic_utils.mimic_benchmark import absolute_images, file_sha256, relative_images
 from mimic_utils.prompts import TASK_FAMILIES, build_messages
-from mimic_utils.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from mimic_utils.sources import AnnotationIndex
 from mimic_utils.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate
 
@@ -294,8 +297,6 @@ def family_counts(records: list[dict]) -> dict[str, int]:
 def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: AnnotationIndex,
          root: Path | None = None) -> Path:
     """Write ``conversations.jsonl`` and ``manifest.json`` (mix, source hash, counts per family)."""
-    from mimic_utils.benchmark import file_sha256, relative_images
-
     out_dir = Path(out_dir)
     path = write_jsonl(out_dir / "conversations.jsonl", [relative_images(r, root) for r in records])
     manifest = {
@@ -309,8 +310,6 @@ def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: Annotat
 
 def load(train_dir: Path | str, root: Path | None = None) -> list[dict]:
     """Read the conversations back, checked against the manifest's hash."""
-    from mimic_utils.benchmark import absolute_images, file_sha256
-
     train_dir = Path(train_dir)
     manifest = read_json(train_dir / "manifest.json")
     path = train_dir / "conversations.jsonl"
@@ -332,7 +331,7 @@ def hub_conversations(spec: dict, image_dir: Path | str, progress: bool = True) 
     first assistant reply become one conversation. Embedded image bytes are written under ``image_dir``;
     path-only images are resolved against ``image_root`` (Mantis ships them as zip archives to unpack).
     """
-    import datasets
+    import datasets  # about a second to import; only hub mixes need it
 
     unknown = sorted(set(spec) - HUB_KEYS)
     if unknown or "name" not in spec:
@@ -372,14 +371,9 @@ def _first_exchange(conversation: list[dict]) -> tuple[str, str] | None:
 def _hub_image(image: dict, stem: Path, image_root: str | None, label: str, uid: str) -> str:
     """The file of one undecoded hub image: its bytes written once, or its path under ``image_root``."""
     if image.get("bytes"):
-        from PIL import Image
-        import io
-
         with Image.open(io.BytesIO(image["bytes"])) as decoded:
             path = stem.parent / f"{stem.name}.{(decoded.format or 'png').lower()}"  # ids may hold dots
         if not path.exists():
-            from mimic_utils.artifacts import write_bytes
-
             write_bytes(path, image["bytes"])
         return str(path)
     path = Path(image_root or "") / (image.get("path") or "")

@@ -11,7 +11,7 @@
 * **Comparisons** of two models on the same questions are paired (:func:`mimic_utils.stats.difference`,
   with McNemar's p) and worded by the study's one rule (:func:`mimic_utils.stats.change_sentence`).
 
-Multiple-choice prediction rows are the lines ``mimic_utils.benchmarks.prediction_row`` writes: they hold
+Multiple-choice prediction rows are the lines ``mimic_utils.external_benchmarks.prediction_row`` writes: they hold
 the record's option ``letters`` and the ``parsed`` letter (None when the reply names none). A short-answer
 row (Mantis-Eval) has no letters; it counts in accuracy but not in the parse rate, and its chance is 0.
 """

@@ -1,34 +1,11 @@
 """Frozen vision features, computed once per image and reused by every model that shares the tower.
 
-Every model of the study keeps its vision tower frozen after pretraining (the organism's later stages,
-data-centric finetuning, every LoRA variant), and every notebook evaluates the same images again. So the
-tower's output for an image is cached and the rest of the vision path — the projector, which LoRA trains,
-and LLaVA-OV's packing — runs live on top of it:
-
-===================  ================================================  ===================================
-family               cached (the frozen tower)                          run live (may be trained)
-===================  ================================================  ===================================
-``qwen2_vl``         ``visual`` blocks (its ``last_hidden_state``)      ``visual.merger``
-``llava_onevision``  ``vision_tower`` hidden state of the feature layer  ``multi_modal_projector`` + packing
-``internvl``         ``vision_tower`` hidden state of the feature layer  pixel shuffle + ``multi_modal_projector``
-===================  ================================================  ===================================
-
-**Key.** An entry is keyed by the tower's *weight fingerprint* (a hash of the tower's parameters and the
-config values that select its output) and the sha256 of the image's *preprocessed pixels* (the rows of
-``pixel_values`` that belong to it, with its grid or size). Hashing the pixels rather than the file
-covers the content and every preprocessing setting that moves them (resolution, min/max pixels,
-tiles, padding). Pooling is applied after the projector, so one unpooled entry serves every pooling
-factor. Qwen2.5-VL (window attention reorders the tower's output) is not cached.
-
-**Never stale.** The fingerprint is recomputed whenever a tower parameter changed in place (torch's
-per-tensor version counters), and a tower with any trainable parameter is never served from the cache.
-What is cached is exactly what stays frozen.
-
-**Where.** In memory (bounded, oldest entries dropped first) and, when a directory is configured, on disk
-as one ``.pt`` file per entry under ``<directory>/<fingerprint>/``, written atomically (temporary name,
-then rename). The study keeps it in ``outputs/<profile>/cache/vision/`` (not committed; safe to delete at
-any time: it is rebuilt on demand). :func:`configure` sets it; the runner sets ``MIMIC_CACHE_DIR`` for the
-notebooks it runs, and without it the cache lives in memory only.
+The tower's output is cached and the projector (which LoRA trains) and any packing run live on top, so
+one entry serves every model and pooling factor that shares the frozen tower. Entries are keyed by the
+tower's weight fingerprint and the image's preprocessed pixels, a tower with trainable parameters is
+never served, and the store lives in memory and, when :func:`configure` (or ``MIMIC_CACHE_DIR``, set by
+the runner) names a directory, on disk. Which module is cached per family, and why the key is what it is:
+docs/caching.md.
 """
 
 from __future__ import annotations
@@ -176,6 +153,7 @@ def _qwen_project(inner, features: list[torch.Tensor], slices: list[ImageSlice])
 # LLaVA-OneVision: pixel_values is (images, patches, C, H, W); anyres tiles only for one-image samples.
 
 def _llava_patches(inner, inputs: dict) -> list[int]:
+    # the LLaVA-OneVision modeling module is only loaded when a LLaVA-OV model is cached
     from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
     counts = inputs.get("batch_num_images")

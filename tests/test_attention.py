@@ -1,4 +1,4 @@
-"""Streaming attention statistics (issue 7) on tiny models of the three families: shares sum to one, equal
+"""Streaming attention statistics on tiny models of the three families: shares sum to one, equal
 those computed from eager ``output_attentions`` maps, vanish where masking forbids them, sit beside the
 uniform-attention reference (counted here by hand), and aggregate into intervals, the depth trend read
 against uniform attention and the ``auto`` layer."""

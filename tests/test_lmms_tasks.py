@@ -15,7 +15,7 @@ import pytest
 import test_scoring
 from eval_worker import make_records
 from mimic_utils import evaluate, lmms_tasks, prompts
-from mimic_utils.benchmark import export_hf
+from mimic_utils.mimic_benchmark import export_hf
 from mimic_utils.scoring import aggregate, score_sample
 
 TASKS = ["counting_balanced", "counting_unbalanced", "listing", "common", "oddone"]

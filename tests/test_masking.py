@@ -1,5 +1,5 @@
-"""Image-block masking (DESIGN §1) on tiny models of the three families of the study, through the
-registered attention function: the mask pattern, exact zeros where a vision token must not look, text and
+"""Image-block masking (docs/design.md, *Masking*) on tiny models of the three families of the study,
+through the registered attention function: the mask pattern, exact zeros where a vision token must not look, text and
 earlier layers untouched, blockwise = dense, one-image samples and the outside of the context unchanged,
 generation with a masked prefill and unmasked decode steps, and the layer specs."""
 
@@ -276,23 +276,6 @@ def test_a_context_for_another_batch_or_a_disabled_model_is_an_error(adapter, tw
             with masking.mask_images(adapter, batch, "0-1"):
                 pass
     assert masking.active() is None
-
-
-def test_attention_pairs_follow_the_mask_semantics():
-    # 2 images of 3 tokens, 1 text token before and 2 after: dense causal over 9 tokens
-    assert masking.attention_pairs([3, 3], 1, 2, masked=False) == 45
-    # masked: text before 1; images 6 + 6; text after sees everything before it: 8 + 9
-    assert masking.attention_pairs([3, 3], 1, 2, masked=True) == 1 + 12 + 17
-    assert masking.attention_pairs([5], 1, 2, masked=True) == masking.attention_pairs([5], 1, 2, masked=False)
-
-
-def test_compute_table_at_llava_onevision_size_saves_most_masked_attention():
-    shape = {k: v for k, v in masking.LLAVA_OV_7B.items() if k not in ("tokens_per_image",)}
-    table = masking.compute_table([2, 8], tokens_per_image=730, **shape)
-    eight = table.set_index("n_images").loc[8]
-    assert 0.85 < eight["masked_layer_attention_saving"] < 0.88  # close to 1 - 1/8
-    assert eight["attention_saving"] < eight["masked_layer_attention_saving"]  # half the layers masked
-    assert eight["total_saving"] < eight["attention_saving"]
 
 
 def test_first_half_is_the_early_layers():

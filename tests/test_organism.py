@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimic_utils import organism, scenes, tiny
+from mimic_utils import organism, organism_card, scenes, tiny
 from mimic_utils.models import load_adapter
 
 SMALL = organism.OrganismConfig(pool_images=48, heldout_images=24, vision_steps=3, align_steps=2, instruct_steps=2,
@@ -106,12 +106,12 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, mon
 def test_card_table_reads_the_card_and_marks_targets(tmp_path):
     import json
 
-    assert organism.card_table(tmp_path) is None  # a real checkpoint's folder has no organism card
+    assert organism_card.card_table(tmp_path) is None  # a real checkpoint's folder has no organism card
     (tmp_path / "eval.json").write_text(json.dumps({
         "counting": {"n": 10, "score": 0.85}, "presence": {"n": 10, "score": 0.5},
         "listing": {"n": 10, "score": 0.9}, "counting_by_true_count": {"0": 1.0, "1": 0.7}}))
     (tmp_path / "training.json").write_text(json.dumps({"seconds": {"total": 3900}}))
-    table = organism.card_table(tmp_path).set_index("question")
+    table = organism_card.card_table(tmp_path).set_index("question")
     assert bool(table.loc["counting", "met"]) and not bool(table.loc["presence", "met"])
     assert table.loc["listing", "met"] is None
     assert table.loc["counting, true count 1", "score"] == 0.7

@@ -87,7 +87,7 @@ def test_without_a_directory_nothing_is_reused(tmp_path, monkeypatch):
 def test_benchmark_dataclass_records_have_keys(tmp_path):
     from PIL import Image
 
-    from mimic_utils.benchmarks import BenchRecord
+    from mimic_utils.external_benchmarks import BenchRecord
 
     def record(colour):
         return BenchRecord("b1", "muirbench", [Image.new("RGB", (4, 4), colour)], "Which?", ["a", "b"], ["A", "B"],

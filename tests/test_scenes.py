@@ -1,4 +1,5 @@
-"""The scene world: category table, scene drawing, COCO / OpenImages writers, determinism, contact sheet."""
+"""The scene world (category table, scene drawing) and its files (COCO / OpenImages writers, determinism,
+contact sheet)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mimic_utils import scene_formats as F
 from mimic_utils import scenes as S
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -20,12 +22,12 @@ N_IMAGES = 20
 
 @pytest.fixture(scope="module")
 def coco_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return S.write_coco_split(tmp_path_factory.mktemp("coco"), N_IMAGES, seed=7, progress=False)
+    return F.write_coco_split(tmp_path_factory.mktemp("coco"), N_IMAGES, seed=7, progress=False)
 
 
 @pytest.fixture(scope="module")
 def oi_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return S.write_openimages_split(tmp_path_factory.mktemp("oi"), N_IMAGES, seed=8, progress=False)
+    return F.write_openimages_split(tmp_path_factory.mktemp("oi"), N_IMAGES, seed=8, progress=False)
 
 
 def _pixel_hashes(paths: list[Path]) -> set[str]:
@@ -163,8 +165,8 @@ def test_coco_split_is_genuine_coco(coco_json: Path) -> None:
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Path, coco_json: Path) -> None:
-    again = S.write_coco_split(tmp_path / "again", N_IMAGES, seed=7, progress=False)
-    other = S.write_coco_split(tmp_path / "other", N_IMAGES, seed=9, progress=False)
+    again = F.write_coco_split(tmp_path / "again", N_IMAGES, seed=7, progress=False)
+    other = F.write_coco_split(tmp_path / "other", N_IMAGES, seed=9, progress=False)
     assert again.read_bytes() == coco_json.read_bytes()
     images = sorted((coco_json.parent / "images").iterdir())
     assert [p.read_bytes() for p in images] == [p.read_bytes() for p in sorted((again.parent / "images").iterdir())]
@@ -179,12 +181,12 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Pat
 def test_openimages_split_has_the_official_shapes(oi_paths: dict[str, Path]) -> None:
     with open(oi_paths["boxes_csv"], newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == S.OPENIMAGES_BOX_HEADER and len(rows) > 1
+    assert rows[0] == F.OPENIMAGES_BOX_HEADER and len(rows) > 1
     assert all(0 <= float(v) <= 1 for row in rows[1:] for v in row[4:8])
     descriptions = dict(csv.reader(open(oi_paths["class_descriptions_csv"], newline="")))
     assert descriptions["/m/mimic_018"] == "dog" and descriptions["/m/mimic_sc_animal"] == "animal"
     tree = json.loads(oi_paths["hierarchy_json"].read_text())
-    assert tree["LabelName"] == S.OPENIMAGES_ROOT_MID
+    assert tree["LabelName"] == F.OPENIMAGES_ROOT_MID
     groups = {g["LabelName"]: [c["LabelName"] for c in g["Subcategory"]] for g in tree["Subcategory"]}
     assert groups["/m/mimic_sc_animal"] == [
         "/m/mimic_016",
@@ -205,7 +207,7 @@ def test_openimages_draw_is_disjoint_from_the_coco_draw(
     assert not {p.stem for p in coco_images} & {p.stem for p in oi_images}
     assert not _pixel_hashes(coco_images) & _pixel_hashes(oi_images)
     # Even with the same seed and background the two formats draw from different streams.
-    same = S.write_openimages_split(tmp_path, 5, seed=7, params=S.SceneParams(), progress=False)
+    same = F.write_openimages_split(tmp_path, 5, seed=7, params=S.SceneParams(), progress=False)
     assert not _pixel_hashes(coco_images) & _pixel_hashes(sorted(same["image_dir"].iterdir()))
 
 
@@ -220,7 +222,7 @@ def test_background_families_look_different() -> None:
 
 
 def test_contact_sheet_draws_a_grid(coco_json: Path, tmp_path: Path) -> None:
-    out = S.contact_sheet(coco_json, tmp_path / "sheet.png", n=6, cols=3, tile=100)
+    out = F.contact_sheet(coco_json, tmp_path / "sheet.png", n=6, cols=3, tile=100)
     assert Image.open(out).size == (300, 200)
 
 

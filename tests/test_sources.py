@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mimic_utils import scene_formats as F
 from mimic_utils import scenes as S
 from mimic_utils.sources import SourceError, read_coco, read_openimages, source_hash
 
@@ -29,12 +30,12 @@ IMG_A, IMG_B, IMG_C = "000002b66c9c498e", "0a8f1a8ec2e3f6b4", "1c4d0b6e9e1f2a3b"
 
 @pytest.fixture(scope="module")
 def coco_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return S.write_coco_split(tmp_path_factory.mktemp("coco"), 20, seed=3, progress=False)
+    return F.write_coco_split(tmp_path_factory.mktemp("coco"), 20, seed=3, progress=False)
 
 
 @pytest.fixture(scope="module")
 def oi_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return S.write_openimages_split(tmp_path_factory.mktemp("oi"), 20, seed=4, progress=False)
+    return F.write_openimages_split(tmp_path_factory.mktemp("oi"), 20, seed=4, progress=False)
 
 
 def _summary(index) -> dict[str, list[tuple[str, tuple[float, ...]]]]:

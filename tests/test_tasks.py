@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mimic_utils.benchmark import BenchmarkPlan, build, export_hf, knob_counts, load, load_hf, plan_specs, save
+from mimic_utils.mimic_benchmark import BenchmarkPlan, build, export_hf, knob_counts, load, load_hf, plan_specs, save
 from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
 from mimic_utils.tasks import KnobError, TaskSpec, generate, generate_all
 

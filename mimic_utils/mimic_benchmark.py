@@ -216,7 +216,7 @@ def absolute_images(records: list[dict], root: Path | str | None) -> list[dict]:
 
 def to_hf(records: list[dict]):
     """A ``datasets.DatasetDict`` per official config (``counting`` …), split ``test``, official schema."""
-    import datasets
+    import datasets  # about a second to import; only the HF export needs it
 
     features = datasets.Features({
         "images": datasets.List(datasets.Image()),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mimic_utils.benchmark import BenchmarkPlan, build, knob_counts, plan_specs
+from mimic_utils.mimic_benchmark import BenchmarkPlan, build, knob_counts, plan_specs
 from mimic_utils.sources import AnnotationIndex, read_coco
 from mimic_utils.tasks import KnobError, TaskSpec, generate
 from test_tasks import make_index, recompute

@@ -1,4 +1,4 @@
-"""The GPU check (``python -m mimic_utils.bench gpu``) and its flex-attention masking path, on the CPU.
+"""The GPU check (``python -m mimic_utils.perf gpu``) and its flex-attention masking path, on the CPU.
 
 The dry run (``--tiny``) is the same script at tiny model size, so the command cannot rot between GPU
 sessions; the flex mode is checked against the dense masked reference with flex_attention's eager CPU
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mimic_utils import bench, masking
+from mimic_utils import masking, perf
 
 flex = pytest.importorskip("torch.nn.attention.flex_attention", reason="this torch has no flex_attention")
 
@@ -78,7 +78,7 @@ def test_preferred_mode_is_flex_only_on_cuda():
 
 
 def test_the_dry_run_writes_every_part_to_the_given_folder(tmp_path):
-    path = bench.main(["--out-dir", str(tmp_path), "gpu", "--tiny"])
+    path = perf.main(["--out-dir", str(tmp_path), "gpu", "--tiny"])
     assert path == tmp_path / "gpu.json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.json"]  # the per-part partial file is gone
     result = json.loads(path.read_text())
@@ -106,5 +106,5 @@ def test_the_dry_run_writes_every_part_to_the_given_folder(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_real_size_refuses_to_run_without_cuda(tmp_path):
     with pytest.raises(SystemExit, match="--tiny"):
-        bench.main(["--out-dir", str(tmp_path), "gpu"])
+        perf.main(["--out-dir", str(tmp_path), "gpu"])
     assert not (tmp_path / "gpu.json").exists()

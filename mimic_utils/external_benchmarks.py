@@ -1,77 +1,13 @@
-"""Public multi-image benchmarks (DESIGN §1): each is a loader into one record type, a prompt builder and a
-scorer, the three small pure pieces of an lmms-eval task (``doc_to_visual``/``doc_to_text``/
-``process_results``), plus its generation budget.
+"""Public multi-image benchmarks (MuirBench, BLINK, NLVR2, Mantis-Eval, MMIU, Q-Bench2): each is a loader
+into one record type, a prompt builder and a scorer, the three small pure pieces of an lmms-eval task
+(``doc_to_visual``/``doc_to_text``/``process_results``), plus its generation budget.
 
     records = load_benchmark("muirbench", source=None, skip_missing=True)   # hub id, or a local copy
     summary = evaluate_benchmark(adapter, "muirbench", records, out / "muirbench.jsonl", batch_size=8)
 
-What each benchmark reads, and how it is asked
-----------------------------------------------
-The paper's numbers come from the official lmms-eval fork (github.com/anurag-198/MIMIC, folder
-``lmm_eval/lmms_eval/tasks/<task>/``); where it and upstream lmms-eval (EvolvingLMMs-Lab/lmms-eval) differ
-we follow the fork, and say so. All decoding is greedy.
-
-============  ==========================================  =========================================  ====
-name          dataset (config, split; fields read)        prompt text after the images (source)      new
-                                                                                                     tok.
-============  ==========================================  =========================================  ====
-muirbench     ``MUIRBENCH/MUIRBENCH`` (test; idx, task,   ``{question}\\nA. {opt}\\nB. {opt}…``        16
-              image_relation, image_type, question,       ``\\nAnswer with the option's letter from
-              options, answer = letter, image_list)       the given choices directly.`` (fork and
-                                                          upstream ``muirbench``, identical)
-blink         ``BLINK-Benchmark/BLINK`` (14 configs, val; the dataset's own ``prompt`` field          16
-              idx, sub_task, question, choices, answer =  verbatim: ``{question}\\nSelect from the
-              "(A)", prompt, image_1..image_4)            following choices.\\n(A) …\\n(B) …`` (fork;
-                                                          upstream prefixes "Note: You only need to
-                                                          respond with A, B … information.\\n" and
-                                                          allows 1024 tokens)
-nlvr2         ``TIGER-Lab/NLVR2`` (nlvr2, test; id,       ``{question}`` verbatim (fork; no options   16
-              question, options = "(A) True"/"(B)         or suffix). A reply "yes"/"no" is read as
-              False", answer = letter, category, images)  True/False, as the fork's scorer does
-mantis        ``TIGER-Lab/Mantis-Eval`` (mantis_eval,     multi-choice: ``{question}\\n (A) {opt}…``   16
-              test; id, question_type, question, options, ``\\nAnswer with the option's letter from
-              answer, category, images)                   the given choices directly.``; short-answer:
-                                                          ``{question}\\nPlease provide the correct
-                                                          answer directly.`` (fork; upstream samples
-                                                          at T=0.2 with 64 tokens, we stay greedy)
-mmiu          ``FanqingM/MMIU-Benchmark`` (test; task,    ``Question: {context}\\n{question}`` (or     16
-              question, context, options = "A: …\\nB:    question first for the fork's 23 listed
-              …", output = letter, input_image_path       tasks) ``\\nPlease answer the option
-              relative to the unzipped image archives)    directly like A,B,C,D... Answer: `` (fork)
-qbench2       ``q-future/Q-Bench2-HF`` (dev; id, image1,  ``{question}\\nA. {opt}…\\nAnswer with the   32
-              image2, question, option0..3 ("N/A" =       option's letter from the given choices
-              none), correct_choice, question_concern,    directly.\\n`` (upstream ``qbench2_dev``,
-              question_type)                              which the fork uses unchanged)
-============  ==========================================  =========================================  ====
-
-Deviations (deliberate, all here)
----------------------------------
-* **Images first.** Our adapters put every image before the text (``VLMAdapter.answer`` passes this text
-  through after the images). The fork instead lets a literal ``<image>`` in the text mark where an image
-  goes (MuirBench, Mantis and NLVR2 questions hold them; MMIU writes ``Question: <image>…<image>\\n``).
-  So :func:`build_prompt` renames the k-th ``<image>`` to ``<image k>`` (a text reference to the k-th
-  image shown; a bare ``<image>`` would also be LLaVA-OneVision's image token) and MMIU's
-  ``Question:`` is followed directly by its text. When there are fewer placeholders than images the
-  missing ones are taken to come first, as Mantis' own evaluation does.
-* **Mantis options** are always written ``\\n ({letter}) {text}``; the fork writes an option that already
-  carries a marker ("A. cat") verbatim instead, which differs only in the marker's form.
-* **Scoring.** Every multiple-choice benchmark is scored by :func:`mimic_utils.scoring.score_choice`:
-  the answer letter is extracted only among the record's valid letters (an explicit "answer is B"
-  first, then standalone markers, then a unique option text), never a random guess and never the "T"
-  of "The correct answer is (B)". The fork's MuirBench and MMIU filters compare the whole reply (or a
-  leading "B.") to the letter, so "(B)" or "B) cat" count wrong (its BLINK and Mantis filters add a few
-  patterns, its NLVR2 scorer compares the words True/False); upstream Q-Bench guesses a random letter
-  when it finds none. Scores can therefore be somewhat higher than the fork's for chatty models.
-* **Mantis short-answer** is scored by normalised exact match (:func:`normalize_short_answer`: the text
-  after a final "answer:"/"answer is" cue, lower-cased, whitespace collapsed, surrounding punctuation
-  removed). The fork counts a reply correct when it merely *contains* the reference (so "2" matches
-  "12"); upstream lmms-eval requires exact lower-case equality after the "Final Answer:" cue.
-
-No revision is pinned by default (the hub's ``main``); pass ``revision=`` to pin one. The fork's MMIU
-images came from snapshot ``03bf7d143d920e97a757f606b6b7baee161b019b`` of ``FanqingM/MMIU-Benchmark``.
-
-Accuracy is reported overall and per sub-task (BLINK ``sub_task``, MuirBench ``task``, MMIU ``task``,
-Mantis and NLVR2 ``category``, Q-Bench2 ``question_concern``), with the extra breakdowns each spec lists.
+Prompts and fields follow the official lmms-eval fork; where we deviate (images first, Mantis option
+markers, letter extraction, Mantis short answers) docs/public_benchmarks.md says how and why, with the
+table of datasets, fields, prompts and token budgets.
 """
 
 from __future__ import annotations
@@ -85,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
-from tqdm.auto import tqdm
 
 from mimic_utils import evaluate
 from mimic_utils.scoring import aggregate, score_choice
@@ -142,12 +80,10 @@ class DatasetImage:
     position: int | None = None  # index inside a list-of-images column
 
     def open(self) -> Image.Image:
-        from datasets import Image as ImageFeature
-
         cell = self.view[self.row].column(self.column)[0].as_py()
         if self.position is not None:
             cell = cell[self.position]
-        return ImageFeature().decode_example(cell)
+        return datasets.Image().decode_example(cell)
 
 
 ImageLike = Union[Image.Image, str, os.PathLike, DatasetImage]
@@ -557,8 +493,6 @@ def _where(spec: BenchmarkSpec, source: str | os.PathLike | None, config: str | 
 
 def _load_saved(spec: BenchmarkSpec, folder: Path, split: str):
     """A split of a saved dataset (a saved ``DatasetDict`` must hold ``split``)."""
-    import datasets
-
     loaded = datasets.load_from_disk(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -602,8 +536,6 @@ def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: st
     :class:`BenchmarkUnavailable` with instructions; a config or split that is not there becomes
     :class:`BenchmarkFormatError` naming the benchmark, the source and the config.
     """
-    import datasets
-
     where = spec.hub_id if source is None else str(source)
     if source is not None:
         folder = Path(source)
@@ -625,9 +557,6 @@ def open_split(spec: BenchmarkSpec, source: str | os.PathLike | None, config: st
 def _present_images(view: Any, column: str) -> list[list[DatasetImage]]:
     """Per row, references to the images one column holds (a list column or a single, nullable image),
     read from the Arrow data without decoding."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     values = view[column]
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
         counts = [n or 0 for n in pc.list_value_length(values).to_pylist()]
@@ -787,82 +716,3 @@ def evaluate_benchmark(adapter: Any, name: str, records: list[BenchRecord] | Not
                         to_row=to_row, record_id=lambda r: r.id, sort_key=lambda r: (len(r.images), len(prompts[r.id])),
                         max_new_tokens=spec.max_new_tokens)
     return {**summarize_benchmark(name, rows), "predictions": str(out_path)}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The embedded out-of-distribution benchmark, in MuirBench's schema
-# ---------------------------------------------------------------------------------------------------------
-
-#: A visibly different scene style: unseen textured backgrounds, larger images and objects, more objects.
-SCENE_OOD_STYLE = {"image_size": 160, "min_objects": 1, "max_objects": 8, "min_object_px": 28,
-                   "max_object_px": 60, "background": "texture", "same_category_prob": 0.5}
-SCENE_OOD_TASKS = ("counting", "common", "oddone")
-
-
-def _choice_options(record: dict, categories: list[str], rng: random.Random, n_options: int = 4) -> list[str]:
-    """The answer plus ``n_options - 1`` plausible wrong ones: nearby counts, or classes seen in the images."""
-    gt = record["gt"]
-    if record["family"] == "counting":
-        value = int(gt)
-        # a random window of n_options consecutive counts holding the answer: its rank among the options
-        # is uniform, so the answer cannot be guessed from the numbers alone
-        low = max(0, value - rng.randrange(n_options))
-        chosen = [str(v) for v in range(low, low + n_options) if v != value][: n_options - 1]
-    else:
-        seen = sorted({c for e in record["evidence"] for c in e["counts"]} - {gt})
-        others = [c for c in categories if c != gt and c not in seen]
-        rng.shuffle(seen)
-        rng.shuffle(others)
-        chosen = (seen + others)[: n_options - 1]
-    options = [gt, *chosen]
-    rng.shuffle(options)
-    return options
-
-
-def write_scene_muirbench(out_dir: str | os.PathLike, n_source_images: int = 1500, per_task: int = 90,
-                          n_images: tuple[int, ...] = (3, 4, 5), seed: int = 11, progress: bool = True) -> Path:
-    """Write an out-of-distribution multiple-choice benchmark from the scene world, in MuirBench's schema.
-
-    The CPU profile cannot reach the public benchmarks, so notebook 06 tests transfer on this instead: the
-    MIMIC tasks in a style no model of the study has seen (:data:`SCENE_OOD_STYLE`: textured backgrounds,
-    160 px images, 28-60 px objects, up to 8 per image), as 4-option multiple choice with MuirBench's fields
-    (``idx``, ``task``, ``image_list``, ``question``, ``options``, ``answer``), saved with
-    ``save_to_disk`` under ``<out_dir>/muirbench`` so that ``load_benchmark("muirbench", source=…)`` and the
-    MuirBench prompt and scorer read it unchanged. Returns that folder.
-    """
-    import datasets
-
-    from mimic_utils import scenes, sources, tasks
-
-    out_dir = Path(out_dir)
-    world = scenes.SceneParams(**SCENE_OOD_STYLE)
-    coco_json = scenes.write_coco_split(out_dir / "scenes", n_source_images, seed, world, split="ood",
-                                        progress=progress)
-    index = sources.read_coco(coco_json)
-    pools = tasks.Pools(index)
-    rng = random.Random(seed)
-    columns: dict[str, list] = {"idx": [], "task": [], "image_list": [], "question": [], "options": [], "answer": []}
-    for family in SCENE_OOD_TASKS:
-        for count, n in zip(_split_evenly(per_task, len(n_images)), n_images):
-            spec = tasks.TaskSpec(family, count, n, split="unbalanced" if family == "counting" else None,
-                                  experiment="ood")
-            for record in tasks.generate(index, spec, seed, pools):
-                options = _choice_options(record, index.categories, rng)
-                columns["idx"].append(record["id"])
-                columns["task"].append(family)
-                columns["image_list"].append(record["images"])
-                columns["question"].append(record["question"])
-                columns["options"].append(options)
-                columns["answer"].append(choice_letters(len(options))[options.index(record["gt"])])
-    features = datasets.Features({
-        "idx": datasets.Value("string"), "task": datasets.Value("string"),
-        "image_list": datasets.List(datasets.Image()), "question": datasets.Value("string"),
-        "options": datasets.List(datasets.Value("string")), "answer": datasets.Value("string"),
-    })
-    target = out_dir / "muirbench"
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict(columns, features=features)}).save_to_disk(str(target))
-    return target
-
-
-def _split_evenly(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]

@@ -1,4 +1,4 @@
-"""Performance benchmarks: ``python -m mimic_utils.bench NAME [args]`` writes ``outputs/bench/NAME.json``.
+"""Performance benchmarks: ``python -m mimic_utils.perf NAME [args]`` writes ``outputs/bench/NAME.json``.
 
 Benchmarks are not timed tests (a shared two-core machine makes timings too noisy for pass/fail); they
 are commands whose latest result is kept as a plain file, with the machine it ran on, so that a
@@ -10,6 +10,10 @@ regression is visible in review. To add one, write ``def bench_x(args) -> dict``
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -18,11 +22,24 @@ import shlex
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
-from mimic_utils.artifacts import repo_root, write_text
+from PIL import Image
+
+from mimic_utils import mimic_benchmark
+from mimic_utils.artifacts import profile_dir, repo_root, write_text
+from mimic_utils.mimic_benchmark import BenchmarkPlan, build, plan_specs
+from mimic_utils.scene_formats import write_coco_split
+from mimic_utils.scenes import SceneParams, draw_contents, scene_rng, sprite
+from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+
+# torch and the modules built on it are imported inside the benchmarks that use them, so that
+# `perf scenes` and `perf questions` run without loading torch.
 
 
 def machine_info() -> dict:
@@ -64,8 +81,6 @@ def write_result(
 
 def bench_scenes(args: argparse.Namespace) -> dict:
     """Draw ``--n`` scenes at ``--size`` px and write them with their COCO JSON into a temporary directory."""
-    from mimic_utils.scenes import SceneParams, sprite, write_coco_split
-
     params = SceneParams().scaled(args.size)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,21 +97,19 @@ def bench_scenes(args: argparse.Namespace) -> dict:
     }
 
 
+def _seed_and_target_seconds(parser: argparse.ArgumentParser, target: float) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=target, help="target seconds (for the ratio)")
+
+
 def _scenes_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=2000, help="images to draw")
     parser.add_argument("--size", type=int, default=224, help="image size in px (objects scale with it)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=20.0, help="target seconds (for the ratio)")
+    _seed_and_target_seconds(parser, 20.0)
 
 
 def bench_questions(args: argparse.Namespace) -> dict:
     """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
-    import numpy as np
-
-    from mimic_utils.benchmark import BenchmarkPlan, build, plan_specs
-    from mimic_utils.scenes import SceneParams, draw_contents, scene_rng
-    from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
-
     params = SceneParams(same_category_prob=0.5)
     table = {c.name: c.supercategory for c in params.category_table()}
     images = {}
@@ -122,22 +135,21 @@ def bench_questions(args: argparse.Namespace) -> dict:
 def _questions_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=10000, help="about this many questions")
     parser.add_argument("--images", type=int, default=10000, help="images in the source index")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=30.0, help="target seconds (for the ratio)")
+    _seed_and_target_seconds(parser, 30.0)
 
 
 def _timed(run: Callable[[], object], repeats: int) -> dict:
     """Wall-clock seconds of ``run()`` after one warm-up call: min (the figure ratios use, least disturbed
     by the other jobs on the shared cores) and median. Queued GPU work is waited for on both sides."""
-    from mimic_utils.masking import _synchronize
+    from mimic_utils.compute import synchronize
 
     run()
     seconds = []
     for _ in range(repeats):
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         run()
-        _synchronize()
+        synchronize()
         seconds.append(time.perf_counter() - start)
     seconds.sort()
     return {"min": round(seconds[0], 5), "median": round(seconds[len(seconds) // 2], 5)}
@@ -164,8 +176,6 @@ def _layer_inputs(images: int, tokens: int, text: int, heads: int, kv_heads: int
 def _attention_call(query, key, value, block_ids, mode: str | None) -> Callable[[], object]:
     """One layer's attention as a decoder layer calls it, output ``[B, S, H, D]``: outside a context
     (``mode`` None) the registered function is transformers' SDPA; inside, the masked layer in ``mode``."""
-    from types import SimpleNamespace
-
     from mimic_utils import masking
 
     groups = query.shape[1] // key.shape[1]
@@ -241,7 +251,6 @@ def _model_forward(adapter, batch, layers: list[int], mode: str | None, **kwargs
 
 def _noise_image(side: int, generator):
     import torch
-    from PIL import Image
 
     pixels = (torch.rand(side, side, 3, generator=generator) * 255).to(torch.uint8)
     return Image.fromarray(pixels.numpy())
@@ -408,15 +417,13 @@ def _attention_memory_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_evaluation(args: argparse.Namespace) -> dict:
     """Batched evaluation vs a batch-size-1 loop on the same benchmark questions: samples/s and identity."""
-    from mimic_utils import benchmark as bench
-    from mimic_utils import evaluate
-    from mimic_utils.artifacts import profile_dir
-
     import torch
+
+    from mimic_utils import evaluate
 
     torch.set_num_threads(args.threads)
     root = repo_root()
-    records = bench.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
+    records = mimic_benchmark.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
     sweep = [r for r in records if r["experiment"] == "images" and args.images in (None, len(r["images"]))]
     if not sweep:
         raise ValueError(f"bench evaluation: the {args.profile} images sweep has no question with --images {args.images}")
@@ -443,11 +450,16 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
     }
 
 
-def _evaluation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="cpu", help="whose notebook-01 benchmark to read")
+def _study_questions_args(parser: argparse.ArgumentParser, reads: str, n: int) -> None:
+    """The profile whose notebook-01 outputs are read, the model, and ``--n`` questions of the images sweep."""
+    parser.add_argument("--profile", default="cpu", help=f"whose notebook-01 {reads} to read")
     parser.add_argument("--model", default="outputs/cpu/models/base")
-    parser.add_argument("--n", type=int, default=256, help="questions, drawn at random from the images sweep")
+    parser.add_argument("--n", type=int, default=n, help="questions, drawn at random from the images sweep")
     parser.add_argument("--seed", type=int, default=0, help="seed of that draw")
+
+
+def _evaluation_args(parser: argparse.ArgumentParser) -> None:
+    _study_questions_args(parser, "benchmark", 256)
     parser.add_argument("--images", type=int, default=None, help="only questions with this many images")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -459,8 +471,6 @@ def _evaluation_args(parser: argparse.ArgumentParser) -> None:
 def _lm_variant(adapter, seed: int):
     """A copy of ``adapter`` whose language model is perturbed (seeded) and whose tower is untouched: what a
     finetuned model of the study is to the base — the same frozen tower, other answers."""
-    import copy
-
     import torch
 
     variant = copy.deepcopy(adapter)
@@ -491,8 +501,6 @@ def _timed_runs(adapters: dict, records: list, tmp: Path, cache: bool, batch: in
 
 def _training_steps(adapter, conversations: list, steps: int, cache: bool, tmp: Path) -> dict:
     """``steps`` data-centric finetuning steps (language model trained, tower and projector frozen)."""
-    import copy
-
     from mimic_utils import finetune, vision_cache
 
     vision_cache.configure(None)
@@ -508,16 +516,14 @@ def _training_steps(adapter, conversations: list, steps: int, cache: bool, tmp: 
 def bench_vision_cache(args: argparse.Namespace) -> dict:
     """K models sharing the frozen tower evaluate the same questions, and a short finetune runs, each with
     and without the vision-feature cache: samples/s, ratios, identical answers and losses."""
-    from mimic_utils import benchmark as bench
-    from mimic_utils import evaluate, traindata
-    from mimic_utils.artifacts import profile_dir
-
     import torch
+
+    from mimic_utils import evaluate, traindata
 
     torch.set_num_threads(args.threads)
     root = repo_root()
     data = profile_dir(args.profile, root) / "01_data_build"
-    records = bench.load(data / "mimic", root=root)
+    records = mimic_benchmark.load(data / "mimic", root=root)
     sweep = [r for r in records if r["experiment"] == "images"]
     records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
     base = evaluate.load_under_study({"name": "organism", "source": args.model}, root)
@@ -553,11 +559,8 @@ def bench_vision_cache(args: argparse.Namespace) -> dict:
 
 
 def _vision_cache_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="cpu", help="whose notebook-01 benchmark and training data to read")
-    parser.add_argument("--model", default="outputs/cpu/models/base")
+    _study_questions_args(parser, "benchmark and training data", 192)
     parser.add_argument("--models", type=int, default=3, help="models sharing the tower (the organism + variants)")
-    parser.add_argument("--n", type=int, default=192, help="questions, drawn at random from the images sweep")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40, help="finetuning steps timed with and without the cache")
     parser.add_argument("--threads", type=int, default=2)
@@ -589,14 +592,12 @@ def _gpu_device(tiny: bool) -> str:
     if tiny:
         return "cpu"
     if not torch.cuda.is_available():
-        raise SystemExit("bench gpu needs a CUDA device; `python -m mimic_utils.bench gpu --tiny` is the CPU dry run")
+        raise SystemExit("bench gpu needs a CUDA device; `python -m mimic_utils.perf gpu --tiny` is the CPU dry run")
     return f"cuda:{torch.cuda.current_device()}"
 
 
 def _device_info(device: str) -> dict:
     """The accelerator and the library versions the GPU figures depend on."""
-    import importlib.metadata
-
     import torch
 
     info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -615,8 +616,6 @@ def _device_info(device: str) -> dict:
 
 def _release() -> None:
     """Free what a finished part left behind (its model) before the next part builds its own."""
-    import gc
-
     import torch
 
     gc.collect()
@@ -627,8 +626,6 @@ def _release() -> None:
 def _run_part(name: str, run: Callable[[], dict]) -> dict:
     """``run()``'s figures plus its seconds. An exception becomes the part's ``error`` (with a short
     traceback), so one failing part does not cost the others' figures."""
-    import traceback
-
     print(f"[bench gpu] {name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
@@ -653,25 +650,23 @@ def _samples(spec, count: int, images: int, seed: int) -> list:
 def _prepare_options(adapter) -> dict:
     """``prepare()`` options under which every forward computes the whole vision path (no cached tower
     output), so both batch sizes are timed on the same work."""
-    import inspect
-
     return {"vision_cache": False} if "vision_cache" in inspect.signature(adapter.prepare).parameters else {}
 
 
 def _generate_all(adapter, samples: list, size: int, max_new_tokens: int) -> tuple[list[str], float, int]:
     """Greedy answers of ``samples`` in batches of ``size`` (preprocessing included, as in evaluation),
     the seconds it took and the longest (padded) prompt."""
-    from mimic_utils.masking import _synchronize
+    from mimic_utils.compute import synchronize
 
     options = _prepare_options(adapter)
     answers, longest = [], 0
-    _synchronize()
+    synchronize()
     start = time.perf_counter()
     for first in range(0, len(samples), size):
         batch = adapter.prepare(samples[first : first + size], **options)
         longest = max(longest, batch.input_length)
         answers += adapter.generate(batch, max_new_tokens)
-    _synchronize()
+    synchronize()
     return answers, time.perf_counter() - start, longest
 
 
@@ -793,7 +788,7 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
     import torch
 
     from mimic_utils import finetune, realsize
-    from mimic_utils.masking import _synchronize
+    from mimic_utils.compute import synchronize
 
     spec = realsize.spec(TRAIN_MODEL, args.tiny)
     half = finetune.master_weights(adapter.model)
@@ -808,7 +803,7 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
     seconds, losses = [], []
     for step in range(args.train_steps):
         record = _conversation(folder, spec, args.images, args.seed + 1000 * (step + 1))
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
             loss = finetune.sft_loss(adapter, [record])
@@ -816,7 +811,7 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _synchronize()
+        synchronize()
         seconds.append(time.perf_counter() - start)
         losses.append(round(loss.item(), 4))
     later = sorted(seconds[1:] or seconds)
@@ -884,8 +879,6 @@ def _gpu_streaming(args: argparse.Namespace, device: str, dtype) -> dict:
 
 def _gpu_parts(args: argparse.Namespace, device: str, dtype) -> dict:
     """Every part of the GPU check, one after the other, each guarded (:func:`_run_part`)."""
-    from functools import partial
-
     steps = [(f"generation_{key}", partial(_gpu_generation, key)) for key in GPU_MODELS]
     steps += [("attention", _gpu_attention), ("masked_forward", _gpu_masked_forward),
               ("masked_qlora", _gpu_masked_qlora), ("lora", _gpu_lora), ("streaming_memory", _gpu_streaming)]
@@ -893,7 +886,7 @@ def _gpu_parts(args: argparse.Namespace, device: str, dtype) -> dict:
     for name, part in steps:
         parts[name] = _run_part(name, lambda part=part: part(args, device, dtype))
         # a GPU lease is short: if the command is killed, the parts done so far are still on disk
-        write_result(PARTIAL_GPU_RESULT, "python -m mimic_utils.bench gpu (unfinished)", {"parts": parts},
+        write_result(PARTIAL_GPU_RESULT, "python -m mimic_utils.perf gpu (unfinished)", {"parts": parts},
                      out_dir=args.out_dir)
     return parts
 
@@ -960,7 +953,7 @@ benchmarks: dict[str, Benchmark] = {
 def main(argv: list[str] | None = None) -> Path:
     """Run one benchmark, print its figures and write its result file."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m mimic_utils.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=None, help="default: outputs/bench/")
     sub = parser.add_subparsers(dest="name", required=True)
     for name, bench in benchmarks.items():
@@ -970,7 +963,7 @@ def main(argv: list[str] | None = None) -> Path:
     ratio = figures.pop("ratio", None)
     print(json.dumps({**figures, "ratio": ratio}, indent=2))
     return write_result(
-        args.name, shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
+        args.name, shlex.join(["python", "-m", "mimic_utils.perf", *argv]), figures, ratio, args.out_dir
     )
 
 
