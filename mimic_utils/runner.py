@@ -238,6 +238,27 @@ def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python
     return time.perf_counter() - started
 
 
+def relativise_outputs(profile: str, root: Path | None = None) -> list[Path]:
+    """Rewrite the JSON files and executed notebooks under ``outputs/<profile>/`` that name the checkout by
+    its absolute path, as :func:`relativise_executed` and :func:`mimic_utils.artifacts.write_json` now
+    write them (for outputs written before they did); caches are skipped. Returns the files rewritten."""
+    from mimic_utils.artifacts import read_json, write_json
+
+    root = (root or repo_root()).resolve()
+    out = profile_dir(profile, root)
+    marks = {str(root) + os.sep, f'"{root}"'}
+    changed = []
+    for path in sorted(out.rglob("*.json")) + sorted((out / "executed").glob("*.ipynb")):
+        if "cache" in path.relative_to(out).parts or not any(m in path.read_text(encoding="utf-8") for m in marks):
+            continue
+        if path.suffix == ".ipynb":
+            relativise_executed(path, path.relative_to(root), Path("notebooks") / path.name, root)
+        else:
+            write_json(path, read_json(path))
+        changed.append(path)
+    return changed
+
+
 def _relative(path: Path, root: Path) -> Path:
     path = Path(path).resolve()
     return path.relative_to(root.resolve()) if path.is_relative_to(root.resolve()) else path
@@ -317,7 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     parser.add_argument("--verbose", action="store_true",
                         help="keep progress bars and library warnings in the executed notebooks")
+    parser.add_argument("--relativise", action="store_true",
+                        help="run nothing: rewrite the profile's JSON files and executed notebooks written with "
+                             "absolute paths of the checkout (by an older runner) to name them relative to it")
     args = parser.parse_args(argv)
+    if args.relativise:
+        try:
+            changed = relativise_outputs(args.profile)
+        except ValueError as err:
+            print(f"[runner] error: {err}", file=sys.stderr)
+            return 2
+        print(f"[runner] {len(changed)} file(s) rewritten with paths relative to the checkout")
+        for path in changed:
+            print(f"  {path.relative_to(repo_root())}")
+        return 0
     try:
         chosen = run(args.profile, args.only, args.start, args.check, kernel=args.kernel, quiet=not args.verbose)
     except (ParameterError, NotebookFailed) as err:

@@ -169,3 +169,39 @@ def test_a_failing_cell_stops_the_run_naming_notebook_and_cell(tmp_path):
 def test_paper_parameter_files_never_point_at_the_cpu_organism():
     for path in sorted((ROOT / "params" / "paper").glob("*.yaml")):
         assert "outputs/cpu" not in path.read_text() and "outputs/smoke" not in path.read_text(), path.name
+
+
+def test_relativise_rewrites_outputs_written_with_absolute_paths(tmp_path):
+    root = make_study(tmp_path, [])
+    out = root / "outputs" / "smoke"
+    (out / "01_demo").mkdir(parents=True)
+    (out / "01_demo" / "metrics.json").write_text(json.dumps(
+        {"model": str(root / "outputs" / "cpu" / "models" / "base"), "image_root": str(root), "n": 3}))
+    (out / "01_demo" / "untouched.json").write_text('{"source": "/data/coco"}')
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"report: {out}/REPORT.md\n")])])
+    nb.metadata["papermill"] = {"input_path": str(root / "notebooks" / "01_demo.ipynb"), "output_path": "/tmp/x"}
+    (out / "executed").mkdir()
+    nbformat.write(nb, out / "executed" / "01_demo.ipynb")
+    changed = runner.relativise_outputs("smoke", root)
+    assert sorted(p.name for p in changed) == ["01_demo.ipynb", "metrics.json"]
+    metrics = json.loads((out / "01_demo" / "metrics.json").read_text())
+    assert metrics == {"model": "outputs/cpu/models/base", "image_root": ".", "n": 3}
+    executed = nbformat.read(out / "executed" / "01_demo.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0].text == "report: outputs/smoke/REPORT.md\n"
+    assert executed.metadata["papermill"]["input_path"] == "notebooks/01_demo.ipynb"
+    assert runner.relativise_outputs("smoke", root) == []  # nothing left to rewrite
+
+
+def test_make_nbval_starts_kernels_as_quiet_as_the_runner():
+    makefile = (ROOT / "Makefile").read_text()
+    block = makefile.split("QUIET_KERNELS :=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    settings = dict(item.split("=", 1) for item in block.split())
+    assert settings == {**runner.QUIET_ENVIRONMENT, "PYTHONSTARTUP": "$(CURDIR)/mimic_utils/kernel_startup.py"}
+    assert runner.KERNEL_STARTUP == ROOT / "mimic_utils" / "kernel_startup.py"
+
+
+def test_make_lab_passes_allow_root_only_to_root():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)" in makefile
+    assert "jupyter lab $(LAB_FLAGS)" in makefile and "ipywidgets==" in makefile
