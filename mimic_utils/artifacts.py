@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-#: What a profile may be called: a plain folder name under ``params/`` (no separators, no leading dot).
-PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: What a profile may be called: a folder name under ``params/`` of letters, digits and ``_`` (it also names
+#: the lmms-eval tasks notebook 01 writes, ``mimic_<profile>_counting_balanced``).
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -52,8 +53,8 @@ def check_profile(profile: str, root: Path | None = None) -> str:
     to make your own). A checkout without ``params/`` at all (a test's temporary root) only checks the name.
     """
     if not isinstance(profile, str) or not PROFILE_NAME.fullmatch(profile):
-        raise ValueError(f"profile {profile!r}: a profile is a folder name under params/ "
-                         "(letters, digits, '.', '-', '_')")
+        raise ValueError(f"profile {profile!r}: a profile is a folder under params/ named with letters, "
+                         "digits and '_'")
     root = root or repo_root()
     if not (root / "params").is_dir():
         return profile
