@@ -53,7 +53,10 @@ nbval: $(STAMP)
 
 test: unit nbval
 
+# from an empty outputs/smoke/, as a fresh clone runs them: no "[evaluate] … starting over" about predictions
+# an earlier smoke run left behind with another model
 references: $(STAMP)
+	rm -rf outputs/smoke
 	$(PY) -m mimic_utils.runner --profile smoke
 	mkdir -p tests/notebooks && cp outputs/smoke/executed/[0-9][0-9]_*.ipynb tests/notebooks/
 
