@@ -42,13 +42,21 @@ smoke: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
 
+# nbval's kernels run as quietly as the runner's (runner.QUIET_ENVIRONMENT, kernel_startup.py), so that a
+# checked cell compares like with like
+QUIET_KERNELS := TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
+	PYTHONSTARTUP=$(CURDIR)/mimic_utils/kernel_startup.py
+
 nbval: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
+	$(QUIET_KERNELS) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
 		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(NBVAL_REFS)
 
 test: unit nbval
 
+# from an empty outputs/smoke/, as a fresh clone runs them: no "[evaluate] … starting over" about predictions
+# an earlier smoke run left behind with another model
 references: $(STAMP)
+	rm -rf outputs/smoke
 	$(PY) -m mimic_utils.runner --profile smoke
 	mkdir -p tests/notebooks && cp outputs/smoke/executed/[0-9][0-9]_*.ipynb tests/notebooks/
 
@@ -58,9 +66,20 @@ organism: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m mimic_utils.bench $(NAME)
 
-lab: $(STAMP)
-	$(PY) -m pip install --quiet jupyterlab
-	$(VENV)/bin/jupyter lab notebooks/
+# JupyterLab, and ipywidgets so that tqdm's progress bars show as widgets in the notebooks (the runner's
+# headless kernels show none). Installed into .venv with requirements.txt as constraints.
+LAB_PACKAGES := jupyterlab==4.6.6 ipywidgets==8.1.9
+LAB_STAMP := $(VENV)/.lab-installed
+# Jupyter refuses to start as root ("Running as root is not recommended. Use --allow-root to bypass."), yet
+# root is who runs in Colab, Docker and most GPU containers: there, and only there, pass --allow-root.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c requirements.txt $(LAB_PACKAGES)
+	@touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
 clean-smoke:
 	rm -rf outputs/smoke

@@ -7,14 +7,18 @@ leaves a half-written JSON, CSV or figure behind for a later notebook to trust.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-PROFILES = ("smoke", "cpu", "paper")
+#: What a profile may be called: a folder name under ``params/`` of letters, digits and ``_`` (it also names
+#: the lmms-eval tasks notebook 01 writes, ``mimic_<profile>_counting_balanced``).
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -33,11 +37,40 @@ def repo_root(start: Path | None = None) -> Path:
     raise FileNotFoundError(f"no MIMIC checkout (pyproject.toml + mimic_utils/) above {here}")
 
 
+def profiles(root: Path | None = None) -> list[str]:
+    """The study's profiles: the folders under ``params/`` (each holds one parameter file per notebook)."""
+    params = (root or repo_root()) / "params"
+    if not params.is_dir():
+        return []
+    return sorted(p.name for p in params.iterdir() if p.is_dir() and PROFILE_NAME.fullmatch(p.name))
+
+
+def check_profile(profile: str, root: Path | None = None) -> str:
+    """``profile`` if ``params/<profile>/`` exists; otherwise a ``ValueError`` naming the closest folder and
+    every profile there is, so a typo never creates a stray ``outputs/`` folder.
+
+    A profile is any folder under ``params/`` (``smoke``, ``cpu``, ``paper`` ship with the study; copy one
+    to make your own). A checkout without ``params/`` at all (a test's temporary root) only checks the name.
+    """
+    if not isinstance(profile, str) or not PROFILE_NAME.fullmatch(profile):
+        raise ValueError(f"profile {profile!r}: a profile is a folder under params/ named with letters, "
+                         "digits and '_'")
+    root = root or repo_root()
+    if not (root / "params").is_dir():
+        return profile
+    known = profiles(root)
+    if profile not in known:
+        hint = difflib.get_close_matches(profile, known, n=1)
+        raise ValueError(f"unknown profile {profile!r}: there is no folder params/{profile}/"
+                         + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f" (profiles: {', '.join(known) or 'none'})")
+    return profile
+
+
 def profile_dir(profile: str, root: Path | None = None) -> Path:
-    """``outputs/<profile>/``; refuses unknown profiles so a typo never creates a stray folder."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
-    return (root or repo_root()) / "outputs" / profile
+    """``outputs/<profile>/`` of a profile that exists under ``params/`` (see :func:`check_profile`)."""
+    root = root or repo_root()
+    return root / "outputs" / check_profile(profile, root)
 
 
 def output_dir(profile: str, notebook: str, root: Path | None = None) -> Path:
@@ -79,8 +112,51 @@ def write_bytes(path: Path | str, data: bytes) -> Path:
 
 
 def write_json(path: Path | str, obj: Any) -> Path:
-    """Atomically write JSON with sorted keys, so equal content gives byte-identical files."""
+    """Atomically write JSON with sorted keys, so equal content gives byte-identical files.
+
+    Absolute paths inside the checkout are written relative to it (:func:`relative_to_root`), so a
+    committed manifest or ``metrics.json`` says ``outputs/cpu/models/base``, not where it was cloned.
+    """
+    obj = relative_to_root(obj, repo_root_or_none(path))
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def repo_root_or_none(near: Path | str | None = None) -> Path | None:
+    """The checkout holding ``near`` (or the working directory), or ``None`` outside any checkout."""
+    try:
+        return repo_root(Path(near).resolve().parent if near is not None else None)
+    except FileNotFoundError:
+        return None
+
+
+def relative_to_root(obj: Any, root: Path | str | None = None) -> Any:
+    """``obj`` (JSON-like: dicts, lists, strings …) with absolute paths inside the checkout made relative.
+
+    A string that *is* the checkout becomes ``"."``; every ``<checkout>/`` inside a string (a path, or an
+    error message quoting one) loses that prefix, e.g. ``/home/me/mimic/outputs/cpu/models/base`` →
+    ``outputs/cpu/models/base``. Other strings, numbers and paths outside the checkout are left alone.
+    Readers resolve such paths against :func:`repo_root`, never against their working directory.
+    """
+    if root is None:
+        root = repo_root_or_none()
+        if root is None:
+            return obj
+    prefixes = sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True)
+    # the checkout's path where a path starts: not in the middle of a longer one (/x/home/me/mimic/…)
+    inside = re.compile(r"(?<![\w./~-])(?:" + "|".join(re.escape(p) for p in prefixes) + r")" + re.escape(os.sep))
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            return "." if value in prefixes else inside.sub("", value)
+        if isinstance(value, Path):
+            return fix(str(value))
+        if isinstance(value, dict):
+            return {fix(k) if isinstance(k, str) else k: fix(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(obj)
 
 
 def write_jsonl(path: Path | str, rows: Any) -> Path:
@@ -125,3 +201,45 @@ def write_metrics(profile: str, notebook: str, metrics: dict, root: Path | None 
 def read_metrics(profile: str, notebook: str, root: Path | None = None) -> dict:
     """Read an earlier notebook's ``metrics.json``."""
     return read_json(profile_dir(profile, root) / notebook / "metrics.json")
+
+
+# --- notebooks executed headlessly ------------------------------------------------------------------
+
+#: Libraries whose deprecation notices (FutureWarning, DeprecationWarning) say nothing about the study.
+NOISY_WARNING_MODULES = r"(?!mimic_utils|__main__)"
+#: Loggers that report optional speed-ups they could not load, as warnings.
+NOISY_LOGGERS = ("bitsandbytes",)
+
+
+def quiet_notebook() -> None:
+    """Keep progress bars and library noise out of a notebook that nobody watches.
+
+    Called before the first cell in every kernel ``python -m mimic_utils.runner`` starts (through
+    ``PYTHONSTARTUP``, see :func:`mimic_utils.runner.kernel_environment`), never in an interactive session:
+    there bars still show, as widgets in JupyterLab and as text in a terminal. It
+
+    * turns every tqdm bar off, also those the study asks for with ``disable=False`` (``TQDM_DISABLE`` only
+      changes the default): an executed notebook would otherwise keep one stream output per refresh;
+    * ignores tqdm's own warnings (``IProgress not found`` where ipywidgets is missing) and deprecation
+      notices raised inside libraries (``FutureWarning``, ``DeprecationWarning``), while warnings from the
+      study's code and notebooks still show;
+    * lowers loggers that announce optional kernels they could not load (bitsandbytes) to errors.
+    """
+    import logging
+    import warnings
+
+    from tqdm import std
+
+    warnings.filterwarnings("ignore", category=std.TqdmWarning)
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=NOISY_WARNING_MODULES)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    init = std.tqdm.__init__
+    if not getattr(init, "quiet", False):
+        def quiet_init(self, *args, **kwargs):
+            kwargs["disable"] = True
+            init(self, *args, **kwargs)
+
+        quiet_init.quiet = True
+        std.tqdm.__init__ = quiet_init

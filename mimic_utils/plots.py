@@ -6,6 +6,8 @@ Notebooks call these so that a cell stays one line; tables go beside the figures
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -49,48 +51,106 @@ def sample_questions(records: list[dict], path: Path | str, per_task: int = 1, t
             chosen.append(record)
             seen[record["task"]] += 1
     width = max(len(r["images"]) for r in chosen)
-    fig, axes = plt.subplots(len(chosen), width, figsize=(1.3 * width, 1.6 * len(chosen)), squeeze=False)
+    fig, axes = plt.subplots(len(chosen), width, figsize=(1.3 * width, 1.7 * len(chosen)), squeeze=False)
     for row, record in zip(axes, chosen):
         for ax in row:
             ax.axis("off")
         for ax, image in zip(row, record["images"]):
             ax.imshow(Image.open(image).convert("RGB").resize((thumb, thumb)))
-        row[0].set_title(f"[{record['task']}] {record['question']}  →  {record['gt']}", loc="left", fontsize=9)
-    fig.tight_layout()
+        # the question spans its row, wrapped to the row's width (tight_layout cannot place a title wider
+        # than its axes, hence the fixed margins)
+        title = f"[{record['task']}] {record['question']}  →  {record['gt']}"
+        row[0].set_title(textwrap.fill(title, width=int(12 * 1.3 * width)), loc="left", fontsize=9)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.94, wspace=0.08, hspace=0.45)
     save_figure(fig, path)
     return fig
 
 
 def answer_distribution(records: list[dict], path: Path | str, max_values: int = 12) -> plt.Figure:
-    """Histogram of ground-truth answers per task (Counting split by Balanced / Unbalanced)."""
+    """Ground-truth answers per task: counts as a histogram over whole numbers (Counting, split by Balanced /
+    Unbalanced), named answers as horizontal bars of the ``max_values`` most common, labels kept whole-ish."""
     tasks = sorted({r["task"] for r in records})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        answers = Counter(r["gt"] if len(r["gt"]) < 18 else r["gt"][:16] + "…" for r in records if r["task"] == task)
-        items = answers.most_common(max_values)
-        if task.startswith("counting"):
-            items = sorted(answers.items(), key=lambda kv: int(kv[0]))
-        ax.bar([k for k, _ in items], [v for _, v in items], color=sns.color_palette()[0])
-        ax.set_title(task, fontsize=10)
-        ax.tick_params(axis="x", rotation=60 if not task.startswith("counting") else 0, labelsize=8)
-    axes[0][0].set_ylabel("questions")
+    fig, axes = _grid(len(tasks), width=3.8, height=3.0)
+    color = sns.color_palette()[0]
+    for ax, task in zip(axes, tasks):
+        answers = Counter(r["gt"] for r in records if r["task"] == task)
+        ax.set_title(f"{task} ({sum(answers.values())} questions)", fontsize=10)
+        if all(str(a).lstrip("-").isdigit() for a in answers):
+            values = sorted((int(k), v) for k, v in answers.items())
+            ax.bar([k for k, _ in values], [v for _, v in values], color=color, width=0.8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("answer", fontsize=9)
+            ax.set_ylabel("questions", fontsize=9)
+        else:
+            items = answers.most_common(max_values)[::-1]  # the most common on top
+            ax.barh(range(len(items)), [v for _, v in items], color=color)
+            ax.set_yticks(range(len(items)))
+            ax.set_yticklabels([_shorten(str(k), 26) for k, _ in items], fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel(f"questions (the {len(items)} most common answers)" if len(answers) > len(items)
+                          else "questions", fontsize=9)
+        ax.tick_params(labelsize=8)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip(", ") + "…"
+
+
+def _grid(count: int, width: float, height: float, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
+    """``count`` panels of ``width`` × ``height`` inches, at most ``columns`` a row; spare panels hidden."""
+    columns = max(1, min(count, columns))
+    rows = -(-count // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
+
+
+#: What each experiment's knob values mean, for the coverage figure (``k``: ``n<images>-k<k>``).
+KNOB_TITLES = {"images": "images: n = images per question",
+               "distractors": "distractors: d = images holding none of the asked concepts",
+               "spread": "spread: s = images holding the asked concepts",
+               "k": "k: n = images per question, k = concepts the question names"}
 
 
 def knob_coverage(counts: dict, path: Path | str) -> plt.Figure:
-    """Heatmaps of questions per task and knob value, one panel per experiment (from the manifest)."""
+    """Questions per task and knob value, one heatmap row per experiment (from the manifest's counts).
+
+    One colour scale for every panel, from 0 (white: no such question) to the largest cell, so equal
+    counts look equal; each cell shows its count. Compound values (``n4-k2``) are written on two lines.
+    """
     experiments = sorted(counts)
-    fig, axes = plt.subplots(1, len(experiments), figsize=(4.2 * len(experiments), 3), squeeze=False)
-    for ax, experiment in zip(axes[0], experiments):
+    frames = []
+    for experiment in experiments:
         frame = pd.DataFrame(counts[experiment]).T.fillna(0).astype(int)
-        frame = frame[sorted(frame.columns, key=lambda c: (len(c), c))]
-        sns.heatmap(frame, annot=True, fmt="d", cbar=False, ax=ax, cmap="Blues", annot_kws={"fontsize": 7})
-        ax.set_title(experiment)
+        frames.append(frame[sorted(frame.columns, key=_knob_order)])
+    vmax = max(max(int(f.to_numpy().max()), 1) for f in frames)
+    columns = max(f.shape[1] for f in frames)
+    heights = [f.shape[0] for f in frames]  # equal row heights; titles and tick labels go between panels
+    fig, axes = plt.subplots(len(frames), 1, squeeze=False, gridspec_kw={"height_ratios": heights},
+                             figsize=(2.4 + 0.75 * max(columns, 4), 0.3 * sum(heights) + 0.8 * len(frames) + 0.4))
+    for ax, experiment, frame in zip(axes[:, 0], experiments, frames):
+        sns.heatmap(frame, annot=True, fmt="d", cbar=False, ax=ax, cmap="Blues", vmin=0, vmax=vmax,
+                    linewidths=0.5, linecolor="white", annot_kws={"fontsize": 8})
+        ax.set_xticklabels([str(c).replace("-", "\n") for c in frame.columns], rotation=0, fontsize=8)
+        ax.set_yticklabels(frame.index, rotation=0, fontsize=8)
+        ax.set_title(KNOB_TITLES.get(experiment, experiment), fontsize=9, loc="left")
+        ax.set_xlim(0, columns)  # every panel on the same cell width, blank beyond its own values
+        ax.grid(False)
+    fig.suptitle("questions per task and knob value", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
+
+
+def _knob_order(value: str) -> tuple:
+    """``n2`` before ``n10``; ``n1-k3`` before ``n4-k1``: the numbers of a knob value, in order."""
+    return tuple(int(n) for n in re.findall(r"\d+", str(value))) or (float("inf"),), str(value)
 
 
 #: What the dashed line of a score figure is, said in its legend.
@@ -231,41 +291,63 @@ def _legend(fig: plt.Figure, hue: str, colors: dict, style: str | None, styles: 
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
 
 
+#: Widest a bar figure gets (inches, before its legend); more groups wrap onto further rows.
+BARS_MAX_WIDTH = 10.0
+#: Inches per bar slot (a group of ``h`` bars takes ``h + 1`` slots, the gap included).
+BAR_SLOT = 0.2
+
+
 def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str, title: str = "",
                  ylabel: str = "accuracy", *, band: tuple[str, str] = ("lo", "hi"), blind: str | None = "blind",
                  reference: float | None = None, ylim: tuple[float, float] | None = (0, 1.05)) -> plt.Figure:
     """Grouped bars of a metric (e.g. tasks × models) with 95% error bars from the ``band`` columns and a
-    dashed blind-baseline mark per ``x`` group from the ``blind`` column, where the table has them."""
+    dashed blind-baseline mark per ``x`` group from the ``blind`` column, where the table has them.
+
+    The figure is as wide as its bars need, up to :data:`BARS_MAX_WIDTH` inches; further groups go on
+    further rows (same y scale), so many models × tasks stay readable at the saved size."""
     xs, hues = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[hue]))
-    width = 0.8 / len(hues)
-    fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.55 * len(xs) * (1 + len(hues))), 3.6))
+    per_row = max(1, min(len(xs), int((BARS_MAX_WIDTH - 1.5) // (BAR_SLOT * (len(hues) + 1)))))
+    rows = [xs[i:i + per_row] for i in range(0, len(xs), per_row)]
+    width = min(BARS_MAX_WIDTH, max(4.5, 1.5 + BAR_SLOT * per_row * (len(hues) + 1)))
+    fig, grid = plt.subplots(len(rows), 1, figsize=(width, 0.3 + 3.3 * len(rows)), squeeze=False, sharey=True)
+    axes = list(grid[:, 0])
     colors = _palette(frame[hue])
+    drew_blind = bool(blind) and blind in frame and frame[blind].notna().any()
+    for ax, groups in zip(axes, rows):
+        _bars(ax, frame[frame[x].isin(groups)], x, y, hue, groups, hues, colors, band, blind if drew_blind else None)
+        ax.set_xlim(-0.6, per_row - 0.4)  # equal bar widths on every row
+        if reference is not None:
+            ax.axhline(reference, color="black", linewidth=0.8, linestyle=":")
+        ax.set_ylabel(ylabel)
+    handles, _ = axes[0].get_legend_handles_labels()
+    if drew_blind:
+        handles.append(Line2D([], [], color="black", linestyle="--", label=BLIND_LABEL))
+    fig.legend(handles=handles, bbox_to_anchor=(1.0, 0.5), loc="center left", fontsize=8, frameon=False, title=hue)
+    axes[0].set_title(title)
+    if ylim is not None:
+        axes[0].set_ylim(*ylim)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig
+
+
+def _bars(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, hue: str, xs: list, hues: list, colors: dict,
+          band: tuple[str, str], blind: str | None) -> None:
+    """One group of bars per ``xs`` value, one bar per ``hues`` value, error bars where ``band`` exists."""
+    width = 0.8 / len(hues)
     for i, value in enumerate(hues):
         part = frame[frame[hue] == value].set_index(x).reindex(xs)
         where = [j + (i - (len(hues) - 1) / 2) * width for j in range(len(xs))]
         errors = ([part[y] - part[band[0]], part[band[1]] - part[y]] if all(c in frame for c in band) else None)
         ax.bar(where, part[y], width, color=colors[value], label=str(value), yerr=errors, capsize=2,
                error_kw={"linewidth": 0.8})
-    drew_blind = bool(blind) and blind in frame and frame[blind].notna().any()
-    if drew_blind:
+    if blind:
         for j, value in enumerate(xs):
             level = frame.loc[frame[x] == value, blind].iloc[0]
             ax.hlines(level, j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1.0)
-    if reference is not None:
-        ax.axhline(reference, color="black", linewidth=0.8, linestyle=":")
-    handles, _ = ax.get_legend_handles_labels()
-    if drew_blind:
-        handles.append(Line2D([], [], color="black", linestyle="--", label=BLIND_LABEL))
-    ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False, title=hue)
     ax.set_xticks(range(len(xs)))
-    ax.set_xticklabels([str(v) for v in xs], rotation=30, ha="right", rotation_mode="anchor")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    fig.tight_layout()
-    save_figure(fig, path)
-    return fig
+    ax.set_xticklabels([str(v) for v in xs], rotation=20, ha="right", rotation_mode="anchor")
+    ax.grid(axis="x", visible=False)  # a grid line through the middle bar of each group
 
 
 def attention_depth(table: pd.DataFrame, path: Path | str, query_kind: str = "vision", title: str = "") -> plt.Figure:

@@ -7,6 +7,11 @@ Every selected notebook's parameter file is validated *before* anything runs: a 
 stops the run with the file and key named. Executed copies go to ``outputs/<profile>/executed/``, and
 ``outputs/<profile>/timings.csv`` gets one row per notebook. The first failing notebook stops the run with
 its name and failing cell.
+
+A profile is any folder under ``params/`` holding one parameter file per notebook (``smoke``, ``cpu`` and
+``paper`` ship with the study). The kernels the runner starts run quietly (:func:`kernel_environment`):
+no progress bars or library warnings end up in the executed notebooks; ``--verbose`` keeps them.
+Executed notebooks record paths relative to the checkout, never where it was cloned.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
-from mimic_utils.artifacts import PROFILES, atomic_path, profile_dir, repo_root, write_text
+from mimic_utils.artifacts import (atomic_path, check_profile, profile_dir, profiles, relative_to_root, repo_root,
+                                   write_text)
 from mimic_utils.vision_cache import ENV_DIR
 
 #: Parameters the runner injects itself; a parameter file may not set them.
@@ -53,8 +62,10 @@ class Notebook:
 def discover(profile: str, root: Path | None = None) -> list[Notebook]:
     """The study's notebooks in order, each paired with its parameter file under ``params/<profile>/``."""
     root = root or repo_root()
-    if profile not in PROFILES:
-        raise ParameterError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    try:
+        check_profile(profile, root)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
     paths = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     return [Notebook(p.stem, p, root / "params" / profile / f"{p.stem}.yaml") for p in paths]
 
@@ -119,12 +130,87 @@ def _closest(key: str, names) -> str | None:
     return match[0] if match else None
 
 
-def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python3") -> float:
+#: Set for the kernels the runner starts, unless ``--verbose`` (a variable already set is kept, except
+#: PYTHONSTARTUP). Executed notebooks are read, diffed and committed: a bar leaves one stream output per
+#: refresh (hundreds per notebook), and a library's deprecation notice says nothing about the study.
+QUIET_ENVIRONMENT = {
+    "TQDM_DISABLE": "1",  # tqdm's default `disable` (the study's own bars: artifacts.quiet_notebook)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # download / "Loading weights" bars of huggingface_hub, transformers
+    "TRANSFORMERS_VERBOSITY": "error",  # transformers' advisory log lines
+}
+#: IPython runs this file before the first cell of each kernel: artifacts.quiet_notebook()
+KERNEL_STARTUP = Path(__file__).with_name("kernel_startup.py")
+
+
+def kernel_environment(profile: str, root: Path | None = None, quiet: bool = True) -> dict[str, str]:
+    """The environment variables the notebooks' kernels get from the runner.
+
+    Always ``MIMIC_CACHE_DIR`` (vision features and answers cached under ``outputs/<profile>/cache``); when
+    ``quiet``, :data:`QUIET_ENVIRONMENT` and ``PYTHONSTARTUP`` pointing at ``kernel_startup.py``, which
+    calls :func:`mimic_utils.artifacts.quiet_notebook`. Interactive sessions get none of this, so their
+    progress bars still show (widgets in JupyterLab, text in a terminal).
+    """
+    env = {ENV_DIR: str(profile_dir(profile, root) / "cache")}
+    if quiet:
+        env.update(QUIET_ENVIRONMENT, PYTHONSTARTUP=str(KERNEL_STARTUP))
+    return env
+
+
+@contextmanager
+def environment(values: dict[str, str], force: tuple[str, ...] = ("PYTHONSTARTUP",)) -> Iterator[dict[str, str]]:
+    """Set ``values`` in ``os.environ`` (kernels inherit it) for the block, then restore what was there.
+
+    A variable the user already set wins (e.g. ``TRANSFORMERS_VERBOSITY=info`` to debug), except those in
+    ``force``. Yields the values in effect.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    applied = {name: value if name in force or saved[name] is None else saved[name] for name, value in values.items()}
+    os.environ.update(applied)
+    try:
+        yield applied
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def relativise_executed(path: Path, final: Path, input_path: Path, root: Path) -> None:
+    """Rewrite an executed notebook so it names files relative to the checkout: papermill's
+    ``input_path``/``output_path`` and every text output (a printed path, a ``PosixPath`` result);
+    images are left as they are. A file that is not a readable notebook is left alone."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    meta = nb.get("metadata", {}).get("papermill")
+    if meta is not None:
+        meta["input_path"], meta["output_path"] = str(input_path), str(final)
+    nb["metadata"] = relative_to_root(nb.get("metadata", {}), root)
+    for cell in nb.get("cells", []):
+        outputs = []
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            output = relative_to_root({k: v for k, v in output.items() if k != "data"}, root)
+            if data is not None:
+                output["data"] = {mime: value if mime.startswith("image/") else relative_to_root(value, root)
+                                  for mime, value in data.items()}
+            outputs.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python3",
+            root: Path | None = None) -> float:
     """Execute one notebook with papermill; the executed copy appears only once it finished.
 
     On failure the partially executed copy is kept as ``<stem>.FAILED.ipynb`` for inspection and
-    :class:`NotebookFailed` names the notebook and the failing cell.
+    :class:`NotebookFailed` names the notebook and the failing cell. Either copy names files relative to
+    the checkout (:func:`relativise_executed`).
     """
+    root = root or repo_root()
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -139,15 +225,43 @@ def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python
                 kernel_name=kernel, progress_bar=False, log_output=False,
             )
         except PapermillExecutionError as err:
+            relativise_executed(tmp, _relative(failed, root), _relative(nb.path, root), root)
             tmp.replace(failed)
             raise NotebookFailed(
                 f"{nb.stem} failed in cell {err.cell_index} (execution count {err.exec_count}, "
                 f"starting {_first_line(failed, err.exec_count)!r}): {err.ename}: {err.evalue}\n"
                 f"  executed copy: {failed}"
             ) from None
+        relativise_executed(tmp, _relative(final, root), _relative(nb.path, root), root)
     if failed.exists():
         failed.unlink()
     return time.perf_counter() - started
+
+
+def relativise_outputs(profile: str, root: Path | None = None) -> list[Path]:
+    """Rewrite the JSON files and executed notebooks under ``outputs/<profile>/`` that name the checkout by
+    its absolute path, as :func:`relativise_executed` and :func:`mimic_utils.artifacts.write_json` now
+    write them (for outputs written before they did); caches are skipped. Returns the files rewritten."""
+    from mimic_utils.artifacts import read_json, write_json
+
+    root = (root or repo_root()).resolve()
+    out = profile_dir(profile, root)
+    marks = {str(root) + os.sep, f'"{root}"'}
+    changed = []
+    for path in sorted(out.rglob("*.json")) + sorted((out / "executed").glob("*.ipynb")):
+        if "cache" in path.relative_to(out).parts or not any(m in path.read_text(encoding="utf-8") for m in marks):
+            continue
+        if path.suffix == ".ipynb":
+            relativise_executed(path, path.relative_to(root), Path("notebooks") / path.name, root)
+        else:
+            write_json(path, read_json(path))
+        changed.append(path)
+    return changed
+
+
+def _relative(path: Path, root: Path) -> Path:
+    path = Path(path).resolve()
+    return path.relative_to(root.resolve()) if path.is_relative_to(root.resolve()) else path
 
 
 def _first_line(executed: Path, exec_count: int) -> str:
@@ -187,38 +301,59 @@ def update_timings(path: Path, rows: dict[str, tuple[float, str]]) -> None:
 
 
 def run(profile: str, only: str | None = None, start: str | None = None, check: bool = False,
-        root: Path | None = None, kernel: str = "python3") -> list[Notebook]:
-    """Validate every selected notebook's parameters, then execute them in order (unless ``check``)."""
+        root: Path | None = None, kernel: str = "python3", quiet: bool = True) -> list[Notebook]:
+    """Validate every selected notebook's parameters, then execute them in order (unless ``check``).
+
+    The kernels run with :func:`kernel_environment` (``quiet=False``: progress bars and warnings kept)."""
     root = root or repo_root()
     chosen = select(discover(profile, root), only, start)
+    missing = [nb.params_file.name for nb in chosen if not nb.params_file.is_file()]
+    if len(missing) > 1:
+        raise ParameterError(f"params/{profile}/ lacks the parameter files {', '.join(missing)} "
+                             "(a profile holds one per notebook: copy them from another profile)")
     parameters = {nb.stem: load_parameters(nb, profile) for nb in chosen}
     if check:
         return chosen
     out = profile_dir(profile, root)
-    # the notebooks' kernels inherit it: vision features and answers are cached under outputs/<profile>/cache
-    os.environ.setdefault(ENV_DIR, str(out / "cache"))
-    for nb in chosen:
-        print(f"[runner] {profile}: {nb.stem} …", flush=True)
-        try:
-            seconds = execute(nb, parameters[nb.stem], out / "executed", kernel)
-        except NotebookFailed:
-            update_timings(out / "timings.csv", {nb.stem: (0.0, "failed")})
-            raise
-        update_timings(out / "timings.csv", {nb.stem: (seconds, "ok")})
-        print(f"[runner] {profile}: {nb.stem} done in {seconds:.0f} s", flush=True)
+    with environment(kernel_environment(profile, root, quiet)):
+        for nb in chosen:
+            print(f"[runner] {profile}: {nb.stem} …", flush=True)
+            try:
+                seconds = execute(nb, parameters[nb.stem], out / "executed", kernel, root)
+            except NotebookFailed:
+                update_timings(out / "timings.csv", {nb.stem: (0.0, "failed")})
+                raise
+            update_timings(out / "timings.csv", {nb.stem: (seconds, "ok")})
+            print(f"[runner] {profile}: {nb.stem} done in {seconds:.0f} s", flush=True)
     return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.runner", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", required=True, choices=PROFILES)
+    parser.add_argument("--profile", required=True, metavar="NAME",
+                        help=f"a folder under params/ ({', '.join(profiles()) or 'none yet'})")
     parser.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--from", dest="start", help="run from this notebook number on, e.g. 04")
     parser.add_argument("--check", action="store_true", help="validate parameter files only; run nothing")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep progress bars and library warnings in the executed notebooks")
+    parser.add_argument("--relativise", action="store_true",
+                        help="run nothing: rewrite the profile's JSON files and executed notebooks written with "
+                             "absolute paths of the checkout (by an older runner) to name them relative to it")
     args = parser.parse_args(argv)
+    if args.relativise:
+        try:
+            changed = relativise_outputs(args.profile)
+        except ValueError as err:
+            print(f"[runner] error: {err}", file=sys.stderr)
+            return 2
+        print(f"[runner] {len(changed)} file(s) rewritten with paths relative to the checkout")
+        for path in changed:
+            print(f"  {path.relative_to(repo_root())}")
+        return 0
     try:
-        chosen = run(args.profile, args.only, args.start, args.check, kernel=args.kernel)
+        chosen = run(args.profile, args.only, args.start, args.check, kernel=args.kernel, quiet=not args.verbose)
     except (ParameterError, NotebookFailed) as err:
         print(f"[runner] error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParameterError) else 1

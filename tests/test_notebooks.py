@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nbformat
@@ -67,3 +68,73 @@ def test_papermill_sees_every_assignment_of_the_parameters_cell(notebook):
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     assigned = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
     assert assigned == set(papermill.inspect_notebook(str(notebook)))
+
+
+#: What a tqdm bar leaves in a stream: "45%|████▌     | 9/20 [00:01<00:02, 5.1it/s]".
+PROGRESS_BAR = re.compile(r"\d+%\||\|\s*\d+/\d+\s*\[|\d+(\.\d+)?\s?(it|s)/s\]")
+#: A warning as Python prints it ("…/x.py:12: FutureWarning: …"), or the source line it quotes.
+WARNING = re.compile(r"\b[A-Z]\w*Warning\b|warnings\.warn\(")
+#: A path inside someone's checkout or environment: "/home/me/mimic/outputs/…", "/opt/venv/…/site-packages/…".
+CHECKOUT_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.~+-]+/)+?(?:outputs|notebooks|mimic_utils|params|tests|site-packages)/")
+
+
+def noise(notebook: Path) -> list[str]:
+    """What a reader should not meet in an executed notebook: progress-bar streams, warnings, any stderr
+    (a library talking), and paths of the checkout it ran in. One line per finding."""
+    nb = nbformat.read(notebook, as_version=4)
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") if output.output_type == "stream" else str(output.get("data", {}).get("text/plain", ""))
+            where = f"{notebook.name} cell {index} ({output.output_type} {output.get('name', '')})".replace(" )", ")")
+            if output.output_type == "stream" and PROGRESS_BAR.search(text):
+                found.append(f"{where}: progress bar {text.strip()[:60]!r}")
+            elif output.output_type == "stream" and output.name == "stderr":
+                kind = "warning" if WARNING.search(text) else "stderr"
+                found.append(f"{where}: {kind} {text.strip()[:100]!r}")
+            if CHECKOUT_PATH.search(text):
+                found.append(f"{where}: absolute path {CHECKOUT_PATH.search(text).group()!r}")
+    papermill_meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if str(papermill_meta.get(key, "")).startswith("/"):
+            found.append(f"{notebook.name} metadata: papermill {key} is absolute ({papermill_meta[key]})")
+    return found
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_reference_holds_no_progress_bars_warnings_or_absolute_paths(notebook):
+    """The runner's kernels run quietly (runner.kernel_environment); `make references` after a change."""
+    findings = noise(REFERENCES / notebook.name)
+    assert not findings, f"{len(findings)} noisy output(s), e.g.\n" + "\n".join(findings[:8])
+
+
+def test_noise_finds_bars_warnings_stderr_and_paths(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="\rLoading weights:  45%|████▌     | 47/105 [00:00<?, ?it/s]"),
+        nbformat.v4.new_output("stream", name="stderr", text="/opt/venv/lib/python3.11/site-packages/tqdm/auto.py:21: "
+                               "TqdmWarning: IProgress not found.\n  from .autonotebook import tqdm\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="Failed to load CPU gemm_4bit_forward\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="report: /home/me/mimic/outputs/cpu/REPORT.md\n"),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "PosixPath('/srv/x/outputs/cpu/metrics.json')"},
+                               execution_count=1),
+        nbformat.v4.new_output("stream", name="stdout", text="fine: outputs/cpu/REPORT.md, 12 it, 3/4 done\n"),
+    ])])
+    nb.metadata["papermill"] = {"input_path": "/home/me/mimic/notebooks/x.ipynb", "output_path": "outputs/x.ipynb"}
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    found = noise(tmp_path / "x.ipynb")
+    assert [f.split(": ", 1)[1].split(" ")[0] for f in found] == [
+        "progress", "warning", "absolute", "stderr", "absolute", "absolute", "papermill"], found
+
+
+def test_smoke_outputs_name_no_absolute_path_of_the_checkout():
+    """Everything a smoke run wrote (run one first: `python -m mimic_utils.runner --profile smoke`) names
+    files relative to the checkout: manifests, metrics, tables, executed notebooks, task folders."""
+    smoke = ROOT / "outputs" / "smoke"
+    scratch = {"cache", "predictions", "checkpoints"}  # never committed under any profile (.gitignore)
+    files = [p for p in smoke.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl", ".csv", ".md", ".yaml", ".ipynb"}
+             and not scratch & set(p.relative_to(smoke).parts)] if smoke.is_dir() else []
+    if not files:
+        pytest.skip("no smoke outputs here: run `python -m mimic_utils.runner --profile smoke` first")
+    marks = {str(ROOT) + "/", f'"{ROOT}"', str(ROOT.resolve()) + "/"}
+    offending = [str(p.relative_to(ROOT)) for p in files if any(m in p.read_text(encoding="utf-8") for m in marks)]
+    assert not offending, f"absolute paths of {ROOT} in: {offending[:10]}"

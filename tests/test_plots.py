@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import pytest
+from PIL import Image
 
 from mimic_utils import plots
 
@@ -46,4 +49,51 @@ def test_bars_carry_error_bars_and_the_blind_mark(tmp_path):
     fig = plots.grouped_bars(data, "task", "score", "model", tmp_path / "b.png")
     ax = fig.axes[0]
     assert any(c.__class__.__name__ == "LineCollection" for c in ax.collections)  # error bars and blind marks
-    assert plots.BLIND_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert plots.BLIND_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_many_bars_wrap_onto_rows_at_a_readable_size(tmp_path):
+    """Seven models × five tasks once made a 2287 × 409 px strip; fifteen tasks now take three rows."""
+    tasks = [f"task_{i}" for i in range(15)]
+    data = pd.DataFrame([{"task": t, "model": f"model {m}", "score": 0.5, "lo": 0.4, "hi": 0.6, "blind": 0.2}
+                         for m in range(7) for t in tasks])
+    fig = plots.grouped_bars(data, "task", "score", "model", tmp_path / "b.png")
+    assert len(fig.axes) == 3 and fig.get_size_inches()[0] <= plots.BARS_MAX_WIDTH
+    with Image.open(tmp_path / "b.png") as image:
+        assert image.width <= 1600 and image.width / image.height < 4
+
+
+def test_knob_coverage_shares_one_colour_scale_and_splits_compound_labels(tmp_path):
+    counts = {"images": {"common": {"n1": 200, "n2": 200, "n10": 200}, "oddone": {"n10": 200}},
+              "k": {"listing": {"n1-k1": 200, "n1-k2": 200, "n4-k1": 200, "n4-k3": 200}},
+              "spread": {"counting_balanced": {"s1": 50, "s2": 200}}}
+    fig = plots.knob_coverage(counts, tmp_path / "k.png")
+    meshes = [ax.collections[0] for ax in fig.axes]
+    assert {(m.norm.vmin, m.norm.vmax) for m in meshes} == {(0, 200)}  # 200 is as dark in every panel
+    by_title = {ax.get_title(loc="left").split(":")[0]: ax for ax in fig.axes}
+    assert [t.get_text() for t in by_title["images"].get_xticklabels()] == ["n1", "n2", "n10"]
+    assert [t.get_text() for t in by_title["k"].get_xticklabels()] == ["n1\nk1", "n1\nk2", "n4\nk1", "n4\nk3"]
+    assert all(t.get_rotation() == 0 for ax in fig.axes for t in ax.get_yticklabels())
+
+
+def test_answer_distribution_counts_on_whole_numbers_and_names_on_bars(tmp_path):
+    records = ([{"task": "counting_balanced", "gt": str(n)} for n in range(1, 22)]
+               + [{"task": "listing", "gt": "cell phone, keyboard, laptop, mouse, remote"}] * 3
+               + [{"task": "listing", "gt": "tv"}])
+    fig = plots.answer_distribution(records, tmp_path / "a.png")
+    counting, listing = fig.axes[:2]
+    assert all(float(t).is_integer() for t in counting.get_xticks())
+    assert len(counting.get_xticks()) <= 12  # 21 answers, not 21 colliding labels
+    labels = [t.get_text() for t in listing.get_yticklabels()]
+    assert labels[-1].startswith("cell phone, keyboard") and labels[-1].endswith("…") and len(labels[-1]) <= 26
+
+
+def test_sample_questions_with_long_questions_lay_out_without_warnings(tmp_path, make_image):
+    for i in range(3):
+        make_image(32, 32, i).save(tmp_path / f"{i}.png")
+    records = [{"task": task, "question": "Which object category appears in only a minority of the images? " * 2,
+                "gt": "cell phone, keyboard, tv", "images": [str(tmp_path / f"{i}.png") for i in range(3)]}
+               for task in ("oddone", "listing")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.sample_questions(records, tmp_path / "s.png")

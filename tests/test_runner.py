@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import nbformat
 import pytest
 
 from mimic_utils import runner
-from mimic_utils.artifacts import repo_root
+from mimic_utils.artifacts import profile_dir, profiles, repo_root
 
 ROOT = repo_root(Path(__file__).parent)
 
@@ -33,9 +35,52 @@ def make_study(tmp_path: Path, cells: list[str], params: str | None = "answer: 2
 
 
 def test_every_profile_has_a_valid_parameter_file_for_every_notebook():
-    for profile in ("smoke", "cpu", "paper"):
+    assert {"smoke", "cpu", "paper"} <= set(profiles(ROOT))
+    for profile in profiles(ROOT):
         chosen = runner.run(profile, check=True, root=ROOT)
         assert [nb.number for nb in chosen] == ["01", "02", "03", "04", "05", "06"]
+
+
+def test_any_folder_under_params_is_a_profile(tmp_path):
+    root = make_study(tmp_path, ["print(answer)"])
+    shutil.copytree(root / "params" / "smoke", root / "params" / "my_gpu")
+    (root / "params" / "not-a-profile").mkdir()  # '-' cannot be part of lmms-eval task names
+    assert profiles(root) == ["my_gpu", "smoke"]
+    assert [nb.number for nb in runner.run("my_gpu", check=True, root=root)] == ["01"]
+    assert runner.main(["--profile", "my_gpu", "--check"]) == 2  # the real checkout has no such folder
+
+
+def test_a_misspelled_profile_is_named_with_the_closest_folder_and_all_profiles(capsys):
+    with pytest.raises(runner.ParameterError, match=r"unknown profile 'smok'.*did you mean 'smoke'\?.*cpu, paper, smoke"):
+        runner.run("smok", check=True, root=ROOT)
+    assert runner.main(["--profile", "papr", "--check"]) == 2
+    assert "did you mean 'paper'?" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="letters, digits and '_'"):
+        profile_dir("../cpu", ROOT)  # never a path outside outputs/
+
+
+def test_a_profile_folder_missing_parameter_files_names_them(tmp_path):
+    root = make_study(tmp_path, ["print(answer)"])
+    nb = nbformat.read(root / "notebooks" / "01_demo.ipynb", as_version=4)
+    nbformat.write(nb, root / "notebooks" / "02_other.ipynb")
+    (root / "params" / "empty").mkdir()
+    with pytest.raises(runner.ParameterError, match=r"params/empty/ lacks the parameter files 01_demo.yaml, 02_other.yaml"):
+        runner.run("empty", check=True, root=root)
+
+
+def test_kernels_run_quietly_unless_verbose(tmp_path, monkeypatch):
+    root = make_study(tmp_path, [])
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")  # set by the user: kept
+    monkeypatch.setenv("PYTHONSTARTUP", "/home/me/.pythonrc")  # replaced for the block, then restored
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    env = runner.kernel_environment("smoke", root)
+    assert env["TQDM_DISABLE"] == "1" and env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert Path(env["PYTHONSTARTUP"]).is_file() and env["MIMIC_CACHE_DIR"].endswith("outputs/smoke/cache")
+    with runner.environment(env) as applied:
+        assert applied["TRANSFORMERS_VERBOSITY"] == "info" and os.environ["PYTHONSTARTUP"] == env["PYTHONSTARTUP"]
+        assert os.environ["TQDM_DISABLE"] == "1"
+    assert os.environ["PYTHONSTARTUP"] == "/home/me/.pythonrc" and "TQDM_DISABLE" not in os.environ
+    assert set(runner.kernel_environment("smoke", root, quiet=False)) == {"MIMIC_CACHE_DIR"}
 
 
 def test_a_typo_in_a_parameter_key_is_refused_naming_file_and_key(tmp_path):
@@ -74,6 +119,44 @@ def test_run_executes_injects_parameters_and_records_timings(tmp_path):
     assert rows[0]["notebook"] == "01_demo" and rows[0]["status"] == "ok"
 
 
+NOISY_CELLS = [
+    # the study's bars ask for disable=False; transformers-style library notices; an IProgress-less tqdm.auto
+    "from tqdm.auto import tqdm\nfor _ in tqdm(range(50), disable=False, mininterval=0): pass",
+    "import warnings, types\nlib = types.ModuleType('somelib')\n"
+    "exec(\"import warnings\\ndef old(): warnings.warn('is deprecated', FutureWarning)\", lib.__dict__)\n"
+    "lib.__dict__['__name__'] = 'somelib'\nlib.old()",
+    "import logging\nlogging.getLogger('bitsandbytes.backends').warning('Failed to load CPU gemm_4bit_forward')",
+    "from pathlib import Path\nfrom mimic_utils.artifacts import repo_root\nprint(repo_root() / 'outputs' / 'x.json')\n"
+    "repo_root() / 'outputs'",
+]
+
+
+@pytest.mark.slow
+def test_executed_notebooks_hold_no_progress_bars_warnings_or_checkout_paths(tmp_path):
+    root = make_study(tmp_path, NOISY_CELLS + ["import warnings\nwarnings.warn('the study says so')"])
+    runner.run("smoke", root=root)
+    executed = root / "outputs" / "smoke" / "executed" / "01_demo.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    streams = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream"]
+    text = "".join(o.text for o in streams)
+    assert "%|" not in text and "FutureWarning" not in text and "gemm_4bit" not in text, text
+    assert "UserWarning: the study says so" in text  # the study's own warnings still show
+    assert str(root) not in executed.read_text() and str(tmp_path) not in executed.read_text()
+    result = next(o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "execute_result")
+    assert "outputs/x.json" in text and result.data["text/plain"] == "PosixPath('outputs')"
+    meta = json.loads(executed.read_text())["metadata"]["papermill"]
+    assert meta["input_path"] == "notebooks/01_demo.ipynb"
+    assert meta["output_path"] == "outputs/smoke/executed/01_demo.ipynb"
+
+
+@pytest.mark.slow
+def test_verbose_keeps_the_progress_bars(tmp_path):
+    root = make_study(tmp_path, NOISY_CELLS[:1])
+    runner.run("smoke", root=root, quiet=False)
+    nb = nbformat.read(root / "outputs" / "smoke" / "executed" / "01_demo.ipynb", as_version=4)
+    assert "%|" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
 @pytest.mark.slow
 def test_a_failing_cell_stops_the_run_naming_notebook_and_cell(tmp_path):
     root = make_study(tmp_path, ["x = 1", "raise RuntimeError('boom')"])
@@ -87,3 +170,39 @@ def test_a_failing_cell_stops_the_run_naming_notebook_and_cell(tmp_path):
 def test_paper_parameter_files_never_point_at_the_cpu_organism():
     for path in sorted((ROOT / "params" / "paper").glob("*.yaml")):
         assert "outputs/cpu" not in path.read_text() and "outputs/smoke" not in path.read_text(), path.name
+
+
+def test_relativise_rewrites_outputs_written_with_absolute_paths(tmp_path):
+    root = make_study(tmp_path, [])
+    out = root / "outputs" / "smoke"
+    (out / "01_demo").mkdir(parents=True)
+    (out / "01_demo" / "metrics.json").write_text(json.dumps(
+        {"model": str(root / "outputs" / "cpu" / "models" / "base"), "image_root": str(root), "n": 3}))
+    (out / "01_demo" / "untouched.json").write_text('{"source": "/data/coco"}')
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"report: {out}/REPORT.md\n")])])
+    nb.metadata["papermill"] = {"input_path": str(root / "notebooks" / "01_demo.ipynb"), "output_path": "/tmp/x"}
+    (out / "executed").mkdir()
+    nbformat.write(nb, out / "executed" / "01_demo.ipynb")
+    changed = runner.relativise_outputs("smoke", root)
+    assert sorted(p.name for p in changed) == ["01_demo.ipynb", "metrics.json"]
+    metrics = json.loads((out / "01_demo" / "metrics.json").read_text())
+    assert metrics == {"model": "outputs/cpu/models/base", "image_root": ".", "n": 3}
+    executed = nbformat.read(out / "executed" / "01_demo.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0].text == "report: outputs/smoke/REPORT.md\n"
+    assert executed.metadata["papermill"]["input_path"] == "notebooks/01_demo.ipynb"
+    assert runner.relativise_outputs("smoke", root) == []  # nothing left to rewrite
+
+
+def test_make_nbval_starts_kernels_as_quiet_as_the_runner():
+    makefile = (ROOT / "Makefile").read_text()
+    block = makefile.split("QUIET_KERNELS :=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    settings = dict(item.split("=", 1) for item in block.split())
+    assert settings == {**runner.QUIET_ENVIRONMENT, "PYTHONSTARTUP": "$(CURDIR)/mimic_utils/kernel_startup.py"}
+    assert runner.KERNEL_STARTUP == ROOT / "mimic_utils" / "kernel_startup.py"
+
+
+def test_make_lab_passes_allow_root_only_to_root():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)" in makefile
+    assert "jupyter lab $(LAB_FLAGS)" in makefile and "ipywidgets==" in makefile
