@@ -150,10 +150,12 @@ MINOR_BUILDERS: dict[str, Callable] = {
 # --- single-image questions ------------------------------------------------------------------------
 
 
-def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Drawn:
+def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
+            count_weights: tuple[float, ...] | None = None) -> Drawn:
     index = pools.index
     if family == "counting":
-        wanted = rng.randint(0, max_count)  # balanced over the true count, 0 included
+        # balanced over the true count, 0 included, unless count_weights (one per count 0..max) tilt it
+        wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
         target = rng.choice(index.categories)
         matching = pools.by_count.get((target, wanted), [])
         if not matching:
@@ -179,6 +181,11 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
     image = rng.choice(single)
     name = next(iter(pools.classes[image]))
     return [image], [name], "Which object category appears in every image?", name
+
+
+def true_count(rng: random.Random, count_weights) -> int:
+    """A true count 0..len(count_weights)-1 drawn with the given relative weights."""
+    return rng.choices(range(len(count_weights)), weights=list(count_weights))[0]
 
 
 class _Skip(Exception):
@@ -244,8 +251,12 @@ def minor_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> 
 
 def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
                            families: tuple[str, ...] = SINGLE_FAMILIES, pools: Pools | None = None,
-                           prefix: str = "single") -> list[dict]:
-    """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max."""
+                           prefix: str = "single", count_weights: tuple[float, ...] | None = None) -> list[dict]:
+    """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max, or
+    drawn with ``count_weights`` (relative, one per true count 0..``max_count``)."""
+    if count_weights is not None and len(count_weights) != max_count + 1:
+        raise KnobError(f"single-image counting: count_weights needs {max_count + 1} values (counts 0..{max_count}), "
+                        f"got {list(count_weights)}")
     pools = pools or Pools(index)
     if "counting" in families:
         seen = {0} | {n for i in pools.certain for n in pools.counts[i].values()}
@@ -263,7 +274,7 @@ def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, ma
                 raise KnobError(f"single-image {family}: the source cannot supply {total} questions "
                                 f"(max_count={max_count}); generate more scenes")
             try:
-                drawn = _single(pools, rng, family, max_count)
+                drawn = _single(pools, rng, family, max_count, count_weights)
             except _Skip:
                 continue
             records.append(_record(index, f"{prefix}-{family}-{number:05d}", family, *drawn, "single"))
