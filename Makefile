@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL_REFS := $(sort $(wildcard tests/notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install study smoke test unit nbval references organism bench lab clean-smoke interop
+.PHONY: help install study smoke test unit nbval references organism organism-probe bench lab clean-smoke interop
 
 help:
 	@echo "make study       run the whole study under the cpu profile (outputs/cpu/)"
 	@echo "make test        unit tests, then nbval regression of the notebooks under smoke"
 	@echo "make organism    train the embedded tiny model organism from scratch (outputs/cpu/models/base/)"
+	@echo "make organism-probe   its language-model shapes, 6 min each (outputs/cpu/models/probe.md)"
 	@echo "make references  re-execute the smoke notebooks and store them as nbval references"
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
 	@echo "make lab         open the study in JupyterLab"
@@ -63,8 +64,11 @@ references: $(STAMP)
 organism: $(STAMP)
 	$(PY) -m mimic_utils.organism --profile cpu
 
+organism-probe: $(STAMP)
+	$(PY) -m mimic_utils.organism --profile cpu --probe --minutes 6
+
 bench: $(STAMP)
-	$(PY) -m mimic_utils.bench $(NAME)
+	$(PY) -m mimic_utils.perf $(NAME)
 
 # JupyterLab, and ipywidgets so that tqdm's progress bars show as widgets in the notebooks (the runner's
 # headless kernels show none). Installed into .venv with requirements.txt as constraints.

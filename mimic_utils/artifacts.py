@@ -243,3 +243,25 @@ def quiet_notebook() -> None:
 
         quiet_init.quiet = True
         std.tqdm.__init__ = quiet_init
+
+
+def recorded_root(root: Path | None) -> str | None:
+    """How a manifest records the directory its image paths are relative to: relative to the checkout when
+    inside it ("." for the checkout itself), so committed manifests hold no machine's absolute path."""
+    if root is None:
+        return None
+    try:
+        return str(Path(root).resolve().relative_to(repo_root().resolve())) or "."
+    except ValueError:
+        return str(root)
+
+
+def image_root(root: Path | None, manifest: dict) -> Path | None:
+    """Where a manifest's relative image paths start: the caller's ``root``, else the recorded directory
+    (resolved against this checkout when it is relative, see :func:`recorded_root`)."""
+    if root is not None:
+        return Path(root)
+    recorded = manifest.get("image_root")
+    if recorded is None:
+        return None
+    return repo_root() / recorded if not Path(recorded).is_absolute() else Path(recorded)

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from mimic_utils.artifacts import read_json, read_jsonl, write_json, write_jsonl
+from mimic_utils.artifacts import image_root, read_json, recorded_root, read_jsonl, write_json, write_jsonl
 from mimic_utils.sources import AnnotationIndex
 from mimic_utils.tasks import FAMILIES, MAX_IMAGES, KnobError, Pools, TaskSpec, generate_all, source_cap, spec_dict
 
@@ -166,7 +166,7 @@ def save(records: list[dict], out_dir: Path | str, plan: BenchmarkPlan, index: A
         "specs": [spec_dict(s) for s in plan_specs(plan)],
         "source": {"format": index.source_format, "sha256": index.source_hash, "images": len(index.images),
                    "categories": len(index.categories), "supercategories": len(index.supercategories)},
-        "image_root": str(root) if root else None,
+        "image_root": recorded_root(root),  # relative to the checkout when inside it (no absolute path)
         "files": files,
         "total": len(records),
         "counts": knob_counts(records),
@@ -203,7 +203,7 @@ def load(bench_dir: Path | str, families: tuple[str, ...] = FAMILIES, root: Path
         if file_sha256(path) != expected["sha256"]:
             raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
         records.extend(read_jsonl(path))
-    return absolute_images(records, root or manifest.get("image_root"))
+    return absolute_images(records, image_root(root, manifest))
 
 
 def absolute_images(records: list[dict], root: Path | str | None) -> list[dict]:

@@ -2,13 +2,31 @@
 
     python -m mimic_utils.organism --profile cpu      # or: make organism
 
-Trained end to end on questions the tiny model does not learn to look at the image, so it is built the
-way the paper's LVLMs are, in miniature: stage 0 pretrains the vision tower on dense box supervision (our
-stand-in for CLIP/SigLIP), stage 1 aligns the merger and language model on scene descriptions, stage 2
-tunes them on single-image questions. Stages 1 and 2 reuse the frozen tower's outputs; every stage
-checkpoints and resumes; the final model is scored on held-out single-image questions through the same
-adapter and scorers as any checkpoint, and :mod:`mimic_utils.organism_card` writes its card. The recipe
-and why: docs/organism.md.
+It is built the way the paper's LVLMs are, in miniature (docs/organism.md), because we measured that
+training the tiny model end to end on questions does not learn to look at the image:
+
+* **Stage 0 — vision pretraining**, our stand-in for CLIP/SigLIP: the vision tower and its patch merger
+  learn dense box supervision from the scene world. Each merged vision token (a 28 px cell) predicts the
+  category whose object centre lies in its cell, or background (one softmax, object cells weighted
+  ``cell_weight``), and a pooled head regresses per-category counts.
+* **Stage 1 — alignment**: vision frozen; the merger and the language model learn scene descriptions
+  ("2 dog, 1 cat").
+* **Stage 2 — single-image instruction tuning**: the four MIMIC question types and presence, asked of
+  one image only — so the organism is a single-image solver, as the paper describes real LVLMs — and
+  single-image multiple choice in the public benchmarks' format (:func:`choice_questions`: the question,
+  ``A. …`` option lines, MuirBench's "Answer with the option's letter from the given choices directly.",
+  answered with the letter), so that multiple-choice benchmarks measure transfer, not the answer format.
+
+The language model's shape (``text_hidden``, ``text_layers``, ``text_heads``, ``text_intermediate``) is
+part of the recipe (``params/<profile>/organism.yaml``). ``--probe`` compares shapes at equal wall time
+on top of the committed vision tower (:func:`probe`):
+
+    python -m mimic_utils.organism --probe --minutes 6   # writes outputs/cpu/models/probe.{json,md}
+
+Stages 1 and 2 reuse the frozen tower's block outputs, computed once, and feed them to the model through
+its own ``mm_encoder_outputs`` argument; only the merger and the language model run per step. Every
+stage checkpoints, resumes, logs its loss, and the final model is evaluated on held-out single-image
+questions through the same adapter and scorer as any real checkpoint.
 """
 
 from __future__ import annotations
@@ -206,11 +224,14 @@ def encode_conversation(processor, question: str, family: str, n_images: int, an
                         tokens_per_image: int) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 outside the assistant's answer) of one Qwen2-VL conversation.
 
-    The prompt goes through the processor's own chat template with the official MIMIC layout; each image
+    The prompt goes through the processor's own chat template with the official MIMIC layout (multiple
+    choice, ``family="choice"``: ``question`` is the whole MuirBench-format prompt, placed after the image
+    as evaluation places a public benchmark's prompt); each image
     placeholder is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a
     fixed-size image (tested against it), so no pixels are needed here.
     """
-    messages = build_messages(question, n_images, prompt_family(family), "qwen2_vl")
+    task = CHOICE_TASK if family == CHOICE_FAMILY else prompt_family(family)
+    messages = build_messages(question, n_images, task, "qwen2_vl")
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     image_token = processor.image_token
     prompt = prompt.replace(image_token, image_token * tokens_per_image)
@@ -247,16 +268,145 @@ def family_shares(count: int, weights: dict[str, int]) -> dict[str, int]:
     """``count`` questions split over the families in proportion to their integer ``weights``."""
     total = sum(weights.values())
     shares = {family: count * weight // total for family, weight in weights.items()}
-    for family in list(weights)[: count - sum(shares.values())]:  # the remainder, one each, in order
+    for family in [f for f, w in weights.items() if w > 0][: count - sum(shares.values())]:  # the remainder
         shares[family] += 1
     return shares
 
 
+# --- single-image multiple choice, in the public benchmarks' format ---------------------------------
+
+CHOICE_FAMILY = "choice"
+#: The public benchmark whose prompt and scorer multiple-choice questions use: MuirBench's layout,
+#: ``{question}\nA. {option}\n…\nAnswer with the option's letter from the given choices directly.``,
+#: which is also the scene-world OOD benchmark's (mimic_utils.benchmarks.write_scene_muirbench).
+CHOICE_TASK = "muirbench"
+#: Kinds of single-image multiple-choice questions. ``count`` and ``naming`` ask the MIMIC wording of
+#: Counting and Common (the OOD benchmark's questions) of one image; ``category`` and ``supercategory``
+#: offer exactly one option that appears in the image.
+CHOICE_KINDS = ("count", "category", "naming", "supercategory")
+CHOICE_QUESTIONS = {
+    "category": "Which of these object categories appears in the image?",
+    "supercategory": "Which supercategory of objects appears in the image?",
+}
+
+
+def _choice_drawn(pools, nonempty: list[str], rng: random.Random, kind: str, n_options: int, max_count: int,
+                  count_weights) -> tuple[str, str, str, list[str]]:
+    """(image id, question, right option, wrong options) of one question; ``_Skip`` when the draw has no
+    image. ``nonempty``: the certain images that hold an object."""
+    from mimic_utils.tasks import question_for
+    from mimic_utils.traindata import _Skip, true_count
+
+    index = pools.index
+    if kind == "count":
+        wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
+        target = rng.choice(index.categories)
+        matching = pools.by_count.get((target, wanted), [])
+        if not matching:
+            raise _Skip()
+        # a window of n_options consecutive counts holding the answer, as the OOD benchmark offers them
+        low = max(0, wanted - rng.randrange(n_options))
+        wrong = [str(v) for v in range(low, low + n_options) if v != wanted][: n_options - 1]
+        return rng.choice(matching), question_for("counting", [target]), str(wanted), wrong
+    if kind == "naming":
+        if not pools.single_class:
+            raise _Skip()
+        image = rng.choice(pools.single_class)
+        right = next(iter(pools.classes[image]))
+        question = question_for("common", [right])
+    else:
+        if not nonempty:
+            raise _Skip()
+        image = rng.choice(nonempty)
+        if kind == "category":
+            right = rng.choice(sorted(pools.classes[image]))
+        else:
+            right = rng.choice(sorted({index.supercategory_of[c] for c in pools.classes[image]}))
+        question = CHOICE_QUESTIONS[kind]
+    if kind == "supercategory":
+        seen = {index.supercategory_of[c] for c in pools.classes[image]}
+        absent = [s for s in index.supercategories if s not in seen]
+    else:
+        absent = [c for c in index.categories if c not in pools.classes[image]]
+    if not absent:
+        raise _Skip()
+    return image, question, right, rng.sample(absent, min(n_options - 1, len(absent)))
+
+
+def choice_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
+                     kinds: dict[str, int] | None = None, options: tuple[int, int] = (2, 5),
+                     count_weights=None, pools=None, prefix: str = "single") -> list[dict]:
+    """Single-image multiple-choice questions, ``count * weight / sum`` of each kind of ``kinds`` (default:
+    :data:`CHOICE_KINDS` evenly).
+
+    Each has ``options[0]..options[1]`` options (fewer when the image leaves too few wrong ones: a
+    supercategory question on an image holding 5 of the 6), the right one at a uniformly drawn position,
+    so the answer's letter is uniform over the positions. Records: ``id``, ``family`` ("choice"),
+    ``sub_task`` (the kind), ``image_ids``, ``question`` (bare), ``options``, ``letters``, ``answer``
+    (the letter) and ``gt`` (the same letter); :func:`choice_prompt` gives the text the model sees.
+    """
+    from mimic_utils.benchmarks import choice_letters
+    from mimic_utils.traindata import Pools, _Skip
+
+    low, high = options
+    if not 2 <= low <= high <= 26:
+        raise ValueError(f"multiple choice: options must satisfy 2 <= low <= high <= 26, got {options}")
+    pools = pools or Pools(index)
+    nonempty = [i for i in pools.certain if pools.classes[i]]
+    records = []
+    for kind, share in family_shares(count, kinds or dict.fromkeys(CHOICE_KINDS, 1)).items():
+        if kind not in CHOICE_KINDS:
+            raise ValueError(f"multiple choice: unknown kind {kind!r}; known: {list(CHOICE_KINDS)}")
+        rng = random.Random(f"{seed}:{prefix}:choice:{kind}")
+        number = attempts = 0
+        while number < share:
+            attempts += 1
+            if attempts > 50 * share + 100:
+                raise ValueError(f"multiple choice {kind}: the source cannot supply {share} questions; "
+                                 "render more scenes")
+            try:
+                image, question, right, wrong = _choice_drawn(pools, nonempty, rng, kind, rng.randint(low, high),
+                                                              max_count, count_weights)
+            except _Skip:
+                continue
+            rng.shuffle(wrong)
+            position = rng.randrange(len(wrong) + 1)
+            opts = wrong[:position] + [right] + wrong[position:]
+            letters = choice_letters(len(opts))
+            records.append({"id": f"{prefix}-choice-{kind}-{number:05d}", "family": CHOICE_FAMILY, "sub_task": kind,
+                            "image_ids": [image], "question": question, "options": opts, "letters": letters,
+                            "answer": letters[position], "gt": letters[position], "right": right})
+            number += 1
+    return records
+
+
+def choice_bench_record(record: dict, images: list) -> "BenchRecord":
+    """A multiple-choice record as a :class:`mimic_utils.benchmarks.BenchRecord` of :data:`CHOICE_TASK`,
+    so that its prompt, generation budget and scorer are that benchmark's own."""
+    from mimic_utils.benchmarks import BenchRecord
+
+    return BenchRecord(id=record["id"], benchmark=CHOICE_TASK, images=images, question=record["question"],
+                       options=list(record["options"]), letters=list(record["letters"]), answer=record["answer"],
+                       sub_task=record["sub_task"], meta={"n_options": len(record["options"])})
+
+
+def choice_prompt(record: dict) -> str:
+    """The text after the image, exactly as :func:`mimic_utils.benchmarks.build_prompt` writes a MuirBench
+    question: ``{question}\nA. …\nB. …\nAnswer with the option's letter from the given choices directly.``"""
+    from mimic_utils.benchmarks import build_prompt
+
+    return build_prompt(choice_bench_record(record, []))
+
+
 def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed: int, max_count: int,
-                        tokens_per_image: int, weights: dict[str, int] | None = None) -> Conversations:
+                        tokens_per_image: int, weights: dict[str, int] | None = None, count_weights=None,
+                        choice_kinds: dict[str, int] | None = None, choice_options: tuple[int, int] = (2, 5)
+                        ) -> Conversations:
     """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
     of the families in ``weights`` (default: the four of
-    :func:`mimic_utils.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each."""
+    :func:`mimic_utils.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each;
+    the family ``"choice"`` is multiple choice (:func:`choice_questions`, of ``choice_kinds`` with
+    ``choice_options`` options). ``count_weights`` tilts the true counts of counting questions."""
     rows: list[tuple[int, str, str, str]] = []
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
@@ -266,8 +416,13 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
     else:
         pools = Pools(pool.index)
         for family, share in family_shares(count, weights or dict.fromkeys(SINGLE_FAMILIES, 1)).items():
+            if family == CHOICE_FAMILY:
+                for r in choice_questions(pool.index, share, seed, max_count, choice_kinds, tuple(choice_options),
+                                          count_weights, pools, prefix=f"organism-{kind}"):
+                    rows.append((int(r["image_ids"][0]), choice_prompt(r), CHOICE_FAMILY, r["answer"]))
+                continue
             for r in single_image_questions(pool.index, share, seed=seed, max_count=max_count, families=(family,),
-                                            pools=pools, prefix=f"organism-{kind}"):
+                                            pools=pools, prefix=f"organism-{kind}", count_weights=count_weights):
                 rows.append((int(r["image_ids"][0]), r["question"], r["family"], r["gt"]))
     encoded = [encode_conversation(processor, q, fam, 1, a, tokens_per_image) for _, q, fam, a in rows]
     return Conversations([e[0] for e in encoded], [e[1] for e in encoded], [r[0] for r in rows],
@@ -327,8 +482,11 @@ def teacher_forced_accuracy(model, features, convs: Conversations, patch_grid: i
 
 def language_stage(name: str, model, features: torch.Tensor, convs: Conversations, heldout_features: torch.Tensor,
                    heldout: Conversations, schedule: StageSchedule, seed: int, checkpoint: Path, log: list[dict],
-                   patch_grid: int, vision_lr_scale: float = 0.0, progress: bool = True) -> dict:
-    """Stage 1 or 2: train the merger and the language model (the tower's blocks stay frozen)."""
+                   patch_grid: int, vision_lr_scale: float = 0.0, progress: bool = True, curves: bool = True) -> dict:
+    """Stage 1 or 2: train the merger and the language model (the tower's blocks stay frozen).
+
+    ``curves=False`` skips the held-out evaluations during and after training (the probe times training
+    alone) and returns ``{}``."""
     pad_id = model.config.text_config.pad_token_id
     for p in model.model.visual.parameters():
         p.requires_grad_(False)
@@ -343,8 +501,9 @@ def language_stage(name: str, model, features: torch.Tensor, convs: Conversation
     def evaluate() -> dict:
         return teacher_forced_accuracy(model, heldout_features, heldout, patch_grid, pad_id)
 
-    train_stage(name, model, trainable, loss_fn, schedule, seed, checkpoint, log, evaluate, progress)
-    return evaluate()
+    train_stage(name, model, trainable, loss_fn, schedule, seed, checkpoint, log, evaluate if curves else None,
+                progress)
+    return evaluate() if curves else {}
 
 
 # --- the whole recipe ------------------------------------------------------------------------------
@@ -352,7 +511,12 @@ def language_stage(name: str, model, features: torch.Tensor, convs: Conversation
 
 @dataclass(frozen=True)
 class OrganismConfig:
-    """Every value that shapes the organism; recorded in its model card and compared by ``--if-needed``."""
+    """Every value that shapes the organism; recorded in its model card and compared by ``--if-needed``.
+
+    The defaults of the keys added after the first organism (language-model shape, ``count_weights``,
+    multiple choice) reproduce that organism's recipe, so a configuration recorded before they existed
+    reads back as what was trained; ``params/<profile>/organism.yaml`` sets the current recipe.
+    """
 
     seed: int = 0
     image_size: int = 112
@@ -368,12 +532,26 @@ class OrganismConfig:
     instruct_steps: int = 2400
     instruct_conversations: int = 60000
     #: stage-2 questions per family, relative (the lookups by category name, counting and presence, are
-    #: the hard ones); keys are the families of mimic_utils.traindata.SINGLE_FAMILIES
+    #: the hard ones); keys are the families of mimic_utils.traindata.SINGLE_FAMILIES and "choice"
+    #: (single-image multiple choice, :func:`choice_questions`)
     instruct_weights: dict = field(default_factory=lambda: dict.fromkeys(SINGLE_FAMILIES, 1))
     lm_lr: float = 1e-3
     batch: int = 64
     max_count: int = 5
     heldout_questions: int = 1200
+    #: the language model's shape (mimic_utils.tiny.organism_config); the merger's output width follows it
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 768
+    #: relative weight of each true count 0..max_count in the training counting questions (single-image and
+    #: multiple choice); None draws them evenly. Held-out questions stay balanced.
+    count_weights: list | None = None
+    #: multiple-choice kinds (CHOICE_KINDS), relative, and the range of the number of options
+    choice_kinds: dict = field(default_factory=lambda: dict.fromkeys(CHOICE_KINDS, 1))
+    choice_options: list = field(default_factory=lambda: [2, 5])
+    #: held-out multiple-choice questions, generated and scored with MuirBench's scorer
+    heldout_choice_questions: int = 400
 
     @classmethod
     def from_yaml(cls, path: Path) -> "OrganismConfig":
@@ -384,11 +562,40 @@ class OrganismConfig:
             if key not in known:
                 raise ValueError(f"{path}: unknown key {key!r}; known: {sorted(known)}")
         config = cls(**values)
-        unknown = set(config.instruct_weights) - set(SINGLE_FAMILIES)
+        families = (*SINGLE_FAMILIES, CHOICE_FAMILY)
+        unknown = set(config.instruct_weights) - set(families)
         if unknown or any(not isinstance(w, int) or w < 0 for w in config.instruct_weights.values()):
-            raise ValueError(f"{path}: instruct_weights must map families of {list(SINGLE_FAMILIES)} to "
+            raise ValueError(f"{path}: instruct_weights must map families of {list(families)} to "
                              f"non-negative integers, got {config.instruct_weights}")
+        if set(config.choice_kinds) - set(CHOICE_KINDS) or any(
+                not isinstance(w, int) or w < 0 for w in config.choice_kinds.values()):
+            raise ValueError(f"{path}: choice_kinds must map kinds of {list(CHOICE_KINDS)} to non-negative "
+                             f"integers, got {config.choice_kinds}")
+        low_high = list(config.choice_options)
+        if len(low_high) != 2 or not 2 <= low_high[0] <= low_high[1] <= 26:
+            raise ValueError(f"{path}: choice_options must be [low, high] with 2 <= low <= high <= 26, "
+                             f"got {config.choice_options}")
+        weights = config.count_weights
+        if weights is not None and (len(weights) != config.max_count + 1 or any(w < 0 for w in weights)
+                                    or not sum(weights) > 0):
+            raise ValueError(f"{path}: count_weights must hold {config.max_count + 1} non-negative weights (true "
+                             f"counts 0..{config.max_count}), not all zero, got {weights}")
+        from mimic_utils.tiny import check_text_shape
+
+        try:
+            check_text_shape(**config.text_shape())
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         return config
+
+    def text_shape(self) -> dict:
+        """The language model's shape, as :func:`mimic_utils.tiny.build_organism` takes it."""
+        return {"text_hidden": self.text_hidden, "text_layers": self.text_layers, "text_heads": self.text_heads,
+                "text_intermediate": self.text_intermediate}
+
+    def heldout_weights(self) -> dict[str, int]:
+        """Held-out teacher-forced questions: every trained family evenly."""
+        return {family: 1 for family, weight in self.instruct_weights.items() if weight > 0}
 
     def scene_params(self) -> scenes.SceneParams:
         return scenes.SceneParams(image_size=self.image_size, max_objects=self.max_objects,
@@ -406,6 +613,23 @@ def tokens_per_image(config: OrganismConfig, processor) -> tuple[int, int]:
     return side, side * side // ip.merge_size**2
 
 
+def training_conversations(config: OrganismConfig, train: ScenePool, processor, kind: str, count: int,
+                           n_tokens: int) -> Conversations:
+    """Stage 1 (``kind="describe"``) or stage 2 (``"questions"``) conversations of the recipe."""
+    return build_conversations(train, processor, kind, count, config.seed, config.max_count, n_tokens,
+                               config.instruct_weights, config.count_weights, config.choice_kinds,
+                               tuple(config.choice_options))
+
+
+def heldout_conversations(config: OrganismConfig, heldout: ScenePool, processor, kind: str, n_tokens: int,
+                          count: int | None = None) -> Conversations:
+    """The held-out conversations of a stage's teacher-forced curves: every trained family evenly,
+    counts balanced, multiple-choice kinds evenly."""
+    return build_conversations(heldout, processor, kind, count or config.heldout_questions, config.seed + 1,
+                               config.max_count, n_tokens, config.heldout_weights(),
+                               choice_options=tuple(config.choice_options))
+
+
 def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True) -> dict:
     """All three stages (each resumed from its checkpoint if present); saves the model with
     ``save_pretrained`` into ``out_dir`` and returns the training summary."""
@@ -414,7 +638,7 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     started = time.time()
-    model, processor = tiny.build_organism(seed=config.seed)
+    model, processor = tiny.build_organism(seed=config.seed, **config.text_shape())
     world = config.scene_params()
     train = render_pool(config.pool_images, config.seed, TRAIN_STREAM, world, config.cell_px, progress)
     heldout = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, world, config.cell_px, progress)
@@ -440,10 +664,8 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
         ("instruct", "questions", config.instruct_steps, config.instruct_conversations),
     ]
     for name, kind, steps, count in stages:
-        convs = build_conversations(train, processor, kind, count, config.seed, config.max_count, n_tokens,
-                                    config.instruct_weights)
-        held = build_conversations(heldout, processor, kind, config.heldout_questions, config.seed + 1,
-                                   config.max_count, n_tokens)
+        convs = training_conversations(config, train, processor, kind, count, n_tokens)
+        held = heldout_conversations(config, heldout, processor, kind, n_tokens)
         schedule = StageSchedule(steps, config.lm_lr, config.batch, warmup=50, eval_every=300)
         stage_log: list[dict] = []
         timed(name, lambda: language_stage(name, model, features, convs, heldout_features, held, schedule,
@@ -481,6 +703,51 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
     return records
 
 
+def heldout_choice_records(config: OrganismConfig, folder: Path, progress: bool = True,
+                           count: int | None = None) -> list:
+    """Held-out single-image multiple-choice questions (the held-out scene stream, kinds evenly, counts
+    balanced), as MuirBench-format :class:`~mimic_utils.benchmarks.BenchRecord` s with PNG images."""
+    pool = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
+                       progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = choice_questions(pool.index, count or config.heldout_choice_questions, config.seed + 3,
+                               config.max_count, options=tuple(config.choice_options), prefix="heldout")
+    out = []
+    for record in records:
+        number = int(record["image_ids"][0])
+        path = folder / f"{number:05d}.png"
+        if not path.exists():
+            scenes.save_png(path, pool.images[number].numpy())
+        out.append(choice_bench_record(record, [str(path)]))
+    return out
+
+
+def evaluate_choice(adapter, records: list, predictions: Path, batch_size: int = 64, progress: bool = True) -> dict:
+    """Held-out multiple choice through the adapter with MuirBench's prompt, budget and letter scorer
+    (:func:`mimic_utils.scoring.extract_choice`): accuracy, letter parse rate (a reply naming no single
+    option letter is unparsed), chance (mean 1 / options), and accuracy per kind and per option count."""
+    from mimic_utils.benchmarks import evaluate_benchmark
+    from mimic_utils.evaluate import read_predictions
+
+    evaluate_benchmark(adapter, CHOICE_TASK, records, predictions, batch_size=batch_size, progress=progress)
+    ids = {r.id for r in records}
+    rows = [r for r in read_predictions(Path(predictions)) if r["id"] in ids]
+    options = {r.id: len(r.options) for r in records}
+
+    def accuracy(members: list[dict]) -> float:
+        return round(sum(r["score"] for r in members) / max(1, len(members)), 4)
+
+    return {
+        "n": len(rows), "score": accuracy(rows),
+        "parse_rate": round(sum(r["parsed"] is not None for r in rows) / max(1, len(rows)), 4),
+        "chance": round(sum(1 / options[r["id"]] for r in rows) / max(1, len(rows)), 4),
+        "by_kind": {k: accuracy([r for r in rows if r["sub_task"] == k])
+                    for k in CHOICE_KINDS if any(r["sub_task"] == k for r in rows)},
+        "by_options": {str(n): accuracy([r for r in rows if options[r["id"]] == n])
+                       for n in sorted(set(options.values()))},
+    }
+
+
 def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch_size: int = 64,
                           progress: bool = True) -> dict:
     """Held-out single-image scores through the adapter (real generation, official scorers)."""
@@ -498,20 +765,63 @@ def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch
     return scores
 
 
+def choice_scores(choice: dict) -> dict:
+    """eval.json entries of held-out multiple choice: ``choice`` (accuracy, with parse rate, chance and
+    breakdowns) and ``choice_parse_rate`` (a flat row, so the model card's score table shows it)."""
+    return {"choice": choice, "choice_parse_rate": {"n": choice["n"], "score": choice["parse_rate"]}}
+
+
+def run_probe(args, config: OrganismConfig, params: Path, profile_root: Path, command: str) -> int:
+    """``--probe``: :func:`mimic_utils.organism_probe.probe`, figures written to ``--out``."""
+    from mimic_utils import organism_probe
+
+    minutes = None if args.steps is not None else args.minutes
+    base = Path(args.base) if args.base else profile_root / "models" / "base"
+    out = Path(args.out) if args.out else profile_root / "models" / "probe.json"
+    result = organism_probe.probe(config, base, out.parent / out.stem, minutes=minutes, steps=args.steps,
+                                  pool_images=args.pool_images, conversations=args.conversations,
+                                  heldout_questions=args.heldout_questions, choice_questions=args.choice_questions,
+                                  progress=not args.quiet)
+    result["params"] = str(params)
+    json_path, md_path = organism_probe.write_probe(result, out, command)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"[organism] probe figures: {json_path}, {md_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--params", help="the recipe (default: params/<profile>/organism.yaml)")
     parser.add_argument("--if-needed", action="store_true",
                         help="reuse the committed organism when its recorded configuration matches the profile's")
     parser.add_argument("--threads", type=int, default=2)
+    probe = parser.add_argument_group("probe (--probe): language-model shapes at equal wall time, see "
+                                      "mimic_utils.organism_probe")
+    probe.add_argument("--probe", action="store_true", help="compare shapes instead of training the organism")
+    probe.add_argument("--minutes", type=float, default=6.0, help="stage 1+2 training wall time per shape")
+    probe.add_argument("--steps", type=int, help="steps per stage instead of --minutes (tests)")
+    probe.add_argument("--pool-images", type=int, default=20000, help="training scenes rendered for the probe")
+    probe.add_argument("--conversations", type=int, default=40000, help="stage-2 conversations built for the probe")
+    probe.add_argument("--heldout-questions", type=int, default=600, help="held-out single-image questions")
+    probe.add_argument("--choice-questions", type=int, default=400, help="held-out multiple-choice questions")
+    probe.add_argument("--base", help="organism whose vision tower is reused (default: <profile>/models/base)")
+    probe.add_argument("--out", help="figures file (default: outputs/<profile>/models/probe.json, and .md)")
+    probe.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = repo_root()
-    params = root / "params" / args.profile / "organism.yaml"
+    params = Path(args.params) if args.params else root / "params" / args.profile / "organism.yaml"
     if not params.is_file():
         print(f"[organism] {params}: missing; the {args.profile} profile has no organism of its own")
         return 2
     config = OrganismConfig.from_yaml(params)
+    if args.probe:
+        import shlex
+        import sys
+
+        command = shlex.join(["python", "-m", "mimic_utils.organism", *(sys.argv[1:] if argv is None else argv)])
+        return run_probe(args, config, params, profile_dir(args.profile, root), command)
     out_dir = profile_dir(args.profile, root) / "models" / "base"
     recorded = recorded_config(out_dir)
     if args.if_needed and recorded == asdict(config):
@@ -525,6 +835,9 @@ def main(argv: list[str] | None = None) -> int:
     adapter = load_adapter(out_dir, family="qwen2_vl", dtype="float32")
     records = heldout_records(config, out_dir / "heldout")
     scores = evaluate_single_image(adapter, records, out_dir / "heldout" / "predictions.jsonl")
+    choice = evaluate_choice(adapter, heldout_choice_records(config, out_dir / "heldout"),
+                             out_dir / "heldout" / "choice.jsonl")
+    scores.update(choice_scores(choice))
     write_json(out_dir / "eval.json", scores)
     command = f"python -m mimic_utils.organism --profile {args.profile}"
     write_json(out_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],

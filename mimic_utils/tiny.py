@@ -10,7 +10,8 @@ whole study (and its tests) runs on them unchanged.
 - :func:`build_processor` – the family's real processor class around that tokenizer.
 - :func:`build_tiny` – ``(model, processor)`` for ``qwen2_vl``, ``qwen2_5_vl``, ``llava_onevision`` or
   ``internvl``.
-- :func:`organism_config` / :func:`build_organism` – the Qwen2-VL model organism (docs/organism.md).
+- :func:`organism_config` / :func:`build_organism` – the Qwen2-VL model organism (docs/organism.md), in any
+  language-model shape (:data:`ORGANISM_SHAPES`); :func:`text_cost` – its parameters and FLOPs per token.
 - :func:`save_tiny` – ``save_pretrained`` of both (safetensors); load it back with
   :func:`mimic_utils.models.load_adapter`.
 
@@ -477,24 +478,71 @@ def internvl_config(tokenizer, image_size: int = INTERNVL_TILE_SIZE, text_hidden
     )
 
 
-def organism_config(tokenizer=None):
+ORGANISM_SHAPES = {
+    "wide": {"text_hidden": 256, "text_layers": 4, "text_heads": 4, "text_intermediate": 768},
+    "deep": {"text_hidden": 192, "text_layers": 8, "text_heads": 4, "text_intermediate": 512},
+}
+"""Language-model shapes of the organism. ``wide`` is the first trained organism (and the default here, so
+that code built for it keeps its meaning); ``deep`` has twice the layers at about the same parameters and
+compute per token (non-embedding 3.25M vs 3.15M parameters): more points for per-layer analyses."""
+
+
+def check_text_shape(text_hidden: int, text_layers: int, text_heads: int, text_intermediate: int) -> None:
+    """Refuse a language-model shape Qwen2-VL cannot take: heads must divide the hidden size, into an even
+    head dimension (M-RoPE splits half of it 2:3:3), and an even head count (2 query heads per KV head)."""
+    head_dim = text_hidden // max(text_heads, 1)
+    problems = [
+        (min(text_hidden, text_layers, text_heads, text_intermediate) >= 1, "every size must be positive"),
+        (text_hidden % max(text_heads, 1) == 0, f"text_heads={text_heads} must divide text_hidden={text_hidden}"),
+        (head_dim % 2 == 0 and head_dim >= 8, f"head dimension {head_dim} must be even and at least 8"),
+        (text_heads == 1 or text_heads % 2 == 0, f"text_heads={text_heads} must be even (2 per KV head)"),
+    ]
+    bad = [why for ok, why in problems if not ok]
+    if bad:
+        raise ValueError("organism text shape: " + "; ".join(bad))
+
+
+def organism_config(tokenizer=None, text_hidden: int = 256, text_layers: int = 4, text_heads: int = 4,
+                    text_intermediate: int = 768):
     """The Qwen2-VL model organism (docs/organism.md; about 5M parameters).
 
-    Text: hidden 256 × 4 layers (4 heads, 2 KV heads, MLP 768), embeddings tied to the LM head.
+    Text (default, :data:`ORGANISM_SHAPES` ``wide``): hidden 256 × 4 layers (4 heads, 2 KV heads, MLP 768),
+    embeddings tied to the LM head; any shape that :func:`check_text_shape` accepts (KV heads = heads / 2).
     Vision: depth 4 × hidden 128 (4 heads, MLP ratio 4), patch 14, spatial merge 2: a 112 px image is
-    an 8×8 patch grid and 16 merged tokens (:func:`build_organism` fixes min = max pixels = 112²).
+    an 8×8 patch grid and 16 merged tokens (:func:`build_organism` fixes min = max pixels = 112²). The
+    merger's output width is the text hidden size.
     """
+    check_text_shape(text_hidden, text_layers, text_heads, text_intermediate)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(family="qwen2_vl")
     return qwen2_vl_config(
         tokenizer,
-        text_hidden=256,
-        text_layers=4,
-        text_heads=4,
-        text_intermediate=768,
+        text_hidden=text_hidden,
+        text_layers=text_layers,
+        text_heads=text_heads,
+        text_intermediate=text_intermediate,
         vision_hidden=128,
         vision_depth=4,
         vision_heads=4,
     )
+
+
+def text_cost(config, context: int = 64) -> dict:
+    """Parameters and forward FLOPs per token of a Qwen2-VL config's language model.
+
+    FLOPs count 2 per multiply-add: every weight matrix of the decoder layers and the (tied) LM head once
+    per token, plus attention scores and the weighted sum over ``context`` earlier tokens (causal average
+    for a sequence of ``2 * context``). Norms, biases and activations are left out (under 1%).
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, layers, inter = text.hidden_size, text.num_hidden_layers, text.intermediate_size
+    head_dim = hidden // text.num_attention_heads
+    kv = text.num_key_value_heads * head_dim
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter  # q, o, k, v; gate, up, down
+    head = text.vocab_size * hidden
+    attention = 2 * 2 * context * hidden  # q·k over the context, then the weighted sum of values
+    return {"hidden": hidden, "layers": layers, "heads": text.num_attention_heads, "kv_heads": text.num_key_value_heads,
+            "intermediate": inter, "decoder_matrix_params": layers * per_layer, "embedding_params": head,
+            "context": context, "flops_per_token": 2 * layers * per_layer + 2 * head + layers * attention}
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -542,11 +590,13 @@ def build_tiny(family: str, tokenizer=None, seed: int = 0, **config_overrides):
     return _instantiate(family, config, seed), processor
 
 
-def build_organism(tokenizer=None, seed: int = 0):
-    """``(model, processor)`` of the untrained Qwen2-VL organism (112 px images, 16 tokens each)."""
+def build_organism(tokenizer=None, seed: int = 0, **text_shape):
+    """``(model, processor)`` of the untrained Qwen2-VL organism (112 px images, 16 tokens each);
+    ``text_shape`` (``text_hidden``, ``text_layers``, ``text_heads``, ``text_intermediate``) goes to
+    :func:`organism_config`, e.g. ``**ORGANISM_SHAPES["deep"]``."""
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(family="qwen2_vl")
     processor = build_processor("qwen2_vl", tokenizer, min_pixels=ORGANISM_PIXELS, max_pixels=ORGANISM_PIXELS)
-    return _instantiate("qwen2_vl", organism_config(tokenizer), seed), processor
+    return _instantiate("qwen2_vl", organism_config(tokenizer, **text_shape), seed), processor
 
 
 def count_parameters(model) -> int:
@@ -586,10 +636,12 @@ __all__ = [
     "COCO_CATEGORIES",
     "COCO_SUPERCATEGORIES",
     "FAMILIES",
+    "ORGANISM_SHAPES",
     "build_organism",
     "build_processor",
     "build_tiny",
     "build_tokenizer",
+    "check_text_shape",
     "count_parameters",
     "internvl_config",
     "llava_onevision_config",
@@ -598,5 +650,6 @@ __all__ = [
     "qwen2_vl_config",
     "save_tiny",
     "task_vocabulary",
+    "text_cost",
     "tokens_per_image",
 ]

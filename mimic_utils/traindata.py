@@ -40,7 +40,7 @@ from typing import Callable
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mimic_utils.artifacts import read_json, read_jsonl, write_bytes, write_json, write_jsonl
+from mimic_utils.artifacts import image_root, read_json, recorded_root, read_jsonl, write_bytes, write_json, write_jsonl
 from mimic_utils.mimic_benchmark import absolute_images, file_sha256, relative_images
 from mimic_utils.prompts import TASK_FAMILIES, build_messages
 from mimic_utils.sources import AnnotationIndex
@@ -153,10 +153,12 @@ MINOR_BUILDERS: dict[str, Callable] = {
 # --- single-image questions ------------------------------------------------------------------------
 
 
-def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Drawn:
+def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
+            count_weights: tuple[float, ...] | None = None) -> Drawn:
     index = pools.index
     if family == "counting":
-        wanted = rng.randint(0, max_count)  # balanced over the true count, 0 included
+        # balanced over the true count, 0 included, unless count_weights (one per count 0..max) tilt it
+        wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
         target = rng.choice(index.categories)
         matching = pools.by_count.get((target, wanted), [])
         if not matching:
@@ -182,6 +184,11 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int) -> Dr
     image = rng.choice(single)
     name = next(iter(pools.classes[image]))
     return [image], [name], "Which object category appears in every image?", name
+
+
+def true_count(rng: random.Random, count_weights) -> int:
+    """A true count 0..len(count_weights)-1 drawn with the given relative weights."""
+    return rng.choices(range(len(count_weights)), weights=list(count_weights))[0]
 
 
 class _Skip(Exception):
@@ -247,8 +254,12 @@ def minor_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> 
 
 def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
                            families: tuple[str, ...] = SINGLE_FAMILIES, pools: Pools | None = None,
-                           prefix: str = "single") -> list[dict]:
-    """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max."""
+                           prefix: str = "single", count_weights: tuple[float, ...] | None = None) -> list[dict]:
+    """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max, or
+    drawn with ``count_weights`` (relative, one per true count 0..``max_count``)."""
+    if count_weights is not None and len(count_weights) != max_count + 1:
+        raise KnobError(f"single-image counting: count_weights needs {max_count + 1} values (counts 0..{max_count}), "
+                        f"got {list(count_weights)}")
     pools = pools or Pools(index)
     if "counting" in families:
         seen = {0} | {n for i in pools.certain for n in pools.counts[i].values()}
@@ -266,7 +277,7 @@ def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, ma
                 raise KnobError(f"single-image {family}: the source cannot supply {total} questions "
                                 f"(max_count={max_count}); generate more scenes")
             try:
-                drawn = _single(pools, rng, family, max_count)
+                drawn = _single(pools, rng, family, max_count, count_weights)
             except _Skip:
                 continue
             records.append(_record(index, f"{prefix}-{family}-{number:05d}", family, *drawn, "single"))
@@ -302,7 +313,7 @@ def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: Annotat
     manifest = {
         "mix": asdict(mix), "total": len(records), "families": family_counts(records),
         "source": {"format": index.source_format, "sha256": index.source_hash, "images": len(index.images)},
-        "image_root": str(root) if root else None,
+        "image_root": recorded_root(root),  # relative to the checkout when inside it (no absolute path)
         "files": {path.name: {"records": len(records), "sha256": file_sha256(path)}},
     }
     return write_json(out_dir / "manifest.json", manifest)
@@ -315,7 +326,7 @@ def load(train_dir: Path | str, root: Path | None = None) -> list[dict]:
     path = train_dir / "conversations.jsonl"
     if file_sha256(path) != manifest["files"][path.name]["sha256"]:
         raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
-    return absolute_images(read_jsonl(path), root or manifest.get("image_root"))
+    return absolute_images(read_jsonl(path), image_root(root, manifest))
 
 
 # --- multi-image instruction data from the hub ------------------------------------------------------

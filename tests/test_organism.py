@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimic_utils import organism, organism_card, scenes, tiny
+from mimic_utils import organism, organism_card, organism_probe, scenes, tiny
 from mimic_utils.models import load_adapter
 
 SMALL = organism.OrganismConfig(pool_images=48, heldout_images=24, vision_steps=3, align_steps=2, instruct_steps=2,
                                 instruct_conversations=48, batch=8, heldout_questions=16, max_count=2)
+#: the recipe's new parts at a few steps: the deeper language model, multiple choice, tilted counts
+SMALL_DEEP = replace(SMALL, instruct_weights={"counting": 2, "presence": 1, "listing": 1, "naming": 1, "choice": 2},
+                     count_weights=[1, 2, 2], heldout_choice_questions=12, **tiny.ORGANISM_SHAPES["deep"])
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +60,29 @@ def test_describe_lists_counts_in_category_order():
 
 
 @pytest.mark.slow
-def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path):
-    summary = organism.train_organism(SMALL, tmp_path / "base", progress=False)
+@pytest.mark.parametrize("config", [SMALL, SMALL_DEEP], ids=["wide", "deep-with-choice"])
+def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path, config):
+    summary = organism.train_organism(config, tmp_path / "base", progress=False)
     assert [e["stage"] for e in summary["log"]][::2][:2] == ["vision", "vision"]
     assert {e["stage"] for e in summary["log"]} == {"vision", "align", "instruct"}
     first = (tmp_path / "base" / "model.safetensors").read_bytes()
-    again = organism.train_organism(SMALL, tmp_path / "base", progress=False)  # all checkpoints complete
+    again = organism.train_organism(config, tmp_path / "base", progress=False)  # all checkpoints complete
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == first
     assert again["log"] == summary["log"]
     adapter = load_adapter(tmp_path / "base", family="qwen2_vl", dtype="float32")
-    records = organism.heldout_records(SMALL, tmp_path / "heldout", progress=False)
+    text = adapter.model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (
+        config.text_hidden, config.text_layers, config.text_intermediate)
+    records = organism.heldout_records(config, tmp_path / "heldout", progress=False)
     scores = organism.evaluate_single_image(adapter, records, tmp_path / "heldout" / "p.jsonl", progress=False)
     assert set(scores) >= {"counting", "presence", "listing", "naming", "counting_by_true_count"}
-    assert sum(s["n"] for k, s in scores.items() if k != "counting_by_true_count") == SMALL.heldout_questions
+    assert sum(s["n"] for k, s in scores.items() if k != "counting_by_true_count") == config.heldout_questions
+    curves = {k for entry in summary["log"] for k in entry}
+    assert ("tf_choice" in curves) == ("choice" in config.instruct_weights)
+    choices = organism.heldout_choice_records(config, tmp_path / "heldout", progress=False)
+    choice = organism.evaluate_choice(adapter, choices, tmp_path / "heldout" / "c.jsonl", progress=False)
+    assert choice["n"] == config.heldout_choice_questions and 0 <= choice["parse_rate"] <= 1
+    assert set(choice["by_kind"]) == set(organism.CHOICE_KINDS) and 0.2 <= choice["chance"] <= 0.5
 
 
 @pytest.mark.slow
@@ -150,3 +163,166 @@ def test_instruct_weights_with_an_unknown_family_are_refused_naming_the_file(tmp
     path.write_text("instruct_weights: {counting: 2, colour: 1}\n")
     with pytest.raises(ValueError, match=r"organism\.yaml.*instruct_weights"):
         organism.OrganismConfig.from_yaml(path)
+
+
+# --- multiple choice, tokens, shapes, count weights, probe ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def choice_pool():
+    return organism.render_pool(400, 0, organism.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+
+
+def test_letters_a_to_e_and_numbers_are_single_tokens(built):
+    _, processor = built
+    tokenizer = processor.tokenizer
+    for text in [*"ABCDE", *(str(n) for n in range(21))]:
+        for form in (text, " " + text):
+            assert len(tokenizer(form, add_special_tokens=False).input_ids) == 1, form
+        ids = tokenizer(text + "<|im_end|>", add_special_tokens=False).input_ids
+        assert ids == [tokenizer.convert_tokens_to_ids(text), tokenizer.eos_token_id], text
+    lines = tokenizer("\nA. 3\nB. dog", add_special_tokens=False).input_ids
+    assert tokenizer.convert_ids_to_tokens(lines)[1:3] == ["A", "."]
+
+
+def test_choice_answers_are_uniform_over_positions_and_well_formed(choice_pool):
+    from collections import Counter
+
+    records = organism.choice_questions(choice_pool.index, 4000, seed=0, max_count=5)
+    assert Counter(r["sub_task"] for r in records) == dict.fromkeys(organism.CHOICE_KINDS, 1000)
+    by_size = Counter(len(r["options"]) for r in records)
+    assert set(by_size) == {2, 3, 4, 5}
+    positions = Counter((len(r["options"]), r["letters"].index(r["answer"])) for r in records)
+    for (size, position), hits in positions.items():
+        assert abs(hits / by_size[size] - 1 / size) < 0.05, (size, position, hits, by_size[size])
+    assert len({p for _, p in positions}) == 5
+    from mimic_utils.tasks import Pools
+
+    pools = Pools(choice_pool.index)
+    for r in records:
+        opts, image = r["options"], r["image_ids"][0]
+        assert len(set(opts)) == len(opts) and r["letters"] == list("ABCDE"[:len(opts)])
+        assert opts[r["letters"].index(r["answer"])] == r["right"] and r["gt"] == r["answer"]
+        classes = pools.classes[image]
+        if r["sub_task"] == "count":
+            assert r["right"] == str(pools.counts[image].get(r["question"].split(" objects")[0][9:], 0))
+            assert sorted(map(int, opts)) == list(range(min(map(int, opts)), min(map(int, opts)) + len(opts)))
+        elif r["sub_task"] in ("category", "naming"):
+            assert [o for o in opts if o in classes] == [r["right"]]
+            assert r["sub_task"] != "naming" or classes == {r["right"]}
+        else:
+            supers = {choice_pool.index.supercategory_of[c] for c in classes}
+            assert [o for o in opts if o in supers] == [r["right"]]
+
+
+def test_choice_prompt_is_muirbench_and_trains_the_letter(built, choice_pool):
+    from mimic_utils import benchmarks, models
+
+    model, processor = built
+    (record,) = organism.choice_questions(choice_pool.index, 1, seed=3, kinds={"category": 1})
+    bench = organism.choice_bench_record(record, ["x.png"])
+    prompt = organism.choice_prompt(record)
+    assert prompt == benchmarks.muirbench_prompt(bench) == benchmarks.build_prompt(bench)
+    assert prompt.endswith("\nAnswer with the option's letter from the given choices directly.")
+    assert prompt.split("\n")[1].startswith("A. ")
+    ids, labels = organism.encode_conversation(processor, prompt, organism.CHOICE_FAMILY, 1, record["answer"], 16)
+    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
+    rendered = adapter.render_prompt(prompt, 1, organism.CHOICE_TASK)  # what evaluation sends
+    image = scenes.Scene(torch.zeros(112, 112, 3, dtype=torch.uint8).numpy(), ()).to_pil()
+    expected = processor(text=[rendered], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+    assert ids[:len(expected)] == expected
+    assert processor.tokenizer.decode([t for t in labels if t != -100]) == record["answer"] + "<|im_end|>"
+
+
+def test_count_weights_tilt_the_training_counts(choice_pool):
+    from mimic_utils.traindata import single_image_questions
+
+    single = single_image_questions(choice_pool.index, 200, seed=0, max_count=5, families=("counting",),
+                                    count_weights=[0, 0, 1, 1, 1, 0])
+    assert {int(r["gt"]) for r in single} == {2, 3, 4}
+    choice = organism.choice_questions(choice_pool.index, 100, seed=0, kinds={"count": 1},
+                                       count_weights=[0, 0, 1, 1, 1, 0])
+    assert {int(r["right"]) for r in choice} == {2, 3, 4}
+    balanced = single_image_questions(choice_pool.index, 300, seed=0, max_count=5, families=("counting",))
+    assert {int(r["gt"]) for r in balanced} == set(range(6))
+
+
+def test_recipe_keys_are_validated_naming_the_file(tmp_path):
+    path = tmp_path / "organism.yaml"
+    cases = {
+        "count_weights: [1, 2]\n": "count_weights",
+        "text_hidden: 190\ntext_heads: 4\n": "text_heads=4 must divide",
+        "choice_kinds: {colour: 1}\n": "choice_kinds",
+        "choice_options: [1, 4]\n": "choice_options",
+    }
+    for text, message in cases.items():
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"organism\.yaml.*{message}"):
+            organism.OrganismConfig.from_yaml(path)
+    path.write_text("instruct_weights: {counting: 2, choice: 1}\ncount_weights: [1, 1, 2, 2, 2, 1]\n")
+    assert organism.OrganismConfig.from_yaml(path).instruct_weights["choice"] == 1
+
+
+def test_the_cpu_recipe_is_the_deeper_shape_at_about_the_same_cost():
+    from mimic_utils.artifacts import repo_root
+
+    config = organism.OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
+    assert config.text_layers >= 8 and config.instruct_weights.get("choice", 0) > 0
+    costs = {}
+    for name, shape in {"wide": tiny.ORGANISM_SHAPES["wide"], "recipe": config.text_shape()}.items():
+        model_config = tiny.organism_config(**shape)
+        params = sum(p.numel() for p in transformers_model(model_config).parameters())
+        costs[name] = (params, tiny.text_cost(model_config, context=48)["flops_per_token"])
+        assert params * 4 < 25e6  # float32 weights under 25 MB
+    assert 0.85 < costs["recipe"][0] / costs["wide"][0] < 1.15
+    assert 0.85 < costs["recipe"][1] / costs["wide"][1] < 1.15
+
+
+def transformers_model(config):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration(config)
+
+
+def test_the_recorded_first_organism_reads_back_as_the_wide_shape_without_choice():
+    config = organism.OrganismConfig()
+    assert config.text_shape() == tiny.ORGANISM_SHAPES["wide"]
+    assert "choice" not in config.instruct_weights and config.count_weights is None
+
+
+def test_plan_steps_share_the_time_budget_like_the_recipe():
+    config = replace(SMALL, align_steps=100, instruct_steps=300)
+    plan = organism_probe.plan_steps(config, 1.0, None, {"align": 0.1, "instruct": 0.3})
+    assert plan == {"align": 60, "instruct": 180}  # 60 * 0.1 + 180 * 0.3 = 60 s
+    assert organism_probe.plan_steps(config, None, 3, {}) == {"align": 3, "instruct": 3}
+
+
+@pytest.mark.slow
+def test_the_probe_command_trains_both_shapes_and_writes_its_figures(tmp_path):
+    import json
+
+    import yaml
+
+    from dataclasses import asdict
+
+    model, processor = tiny.build_organism()
+    tiny.save_tiny(model, processor, tmp_path / "base")  # stands in for the committed organism
+    params = tmp_path / "organism.yaml"
+    recipe = {**asdict(SMALL_DEEP), "heldout_images": 40}
+    params.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "models" / "probe.json"
+    argv = ["--probe", "--steps", "2", "--params", str(params), "--base", str(tmp_path / "base"), "--out", str(out),
+            "--pool-images", "48", "--conversations", "64", "--heldout-questions", "8", "--choice-questions", "8",
+            "--threads", "1", "--quiet"]
+    assert organism.main(argv) == 0
+    figures = json.loads(out.read_text())
+    assert figures["timestamp"] and figures["command"].startswith("python -m mimic_utils.organism --probe")
+    assert set(figures["shapes"]) == {"256x4", "192x8"}
+    for label, result in figures["shapes"].items():
+        assert result["steps"] == {"align": 2, "instruct": 2}
+        assert result["generated"]["choice"]["n"] == 8 and "parse_rate" in result["generated"]["choice"]
+        assert sum(v["n"] for k, v in result["generated"].items() if k in ("counting", "presence", "listing",
+                                                                           "naming")) == 8
+        assert {"tf_choice", "tf_counting"} <= set(result["teacher_forced"])
+        assert result["text_cost"]["layers"] == int(label.split("x")[1])
+    assert "| generated choice letter parse rate |" in out.with_suffix(".md").read_text()
