@@ -278,7 +278,7 @@ def family_shares(count: int, weights: dict[str, int]) -> dict[str, int]:
 CHOICE_FAMILY = "choice"
 #: The public benchmark whose prompt and scorer multiple-choice questions use: MuirBench's layout,
 #: ``{question}\nA. {option}\n…\nAnswer with the option's letter from the given choices directly.``,
-#: which is also the scene-world OOD benchmark's (mimic_utils.benchmarks.write_scene_muirbench).
+#: which is also the scene-world OOD benchmark's (mimic_utils.scene_ood.write_scene_muirbench).
 CHOICE_TASK = "muirbench"
 #: Kinds of single-image multiple-choice questions. ``count`` and ``naming`` ask the MIMIC wording of
 #: Counting and Common (the OOD benchmark's questions) of one image; ``category`` and ``supercategory``
@@ -345,7 +345,7 @@ def choice_questions(index: AnnotationIndex, count: int, seed: int = 0, max_coun
     ``sub_task`` (the kind), ``image_ids``, ``question`` (bare), ``options``, ``letters``, ``answer``
     (the letter) and ``gt`` (the same letter); :func:`choice_prompt` gives the text the model sees.
     """
-    from mimic_utils.benchmarks import choice_letters
+    from mimic_utils.external_benchmarks import choice_letters
     from mimic_utils.traindata import Pools, _Skip
 
     low, high = options
@@ -381,9 +381,9 @@ def choice_questions(index: AnnotationIndex, count: int, seed: int = 0, max_coun
 
 
 def choice_bench_record(record: dict, images: list) -> "BenchRecord":
-    """A multiple-choice record as a :class:`mimic_utils.benchmarks.BenchRecord` of :data:`CHOICE_TASK`,
+    """A multiple-choice record as a :class:`mimic_utils.external_benchmarks.BenchRecord` of :data:`CHOICE_TASK`,
     so that its prompt, generation budget and scorer are that benchmark's own."""
-    from mimic_utils.benchmarks import BenchRecord
+    from mimic_utils.external_benchmarks import BenchRecord
 
     return BenchRecord(id=record["id"], benchmark=CHOICE_TASK, images=images, question=record["question"],
                        options=list(record["options"]), letters=list(record["letters"]), answer=record["answer"],
@@ -391,9 +391,9 @@ def choice_bench_record(record: dict, images: list) -> "BenchRecord":
 
 
 def choice_prompt(record: dict) -> str:
-    """The text after the image, exactly as :func:`mimic_utils.benchmarks.build_prompt` writes a MuirBench
+    """The text after the image, exactly as :func:`mimic_utils.external_benchmarks.build_prompt` writes a MuirBench
     question: ``{question}\nA. …\nB. …\nAnswer with the option's letter from the given choices directly.``"""
-    from mimic_utils.benchmarks import build_prompt
+    from mimic_utils.external_benchmarks import build_prompt
 
     return build_prompt(choice_bench_record(record, []))
 
@@ -706,7 +706,7 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
 def heldout_choice_records(config: OrganismConfig, folder: Path, progress: bool = True,
                            count: int | None = None) -> list:
     """Held-out single-image multiple-choice questions (the held-out scene stream, kinds evenly, counts
-    balanced), as MuirBench-format :class:`~mimic_utils.benchmarks.BenchRecord` s with PNG images."""
+    balanced), as MuirBench-format :class:`~mimic_utils.external_benchmarks.BenchRecord` s with PNG images."""
     pool = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
                        progress)
     folder.mkdir(parents=True, exist_ok=True)
@@ -717,7 +717,7 @@ def heldout_choice_records(config: OrganismConfig, folder: Path, progress: bool 
         number = int(record["image_ids"][0])
         path = folder / f"{number:05d}.png"
         if not path.exists():
-            scenes.save_png(path, pool.images[number].numpy())
+            scene_formats.save_png(path, pool.images[number].numpy())
         out.append(choice_bench_record(record, [str(path)]))
     return out
 
@@ -726,7 +726,7 @@ def evaluate_choice(adapter, records: list, predictions: Path, batch_size: int =
     """Held-out multiple choice through the adapter with MuirBench's prompt, budget and letter scorer
     (:func:`mimic_utils.scoring.extract_choice`): accuracy, letter parse rate (a reply naming no single
     option letter is unparsed), chance (mean 1 / options), and accuracy per kind and per option count."""
-    from mimic_utils.benchmarks import evaluate_benchmark
+    from mimic_utils.external_benchmarks import evaluate_benchmark
     from mimic_utils.evaluate import read_predictions
 
     evaluate_benchmark(adapter, CHOICE_TASK, records, predictions, batch_size=batch_size, progress=progress)

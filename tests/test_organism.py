@@ -216,7 +216,7 @@ def test_choice_answers_are_uniform_over_positions_and_well_formed(choice_pool):
 
 
 def test_choice_prompt_is_muirbench_and_trains_the_letter(built, choice_pool):
-    from mimic_utils import benchmarks, models
+    from mimic_utils import external_benchmarks as benchmarks, models
 
     model, processor = built
     (record,) = organism.choice_questions(choice_pool.index, 1, seed=3, kinds={"category": 1})
@@ -263,13 +263,10 @@ def test_recipe_keys_are_validated_naming_the_file(tmp_path):
     assert organism.OrganismConfig.from_yaml(path).instruct_weights["choice"] == 1
 
 
-def test_the_cpu_recipe_is_the_deeper_shape_at_about_the_same_cost():
-    from mimic_utils.artifacts import repo_root
-
-    config = organism.OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
-    assert config.text_layers >= 8 and config.instruct_weights.get("choice", 0) > 0
+def test_the_deeper_shape_costs_about_what_the_wide_one_does():
+    # the next recipe (params/cpu/organism.yaml still holds the committed organism's, until it is retrained)
     costs = {}
-    for name, shape in {"wide": tiny.ORGANISM_SHAPES["wide"], "recipe": config.text_shape()}.items():
+    for name, shape in {"wide": tiny.ORGANISM_SHAPES["wide"], "recipe": tiny.ORGANISM_SHAPES["deep"]}.items():
         model_config = tiny.organism_config(**shape)
         params = sum(p.numel() for p in transformers_model(model_config).parameters())
         costs[name] = (params, tiny.text_cost(model_config, context=48)["flops_per_token"])
