@@ -789,6 +789,13 @@ def run_probe(args, config: OrganismConfig, params: Path, profile_root: Path, co
     return 0
 
 
+def trained_config(out_dir: Path) -> dict | None:
+    """The recipe the organism in ``out_dir`` was trained with; keys added to the recipe since then read
+    back at their defaults, which reproduce the earlier recipe (so adding a knob does not force a retrain)."""
+    recorded = recorded_config(out_dir)
+    return None if recorded is None else {**asdict(OrganismConfig()), **recorded}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu")
@@ -823,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         command = shlex.join(["python", "-m", "mimic_utils.organism", *(sys.argv[1:] if argv is None else argv)])
         return run_probe(args, config, params, profile_dir(args.profile, root), command)
     out_dir = profile_dir(args.profile, root) / "models" / "base"
-    recorded = recorded_config(out_dir)
+    recorded = trained_config(out_dir)
     if args.if_needed and recorded == asdict(config):
         print(f"[organism] reusing the committed organism in {out_dir} (its training configuration matches {params})")
         return 0

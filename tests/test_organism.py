@@ -323,3 +323,12 @@ def test_the_probe_command_trains_both_shapes_and_writes_its_figures(tmp_path):
         assert {"tf_choice", "tf_counting"} <= set(result["teacher_forced"])
         assert result["text_cost"]["layers"] == int(label.split("x")[1])
     assert "| generated choice letter parse rate |" in out.with_suffix(".md").read_text()
+
+
+def test_make_study_reuses_the_committed_organism_with_the_committed_recipe():
+    from dataclasses import asdict
+
+    from mimic_utils.artifacts import repo_root
+
+    config = organism.OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
+    assert organism.trained_config(repo_root() / "outputs" / "cpu" / "models" / "base") == asdict(config)
