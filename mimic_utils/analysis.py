@@ -452,7 +452,9 @@ def comparison_claim(claim: str, rows_by_model: Mapping[str, Rows], base: str, o
         return None
     return claim_entry(claim, found["diff"], found["lo"], found["hi"],
                        f"MIMIC mean over the {len({r['task'] for r in select(rows_by_model[base], 'images')})} "
-                       f"tasks of the images sweep, {other} − {base} (same questions, paired)", n=found["n"])
+                       f"tasks of the images sweep, {other} − {base} "
+                       f"({'same questions, paired' if found.get('paired') else 'different question sets, unpaired'})",
+                       n=found["n"])
 
 
 # --- cross-benchmark --------------------------------------------------------------------------------------
