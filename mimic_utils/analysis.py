@@ -4,7 +4,7 @@ Prediction rows (what :func:`mimic_utils.evaluate.run` returns) are grouped into
 experiment's questions of one task at one value of *that experiment's* knob, and at one image count (the
 k sweep is built at several image counts, the spread sweep at one). Per-question random values (a
 counting question's spread in the images sweep, Odd-One's majority class) never split a cell, so a model's
-score on a cell is the same number in every notebook that evaluates it on those questions.
+score on a cell is the same number in every notebook that evaluates it on those questions (the same cap).
 
 * **Tables** give per cell ``n, score, lo, hi`` (95%, :func:`mimic_utils.stats.estimate`) and ``blind``,
   the best constant answer (:func:`mimic_utils.stats.blind_baseline`, averaged over tasks like the score).

@@ -2,8 +2,8 @@
 
 The tower's output is cached and the projector (which LoRA trains) and any packing run live on top, so
 one entry serves every model and pooling factor that shares the frozen tower. Entries are keyed by the
-tower's weight fingerprint and the image's preprocessed pixels, a tower with trainable parameters is
-never served, and the store lives in memory and, when :func:`configure` (or ``MIMIC_CACHE_DIR``, set by
+tower's weight fingerprint and the image's preprocessed pixels, a tower being trained (train mode with
+trainable parameters) is never served, and the store lives in memory and, when :func:`configure` (or ``MIMIC_CACHE_DIR``, set by
 the runner) names a directory, on disk. Which module is cached per family, and why the key is what it is:
 docs/caching.md.
 """
