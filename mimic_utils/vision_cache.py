@@ -15,6 +15,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -168,18 +169,23 @@ def _llava_slices(inner, inputs: dict, image_tokens: list[list[int]]) -> list[Im
                                                                              inputs["image_sizes"]))]
 
 
-def _selected_hidden(inner, pixels: torch.Tensor) -> torch.Tensor:
-    """The tower's hidden state at the configured feature layer(s), CLS dropped for "default" (as HF does)."""
+def _selected_hidden(inner, pixels: torch.Tensor, final_is_last_hidden: bool = False) -> torch.Tensor:
+    """The tower's hidden state at the configured feature layer(s), CLS dropped for "default" (as HF does;
+    InternVL reads layer -1 as ``last_hidden_state``, LLaVA-OV as ``hidden_states[-1]``)."""
     layer = inner.config.vision_feature_layer
     out = inner.vision_tower(pixel_values=pixels, output_hidden_states=True, return_dict=True)
-    hidden = (out.hidden_states[layer] if isinstance(layer, int)
-              else torch.cat([out.hidden_states[i] for i in layer], dim=-1))
+    if final_is_last_hidden and layer == -1:
+        hidden = out.last_hidden_state
+    else:
+        hidden = (out.hidden_states[layer] if isinstance(layer, int)
+                  else torch.cat([out.hidden_states[i] for i in layer], dim=-1))
     return hidden[:, 1:] if inner.config.vision_feature_select_strategy == "default" else hidden
 
 
-def _tiles_encode(inner, slices: list[ImageSlice]) -> list[torch.Tensor]:
+def _tiles_encode(inner, slices: list[ImageSlice], final_is_last_hidden: bool = False) -> list[torch.Tensor]:
     pixels = torch.cat([s.pixels for s in slices]).to(inner.vision_tower.dtype)
-    return _split_rows(_selected_hidden(inner, pixels), [s.pixels.shape[0] for s in slices])
+    hidden = _selected_hidden(inner, pixels, final_is_last_hidden)
+    return _split_rows(hidden, [s.pixels.shape[0] for s in slices])
 
 
 def _llava_project(inner, features: list[torch.Tensor], slices: list[ImageSlice]):
@@ -223,7 +229,8 @@ class VisionSplit:
 SPLITS: dict[str, VisionSplit] = {
     "qwen2_vl": VisionSplit("visual", ("merger",), _qwen_slices, _qwen_encode, _qwen_project),
     "llava_onevision": VisionSplit("vision_tower", (), _llava_slices, _tiles_encode, _llava_project),
-    "internvl": VisionSplit("vision_tower", (), _internvl_slices, _tiles_encode, _internvl_project),
+    "internvl": VisionSplit("vision_tower", (), _internvl_slices, partial(_tiles_encode, final_is_last_hidden=True),
+                            _internvl_project),
 }
 
 
@@ -243,7 +250,8 @@ def tower_fingerprint(inner, split: VisionSplit) -> str | None:
     tower = getattr(inner, split.tower)
     if tower.training and any(p.requires_grad for _, p in params):
         return None
-    versions = tuple(p._version for _, p in params) + tuple(id(p) for _, p in params)
+    # in-place updates bump _version; ``p.data = …`` (a dtype or device move, a merged adapter) changes the storage
+    versions = tuple((id(p), p._version, p.data_ptr(), p.dtype) for _, p in params)
     memo = getattr(tower, "_mimic_fingerprint", None)
     if memo is not None and memo[0] == versions:
         return memo[1]
@@ -257,6 +265,18 @@ def tower_fingerprint(inner, split: VisionSplit) -> str | None:
     fingerprint = digest.hexdigest()
     object.__setattr__(tower, "_mimic_fingerprint", (versions, fingerprint))
     return fingerprint
+
+
+def _encode_frozen(tower: torch.nn.Module, encode: Callable) -> list[torch.Tensor]:
+    """Run ``encode`` with the tower in eval mode and without gradients: a cached entry must not carry one
+    training step's dropout, whatever mode the model is in when the entry is first computed."""
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.no_grad():
+            return encode()
+    finally:
+        tower.train(was_training)
 
 
 def image_features(model, family: str, inputs: dict, image_tokens: list[list[int]],
@@ -282,8 +302,7 @@ def image_features(model, family: str, inputs: dict, image_tokens: list[list[int
     if missing:
         cache.misses += len(missing)
         by_key = dict(zip(keys, slices))
-        with torch.no_grad():
-            computed = split.encode(inner, [by_key[k] for k in missing])
+        computed = _encode_frozen(getattr(inner, split.tower), lambda: split.encode(inner, [by_key[k] for k in missing]))
         for key, value in zip(missing, computed):
             cache.put(fingerprint, key, value)
             found[key] = value

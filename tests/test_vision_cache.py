@@ -21,14 +21,17 @@ def test_cached_features_equal_the_models_own_vision_path(family, tiny_adapter, 
     adapter = tiny_adapter(family)
     batch = adapter.prepare(two_samples, vision_cache=False)
     inputs = {k: v for k, v in batch.inputs.items()}
-    own = adapter.pool(batch, 1).inputs  # the model's own get_image_features through the pooling route
     cached = vision_cache.image_features(adapter.model, family, inputs, batch.image_tokens)
     reference = adapter.model.get_image_features(
         **{k: v for k, v in inputs.items() if k in __import__("inspect").signature(
             adapter.model.get_image_features).parameters}, return_dict=True).pooler_output
     flat = lambda f: torch.cat(list(f)) if isinstance(f, (list, tuple)) else f.reshape(-1, f.shape[-1])  # noqa: E731
     torch.testing.assert_close(flat(cached), flat(reference), rtol=1e-5, atol=1e-5)
-    assert own["input_ids"].shape == batch.inputs["input_ids"].shape
+    # and the model call routes them in place of the tower: same logits as the model's own vision path
+    with torch.no_grad():
+        routed = adapter.model(**adapter.model_inputs(batch)).logits
+        own = adapter.model(**batch.inputs).logits
+    torch.testing.assert_close(routed, own, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -84,6 +87,20 @@ def test_a_changed_tower_is_never_served_from_a_stale_entry(two_samples, fresh_c
     assert vision_cache.tower_fingerprint(inner, split) == after
     adapter.model_inputs(adapter.prepare(two_samples))
     assert fresh_cache.hits == hits + 5
+
+
+def test_features_are_computed_in_eval_mode_even_when_the_model_is_in_train_mode(two_samples, fresh_cache,
+                                                                                 single_thread):
+    model, processor = tiny.build_tiny("qwen2_vl")
+    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
+    for name, param in model.named_parameters():
+        param.requires_grad = "visual" not in name  # a frozen tower, as in finetuning
+    model.train()
+    inner = vision_cache.inner_model(model)
+    inner.visual.blocks[0].attn.proj.register_forward_hook(lambda module, *_: seen.append(module.training))
+    seen: list[bool] = []
+    adapter.model_inputs(adapter.prepare(two_samples))
+    assert seen == [False] and inner.visual.training  # encoded in eval mode, the mode given back
 
 
 def test_a_tower_in_training_is_not_cached(two_samples, fresh_cache, single_thread):
