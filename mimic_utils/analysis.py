@@ -457,28 +457,6 @@ def comparison_claim(claim: str, rows_by_model: Mapping[str, Rows], base: str, o
                        n=found["n"])
 
 
-# --- cross-benchmark --------------------------------------------------------------------------------------
-
-
-def cross_benchmark_table(mimic_per_task: pd.DataFrame, scores: dict) -> pd.DataFrame:
-    """Models × benchmarks: MIMIC's mean headline score over tasks, then each benchmark's accuracy (None
-    for a benchmark that did not run)."""
-    frame = mimic_per_task.groupby("model", sort=False)["score"].mean().rename("MIMIC").to_frame()
-    for (label, model), summary in scores.items():
-        frame.loc[model, label] = summary.get("accuracy") if summary.get("status") == "done" else None
-    return frame.reset_index()
-
-
-def sub_task_table(scores: dict) -> pd.DataFrame:
-    """The appendix: accuracy per benchmark, sub-task and model."""
-    lines = []
-    for (label, model), summary in scores.items():
-        for sub_task, cell in summary.get("by", {}).get("sub_task", {}).items():
-            lines.append({"benchmark": label, "sub_task": sub_task, "model": model, "n": cell["n"],
-                          "accuracy": cell.get("accuracy", cell.get("score"))})
-    return pd.DataFrame(lines)
-
-
 # --- metrics.json ----------------------------------------------------------------------------------------
 
 

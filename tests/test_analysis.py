@@ -177,12 +177,3 @@ def test_jsonable_writes_nan_as_null():
     assert analysis.jsonable({"t": frame, "x": (math.inf, 2)}) == {"t": [{"a": 1.0, "b": None}], "x": [None, 2]}
 
 
-def test_cross_benchmark_table_marks_benchmarks_that_did_not_run():
-    mimic = pd.DataFrame([{"model": "base", "task": "a", "score": 0.2}, {"model": "base", "task": "b", "score": 0.4}])
-    by = {"sub_task": {"x": {"n": 2, "accuracy": 0.5}}}
-    scores = {("ood", "base"): {"status": "done", "accuracy": 0.5, "by": by},
-              ("blink", "base"): {"status": "not run", "reason": "offline"}}
-    row = analysis.cross_benchmark_table(mimic, scores).set_index("model").loc["base"]
-    assert row["MIMIC"] == pytest.approx(0.3) and row["ood"] == 0.5 and pd.isna(row["blink"])
-    assert analysis.sub_task_table(scores).to_dict(orient="records") == [
-        {"benchmark": "ood", "sub_task": "x", "model": "base", "n": 2, "accuracy": 0.5}]
