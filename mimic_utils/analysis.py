@@ -373,6 +373,9 @@ def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, 
         if claim is None:
             continue
         note = f"model {model}"
+        if max(found["a"], found["b"]) == 0:
+            note += (f"; the score is 0 at both ends ({found['a_label']}, {found['b_label']}): the model is at the "
+                     "floor here, so this design cannot show the effect for it")
         if claim == "2" and "gain_at_n" in found:
             gain = found["gain_at_n"]
             note += (f"; the pooling gain at {found['b_label']} alone: "

@@ -152,6 +152,12 @@ def test_diagnosis_claims_one_to_five():
     lines = analysis.diagnosis_findings({"m": contrasts})
     assert len(lines) == len(contrasts) and not any("±" in line for line in lines)
     json.dumps(analysis.jsonable(contrasts), allow_nan=False)
+    assert "floor" not in claims["3"]["note"]
+    floor = [r for r in sweep if r["experiment"] != "spread"]
+    floor += rows("counting_balanced", [0] * 20, "spread", n_images=6, spread=1)
+    floor += rows("counting_balanced", [0] * 20, "spread", n_images=6, spread=6)
+    at_floor = analysis.diagnosis_claims(analysis.diagnosis_contrasts(floor, pooled(10), "m", 4), "m")
+    assert at_floor["3"]["verdict"] == "inconclusive" and "floor" in at_floor["3"]["note"]
 
 
 def test_two_models_are_compared_paired_on_the_same_questions():
