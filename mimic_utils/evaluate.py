@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from mimic_utils.artifacts import repo_root, write_text
 from mimic_utils.models import load_adapter, model_fingerprint
-from mimic_utils.prediction_cache import open_cache, question_key
+from mimic_utils.prediction_cache import generation_context, open_cache, question_key
 from mimic_utils.scoring import aggregate, score_sample
 from mimic_utils.traindata import prompt_family
 
@@ -151,7 +151,7 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
     done = {row["id"] for row in read_predictions(shard_path)} | {row["id"] for row in read_predictions(out_path)}
     mine = _shard(records, state.process_index, state.num_processes, batch_size, sort_key, record_id)
     todo = [r for r in mine if record_id(r) not in done]
-    reuse = open_cache(fingerprint, reuse_dir) if state.num_processes == 1 else None
+    reuse = open_cache(fingerprint, reuse_dir, generation_context(adapter)) if state.num_processes == 1 else None
     keys = {record_id(r): question_key(r, max_new_tokens) for r in todo} if reuse else {}
     with shard_path.open("a", encoding="utf-8") as handle:
         # a reused answer is scored again, so a scorer change never leaves a stale score behind

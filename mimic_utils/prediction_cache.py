@@ -83,15 +83,42 @@ def _last_byte(path: Path) -> bytes:
         return handle.read(1)
 
 
-def open_cache(fingerprint: str, directory: str | Path | None = None) -> PredictionCache | None:
-    """The cache of ``fingerprint`` under ``directory`` (default ``$MIMIC_CACHE_DIR/predictions``), or None
-    when no directory is configured."""
+#: Bump when answers produced by the same model and question could change for a reason none of the
+#: sources below capture; every stored answer is then generated again.
+CACHE_VERSION = 1
+#: The code that turns a question into the model's input and decodes its answer: the prompt builders, the
+#: adapter (preprocessing, pooling, generation) and the masking. Any edit to them starts a new cache file.
+GENERATION_MODULES = ("mimic_utils.prompts", "mimic_utils.models", "mimic_utils.masking",
+                      "mimic_utils.external_benchmarks")
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    import importlib
+    import inspect
+
+    digest = hashlib.sha256(str(CACHE_VERSION).encode())
+    for name in GENERATION_MODULES:
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    return digest.hexdigest()
+
+
+def generation_context(adapter) -> str:
+    """What besides the weights decides an answer: the generation code (:data:`GENERATION_MODULES`,
+    :data:`CACHE_VERSION`) and the processor's chat template; part of the cache file's name."""
+    template = getattr(getattr(adapter, "processor", None), "chat_template", None) or ""
+    return hashlib.sha256((_code_digest() + str(template)).encode()).hexdigest()[:16]
+
+
+def open_cache(fingerprint: str, directory: str | Path | None = None, context: str = "") -> PredictionCache | None:
+    """The cache of ``fingerprint`` (and generation ``context``) under ``directory`` (default
+    ``$MIMIC_CACHE_DIR/predictions``), or None when no directory is configured."""
     if directory is None:
         root = os.environ.get(ENV_DIR)
         if not root:
             return None
         directory = Path(root) / "predictions"
-    return PredictionCache(Path(directory), fingerprint)
+    return PredictionCache(Path(directory), f"{fingerprint}-{context}" if context else fingerprint)
 
 
-__all__ = ["PredictionCache", "file_digest", "open_cache", "question_key"]
+__all__ = ["CACHE_VERSION", "PredictionCache", "file_digest", "generation_context", "open_cache", "question_key"]

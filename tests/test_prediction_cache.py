@@ -95,3 +95,25 @@ def test_benchmark_dataclass_records_have_keys(tmp_path):
 
     assert prediction_cache.question_key(record("red"), 16) == prediction_cache.question_key(record("red"), 16)
     assert prediction_cache.question_key(record("red"), 16) != prediction_cache.question_key(record("blue"), 16)
+
+
+def test_a_changed_chat_template_or_generation_code_starts_a_new_cache(tmp_path, monkeypatch):
+    reuse = tmp_path / "cache"
+
+    class Templated(CountingAdapter):
+        def __init__(self, template):
+            super().__init__()
+            self.processor = type("P", (), {"chat_template": template})()
+
+    evaluate.run(Templated("{{ a }}"), records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images,
+                 reuse_dir=reuse, progress=False)
+    same, other = Templated("{{ a }}"), Templated("{{ b }}")
+    evaluate.run(same, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
+    evaluate.run(other, records(tmp_path), tmp_path / "c.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
+    assert same.asked == 0 and other.asked == 6
+    monkeypatch.setattr(prediction_cache, "CACHE_VERSION", prediction_cache.CACHE_VERSION + 1)
+    prediction_cache._code_digest.cache_clear()
+    bumped = Templated("{{ a }}")
+    evaluate.run(bumped, records(tmp_path), tmp_path / "d.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
+    prediction_cache._code_digest.cache_clear()
+    assert bumped.asked == 6
