@@ -251,3 +251,41 @@ def load_hf(export_dir: Path | str, config: str):
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no exported config {config!r} (expected one of {FAMILIES})")
     return datasets.load_from_disk(str(path))
+
+
+def design_findings(records: list[dict]) -> list[str]:
+    """What the built benchmark holds fixed and what it moves, checked on the records themselves (the
+    closing sentences of notebook 01): cells per sweep, the spread sweep's image count and answer prior,
+    and that every concept a question names is present in its images."""
+    from mimic_utils.analysis import SWEEPS  # the study's one definition of a cell (pandas: imported late)
+
+    cells = Counter((r["experiment"], r["task"], r["knobs"]["n_images"], r["knobs"][SWEEPS[r["experiment"]]])
+                    for r in records)
+    sizes = sorted(set(cells.values()))
+    lines = [f"{len(records)} questions in {len(cells)} cells of "
+             + (f"{sizes[0]} questions each." if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]} questions.")]
+    spread = [r for r in records if r["experiment"] == "spread"]
+    if spread:
+        counts = sorted({r["knobs"]["n_images"] for r in spread})
+        by_s = defaultdict(Counter)
+        for r in spread:
+            by_s[r["knobs"]["spread"]][str(r["gt"])] += 1
+        same = len({tuple(sorted(h.items())) for h in by_s.values()}) == 1
+        lines.append(f"Spread sweep: {'every' if len(counts) == 1 else 'NOT every'} question has "
+                     f"{'/'.join(map(str, counts))} images, and the answer histogram is "
+                     f"{'identical' if same else 'NOT identical'} at every spread "
+                     f"({dict(sorted(next(iter(by_s.values())).items()))}), so only how many images hold "
+                     "the target moves.")
+    missing = [r["id"] for r in records if r["family"] in ("counting", "listing") and not _names_present(r)]
+    lines.append("Every concept a question names has an instance in its images." if not missing else
+                 f"{len(missing)} questions name a concept absent from their images (e.g. {missing[:3]}).")
+    return lines
+
+
+def _names_present(record: dict) -> bool:
+    """Each named class (Counting) is in some image; Listing's named supercategories are checked by
+    :mod:`mimic_utils.tasks` when the answer is built (a member of each is listed)."""
+    if record["family"] != "counting":
+        return bool(record["gt"])
+    present = {name for image in record.get("evidence", []) for name, n in image["counts"].items() if n > 0}
+    return set(record.get("targets", [])) <= present

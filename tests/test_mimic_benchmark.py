@@ -113,3 +113,22 @@ def test_questions_name_only_concepts_present_in_their_images(absent, family, k,
     for r in records:
         assert not set(r["targets"]) & {"yeti", "ghost", "phantom"}, r["id"]
         assert named_concepts_present(r, absent) and r["gt"] == recompute(r, absent), r["id"]
+
+
+def test_design_findings_check_the_records_themselves():
+    from mimic_utils.mimic_benchmark import design_findings
+
+    def spread_record(i, s, gt, n=4):
+        return {"id": f"s{i}", "experiment": "spread", "task": "counting_balanced", "family": "counting",
+                "gt": gt, "targets": ["dog"], "knobs": {"n_images": n, "spread": s},
+                "evidence": [{"image_id": "a", "counts": {"dog": gt}}]}
+
+    good = [spread_record(i, s, gt) for s in (1, 2) for i, gt in enumerate((4, 5))]
+    lines = design_findings(good)
+    assert lines[0] == "4 questions in 2 cells of 2 questions each."
+    assert "every question has 4 images" in lines[1] and "identical at every spread" in lines[1]
+    assert lines[2].startswith("Every concept")
+    bad = good[:3] + [spread_record(9, 2, 4, n=6)]
+    bad[0] = {**bad[0], "targets": ["cat"]}
+    lines = design_findings(bad)
+    assert "NOT every" in lines[1] and "NOT identical" in lines[1] and lines[2].startswith("1 questions name")
