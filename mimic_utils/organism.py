@@ -295,19 +295,15 @@ def _choice_drawn(pools, nonempty: list[str], rng: random.Random, kind: str, n_o
     """(image id, question, right option, wrong options) of one question; ``_Skip`` when the draw has no
     image. ``nonempty``: the certain images that hold an object."""
     from mimic_utils.tasks import question_for
-    from mimic_utils.traindata import _Skip, true_count
+    from mimic_utils.traindata import _Skip, draw_count
 
     index = pools.index
     if kind == "count":
-        wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
-        target = rng.choice(index.categories)
-        matching = pools.by_count.get((target, wanted), [])
-        if not matching:
-            raise _Skip()
+        image, target, wanted = draw_count(pools, rng, max_count, count_weights)
         # a window of n_options consecutive counts holding the answer, as the OOD benchmark offers them
         low = max(0, wanted - rng.randrange(n_options))
         wrong = [str(v) for v in range(low, low + n_options) if v != wanted][: n_options - 1]
-        return rng.choice(matching), question_for("counting", [target]), str(wanted), wrong
+        return image, question_for("counting", [target]), str(wanted), wrong
     if kind == "naming":
         if not pools.single_class:
             raise _Skip()

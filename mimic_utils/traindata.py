@@ -44,7 +44,7 @@ from mimic_utils.artifacts import image_root, read_json, recorded_root, read_jso
 from mimic_utils.mimic_benchmark import absolute_images, file_sha256, relative_images
 from mimic_utils.prompts import TASK_FAMILIES, build_messages
 from mimic_utils.sources import AnnotationIndex
-from mimic_utils.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate
+from mimic_utils.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate, question_for
 
 MINOR_FAMILIES = ("counting_minor", "listing_minor", "common_minor", "oddone_minor")
 SINGLE_FAMILIES = ("counting", "presence", "listing", "naming")
@@ -157,14 +157,8 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
             count_weights: tuple[float, ...] | None = None) -> Drawn:
     index = pools.index
     if family == "counting":
-        # balanced over the true count, 0 included, unless count_weights (one per count 0..max) tilt it
-        wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
-        target = rng.choice(index.categories)
-        matching = pools.by_count.get((target, wanted), [])
-        if not matching:
-            raise _Skip()
-        question = f"How many {target} objects are there in total across all images?"
-        return [rng.choice(matching)], [target], question, str(wanted)
+        image, target, wanted = draw_count(pools, rng, max_count, count_weights)
+        return [image], [target], question_for("counting", [target]), str(wanted)
     if family == "presence":
         target = rng.choice(index.categories)
         present = rng.random() < 0.5
@@ -184,6 +178,19 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
     image = rng.choice(single)
     name = next(iter(pools.classes[image]))
     return [image], [name], "Which object category appears in every image?", name
+
+
+def draw_count(pools: Pools, rng: random.Random, max_count: int,
+               count_weights: tuple[float, ...] | None = None) -> tuple[str, str, int]:
+    """(image, class, its count in that image) of a single-image counting question: balanced over the true
+    count, 0 included, unless ``count_weights`` (one per count 0..max) tilt it; ``_Skip`` when no image of
+    the source holds that class that many times."""
+    wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
+    target = rng.choice(pools.index.categories)
+    matching = pools.by_count.get((target, wanted), [])
+    if not matching:
+        raise _Skip()
+    return rng.choice(matching), target, wanted
 
 
 def true_count(rng: random.Random, count_weights) -> int:
