@@ -214,6 +214,16 @@ def _flat(figures: dict) -> dict[str, float]:
     return rows
 
 
+def _relative(path: str) -> str:
+    """A path as the checkout sees it (committed figures hold no machine's absolute path)."""
+    from mimic_utils.artifacts import repo_root
+
+    try:
+        return str(Path(path).resolve().relative_to(repo_root().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def write_probe(result: dict, json_path: Path, command: str) -> tuple[Path, Path]:
     """``probe.json`` (every figure, a timestamp, the command) and ``probe.md`` (a side-by-side table)."""
     from datetime import datetime, timezone
@@ -233,7 +243,7 @@ def write_probe(result: dict, json_path: Path, command: str) -> tuple[Path, Path
                          if budget["minutes_per_shape"] is not None else f"{budget['steps_per_stage']} steps per stage")
         + f", {budget['threads']} threads; {budget['pool_images']} training images, "
           f"{budget['heldout_questions']} + {budget['heldout_choice_questions']} held-out questions",
-        f"- vision: `{result['vision']['base']}` (sha256 `{result['vision']['sha256'][:16]}…`): {result['vision']['reuse']}",
+        f"- vision: `{_relative(result['vision']['base'])}` (sha256 `{result['vision']['sha256'][:16]}…`): {result['vision']['reuse']}",
         "", "| figure | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
         *[f"| {name} | " + " | ".join(str(flat[label].get(name, "")) for label in labels) + " |" for name in names],
         "", "Every figure, the recipe and the shapes: `probe.json` beside this file.", "",
