@@ -298,8 +298,9 @@ BAR_SLOT = 0.2
 
 
 def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str, title: str = "",
-                 ylabel: str = "accuracy", *, band: tuple[str, str] = ("lo", "hi"), blind: str | None = "blind",
-                 reference: float | None = None, ylim: tuple[float, float] | None = (0, 1.05)) -> plt.Figure:
+                 ylabel: str = SCORE_LABEL, *, band: tuple[str, str] = ("lo", "hi"), blind: str | None = "blind",
+                 blind_label: str = BLIND_LABEL, reference: float | None = None,
+                 ylim: tuple[float, float] | None = (0, 1.05)) -> plt.Figure:
     """Grouped bars of a metric (e.g. tasks × models) with 95% error bars from the ``band`` columns and a
     dashed blind-baseline mark per ``x`` group from the ``blind`` column, where the table has them.
 
@@ -321,7 +322,7 @@ def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str
         ax.set_ylabel(ylabel)
     handles, _ = axes[0].get_legend_handles_labels()
     if drew_blind:
-        handles.append(Line2D([], [], color="black", linestyle="--", label=BLIND_LABEL))
+        handles.append(Line2D([], [], color="black", linestyle="--", label=blind_label))
     fig.legend(handles=handles, bbox_to_anchor=(1.0, 0.5), loc="center left", fontsize=8, frameon=False, title=hue)
     axes[0].set_title(title)
     if ylim is not None:
