@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mimic_utils import masking
-from mimic_utils.stats import N_BOOT, change_word, interval_text
+from mimic_utils.stats import N_BOOT, change_word, interval_text, percentile_interval
 
 VISION_TARGETS = ("same_image", "other_images", "text")
 QUERY_KINDS = ("vision", "answer")
@@ -278,13 +278,8 @@ def ratio_of_means(share: np.ndarray, uniform: np.ndarray, seed: int = 0,
     index = np.random.default_rng(seed).integers(0, len(share), size=(n_boot, len(share)))
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = share[index].sum(axis=1) / uniform[index].sum(axis=1)
-    lo, hi = _interval(boot)
+    lo, hi = percentile_interval(boot)
     return (float(share.sum() / uniform.sum()), lo, hi)
-
-
-def _interval(values: np.ndarray) -> list[float]:
-    """The 95% percentile interval of bootstrap values (undefined resamples left out)."""
-    return [float(v) for v in np.nanpercentile(values, [2.5, 97.5])]
 
 
 def aggregate(frame, z: float = 1.96, seed: int = 0, n_boot: int = N_BOOT):
@@ -366,10 +361,11 @@ def fade_effect(frame, query_kind: str = "vision", target: str = "other_images",
     early, late = ratios(share, uniform)
     index = np.random.default_rng(seed).integers(0, len(share), size=(n_boot, len(share)))
     boot_early, boot_late = ratios(share[index], uniform[index])
-    lo, hi = _interval(boot_late - boot_early)
+    lo, hi = percentile_interval(boot_late - boot_early)
     return {"effect": float(late - early), "lo": lo, "hi": hi,
             "first_layers": first, "last_layers": last, "first_ratio": float(early), "last_ratio": float(late),
-            "first_interval": _interval(boot_early), "last_interval": _interval(boot_late), "n": len(share),
+            "first_interval": list(percentile_interval(boot_early)),
+            "last_interval": list(percentile_interval(boot_late)), "n": len(share),
             "query_kind": query_kind, "target": target}
 
 

@@ -156,9 +156,9 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
     with shard_path.open("a", encoding="utf-8") as handle:
         # a reused answer is scored again, so a scorer change never leaves a stale score behind
         known = [reuse.get(keys[record_id(r)]) for r in todo] if reuse else []
-        handle.write("".join(dump_row({**to_row(r, row["output"], settings, pool), "fingerprint": fingerprint})
-                             for r, row in zip(todo, known) if row is not None))
-        todo = [r for r, row in zip(todo, known) if row is None] if reuse else todo
+        handle.write("".join(dump_row({**to_row(r, output, settings, pool), "fingerprint": fingerprint})
+                             for r, output in zip(todo, known) if output is not None))
+        todo = [r for r, output in zip(todo, known) if output is None] if reuse else todo
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", disable=not progress,
                    desc=desc or out_path.stem, mininterval=2)
         for batch in batches(todo, batch_size, sort_key, record_id):
@@ -169,7 +169,7 @@ def run(adapter, records: list, out_path: Path | str, batch_size: int = 16, pool
             handle.flush()
             os.fsync(handle.fileno())
             if reuse:
-                reuse.add([(keys[record_id(r)], row) for r, row in zip(batch, rows)])
+                reuse.add([(keys[record_id(r)], out) for r, out in zip(batch, outputs)])
             bar.update(len(batch))
     bar.close()
     if state.num_processes > 1:

@@ -48,33 +48,33 @@ def question_key(record: dict, max_new_tokens: int | None) -> str:
 
 
 class PredictionCache:
-    """The stored rows of one model fingerprint."""
+    """The raw answers stored for one model fingerprint and generation context (rescored on reuse)."""
 
     def __init__(self, directory: Path, fingerprint: str) -> None:
         self.path = Path(directory) / f"{fingerprint}.jsonl"
-        self.rows: dict[str, dict] = {}
+        self.outputs: dict[str, str] = {}
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn line from a killed run: that answer is simply generated again
-                self.rows[entry["key"]] = entry["row"]
+                self.outputs[entry["key"]] = entry["output"]
 
-    def get(self, key: str) -> dict | None:
-        return self.rows.get(key)
+    def get(self, key: str) -> str | None:
+        return self.outputs.get(key)
 
-    def add(self, entries: list[tuple[str, dict]]) -> None:
-        """Append ``(key, row)`` pairs (one write, flushed) and remember them."""
+    def add(self, entries: list[tuple[str, str]]) -> None:
+        """Append ``(key, raw output)`` pairs (one write, flushed) and remember them."""
         if not entries:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = self.path.is_file() and self.path.stat().st_size > 0 and _last_byte(self.path) != b"\n"
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write("\n" if torn else "")
-            handle.write("".join(json.dumps({"key": k, "row": r}, sort_keys=True, ensure_ascii=False) + "\n"
+            handle.write("".join(json.dumps({"key": k, "output": r}, sort_keys=True, ensure_ascii=False) + "\n"
                                  for k, r in entries))
-        self.rows.update(entries)
+        self.outputs.update(entries)
 
 
 def _last_byte(path: Path) -> bytes:
@@ -85,7 +85,7 @@ def _last_byte(path: Path) -> bytes:
 
 #: Bump when answers produced by the same model and question could change for a reason none of the
 #: sources below capture; every stored answer is then generated again.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: lines hold the raw output only
 #: The code that turns a question into the model's input and decodes its answer: the prompt builders, the
 #: adapter (preprocessing, pooling, generation) and the masking. Any edit to them starts a new cache file.
 GENERATION_MODULES = ("mimic_utils.prompts", "mimic_utils.models", "mimic_utils.masking",

@@ -103,7 +103,8 @@ def _resampled(groups: Sequence[np.ndarray], rng: np.random.Generator, n_boot: i
     return out
 
 
-def _percentile(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap values (undefined resamples left out)."""
     tail = (1 - level) / 2 * 100
     lo, hi = np.nanpercentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -122,7 +123,7 @@ def estimate(rows: Rows, key: str | None = "task", seed: int = 0, n_boot: int = 
         method = "wilson"
     else:
         rng = np.random.default_rng(seed)
-        lo, hi = _percentile(_resampled(arrays, rng, n_boot).mean(axis=1))
+        lo, hi = percentile_interval(_resampled(arrays, rng, n_boot).mean(axis=1))
         method = "bootstrap"
     return {"n": len(rows), "score": value, "lo": lo, "hi": hi, "method": method}
 
@@ -176,7 +177,7 @@ def difference(rows_a: Rows, rows_b: Rows, paired: bool | None = None, key: str 
         groups_b = [_arrays(g) for g in _strata(rows_b, key).values()]
         boot = _resampled(groups_b, rng, n_boot).mean(axis=1) - _resampled(groups_a, rng, n_boot).mean(axis=1)
     a, b = task_mean(rows_a, key) if key else score(rows_a), task_mean(rows_b, key) if key else score(rows_b)
-    lo, hi = _percentile(boot)
+    lo, hi = percentile_interval(boot)
     if keep_samples:
         result["samples"] = boot
     return {**result, "a": a, "b": b, "diff": b - a, "lo": lo, "hi": hi}
@@ -189,7 +190,7 @@ def difference_of_differences(cells: Mapping[str, Rows], seed: int = 0, n_boot: 
     first = difference(cells["a"], cells["b"], key=key, seed=seed, n_boot=n_boot, keep_samples=True)
     second = difference(cells["c"], cells["d"], key=key, seed=seed + 1, n_boot=n_boot, keep_samples=True)
     # the two pairs hold different questions, so their resamples are independent: subtract them draw by draw
-    lo, hi = _percentile(second.pop("samples") - first.pop("samples"))
+    lo, hi = percentile_interval(second.pop("samples") - first.pop("samples"))
     return {"diff": second["diff"] - first["diff"], "lo": lo, "hi": hi, "first": first, "second": second}
 
 
@@ -251,5 +252,5 @@ def blind_baseline(rows: Rows, scorer: Callable[[str, object], Mapping] | None =
 __all__ = [
     "LEVEL", "N_BOOT", "blind_baseline", "change_sentence", "change_word", "difference",
     "difference_of_differences", "estimate", "excludes_zero", "interval_text", "is_listing",
-    "mcnemar_exact", "score", "task_mean", "verdict", "wilson",
+    "mcnemar_exact", "percentile_interval", "score", "task_mean", "verdict", "wilson",
 ]
