@@ -47,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mimic_utils import evaluate, scene_formats, scenes, tiny
+from mimic_utils import evaluate, scene_formats, scenes, stats, tiny
 from mimic_utils.artifacts import profile_dir, repo_root, write_json
 from mimic_utils.finetune import StageSchedule, pad_batch, train_stage
 from mimic_utils.models import load_adapter
@@ -733,9 +733,13 @@ def evaluate_choice(adapter, records: list, predictions: Path, batch_size: int =
     def accuracy(members: list[dict]) -> float:
         return round(sum(r["score"] for r in members) / max(1, len(members)), 4)
 
+    right = sum(r["score"] for r in rows)
+    parsed = sum(r["parsed"] is not None for r in rows)
+    (lo, hi), (parse_lo, parse_hi) = stats.wilson(right, len(rows)), stats.wilson(parsed, len(rows))
     return {
-        "n": len(rows), "score": accuracy(rows),
-        "parse_rate": round(sum(r["parsed"] is not None for r in rows) / max(1, len(rows)), 4),
+        "n": len(rows), "score": accuracy(rows), "lo": round(lo, 4), "hi": round(hi, 4),
+        "parse_rate": round(parsed / max(1, len(rows)), 4), "parse_lo": round(parse_lo, 4),
+        "parse_hi": round(parse_hi, 4),
         "chance": round(sum(1 / options[r["id"]] for r in rows) / max(1, len(rows)), 4),
         "by_kind": {k: accuracy([r for r in rows if r["sub_task"] == k])
                     for k in CHOICE_KINDS if any(r["sub_task"] == k for r in rows)},
@@ -751,8 +755,8 @@ def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch
     scores = {}
     for family in sorted({r["family"] for r in rows}):
         members = [r for r in rows if r["family"] == family]
-        stats = next(iter(evaluate.summarize(members, by=()).values()))
-        scores[family] = {"n": stats["n"], "score": round(stats["score"], 4)}
+        cell = stats.estimate(members, key=None)
+        scores[family] = {key: cell[key] if key == "n" else round(cell[key], 4) for key in ("n", "score", "lo", "hi")}
     counting = [r for r in rows if r["family"] == "counting"]
     scores["counting_by_true_count"] = {
         str(k): round(sum(r["score"] for r in counting if r["knobs"]["true_count"] == k)
@@ -764,7 +768,8 @@ def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch
 def choice_scores(choice: dict) -> dict:
     """eval.json entries of held-out multiple choice: ``choice`` (accuracy, with parse rate, chance and
     breakdowns) and ``choice_parse_rate`` (a flat row, so the model card's score table shows it)."""
-    return {"choice": choice, "choice_parse_rate": {"n": choice["n"], "score": choice["parse_rate"]}}
+    return {"choice": choice, "choice_parse_rate": {"n": choice["n"], "score": choice["parse_rate"],
+                                                    "lo": choice["parse_lo"], "hi": choice["parse_hi"]}}
 
 
 def run_probe(args, config: OrganismConfig, params: Path, profile_root: Path, command: str) -> int:
@@ -799,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--if-needed", action="store_true",
                         help="reuse the committed organism when its recorded configuration matches the profile's")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rewrite-card", action="store_true",
+                        help="re-score the trained organism and rewrite eval.json and its model card (no training)")
     probe = parser.add_argument_group("probe (--probe): language-model shapes at equal wall time, see "
                                       "mimic_utils.organism_probe")
     probe.add_argument("--probe", action="store_true", help="compare shapes instead of training the organism")
@@ -833,21 +840,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.if_needed:
         why = "no trained organism found" if recorded is None else "its recorded configuration differs from " + str(params)
         print(f"[organism] training the organism first: {why} (about an hour on 2 cores)")
+    if args.rewrite_card:
+        return rewrite_card(out_dir)
     summary = train_organism(config, out_dir)
     write_curves(out_dir, summary["log"])
-    adapter = load_adapter(out_dir, family="qwen2_vl", dtype="float32")
-    records = heldout_records(config, out_dir / "heldout")
-    scores = evaluate_single_image(adapter, records, out_dir / "heldout" / "predictions.jsonl")
-    choice = evaluate_choice(adapter, heldout_choice_records(config, out_dir / "heldout"),
-                             out_dir / "heldout" / "choice.jsonl")
-    scores.update(choice_scores(choice))
-    write_json(out_dir / "eval.json", scores)
     command = f"python -m mimic_utils.organism --profile {args.profile}"
     write_json(out_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],
                                            "parameters": summary["parameters"], "command": command})
+    score_and_card(out_dir, config, summary, command)
+    return 0
+
+
+def score_and_card(out_dir: Path, config: OrganismConfig, summary: dict, command: str) -> dict:
+    """Held-out scores of the saved organism (``eval.json``) and its model card. Answers already in
+    ``heldout/*.jsonl`` from the same model are reused (:func:`mimic_utils.evaluate.run` resumes)."""
+    adapter = load_adapter(out_dir, family="qwen2_vl", dtype="float32")
+    records = heldout_records(config, out_dir / "heldout")
+    scores = evaluate_single_image(adapter, records, out_dir / "heldout" / "predictions.jsonl")
+    if config.instruct_weights.get(CHOICE_FAMILY):
+        choice = evaluate_choice(adapter, heldout_choice_records(config, out_dir / "heldout"),
+                                 out_dir / "heldout" / "choice.jsonl")
+        scores.update(choice_scores(choice))
+    write_json(out_dir / "eval.json", scores)
     write_card(out_dir, config, summary, scores, command)
     print(json.dumps(scores, indent=1))
     print(f"[organism] saved to {out_dir} (model card: {out_dir / 'README.md'})")
+    return scores
+
+
+def rewrite_card(out_dir: Path) -> int:
+    """``--rewrite-card``: re-score a trained organism and rewrite ``eval.json`` and its card from what
+    training recorded (``training.json``, ``loss.csv``), without training."""
+    import pandas as pd
+
+    recorded = Path(out_dir) / "training.json"
+    if not recorded.is_file():
+        print(f"[organism] {recorded}: missing; train the organism first (make organism)")
+        return 2
+    training = json.loads(recorded.read_text(encoding="utf-8"))
+    frame = pd.read_csv(Path(out_dir) / "loss.csv")
+    log = [{k: v for k, v in row.items() if v == v} for row in frame.to_dict("records")]  # NaN: not evaluated
+    summary = {"seconds": training["seconds"], "parameters": training["parameters"], "log": log}
+    score_and_card(out_dir, OrganismConfig(**training["config"]), summary, training["command"])
     return 0
 
 

@@ -24,46 +24,120 @@ from mimic_utils.plots import save_figure, save_table
 if TYPE_CHECKING:  # the recipe imports this module to write its card
     from mimic_utils.organism import OrganismConfig
 
-TARGETS = {"counting": 0.80, "presence": 0.90}
+#: held-out targets of the organism (issue #17), on real generation with the official scorers
+TARGETS = {"counting": 0.80, "presence": 0.90, "listing": 0.95, "naming": 0.95, "choice": 0.85,
+           "choice_parse_rate": 0.98}
 TARGET_MINUTES = 60  # whole training, from scratch, on 2 cores
+LABELS = {"listing": "listing (micro F1)", "choice": "multiple choice (accuracy)",
+          "choice_parse_rate": "multiple choice, letter parse rate"}
+
+
+def score_rows(scores: dict) -> list[dict]:
+    """One row per held-out score of ``eval.json``: n, score, 95% interval, target and whether it is met."""
+    rows = []
+    for name, value in scores.items():
+        if not (isinstance(value, dict) and "score" in value and "n" in value):
+            continue
+        target = TARGETS.get(name)
+        rows.append({"question": name, "n": value["n"], "score": round(value["score"], 3),
+                     "lo": round(value["lo"], 3) if "lo" in value else None,
+                     "hi": round(value["hi"], 3) if "hi" in value else None,
+                     "target": target, "met": None if target is None else value["score"] >= target})
+    return rows
+
+
+def curve_trend(log: list[dict], family: str, stage: str = "instruct") -> str:
+    """How a held-out teacher-forced curve ended: the change over its last evaluation interval."""
+    column = f"tf_{family}"
+    points = [(row["step"], row[column]) for row in log
+              if row.get("stage") == stage and row.get(column) is not None and row[column] == row[column]]
+    if len(points) < 2:
+        return "no curve recorded"
+    (s0, v0), (s1, v1) = points[-2], points[-1]
+    state = "still rising" if v1 - v0 > 0.01 else "flat" if abs(v1 - v0) <= 0.01 else "falling"
+    return f"teacher-forced {v0:.2f} → {v1:.2f} over steps {s0}–{s1} ({state})"
+
+
+def _missed_lines(rows: list[dict], log: list[dict]) -> list[str]:
+    """One generated line per missed target, with how its training curve ended."""
+    missed = [r for r in rows if r["met"] is False]
+    if not missed:
+        return ["Every held-out target is met.", ""]
+    lines = ["Missed targets, and how their stage-2 held-out curves ended (`curves.png`, `loss.csv`):", ""]
+    for row in missed:
+        family = "choice" if row["question"].startswith("choice") else row["question"]
+        lines.append(f"- {LABELS.get(row['question'], row['question'])}: {row['score']:.3f} < {row['target']} — "
+                     f"{curve_trend(log, family)}")
+    lines += ["", "A curve still rising at the end asks for a longer stage 2 (the time budget is the limit); a "
+              "flat one asks for a change of recipe (learning rate, question mix, the vision stage's count "
+              "signal).", ""]
+    return lines
+
+
+def _probe_lines(probe: Path) -> list[str]:
+    """The shape probe's headline figures, when one was run for this profile (``models/probe.json``)."""
+    if not probe.is_file():
+        return []
+    result = json.loads(probe.read_text(encoding="utf-8"))
+    shapes = result["shapes"]
+    names = ["counting", "presence", "listing", "naming", "choice"]
+    lines = ["## Language-model shape probe", "",
+             f"`{result['command']}` ({result['timestamp'][:10]}; `../probe.md`): stages 1-2 of each shape for "
+             f"{result['budget']['minutes_per_shape']} min on this organism's predecessor's vision tower, with "
+             f"the stage-2 question mix of that time, `{json.dumps(result['recipe']['instruct_weights'])}`. "
+             "Generated held-out scores:", "",
+             "| shape | " + " | ".join(names) + " | s/step (stage 2) |", "|---|" + "---|" * (len(names) + 1)]
+    for label, shape in shapes.items():
+        generated = shape["generated"]
+        cells = [f"{generated[n]['score']:.2f}" if n in generated else "" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {shape['seconds_per_step']['instruct']:.2f} |")
+    return lines + [""]
 
 
 def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: dict, command: str) -> Path:
-    """The model card (README.md beside the weights): recipe, data, time, held-out scores, weights hash."""
+    """The model card (README.md beside the weights): recipe, data, time, held-out scores with intervals and
+    targets, what missed a target and how its curve ended, the shape probe, weights hash."""
     weights = out_dir / "model.safetensors"
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     seconds = summary.get("seconds", {})
-    met = {k: scores.get(k, {}).get("score", 0.0) >= v for k, v in TARGETS.items()}
+    minutes = seconds.get("total", 0.0) / 60
+    rows = score_rows(scores)
+    choice = scores.get("choice", {})
     lines = [
         "# MIMIC model organism (tiny Qwen2-VL)",
         "",
         "A `Qwen2VLForConditionalGeneration` with a small config, trained from scratch on the CPU by",
         "`mimic_utils.organism` on the embedded scene world (OpenMoji pictograms of COCO categories, CC BY-SA 4.0).",
         "Recipe: stage 0 dense vision pretraining (our stand-in for CLIP/SigLIP), stage 1 alignment on scene",
-        "descriptions, stage 2 single-image instruction tuning. It never saw a multi-image question.",
+        "descriptions, stage 2 single-image instruction tuning (counting, presence, listing, naming, and",
+        "multiple choice in MuirBench's format when `instruct_weights` has `choice`). It never saw a multi-image",
+        "question.",
         "",
         f"- command: `{command}`",
+        f"- language model: {config.text_layers} decoder layers, hidden {config.text_hidden}, "
+        f"{config.text_heads} heads, MLP {config.text_intermediate}",
         f"- parameters: {summary.get('parameters', 'n/a'):,}",
         f"- weights: `model.safetensors`, sha256 `{sha}`",
-        f"- training time (this machine, 2 cores): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()),
+        "- training time (this machine, 2 cores): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
+        + f" — target ≤ {TARGET_MINUTES} min " + ("met" if minutes <= TARGET_MINUTES else "**not met**"),
         "",
         "## Held-out single-image scores (real generation through `mimic_utils.models`, official scorers)",
         "",
-        "| question | n | score |",
-        "|---|---|---|",
-        *[f"| {k} | {v['n']} | {v['score']:.3f} |" for k, v in scores.items() if isinstance(v, dict) and "n" in v],
+        "| question | n | score | 95% interval | target | met |",
+        "|---|---|---|---|---|---|",
+        *[f"| {LABELS.get(r['question'], r['question'])} | {r['n']} | {r['score']:.3f} | "
+          + (f"[{r['lo']:.3f}, {r['hi']:.3f}]" if r["lo"] is not None else "")
+          + f" | {'' if r['target'] is None else '≥ ' + str(r['target'])} | "
+          + {None: "", True: "yes", False: "**no**"}[r["met"]] + " |" for r in rows],
         "",
         "Counting accuracy per true count: " + ", ".join(f"{k}: {v:.2f}" for k, v in scores.get("counting_by_true_count", {}).items()),
         "",
-        "Targets (issue #5): counting ≥ 0.80 — " + ("met" if met["counting"] else "**not met**")
-        + "; presence ≥ 0.90 — " + ("met" if met["presence"] else "**not met**") + ".",
-        "",
-        *([] if all(met.values()) else [
-            "Where the targets are not met, `curves.png` and `loss.csv` show why: the held-out teacher-forced "
-            "curves of stage 2 tell whether counting and presence were still rising at the end (then a longer "
-            "stage 2 is the next step) or had plateaued (then the language stage, not the budget, is the "
-            "limit: try a higher learning rate, a little vision learning rate, or more presence questions). "
-            "The vision tower itself reads presence and counts far better (stage-0 metrics in `loss.csv`).", ""]),
+        *([f"Multiple choice ({choice['n']} questions, 2-5 options, chance {choice['chance']:.2f}) per kind: "
+           + ", ".join(f"{k} {v:.2f}" for k, v in choice.get("by_kind", {}).items())
+           + "; per number of options: " + ", ".join(f"{k}: {v:.2f}" for k, v in choice.get("by_options", {}).items()),
+           ""] if choice else []),
+        *_missed_lines(rows, summary.get("log", [])),
+        *_probe_lines(out_dir.parent / "probe.json"),
         "## Training configuration",
         "",
         "```json",
@@ -119,11 +193,10 @@ def card_table(folder: Path) -> pd.DataFrame | None:
         return None
     scores = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
     minutes = json.loads((folder / "training.json").read_text(encoding="utf-8"))["seconds"]["total"] / 60
-    rows = [{"question": name, "n": value["n"], "score": round(value["score"], 3),
-             "target": TARGETS.get(name), "met": None if name not in TARGETS else value["score"] >= TARGETS[name]}
-            for name, value in scores.items() if isinstance(value, dict) and "score" in value]
-    rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "target": None,
-              "met": None} for count, score in scores.get("counting_by_true_count", {}).items()]
-    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "target": TARGET_MINUTES,
-                 "met": minutes <= TARGET_MINUTES})
+    rows = score_rows(scores)
+    rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "lo": None,
+              "hi": None, "target": None, "met": None}
+             for count, score in scores.get("counting_by_true_count", {}).items()]
+    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "lo": None,
+                 "hi": None, "target": TARGET_MINUTES, "met": minutes <= TARGET_MINUTES})
     return pd.DataFrame(rows)

@@ -4,8 +4,8 @@
 
 For each shape (by default today's ``256x4`` and the recipe's, ``params/cpu/organism.yaml``; ``192x8``)
 the probe builds a fresh organism, loads the committed organism's vision tower (``outputs/cpu/models/base``)
-so the 14-minute vision stage is not repeated, and trains alignment and instruction tuning (multiple
-choice included) of the recipe for ``--minutes`` of wall time each: a few timed forward/backward passes
+so the 14-minute vision stage is not repeated, and trains alignment and instruction tuning (with
+multiple choice when the recipe's ``instruct_weights`` has ``choice``) of the recipe for ``--minutes`` of wall time each: a few timed forward/backward passes
 per stage fix the step counts, split between the stages as the recipe splits them. Both are then scored
 on the same held-out questions: teacher-forced answers of every trained family, and real generation
 through the adapter (counting, presence, listing, naming with the official scorers; multiple choice with
@@ -228,10 +228,21 @@ def write_probe(result: dict, json_path: Path, command: str) -> tuple[Path, Path
     """``probe.json`` (every figure, a timestamp, the command) and ``probe.md`` (a side-by-side table)."""
     from datetime import datetime, timezone
 
-    from mimic_utils.artifacts import write_json, write_text
+    from mimic_utils.artifacts import write_json
 
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(json_path, {"timestamp": stamp, "command": command, **result})
+    return json_path, write_probe_markdown(json_path)
+
+
+def write_probe_markdown(json_path: Path) -> Path:
+    """``probe.md`` beside ``probe.json``, from what the json records (rerunnable without the probe)."""
+    import json
+
+    from mimic_utils.artifacts import write_text
+
+    record = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    stamp, command, result = record["timestamp"], record["command"], record
     labels = list(result["shapes"])
     flat = {label: _flat(result["shapes"][label]) for label in labels}
     names = list(dict.fromkeys(name for label in labels for name in flat[label]))
@@ -244,10 +255,14 @@ def write_probe(result: dict, json_path: Path, command: str) -> tuple[Path, Path
         + f", {budget['threads']} threads; {budget['pool_images']} training images, "
           f"{budget['heldout_questions']} + {budget['heldout_choice_questions']} held-out questions",
         f"- vision: `{_relative(result['vision']['base'])}` (sha256 `{result['vision']['sha256'][:16]}…`): {result['vision']['reuse']}",
+        f"- stage-2 question mix (the recipe's at the time): `{json.dumps(result['recipe']['instruct_weights'])}`, "
+        f"count weights `{result['recipe'].get('count_weights')}`"
+        + ("" if result["recipe"]["instruct_weights"].get("choice") else
+           " — no multiple choice was trained, so the multiple-choice rows measure the untrained format"),
         "", "| figure | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
         *[f"| {name} | " + " | ".join(str(flat[label].get(name, "")) for label in labels) + " |" for name in names],
         "", "Every figure, the recipe and the shapes: `probe.json` beside this file.", "",
     ]
-    md_path = json_path.with_suffix(".md")
+    md_path = Path(json_path).with_suffix(".md")
     write_text(md_path, "\n".join(lines))
-    return json_path, md_path
+    return md_path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,39 @@ def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path, config):
     choice = organism.evaluate_choice(adapter, choices, tmp_path / "heldout" / "c.jsonl", progress=False)
     assert choice["n"] == config.heldout_choice_questions and 0 <= choice["parse_rate"] <= 1
     assert set(choice["by_kind"]) == set(organism.CHOICE_KINDS) and 0.2 <= choice["chance"] <= 0.5
+    assert choice["lo"] <= choice["score"] <= choice["hi"] and choice["parse_lo"] <= choice["parse_rate"]
+    assert all(s["lo"] <= s["score"] <= s["hi"] for k, s in scores.items() if k != "counting_by_true_count")
+
+
+def test_the_card_is_written_after_training_and_rewritten_from_the_record_alone(tmp_path):
+    """score_and_card after training, then --rewrite-card from training.json + loss.csv: same scores, a card
+    with intervals, targets and the curve of every missed target."""
+    import json
+
+    config = replace(SMALL_DEEP, heldout_questions=10, heldout_choice_questions=6)
+    out = tmp_path / "models" / "base"
+    summary = organism.train_organism(config, out, progress=False)
+    organism_card.write_curves(out, summary["log"])
+    (out / "training.json").write_text(json.dumps({"config": asdict(config), "seconds": summary["seconds"],
+                                                   "parameters": summary["parameters"], "command": "cmd"}))
+    scores = organism.score_and_card(out, config, summary, "cmd")
+    assert {"choice", "choice_parse_rate"} <= set(scores)
+    first = (out / "README.md").read_text(encoding="utf-8")
+    assert "| 95% interval | target | met |" in first and "multiple choice, letter parse rate" in first
+    missed = [r for r in organism_card.score_rows(scores) if r["met"] is False]
+    assert all(f"{organism_card.LABELS.get(r['question'], r['question'])}: " in first for r in missed)
+    assert organism.rewrite_card(out) == 0
+    assert json.loads((out / "eval.json").read_text(encoding="utf-8")) == scores
+    assert (out / "README.md").read_text(encoding="utf-8") == first
+
+
+def test_curve_trend_reads_the_last_interval_of_a_held_out_curve():
+    log = [{"stage": "instruct", "step": 300, "tf_counting": 0.5}, {"stage": "instruct", "step": 301, "loss": 1.0},
+           {"stage": "instruct", "step": 600, "tf_counting": 0.6}, {"stage": "align", "step": 900, "tf_counting": 0.1}]
+    assert organism_card.curve_trend(log, "counting") == "teacher-forced 0.50 → 0.60 over steps 300–600 (still rising)"
+    assert organism_card.curve_trend(log[:2], "counting") == "no curve recorded"
+    flat = log[:1] + [{"stage": "instruct", "step": 600, "tf_counting": 0.505}]
+    assert organism_card.curve_trend(flat, "counting").endswith("(flat)")
 
 
 @pytest.mark.slow
@@ -126,7 +159,7 @@ def test_card_table_reads_the_card_and_marks_targets(tmp_path):
     (tmp_path / "training.json").write_text(json.dumps({"seconds": {"total": 3900}}))
     table = organism_card.card_table(tmp_path).set_index("question")
     assert bool(table.loc["counting", "met"]) and not bool(table.loc["presence", "met"])
-    assert table.loc["listing", "met"] is None
+    assert not bool(table.loc["listing", "met"]) and table.loc["listing", "target"] == 0.95
     assert table.loc["counting, true count 1", "score"] == 0.7
     assert table.loc["training minutes (2 cores)", "score"] == 65.0
     assert not bool(table.loc["training minutes (2 cores)", "met"])
@@ -149,6 +182,10 @@ def test_the_committed_organism_reloads_and_gives_its_recorded_scores(tmp_path):
     adapter = load_adapter(folder, family="qwen2_vl", dtype="float32")
     records = organism.heldout_records(config, tmp_path / "heldout", progress=False)
     scores = organism.evaluate_single_image(adapter, records, tmp_path / "p.jsonl", progress=False)
+    if config.instruct_weights.get(organism.CHOICE_FAMILY):
+        choices = organism.heldout_choice_records(config, tmp_path / "heldout", progress=False)
+        scores.update(organism.choice_scores(
+            organism.evaluate_choice(adapter, choices, tmp_path / "c.jsonl", progress=False)))
     assert scores == json.loads((folder / "eval.json").read_text(encoding="utf-8"))
 
 
