@@ -120,6 +120,9 @@ def test_length_effect_is_the_pooling_gain_at_many_images_minus_at_one():
     mean = table[(table["task"] == analysis.MEAN_LABEL) & (table["pool"] == 4)].set_index("n_images")
     assert mean.loc[10, "gain"] == pytest.approx(0.5) and mean.loc[10, "length_effect"] == pytest.approx(0.5)
     assert mean.loc[1, "gain"] == 0 and math.isnan(mean.loc[1, "length_effect"])
+    # one interval for the gain at 10 images, whether read from the table or from claim 2's effect
+    assert (mean.loc[10, "gain_lo"], mean.loc[10, "gain_hi"]) == pytest.approx(
+        (effect["gain_at_n"]["lo"], effect["gain_at_n"]["hi"]), abs=1e-4)
 
 
 def test_claim_pool_factor_keeps_four_tokens_per_image():
