@@ -69,7 +69,7 @@ def _missed_lines(rows: list[dict], log: list[dict]) -> list[str]:
         lines.append(f"- {LABELS.get(row['question'], row['question'])}: {row['score']:.3f} < {row['target']} — "
                      f"{curve_trend(log, family)}")
     lines += ["", "A curve still rising at the end asks for a longer stage 2 (the time budget is the limit); a "
-              "flat one asks for a change of recipe (learning rate, question mix, the vision stage's count "
+              "flat or falling one asks for a change of recipe (learning rate, question mix, the vision stage's count "
               "signal).", ""]
     return lines
 
@@ -92,6 +92,14 @@ def _probe_lines(probe: Path) -> list[str]:
         cells = [f"{generated[n]['score']:.2f}" if n in generated else "" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {shape['seconds_per_step']['instruct']:.2f} |")
     return lines + [""]
+
+
+STAGE_ORDER = ("render", "vision", "cache", "align", "instruct", "total")
+
+
+def _in_stage_order(seconds: dict) -> list[tuple[str, float]]:
+    """Seconds per stage in the order they run (``training.json`` stores them sorted by name)."""
+    return sorted(seconds.items(), key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else len(STAGE_ORDER))
 
 
 def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: dict, command: str) -> Path:
@@ -118,7 +126,7 @@ def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: d
         f"{config.text_heads} heads, MLP {config.text_intermediate}",
         f"- parameters: {summary.get('parameters', 'n/a'):,}",
         f"- weights: `model.safetensors`, sha256 `{sha}`",
-        "- training time (this machine, 2 cores): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
+        "- training time (this machine, 2 cores): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in _in_stage_order(seconds))
         + f" — target ≤ {TARGET_MINUTES} min " + ("met" if minutes <= TARGET_MINUTES else "**not met**"),
         "",
         "## Held-out single-image scores (real generation through `mimic_utils.models`, official scorers)",
@@ -200,3 +208,20 @@ def card_table(folder: Path) -> pd.DataFrame | None:
     rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "lo": None,
                  "hi": None, "target": TARGET_MINUTES, "met": minutes <= TARGET_MINUTES})
     return pd.DataFrame(rows)
+
+
+def card_sentence(table: pd.DataFrame) -> str:
+    """One generated sentence of :func:`card_table`: which targets the organism meets and misses."""
+    targeted = table[table["target"].notna()]
+    met = targeted[targeted["met"] == True]["question"].tolist()  # noqa: E712 (met holds None for untargeted rows)
+    missed = targeted[targeted["met"] == False]  # noqa: E712
+
+    def figure(row) -> str:
+        interval = "" if row["lo"] is None or row["lo"] != row["lo"] else f" [{row['lo']:.2f}, {row['hi']:.2f}]"
+        return f"{LABELS.get(row['question'], row['question'])} {row['score']:.2f}{interval} (target {row['target']})"
+
+    said = f"The organism meets {len(met)} of its {len(targeted)} targets"
+    if missed.empty:
+        return said + "."
+    return said + "; it misses " + "; ".join(figure(row) for _, row in missed.iterrows()) + "."
+

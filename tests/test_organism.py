@@ -163,6 +163,9 @@ def test_card_table_reads_the_card_and_marks_targets(tmp_path):
     assert table.loc["counting, true count 1", "score"] == 0.7
     assert table.loc["training minutes (2 cores)", "score"] == 65.0
     assert not bool(table.loc["training minutes (2 cores)", "met"])
+    sentence = organism_card.card_sentence(table.reset_index())
+    assert sentence.startswith("The organism meets 1 of its 4 targets; it misses presence 0.50 (target 0.9)")
+    assert "listing (micro F1) 0.90 (target 0.95)" in sentence and "training minutes (2 cores) 65.00" in sentence
 
 
 @pytest.mark.slow
