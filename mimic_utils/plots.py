@@ -354,7 +354,7 @@ def _bars(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, hue: str, xs: list,
 def attention_depth(table: pd.DataFrame, path: Path | str, query_kind: str = "vision", title: str = "") -> plt.Figure:
     """Attention share against normalised depth, one line per target, with the 95% band."""
     rows = table[table["query_kind"] == query_kind]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.5, 4.4))
     for target, part in rows.groupby("target"):
         part = part.sort_values("depth")
         ax.plot(part["depth"], part["mean"], marker="o", label=target)
@@ -363,7 +363,8 @@ def attention_depth(table: pd.DataFrame, path: Path | str, query_kind: str = "vi
     ax.set_ylabel("share of attention")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
-    ax.legend()
+    # below the axes: shares span 0..1, so a legend inside would cover some curve
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
