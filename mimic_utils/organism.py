@@ -733,9 +733,8 @@ def evaluate_choice(adapter, records: list, predictions: Path, batch_size: int =
     def accuracy(members: list[dict]) -> float:
         return round(sum(r["score"] for r in members) / max(1, len(members)), 4)
 
-    right = sum(r["score"] for r in rows)
     parsed = sum(r["parsed"] is not None for r in rows)
-    (lo, hi), (parse_lo, parse_hi) = stats.wilson(right, len(rows)), stats.wilson(parsed, len(rows))
+    (lo, hi), (parse_lo, parse_hi) = stats.wilson(sum(r["score"] for r in rows), len(rows)), stats.wilson(parsed, len(rows))
     return {
         "n": len(rows), "score": accuracy(rows), "lo": round(lo, 4), "hi": round(hi, 4),
         "parse_rate": round(parsed / max(1, len(rows)), 4), "parse_lo": round(parse_lo, 4),
@@ -833,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
         command = shlex.join(["python", "-m", "mimic_utils.organism", *(sys.argv[1:] if argv is None else argv)])
         return run_probe(args, config, params, profile_dir(args.profile, root), command)
     out_dir = profile_dir(args.profile, root) / "models" / "base"
+    if args.rewrite_card:  # the recorded organism, whatever the profile's recipe says now
+        return rewrite_card(out_dir)
     recorded = trained_config(out_dir)
     if args.if_needed and recorded == asdict(config):
         print(f"[organism] reusing the committed organism in {out_dir} (its training configuration matches {params})")
@@ -840,8 +841,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.if_needed:
         why = "no trained organism found" if recorded is None else "its recorded configuration differs from " + str(params)
         print(f"[organism] training the organism first: {why} (about an hour on 2 cores)")
-    if args.rewrite_card:
-        return rewrite_card(out_dir)
     summary = train_organism(config, out_dir)
     write_curves(out_dir, summary["log"])
     command = f"python -m mimic_utils.organism --profile {args.profile}"

@@ -241,8 +241,8 @@ def write_probe_markdown(json_path: Path) -> Path:
 
     from mimic_utils.artifacts import write_text
 
-    record = json.loads(Path(json_path).read_text(encoding="utf-8"))
-    stamp, command, result = record["timestamp"], record["command"], record
+    result = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    stamp, command = result["timestamp"], result["command"]
     labels = list(result["shapes"])
     flat = {label: _flat(result["shapes"][label]) for label in labels}
     names = list(dict.fromkeys(name for label in labels for name in flat[label]))
