@@ -68,7 +68,7 @@ organism-probe: $(STAMP)
 	$(PY) -m mimic_utils.organism --profile cpu --probe --minutes 6
 
 bench: $(STAMP)
-	$(PY) -m mimic_utils.perf $(NAME)
+	$(PY) -m mimic_utils.bench $(NAME)
 
 # JupyterLab, and ipywidgets so that tqdm's progress bars show as widgets in the notebooks (the runner's
 # headless kernels show none). Installed into .venv with requirements.txt as constraints.
@@ -108,4 +108,4 @@ $(ISTAMP): requirements.txt pyproject.toml
 	@touch $(ISTAMP)
 
 interop: $(ISTAMP)
-	$(IPY) -m mimic_utils.interop
+	$(IPY) -m mimic_utils.bench.interop

@@ -1,13 +1,13 @@
 """Helper package of the MIMIC study: every notebook in ``notebooks/`` is a thin narrative over these modules.
 
-One module per concern (the README's module table lists them all; docs/design.md explains the design):
-``scenes`` draws the embedded image world and ``scene_formats`` writes it as COCO / OpenImages files,
-``sources`` reads those formats into one index, ``tasks`` and ``mimic_benchmark`` build and store MIMIC,
-``traindata`` writes training conversations, ``models`` and ``tiny`` load real and tiny VLMs,
-``prompts``, ``evaluate`` and ``scoring`` ask and score them, ``masking``, ``attention`` and ``compute``
-reach into attention, ``finetune`` and ``organism`` train, ``external_benchmarks`` and ``scene_ood`` hold
-the public multi-image benchmarks, ``stats``, ``claims``, ``analysis``, ``transfer`` and ``report`` turn
-predictions into findings, ``runner`` executes the study and ``perf`` measures it.
+The folders follow the study, and imports run one way (``tests/unit/test_import_graph.py`` checks it):
+``artifacts`` (files and paths) → ``data`` (notebook 01: scene world, annotation readers, tasks, benchmark,
+prompt, training data) → ``models`` (the adapter, masking, tiny and real-size builders) → ``evaluation``
+(notebooks 02 and 06: harness, scorers, caches, public benchmarks, lmms-eval tasks) → ``training``
+(notebooks 04 and 05) → ``analysis`` (statistics, tables, claims, attention, plots, report). On top sit the
+tools: ``runner`` (executes the study), ``launch`` (scaled-out finetuning), ``organism`` (the embedded model
+organism) and ``bench`` (performance benchmarks, the GPU check, lmms-eval interop). The README's
+"Where things live" lists every module; docs/design.md explains the design.
 """
 
 __version__ = "0.1.0"

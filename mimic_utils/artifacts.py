@@ -8,6 +8,7 @@ leaves a half-written JSON, CSV or figure behind for a later notebook to trust.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -203,46 +204,7 @@ def read_metrics(profile: str, notebook: str, root: Path | None = None) -> dict:
     return read_json(profile_dir(profile, root) / notebook / "metrics.json")
 
 
-# --- notebooks executed headlessly ------------------------------------------------------------------
-
-#: Libraries whose deprecation notices (FutureWarning, DeprecationWarning) say nothing about the study.
-NOISY_WARNING_MODULES = r"(?!mimic_utils|__main__)"
-#: Loggers that report optional speed-ups they could not load, as warnings.
-NOISY_LOGGERS = ("bitsandbytes",)
-
-
-def quiet_notebook() -> None:
-    """Keep progress bars and library noise out of a notebook that nobody watches.
-
-    Called before the first cell in every kernel ``python -m mimic_utils.runner`` starts (through
-    ``PYTHONSTARTUP``, see :func:`mimic_utils.runner.kernel_environment`), never in an interactive session:
-    there bars still show, as widgets in JupyterLab and as text in a terminal. It
-
-    * turns every tqdm bar off, also those the study asks for with ``disable=False`` (``TQDM_DISABLE`` only
-      changes the default): an executed notebook would otherwise keep one stream output per refresh;
-    * ignores tqdm's own warnings (``IProgress not found`` where ipywidgets is missing) and deprecation
-      notices raised inside libraries (``FutureWarning``, ``DeprecationWarning``), while warnings from the
-      study's code and notebooks still show;
-    * lowers loggers that announce optional kernels they could not load (bitsandbytes) to errors.
-    """
-    import logging
-    import warnings
-
-    from tqdm import std
-
-    warnings.filterwarnings("ignore", category=std.TqdmWarning)
-    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module=NOISY_WARNING_MODULES)
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    init = std.tqdm.__init__
-    if not getattr(init, "quiet", False):
-        def quiet_init(self, *args, **kwargs):
-            kwargs["disable"] = True
-            init(self, *args, **kwargs)
-
-        quiet_init.quiet = True
-        std.tqdm.__init__ = quiet_init
+# --- stored records: image paths relative to the checkout, files checked by hash ----------------------
 
 
 def recorded_root(root: Path | None) -> str | None:
@@ -265,3 +227,27 @@ def image_root(root: Path | None, manifest: dict) -> Path | None:
     if recorded is None:
         return None
     return repo_root() / recorded if not Path(recorded).is_absolute() else Path(recorded)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of one file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def relative_images(record: dict, root: Path | None) -> dict:
+    """The record with image paths made relative to ``root`` (the checkout), so stored files move freely."""
+    if root is None:
+        return record
+    rel = []
+    for image in record["images"]:
+        path = Path(image)
+        rel.append(str(path.relative_to(root)) if path.is_relative_to(root) else image)
+    return {**record, "images": rel}
+
+
+def absolute_images(records: list[dict], root: Path | str | None) -> list[dict]:
+    """Resolve stored relative image paths against ``root`` (in place; absolute paths stay as they are)."""
+    if root is not None:
+        for record in records:
+            record["images"] = [str(Path(root) / p) for p in record["images"]]
+    return records

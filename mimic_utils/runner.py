@@ -32,7 +32,7 @@ import yaml
 
 from mimic_utils.artifacts import (atomic_path, check_profile, profile_dir, profiles, relative_to_root, repo_root,
                                    write_text)
-from mimic_utils.vision_cache import ENV_DIR
+from mimic_utils.models.vision_cache import ENV_DIR
 
 #: Parameters the runner injects itself; a parameter file may not set them.
 INJECTED = ("profile",)
@@ -134,11 +134,11 @@ def _closest(key: str, names) -> str | None:
 #: PYTHONSTARTUP). Executed notebooks are read, diffed and committed: a bar leaves one stream output per
 #: refresh (hundreds per notebook), and a library's deprecation notice says nothing about the study.
 QUIET_ENVIRONMENT = {
-    "TQDM_DISABLE": "1",  # tqdm's default `disable` (the study's own bars: artifacts.quiet_notebook)
+    "TQDM_DISABLE": "1",  # tqdm's default `disable` (the study's own bars: kernel_startup.py)
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # download / "Loading weights" bars of huggingface_hub, transformers
     "TRANSFORMERS_VERBOSITY": "error",  # transformers' advisory log lines
 }
-#: IPython runs this file before the first cell of each kernel: artifacts.quiet_notebook()
+#: IPython runs this file before the first cell of each kernel: no bars, no library deprecation notices
 KERNEL_STARTUP = Path(__file__).with_name("kernel_startup.py")
 
 
@@ -147,7 +147,7 @@ def kernel_environment(profile: str, root: Path | None = None, quiet: bool = Tru
 
     Always ``MIMIC_CACHE_DIR`` (vision features and answers cached under ``outputs/<profile>/cache``); when
     ``quiet``, :data:`QUIET_ENVIRONMENT` and ``PYTHONSTARTUP`` pointing at ``kernel_startup.py``, which
-    calls :func:`mimic_utils.artifacts.quiet_notebook`. Interactive sessions get none of this, so their
+    quiets tqdm, library warnings and noisy loggers. Interactive sessions get none of this, so their
     progress bars still show (widgets in JupyterLab, text in a terminal).
     """
     env = {ENV_DIR: str(profile_dir(profile, root) / "cache")}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic_utils import models, tiny
+from mimic_utils.models import tiny, vlm
 
 
 def noise_image(width: int, height: int, seed: int) -> Image.Image:
@@ -40,12 +40,12 @@ def tiny_adapter():
 
     Tests must not change the returned adapter; build a fresh one for preprocessing changes.
     """
-    cache: dict[str, models.VLMAdapter] = {}
+    cache: dict[str, vlm.VLMAdapter] = {}
 
-    def get(family: str) -> models.VLMAdapter:
+    def get(family: str) -> vlm.VLMAdapter:
         if family not in cache:
             model, processor = tiny.build_tiny(family)
-            cache[family] = models.adapter_from_model(model, processor, family)
+            cache[family] = vlm.adapter_from_model(model, processor, family)
         return cache[family]
 
     return get
@@ -55,12 +55,12 @@ def tiny_adapter():
 def two_samples():
     """A batch of two multi-image samples with 3 and 2 images of mixed sizes (so tokens per image differ)."""
     return [
-        models.Sample(
+        vlm.Sample(
             [noise_image(56, 56, 1), noise_image(84, 56, 2), noise_image(112, 112, 3)],
             "How many dogs are there?",
             "counting",
         ),
-        models.Sample([noise_image(84, 84, 4), noise_image(56, 84, 5)], "Which vehicles appear", "listing"),
+        vlm.Sample([noise_image(84, 84, 4), noise_image(56, 84, 5)], "Which vehicles appear", "listing"),
     ]
 
 

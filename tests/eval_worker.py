@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mimic_utils import evaluate, models, tiny
+from mimic_utils.evaluation import harness
+from mimic_utils.models import tiny, vlm
 
 
 def make_records(folder: Path, n: int) -> list[dict]:
@@ -31,13 +32,13 @@ def make_records(folder: Path, n: int) -> list[dict]:
     return records
 
 
-def tiny_qwen_adapter() -> models.VLMAdapter:
+def tiny_qwen_adapter() -> vlm.VLMAdapter:
     model, processor = tiny.build_tiny("qwen2_vl", seed=0)
-    return models.adapter_from_model(model, processor, "qwen2_vl")
+    return vlm.adapter_from_model(model, processor, "qwen2_vl")
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     folder, out, n, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    evaluate.run(tiny_qwen_adapter(), make_records(folder, n), out, batch_size=batch, progress=False)
-    print(f"processes={evaluate.process_state().num_processes}", flush=True)
+    harness.run(tiny_qwen_adapter(), make_records(folder, n), out, batch_size=batch, progress=False)
+    print(f"processes={harness.process_state().num_processes}", flush=True)

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from eval_worker import make_records, tiny_qwen_adapter
-from mimic_utils import finetune
+from mimic_utils.training import finetune
 
 
 def conversations(folder: Path, n: int) -> list[dict]:

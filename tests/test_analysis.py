@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from mimic_utils import analysis
+from mimic_utils.analysis import diagnosis
 
 
 def rows(task: str, scores: list[float], experiment: str = "images", prefix: str = "q", gt: str = "2",
@@ -33,7 +33,7 @@ def images_sweep(good: int, bad: int, counts=(1, 10), prefix: str = "q") -> list
     found = []
     for n in counts:
         right = good if n == counts[0] else bad
-        for task in analysis.HEADLINE_TASKS:
+        for task in diagnosis.HEADLINE_TASKS:
             found += rows(task, [1] * right + [0] * (20 - right), n_images=n, prefix=prefix)
     for n in (3, counts[-1]):
         found += rows("oddone", [1] * 10 + [0] * 10, n_images=n, prefix=prefix)
@@ -45,23 +45,23 @@ def test_a_per_question_random_knob_does_not_split_a_cell():
     b = {"id": "b", "experiment": "images", "task": "counting_balanced", "knobs": {"n_images": 4, "spread": 3}}
     odd = [{"id": f"o{i}", "experiment": "images", "task": "oddone", "knobs": {"n_images": 4, "majority": m}}
            for i, m in enumerate(("cat", "dog"))]
-    assert analysis.cell_key(a) == analysis.cell_key(b)
-    assert [r["id"] for r in analysis.cap_per_cell([a, b, *odd], 1)] == ["a", "o0"]
-    assert analysis.cap_per_cell([a, b], None) == [a, b]
+    assert diagnosis.cell_key(a) == diagnosis.cell_key(b)
+    assert [r["id"] for r in diagnosis.cap_per_cell([a, b, *odd], 1)] == ["a", "o0"]
+    assert diagnosis.cap_per_cell([a, b], None) == [a, b]
 
 
 def test_the_k_sweep_cell_is_image_count_and_k():
     one = {"experiment": "k", "task": "listing", "knobs": {"n_images": 1, "k": 2, "spread": 1}}
     four = {"experiment": "k", "task": "listing", "knobs": {"n_images": 4, "k": 2, "spread": 3}}
-    assert analysis.cell_key(one) == ("k", "listing", 1, 2)
-    assert analysis.cell_key(four) == ("k", "listing", 4, 2)
+    assert diagnosis.cell_key(one) == ("k", "listing", 1, 2)
+    assert diagnosis.cell_key(four) == ("k", "listing", 4, 2)
 
 
 def test_tables_carry_intervals_and_the_blind_baseline():
     cell = rows("counting_unbalanced", [1] * 8 + [0] * 2, gt="2") + rows("counting_unbalanced", [0] * 10,
                                                                           prefix="z", gt="3", n_images=2)
     cell[-1]["gt"] = "2"
-    table = analysis.knob_table(cell, "images")
+    table = diagnosis.knob_table(cell, "images")
     assert list(table.columns) == ["task", "n_images", "n", "score", "lo", "hi", "blind"]
     first = table.iloc[0]
     assert first["score"] == 0.8 and first["lo"] == pytest.approx(0.4902, abs=1e-4) and first["blind"] == 1.0
@@ -71,15 +71,15 @@ def test_tables_carry_intervals_and_the_blind_baseline():
 def test_the_headline_mean_is_like_for_like_and_odd_one_stands_apart():
     sweep = images_sweep(16, 4, counts=(1, 2, 10))
     sweep = [r for r in sweep if not (r["task"] == "listing" and r["knobs"]["n_images"] == 2)]
-    table = analysis.headline_table(sweep)
-    mean = table[table["task"] == analysis.MEAN_LABEL]
+    table = diagnosis.headline_table(sweep)
+    mean = table[table["task"] == diagnosis.MEAN_LABEL]
     assert list(mean["n_images"]) == [1, 10]  # 2 images lacks Listing, so no mean there
     assert mean.iloc[0]["score"] == pytest.approx(0.8) and mean.iloc[0]["lo"] < 0.8 < mean.iloc[0]["hi"]
     assert list(table[table["task"] == "oddone"]["n_images"]) == [3, 10]
 
 
 def test_model_tables_put_the_model_first():
-    tables = analysis.model_tables({"m": images_sweep(16, 4)})
+    tables = diagnosis.model_tables({"m": images_sweep(16, 4)})
     assert set(tables) == {"per_task", "headline", "images"}
     assert list(tables["per_task"].columns[:2]) == ["model", "task"]
     listing = tables["per_task"].set_index("task").loc["listing"]
@@ -88,13 +88,13 @@ def test_model_tables_put_the_model_first():
 
 def test_findings_use_the_rule_and_state_the_paper_direction():
     sweep = images_sweep(18, 2)
-    found = analysis.sweep_contrast(sweep, "images", "m, four-task mean", analysis.HEADLINE_TASKS)
+    found = diagnosis.sweep_contrast(sweep, "images", "m, four-task mean", diagnosis.HEADLINE_TASKS)
     assert found["diff"] == pytest.approx(-0.8) and not found["paired"] and found["hi"] < 0
-    line = analysis.finding(found, -1)
+    line = diagnosis.finding(found, -1)
     assert line.startswith("m, four-task mean: falls from 1 image (0.90) to 10 images (0.10)")
     assert "[95% CI" in line and "the paper: falls (verdict: reproduced)" in line
-    level = analysis.sweep_contrast(images_sweep(10, 10), "images", "m", analysis.HEADLINE_TASKS)
-    assert "no detectable change" in analysis.finding(level, -1) and "inconclusive" in analysis.finding(level, -1)
+    level = diagnosis.sweep_contrast(images_sweep(10, 10), "images", "m", diagnosis.HEADLINE_TASKS)
+    assert "no detectable change" in diagnosis.finding(level, -1) and "inconclusive" in diagnosis.finding(level, -1)
 
 
 def pooled(gain_at_many: int) -> dict[int, list[dict]]:
@@ -113,11 +113,11 @@ def pooled(gain_at_many: int) -> dict[int, list[dict]]:
 
 
 def test_length_effect_is_the_pooling_gain_at_many_images_minus_at_one():
-    effect = analysis.length_effect(pooled(10), 10, 4, "m")
+    effect = diagnosis.length_effect(pooled(10), 10, 4, "m")
     assert effect["a"] == pytest.approx(0.0) and effect["b"] == pytest.approx(0.5)
     assert effect["diff"] == pytest.approx(0.5) and effect["lo"] > 0
-    table = analysis.pooling_table(pooled(10))
-    mean = table[(table["task"] == analysis.MEAN_LABEL) & (table["pool"] == 4)].set_index("n_images")
+    table = diagnosis.pooling_table(pooled(10))
+    mean = table[(table["task"] == diagnosis.MEAN_LABEL) & (table["pool"] == 4)].set_index("n_images")
     assert mean.loc[10, "gain"] == pytest.approx(0.5) and mean.loc[10, "length_effect"] == pytest.approx(0.5)
     assert mean.loc[1, "gain"] == 0 and math.isnan(mean.loc[1, "length_effect"])
     # one interval for the gain at 10 images, whether read from the table or from claim 2's effect
@@ -128,9 +128,9 @@ def test_length_effect_is_the_pooling_gain_at_many_images_minus_at_one():
 def test_claim_pool_factor_keeps_four_tokens_per_image():
     budget = pd.DataFrame({"n_images": [1, 1, 1, 1, 10], "pool": [1, 2, 4, 8, 4],
                            "vision_tokens": [16, 8, 4, 2, 40]})
-    per_image = analysis.tokens_per_image(budget)
+    per_image = diagnosis.tokens_per_image(budget)
     assert per_image == {1: 16, 2: 8, 4: 4, 8: 2}
-    assert analysis.claim_pool_factor(per_image) == 4 and analysis.claim_pool_factor({1: 16}) == 1
+    assert diagnosis.claim_pool_factor(per_image) == 4 and diagnosis.claim_pool_factor({1: 16}) == 1
 
 
 def test_diagnosis_claims_one_to_five():
@@ -143,46 +143,46 @@ def test_diagnosis_claims_one_to_five():
         for k, right in ((1, 15), (3, 5)):
             sweep += rows("counting_unbalanced", [1] * right + [0] * (20 - right), "k", n_images=n, k=k)
             sweep += rows("listing", [1] * right + [0] * (20 - right), "k", n_images=n, k=k)
-    contrasts = analysis.diagnosis_contrasts(sweep, pooled(10), "m", 4)
+    contrasts = diagnosis.diagnosis_contrasts(sweep, pooled(10), "m", 4)
     assert {"images", "oddone", "pooling", "spread", "distractors", "k", "k_at_4"} <= set(contrasts)
-    claims = analysis.diagnosis_claims(contrasts, "m")
+    claims = diagnosis.diagnosis_claims(contrasts, "m")
     assert sorted(claims) == ["1", "2", "3", "4", "5"]
     assert claims["1"]["verdict"] == "reproduced" and claims["2"]["verdict"] == "reproduced"
     assert claims["3"]["verdict"] == "reproduced" and "same image count, 6" in claims["3"]["measure"]
     assert claims["4"]["verdict"] == "inconclusive"
     assert claims["5"]["effect"] == pytest.approx(-0.5) and "at 4 images" in claims["5"]["note"]
     assert "r=4" in claims["2"]["measure"]
-    lines = analysis.diagnosis_findings({"m": contrasts})
+    lines = diagnosis.diagnosis_findings({"m": contrasts})
     assert len(lines) == len(contrasts) and not any("±" in line for line in lines)
-    json.dumps(analysis.jsonable(contrasts), allow_nan=False)
+    json.dumps(diagnosis.jsonable(contrasts), allow_nan=False)
     assert "floor" not in claims["3"]["note"]
     floor = [r for r in sweep if r["experiment"] != "spread"]
     floor += rows("counting_balanced", [0] * 20, "spread", n_images=6, spread=1)
     floor += rows("counting_balanced", [0] * 20, "spread", n_images=6, spread=6)
-    at_floor = analysis.diagnosis_claims(analysis.diagnosis_contrasts(floor, pooled(10), "m", 4), "m")
+    at_floor = diagnosis.diagnosis_claims(diagnosis.diagnosis_contrasts(floor, pooled(10), "m", 4), "m")
     assert at_floor["3"]["verdict"] == "inconclusive" and "floor" in at_floor["3"]["note"]
 
 
 def test_two_models_are_compared_paired_on_the_same_questions():
     base = images_sweep(10, 4)
     tuned = [dict(r, score=1.0) if r["knobs"]["n_images"] == 10 and r["task"] == "common" else r for r in base]
-    tables = analysis.comparison_tables({"base": base, "tuned": tuned}, "base", "tuned")
+    tables = diagnosis.comparison_tables({"base": base, "tuned": tuned}, "base", "tuned")
     per_task = tables["diff_per_task"].set_index("task")
     assert per_task.loc["common", "diff"] == pytest.approx(0.4) and per_task.loc["common", "change"] == "rises"
     assert per_task.loc["listing", "change"] == "no detectable change"
     by_images = tables["diff_by_images"]
-    single = by_images[(by_images["task"] == analysis.MEAN_LABEL) & (by_images["n_images"] == 1)].iloc[0]
+    single = by_images[(by_images["task"] == diagnosis.MEAN_LABEL) & (by_images["n_images"] == 1)].iloc[0]
     assert single["diff"] == 0 and single["change"] == "no detectable change"
-    lines = analysis.comparison_findings({"base": base, "tuned": tuned}, "base", "tuned")
+    lines = diagnosis.comparison_findings({"base": base, "tuned": tuned}, "base", "tuned")
     assert any(line.startswith("common: rises from base") for line in lines)
     assert any("(forgetting check): no detectable change" in line for line in lines)
-    claim = analysis.comparison_claim("7", {"base": base, "tuned": tuned}, "base", "tuned")
+    claim = diagnosis.comparison_claim("7", {"base": base, "tuned": tuned}, "base", "tuned")
     assert claim["effect"] == pytest.approx(0.4 / 5) and "paired" in claim["measure"]
     assert claim["n"] == len([r for r in base if r["experiment"] == "images"])  # questions, not rows of both
 
 
 def test_jsonable_writes_nan_as_null():
     frame = pd.DataFrame([{"a": 1.0, "b": math.nan}])
-    assert analysis.jsonable({"t": frame, "x": (math.inf, 2)}) == {"t": [{"a": 1.0, "b": None}], "x": [None, 2]}
+    assert diagnosis.jsonable({"t": frame, "x": (math.inf, 2)}) == {"t": [{"a": 1.0, "b": None}], "x": [None, 2]}
 
 

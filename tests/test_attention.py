@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mimic_utils import attention, masking
+from mimic_utils.analysis import attention
+from mimic_utils.models import masking
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import launch_two_cpu_processes
 from eval_worker import make_records, tiny_qwen_adapter
-from mimic_utils import evaluate
+from mimic_utils.evaluation import harness
 
 HERE = Path(__file__).parent
 
@@ -25,31 +25,31 @@ def adapter():
 
 def test_rows_hold_output_parse_score_and_settings(adapter, tmp_path):
     records = make_records(tmp_path / "img", 8)
-    rows = evaluate.run(adapter, records, tmp_path / "p.jsonl", batch_size=3, progress=False)
+    rows = harness.run(adapter, records, tmp_path / "p.jsonl", batch_size=3, progress=False)
     assert [r["id"] for r in rows] == sorted(r["id"] for r in records)
     for row in rows:
         assert {"id", "output", "parsed", "score", "model", "knobs", "gt", "pool"} <= set(row)
         assert row["model"]["family"] == "qwen2_vl" and row["model"]["pool"] == 1
         assert 0.0 <= row["score"] <= 1.0
-    summary = evaluate.summarize(rows)
+    summary = harness.summarize(rows)
     assert summary["counting"]["n"] == 2 and "f1" in summary["listing"]
 
 
 def test_batched_predictions_equal_one_at_a_time(adapter, tmp_path):
     records = make_records(tmp_path / "img", 8)
-    batched = evaluate.run(adapter, records, tmp_path / "b.jsonl", batch_size=8, progress=False)
-    single = evaluate.run(adapter, records, tmp_path / "s.jsonl", batch_size=1, progress=False)
+    batched = harness.run(adapter, records, tmp_path / "b.jsonl", batch_size=8, progress=False)
+    single = harness.run(adapter, records, tmp_path / "s.jsonl", batch_size=1, progress=False)
     assert [r["output"] for r in batched] == [r["output"] for r in single]
 
 
 def test_resume_skips_written_rows_and_drops_a_torn_line(adapter, tmp_path):
     records = make_records(tmp_path / "img", 6)
-    full = evaluate.run(adapter, records, tmp_path / "full.jsonl", batch_size=2, progress=False)
+    full = harness.run(adapter, records, tmp_path / "full.jsonl", batch_size=2, progress=False)
     partial = tmp_path / "partial.jsonl"
-    evaluate.run(adapter, records[:3], partial, batch_size=2, progress=False)
+    harness.run(adapter, records[:3], partial, batch_size=2, progress=False)
     with partial.open("a") as handle:
         handle.write('{"id": "s005", "outp')  # a run killed mid-write
-    resumed = evaluate.run(adapter, records, partial, batch_size=2, progress=False)
+    resumed = harness.run(adapter, records, partial, batch_size=2, progress=False)
     assert resumed == full
     assert len(partial.read_text().splitlines()) == 6
 
@@ -70,7 +70,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert 4 <= written < n, "the run must be killed part-way for this test to mean anything"
     subprocess.run(command, env=env, check=True)
     subprocess.run(command[:3] + [str(clean), str(n), "2"], env=env, check=True)
-    assert evaluate.read_predictions(killed) == evaluate.read_predictions(clean)
+    assert harness.read_predictions(killed) == harness.read_predictions(clean)
 
 
 @pytest.mark.slow
@@ -82,7 +82,7 @@ def test_two_processes_under_accelerate_merge_to_the_single_process_result(tmp_p
     assert out.count("processes=2") == 2
     env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(worker), str(images), str(single), "10", "2"], env=env, check=True)
-    by_id = lambda path: {row["id"]: row for row in evaluate.read_predictions(path)}  # noqa: E731
+    by_id = lambda path: {row["id"]: row for row in harness.read_predictions(path)}  # noqa: E731
     assert by_id(sharded) == by_id(single) and len(by_id(single)) == 10
     assert not list(tmp_path.glob("sharded.rank*"))
 
@@ -90,10 +90,10 @@ def test_two_processes_under_accelerate_merge_to_the_single_process_result(tmp_p
 def test_predictions_of_another_model_are_not_resumed(adapter, tmp_path):
     records = make_records(tmp_path / "img", 4)
     path = tmp_path / "p.jsonl"
-    first = evaluate.run(adapter, records, path, batch_size=2, progress=False)
+    first = harness.run(adapter, records, path, batch_size=2, progress=False)
     assert len({r["fingerprint"] for r in first}) == 1
     other = tiny_qwen_adapter()
     other.settings["weights_sha256"] = "another model"
-    rows = evaluate.run(other, records, path, batch_size=2, progress=False)
+    rows = harness.run(other, records, path, batch_size=2, progress=False)
     assert {r["fingerprint"] for r in rows} != {r["fingerprint"] for r in first}
     assert (tmp_path / "p.stale.jsonl").is_file()

@@ -16,8 +16,8 @@ import pytest
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from mimic_utils import external_benchmarks as bm
-from mimic_utils.external_benchmarks import BenchRecord
+from mimic_utils.evaluation import external_benchmarks as bm
+from mimic_utils.evaluation.external_benchmarks import BenchRecord
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers

@@ -10,8 +10,8 @@ import torch
 from eval_worker import tiny_qwen_adapter
 from conftest import launch_two_cpu_processes
 from finetune_worker import conversations
-from mimic_utils import finetune
-from mimic_utils.models import load_adapter
+from mimic_utils.training import finetune
+from mimic_utils.models.vlm import load_adapter
 
 HERE = Path(__file__).parent
 

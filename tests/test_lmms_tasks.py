@@ -1,5 +1,5 @@
 """The lmms-eval task folder, checked without lmms-eval: its YAML, its self-contained ``utils.py``, prompts
-and visuals against our harness's, and scores against ``mimic_utils.scoring`` on the scoring fixtures."""
+and visuals against our harness's, and scores against ``mimic_utils.evaluation.scoring`` on the scoring fixtures."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 
 import test_scoring
 from eval_worker import make_records
-from mimic_utils import evaluate, lmms_tasks, prompts
-from mimic_utils.mimic_benchmark import export_hf
-from mimic_utils.scoring import aggregate, score_sample
+from mimic_utils.data import prompts
+from mimic_utils.evaluation import harness, lmms_tasks
+from mimic_utils.data.mimic_benchmark import export_hf
+from mimic_utils.evaluation.scoring import aggregate, score_sample
 
 TASKS = ["counting_balanced", "counting_unbalanced", "listing", "common", "oddone"]
 
@@ -138,7 +139,7 @@ def test_prompts_and_visuals_equal_ours(folder, task):
     assert sorted(d["id"] for d in kept) == sorted(i for i, r in sources.items() if r["task"] == task)
     for doc in kept:
         record = sources[doc["id"]]
-        family = evaluate.scoring_family(record)
+        family = harness.scoring_family(record)
         n = len(record["images"])
         ours = prompts.build_messages(record["question"], n, family, "qwen2_vl")
         # simple model classes (llava_hf, llava_onevision) put "<image> <image>\n" before doc_to_text
@@ -147,7 +148,7 @@ def test_prompts_and_visuals_equal_ours(folder, task):
         assert "\n" + utils.doc_to_text(doc) == ours[0]["content"][-1]["text"]
         visuals = utils.doc_to_visual(doc)
         assert [np.asarray(v).tolist() for v in visuals] == [
-            np.asarray(i).tolist() for i in evaluate.load_images(record["images"])]
+            np.asarray(i).tolist() for i in harness.load_images(record["images"])]
         for model_family, kwargs in (("qwen2_vl", None), ("llava_onevision", {"model_family": "llava_onevision"})):
             messages = utils.doc_to_messages(doc, kwargs)
             expected = prompts.build_messages(record["question"], n, family, model_family)
@@ -159,7 +160,7 @@ def test_prompts_and_visuals_equal_ours(folder, task):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Scores equal mimic_utils.scoring on the scoring test fixtures
+# Scores equal mimic_utils.evaluation.scoring on the scoring test fixtures
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -204,7 +205,7 @@ def test_process_results_and_aggregation_score_like_ours(folder, task):
 
 
 def test_interop_compares_answers_and_metrics_task_by_task():
-    from mimic_utils import interop
+    from mimic_utils.bench import interop
 
     rows = [{"id": "a", "output": "3"}, {"id": "b", "output": " cat"}, {"id": "c", "output": "dog"}]
     agreement = interop.answer_agreement(rows, {"a": "3", "b": "cat", "c": "bus"})

@@ -9,7 +9,8 @@ import torch
 
 from eval_worker import tiny_qwen_adapter
 from finetune_worker import conversations
-from mimic_utils import finetune, stats
+from mimic_utils.analysis import stats
+from mimic_utils.training import finetune
 
 ABLATION = {"no mask": "none", "early": "first_half", "late": "second_half", "auto": "auto"}
 

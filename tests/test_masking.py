@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mimic_utils import masking, models
-from mimic_utils.masking import LayerSpecError
+from mimic_utils.models import masking, vlm
+from mimic_utils.models.masking import LayerSpecError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -215,7 +215,7 @@ def test_blockwise_matches_the_dense_reference(adapter, two_samples):
 
 @pytest.mark.parametrize("adapter", FAMILIES, indirect=True)
 def test_a_one_image_sample_is_not_masked(adapter, two_samples, make_image):
-    single = models.Sample([make_image(84, 84, 9)], "How many cats are there?", "counting")
+    single = vlm.Sample([make_image(84, 84, 9)], "How many cats are there?", "counting")
     for samples, row in (([single], 0), ([two_samples[0], single], 1)):
         batch = adapter.prepare(samples)
         reference = plain(adapter, batch).logits

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mimic_utils.mimic_benchmark import BenchmarkPlan, build, knob_counts, plan_specs
-from mimic_utils.sources import AnnotationIndex, read_coco
-from mimic_utils.tasks import KnobError, TaskSpec, generate
+from mimic_utils.data.mimic_benchmark import BenchmarkPlan, build, knob_counts, plan_specs
+from mimic_utils.data.annotations import AnnotationIndex, read_coco
+from mimic_utils.data.tasks import KnobError, TaskSpec, generate
 from test_tasks import make_index, recompute
 
 ABSENT_COCO = Path(__file__).parent / "fixtures" / "coco" / "instances_absent.json"
@@ -116,7 +116,7 @@ def test_questions_name_only_concepts_present_in_their_images(absent, family, k,
 
 
 def test_design_findings_check_the_records_themselves():
-    from mimic_utils.mimic_benchmark import design_findings
+    from mimic_utils.data.mimic_benchmark import design_findings
 
     def spread_record(i, s, gt, n=4):
         return {"id": f"s{i}", "experiment": "spread", "task": "counting_balanced", "family": "counting",

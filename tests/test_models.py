@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from mimic_utils import models, prompts, tiny
-from mimic_utils.models import ModelLoadError, Sample
+from mimic_utils.data import prompts
+from mimic_utils.models import tiny, vlm
+from mimic_utils.models.vlm import ModelLoadError, Sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -96,7 +97,7 @@ def expected_tokens_per_image(adapter, batch, samples) -> list[list[int]]:
 
 def vision_path_lengths(adapter, batch, samples) -> list[int]:
     """Tokens per image as the model's vision path produces them (flattened over the batch)."""
-    spec = models.get_family(adapter.family)
+    spec = vlm.get_family(adapter.family)
     kwargs = {name: batch.inputs[name] for name in spec.vision_inputs}
     with torch.no_grad():
         features = adapter.model.get_image_features(**kwargs).pooler_output
@@ -187,14 +188,14 @@ def test_llava_single_image_sample_uses_anyres_blocks(tiny_adapter, make_image):
 
 def test_llava_anyres_for_every_image_is_a_recorded_option(two_samples):
     model, processor = tiny.build_tiny("llava_onevision")
-    adapter = models.adapter_from_model(model, processor, "llava_onevision", preprocessing={"multi_image": "anyres"})
+    adapter = vlm.adapter_from_model(model, processor, "llava_onevision", preprocessing={"multi_image": "anyres"})
     assert adapter.settings["preprocessing"]["multi_image"] == "anyres"
     batch = adapter.prepare(two_samples)
     assert all(n > processor.num_image_tokens + 1 for row in batch.image_tokens for n in row)
     assert vision_path_lengths(adapter, batch, two_samples) == [n for row in batch.image_tokens for n in row]
     assert len(adapter.generate(adapter.prepare(two_samples, pool=2), max_new_tokens=2)) == 2
     with pytest.raises(ValueError, match="'pad' or 'anyres'"):
-        models.adapter_from_model(model, processor, "llava_onevision", preprocessing={"multi_image": "tiles"})
+        vlm.adapter_from_model(model, processor, "llava_onevision", preprocessing={"multi_image": "tiles"})
 
 
 # --- pooling -------------------------------------------------------------------------------------
@@ -202,10 +203,10 @@ def test_llava_anyres_for_every_image_is_a_recorded_option(two_samples):
 
 def test_pool_tokens_zero_pads_and_averages():
     x = torch.arange(10, dtype=torch.float32).view(5, 2)
-    pooled = models.pool_tokens(x, 2)
+    pooled = vlm.pool_tokens(x, 2)
     assert torch.equal(pooled, torch.tensor([[1.0, 2.0], [5.0, 6.0], [4.0, 4.5]]))
-    assert models.pool_tokens(x, 3).shape == (2, 2)
-    assert torch.equal(models.pool_tokens(x, 1), x)
+    assert vlm.pool_tokens(x, 3).shape == (2, 2)
+    assert torch.equal(vlm.pool_tokens(x, 1), x)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -236,7 +237,7 @@ def test_pooled_features_are_the_mean_of_each_group(tiny_adapter, two_samples, f
     batch = adapter.pool(full, 3)
     pooled = batch.inputs["mm_encoder_outputs"]["image"].pooler_output
     pooled = torch.cat(list(pooled)) if isinstance(pooled, (list, tuple)) else pooled
-    spec = models.get_family(family)
+    spec = vlm.get_family(family)
     with torch.no_grad():
         raw = adapter.model.get_image_features(**{k: full.inputs[k] for k in spec.vision_inputs}).pooler_output
     raw = torch.cat(list(raw)) if isinstance(raw, (list, tuple)) else raw.reshape(-1, raw.shape[-1])
@@ -297,18 +298,18 @@ def test_settings_record_the_preprocessing_that_moves_scores(tiny_adapter):
 
 def test_preprocessing_overrides_change_tokens_and_are_recorded(two_samples):
     model, processor = tiny.build_tiny("qwen2_vl")
-    qwen = models.adapter_from_model(model, processor, "qwen2_vl", preprocessing={"max_pixels": 56 * 56})
+    qwen = vlm.adapter_from_model(model, processor, "qwen2_vl", preprocessing={"max_pixels": 56 * 56})
     assert qwen.settings["preprocessing"]["max_pixels"] == 56 * 56
     tokens = qwen.prepare(two_samples).image_tokens
     assert tokens[0][2] == 4 and max(max(row) for row in tokens) == 4  # 112 px: 16 tokens by default
 
     model, processor = tiny.build_tiny("internvl")
-    internvl = models.adapter_from_model(model, processor, "internvl", preprocessing={"crop_to_patches": False})
+    internvl = vlm.adapter_from_model(model, processor, "internvl", preprocessing={"crop_to_patches": False})
     assert internvl.settings["preprocessing"]["crop_to_patches"] is False
     per_tile = processor.image_seq_length
     assert internvl.prepare(two_samples).image_tokens == [[per_tile] * 3, [per_tile] * 2]  # one tile per image
     with pytest.raises(ValueError, match="accepted: crop_to_patches"):
-        models.adapter_from_model(model, processor, "internvl", preprocessing={"max_pixels": 1})
+        vlm.adapter_from_model(model, processor, "internvl", preprocessing={"max_pixels": 1})
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def test_save_and_load_adapter_round_trip(tiny_adapter, two_samples, tmp_path, f
     adapter = tiny_adapter(family)
     tiny.save_tiny(adapter.model, adapter.processor, tmp_path)
     assert (tmp_path / "model.safetensors").exists()
-    loaded = models.load_adapter(tmp_path)  # family inferred from model_type
+    loaded = vlm.load_adapter(tmp_path)  # family inferred from model_type
     assert loaded.family == family
     assert type(loaded.model) is type(adapter.model) and type(loaded.processor) is type(adapter.processor)
     assert loaded.settings["preprocessing"] == adapter.settings["preprocessing"]
@@ -333,37 +334,37 @@ def test_save_and_load_adapter_round_trip(tiny_adapter, two_samples, tmp_path, f
 def test_load_errors_name_the_model_and_family(tmp_path, tiny_adapter):
     missing = tmp_path / "no_such_model"
     with pytest.raises(ModelLoadError, match="no_such_model"):
-        models.load_adapter(missing)
+        vlm.load_adapter(missing)
     with pytest.raises(ModelLoadError, match="no_such_model.*qwen2_vl"):
-        models.load_adapter(missing, family="qwen2_vl")
+        vlm.load_adapter(missing, family="qwen2_vl")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="cannot read the config of model .*empty"):
-        models.load_adapter(empty)
+        vlm.load_adapter(empty)
     with pytest.raises(ModelLoadError, match="unknown model family 'gpt9'.*known families: llava_onevision"):
-        models.load_adapter(empty, family="gpt9")
+        vlm.load_adapter(empty, family="gpt9")
     adapter = tiny_adapter("internvl")
     with pytest.raises(ModelLoadError, match="known families"):
-        models.adapter_from_model(adapter.model, adapter.processor, "internvl_chat")
+        vlm.adapter_from_model(adapter.model, adapter.processor, "internvl_chat")
     with pytest.raises(ModelLoadError, match="'-hf' checkpoints"):
-        models.family_for_model_type("internvl_chat")
+        vlm.family_for_model_type("internvl_chat")
 
 
 def test_load_rejects_a_family_that_contradicts_the_config(tiny_adapter, tmp_path):
     adapter = tiny_adapter("internvl")
     tiny.save_tiny(adapter.model, adapter.processor, tmp_path)
     with pytest.raises(ModelLoadError, match="model_type 'internvl', which is not family 'qwen2_vl'"):
-        models.load_adapter(tmp_path, family="qwen2_vl")
+        vlm.load_adapter(tmp_path, family="qwen2_vl")
 
 
 def test_four_bit_config_is_nf4_with_double_quantisation():
-    config = models.quantization_config("4bit", torch.bfloat16, keep=("multi_modal_projector",))
+    config = vlm.quantization_config("4bit", torch.bfloat16, keep=("multi_modal_projector",))
     assert config.load_in_4bit and not config.load_in_8bit
     assert config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_use_double_quant is True
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     assert config.llm_int8_skip_modules == ["multi_modal_projector", "lm_head"]
-    assert models.quantization_config("8bit").load_in_8bit
-    assert models.quantization_config(None) is None
+    assert vlm.quantization_config("8bit").load_in_8bit
+    assert vlm.quantization_config(None) is None
     with pytest.raises(ValueError, match="4bit"):
-        models.quantization_config("3bit")
+        vlm.quantization_config("3bit")

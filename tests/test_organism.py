@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimic_utils import organism, organism_card, organism_probe, scenes, tiny
-from mimic_utils.models import load_adapter
+from mimic_utils.data import scenes
+from mimic_utils.models import tiny
+from mimic_utils.organism import card as organism_card, cli, probe as organism_probe, recipe
+from mimic_utils.organism.config import CHOICE_FAMILY, CHOICE_KINDS, OrganismConfig
+from mimic_utils.models.vlm import load_adapter
 
-SMALL = organism.OrganismConfig(pool_images=48, heldout_images=24, vision_steps=3, align_steps=2, instruct_steps=2,
+SMALL = OrganismConfig(pool_images=48, heldout_images=24, vision_steps=3, align_steps=2, instruct_steps=2,
                                 instruct_conversations=48, batch=8, heldout_questions=16, max_count=2)
 #: the recipe's new parts at a few steps: the deeper language model, multiple choice, tilted counts
 SMALL_DEEP = replace(SMALL, instruct_weights={"counting": 2, "presence": 1, "listing": 1, "naming": 1, "choice": 2},
@@ -25,8 +28,8 @@ def built():
 
 def test_patchify_equals_the_qwen2_vl_image_processor(built):
     _, processor = built
-    pool = organism.render_pool(3, 0, organism.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
-    ours, grid = organism.patchify(pool.images, **organism.pixel_settings(processor))
+    pool = recipe.render_pool(3, 0, recipe.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+    ours, grid = recipe.patchify(pool.images, **recipe.pixel_settings(processor))
     theirs = processor.image_processor([scenes.Scene(img.numpy(), ()).to_pil() for img in pool.images],
                                        return_tensors="pt")
     assert torch.equal(grid, theirs["image_grid_thw"])
@@ -35,8 +38,8 @@ def test_patchify_equals_the_qwen2_vl_image_processor(built):
 
 def test_encoded_conversation_equals_the_processor_expansion(built):
     _, processor = built
-    ids, labels = organism.encode_conversation(processor, "How many dog objects are there?", "counting", 1, "3", 16)
-    from mimic_utils.prompts import build_messages
+    ids, labels = recipe.encode_conversation(processor, "How many dog objects are there?", "counting", 1, "3", 16)
+    from mimic_utils.data.prompts import build_messages
 
     prompt = processor.apply_chat_template(build_messages("How many dog objects are there?", 1, "counting", "qwen2_vl"),
                                            add_generation_prompt=True, tokenize=False)
@@ -50,39 +53,39 @@ def test_encoded_conversation_equals_the_processor_expansion(built):
 
 def test_cell_labels_put_each_object_in_the_cell_of_its_centre():
     obj = scenes.SceneObject("dog", 18, (30, 60, 20, 10), 0.0)  # centre (40, 65): row 2, column 1
-    labels = organism.cell_labels([obj], ["cat", "dog"], 112, 28)
+    labels = recipe.cell_labels([obj], ["cat", "dog"], 112, 28)
     assert labels[2, 1] == 2 and labels.sum() == 2
 
 
 def test_describe_lists_counts_in_category_order():
-    assert organism.describe({"dog": 2, "bus": 1}, ["bus", "dog"]) == "1 bus, 2 dog"
-    assert organism.describe({}, ["bus"]) == "none"
+    assert recipe.describe({"dog": 2, "bus": 1}, ["bus", "dog"]) == "1 bus, 2 dog"
+    assert recipe.describe({}, ["bus"]) == "none"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [SMALL, SMALL_DEEP], ids=["wide", "deep-with-choice"])
 def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path, config):
-    summary = organism.train_organism(config, tmp_path / "base", progress=False)
+    summary = recipe.train_organism(config, tmp_path / "base", progress=False)
     assert [e["stage"] for e in summary["log"]][::2][:2] == ["vision", "vision"]
     assert {e["stage"] for e in summary["log"]} == {"vision", "align", "instruct"}
     first = (tmp_path / "base" / "model.safetensors").read_bytes()
-    again = organism.train_organism(config, tmp_path / "base", progress=False)  # all checkpoints complete
+    again = recipe.train_organism(config, tmp_path / "base", progress=False)  # all checkpoints complete
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == first
     assert again["log"] == summary["log"]
     adapter = load_adapter(tmp_path / "base", family="qwen2_vl", dtype="float32")
     text = adapter.model.config.text_config
     assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (
         config.text_hidden, config.text_layers, config.text_intermediate)
-    records = organism.heldout_records(config, tmp_path / "heldout", progress=False)
-    scores = organism.evaluate_single_image(adapter, records, tmp_path / "heldout" / "p.jsonl", progress=False)
+    records = recipe.heldout_records(config, tmp_path / "heldout", progress=False)
+    scores = recipe.evaluate_single_image(adapter, records, tmp_path / "heldout" / "p.jsonl", progress=False)
     assert set(scores) >= {"counting", "presence", "listing", "naming", "counting_by_true_count"}
     assert sum(s["n"] for k, s in scores.items() if k != "counting_by_true_count") == config.heldout_questions
     curves = {k for entry in summary["log"] for k in entry}
     assert ("tf_choice" in curves) == ("choice" in config.instruct_weights)
-    choices = organism.heldout_choice_records(config, tmp_path / "heldout", progress=False)
-    choice = organism.evaluate_choice(adapter, choices, tmp_path / "heldout" / "c.jsonl", progress=False)
+    choices = recipe.heldout_choice_records(config, tmp_path / "heldout", progress=False)
+    choice = recipe.evaluate_choice(adapter, choices, tmp_path / "heldout" / "c.jsonl", progress=False)
     assert choice["n"] == config.heldout_choice_questions and 0 <= choice["parse_rate"] <= 1
-    assert set(choice["by_kind"]) == set(organism.CHOICE_KINDS) and 0.2 <= choice["chance"] <= 0.5
+    assert set(choice["by_kind"]) == set(CHOICE_KINDS) and 0.2 <= choice["chance"] <= 0.5
     assert choice["lo"] <= choice["score"] <= choice["hi"] and choice["parse_lo"] <= choice["parse_rate"]
     assert all(s["lo"] <= s["score"] <= s["hi"] for k, s in scores.items() if k != "counting_by_true_count")
 
@@ -94,17 +97,17 @@ def test_the_card_is_written_after_training_and_rewritten_from_the_record_alone(
 
     config = replace(SMALL_DEEP, heldout_questions=10, heldout_choice_questions=6)
     out = tmp_path / "models" / "base"
-    summary = organism.train_organism(config, out, progress=False)
+    summary = recipe.train_organism(config, out, progress=False)
     organism_card.write_curves(out, summary["log"])
     (out / "training.json").write_text(json.dumps({"config": asdict(config), "seconds": summary["seconds"],
                                                    "parameters": summary["parameters"], "command": "cmd"}))
-    scores = organism.score_and_card(out, config, summary, "cmd")
+    scores = cli.score_and_card(out, config, summary, "cmd")
     assert {"choice", "choice_parse_rate"} <= set(scores)
     first = (out / "README.md").read_text(encoding="utf-8")
     assert "| 95% interval | target | met |" in first and "multiple choice, letter parse rate" in first
     missed = [r for r in organism_card.score_rows(scores) if r["met"] is False]
     assert all(f"{organism_card.LABELS.get(r['question'], r['question'])}: " in first for r in missed)
-    assert organism.rewrite_card(out) == 0
+    assert cli.rewrite_card(out) == 0
     assert json.loads((out / "eval.json").read_text(encoding="utf-8")) == scores
     assert (out / "README.md").read_text(encoding="utf-8") == first
 
@@ -121,17 +124,17 @@ def test_curve_trend_reads_the_last_interval_of_a_held_out_curve():
 @pytest.mark.slow
 def test_an_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     """Interrupt stage 0 during step 3 of 4, resume: the weights equal a run that was never stopped."""
-    pool = organism.render_pool(16, 0, organism.TRAIN_STREAM, SMALL.scene_params(), 28, progress=False)
-    schedule = organism.StageSchedule(steps=4, lr=1e-3, batch=4, warmup=1, checkpoint_every=2, eval_every=100)
+    pool = recipe.render_pool(16, 0, recipe.TRAIN_STREAM, SMALL.scene_params(), 28, progress=False)
+    schedule = recipe.StageSchedule(steps=4, lr=1e-3, batch=4, warmup=1, checkpoint_every=2, eval_every=100)
 
     def run(path: Path):
         torch.manual_seed(0)
         model, processor = tiny.build_organism()
-        organism.vision_stage(model, processor, pool, pool, schedule, 0, path, [], progress=False)
+        recipe.vision_stage(model, processor, pool, pool, schedule, 0, path, [], progress=False)
         return model
 
     uninterrupted = run(tmp_path / "a.pt")
-    real, calls = organism.patchify, []
+    real, calls = recipe.patchify, []
 
     def interrupted_patchify(*args, **kwargs):
         calls.append(1)
@@ -139,10 +142,10 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, mon
             raise KeyboardInterrupt  # the user stops the run during step 3
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(organism, "patchify", interrupted_patchify)
+    monkeypatch.setattr(recipe, "patchify", interrupted_patchify)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b.pt")
-    monkeypatch.setattr(organism, "patchify", real)
+    monkeypatch.setattr(recipe, "patchify", real)
     assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 2
     resumed = run(tmp_path / "b.pt")
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
@@ -181,28 +184,28 @@ def test_the_committed_organism_reloads_and_gives_its_recorded_scores(tmp_path):
     recorded = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() in card
-    config = organism.OrganismConfig(**recorded["config"])
+    config = OrganismConfig(**recorded["config"])
     adapter = load_adapter(folder, family="qwen2_vl", dtype="float32")
-    records = organism.heldout_records(config, tmp_path / "heldout", progress=False)
-    scores = organism.evaluate_single_image(adapter, records, tmp_path / "p.jsonl", progress=False)
-    if config.instruct_weights.get(organism.CHOICE_FAMILY):
-        choices = organism.heldout_choice_records(config, tmp_path / "heldout", progress=False)
-        scores.update(organism.choice_scores(
-            organism.evaluate_choice(adapter, choices, tmp_path / "c.jsonl", progress=False)))
+    records = recipe.heldout_records(config, tmp_path / "heldout", progress=False)
+    scores = recipe.evaluate_single_image(adapter, records, tmp_path / "p.jsonl", progress=False)
+    if config.instruct_weights.get(CHOICE_FAMILY):
+        choices = recipe.heldout_choice_records(config, tmp_path / "heldout", progress=False)
+        scores.update(recipe.choice_scores(
+            recipe.evaluate_choice(adapter, choices, tmp_path / "c.jsonl", progress=False)))
     assert scores == json.loads((folder / "eval.json").read_text(encoding="utf-8"))
 
 
 def test_family_shares_follow_the_weights_and_sum_to_the_count():
-    shares = organism.family_shares(1000, {"counting": 2, "presence": 2, "listing": 1, "naming": 1})
+    shares = recipe.family_shares(1000, {"counting": 2, "presence": 2, "listing": 1, "naming": 1})
     assert shares == {"counting": 334, "presence": 334, "listing": 166, "naming": 166}
-    assert sum(organism.family_shares(7, {"a": 1, "b": 1, "c": 1}).values()) == 7
+    assert sum(recipe.family_shares(7, {"a": 1, "b": 1, "c": 1}).values()) == 7
 
 
 def test_instruct_weights_with_an_unknown_family_are_refused_naming_the_file(tmp_path):
     path = tmp_path / "organism.yaml"
     path.write_text("instruct_weights: {counting: 2, colour: 1}\n")
     with pytest.raises(ValueError, match=r"organism\.yaml.*instruct_weights"):
-        organism.OrganismConfig.from_yaml(path)
+        OrganismConfig.from_yaml(path)
 
 
 # --- multiple choice, tokens, shapes, count weights, probe ---------------------------------------------
@@ -210,7 +213,7 @@ def test_instruct_weights_with_an_unknown_family_are_refused_naming_the_file(tmp
 
 @pytest.fixture(scope="module")
 def choice_pool():
-    return organism.render_pool(400, 0, organism.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+    return recipe.render_pool(400, 0, recipe.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
 
 
 def test_letters_a_to_e_and_numbers_are_single_tokens(built):
@@ -228,15 +231,15 @@ def test_letters_a_to_e_and_numbers_are_single_tokens(built):
 def test_choice_answers_are_uniform_over_positions_and_well_formed(choice_pool):
     from collections import Counter
 
-    records = organism.choice_questions(choice_pool.index, 4000, seed=0, max_count=5)
-    assert Counter(r["sub_task"] for r in records) == dict.fromkeys(organism.CHOICE_KINDS, 1000)
+    records = recipe.choice_questions(choice_pool.index, 4000, seed=0, max_count=5)
+    assert Counter(r["sub_task"] for r in records) == dict.fromkeys(CHOICE_KINDS, 1000)
     by_size = Counter(len(r["options"]) for r in records)
     assert set(by_size) == {2, 3, 4, 5}
     positions = Counter((len(r["options"]), r["letters"].index(r["answer"])) for r in records)
     for (size, position), hits in positions.items():
         assert abs(hits / by_size[size] - 1 / size) < 0.05, (size, position, hits, by_size[size])
     assert len({p for _, p in positions}) == 5
-    from mimic_utils.tasks import Pools
+    from mimic_utils.data.tasks import Pools
 
     pools = Pools(choice_pool.index)
     for r in records:
@@ -256,18 +259,19 @@ def test_choice_answers_are_uniform_over_positions_and_well_formed(choice_pool):
 
 
 def test_choice_prompt_is_muirbench_and_trains_the_letter(built, choice_pool):
-    from mimic_utils import external_benchmarks as benchmarks, models
+    from mimic_utils.evaluation import external_benchmarks as benchmarks
+    from mimic_utils.models import vlm
 
     model, processor = built
-    (record,) = organism.choice_questions(choice_pool.index, 1, seed=3, kinds={"category": 1})
-    bench = organism.choice_bench_record(record, ["x.png"])
-    prompt = organism.choice_prompt(record)
+    (record,) = recipe.choice_questions(choice_pool.index, 1, seed=3, kinds={"category": 1})
+    bench = recipe.choice_bench_record(record, ["x.png"])
+    prompt = recipe.choice_prompt(record)
     assert prompt == benchmarks.muirbench_prompt(bench) == benchmarks.build_prompt(bench)
     assert prompt.endswith("\nAnswer with the option's letter from the given choices directly.")
     assert prompt.split("\n")[1].startswith("A. ")
-    ids, labels = organism.encode_conversation(processor, prompt, organism.CHOICE_FAMILY, 1, record["answer"], 16)
-    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
-    rendered = adapter.render_prompt(prompt, 1, organism.CHOICE_TASK)  # what evaluation sends
+    ids, labels = recipe.encode_conversation(processor, prompt, CHOICE_FAMILY, 1, record["answer"], 16)
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
+    rendered = adapter.render_prompt(prompt, 1, recipe.CHOICE_TASK)  # what evaluation sends
     image = scenes.Scene(torch.zeros(112, 112, 3, dtype=torch.uint8).numpy(), ()).to_pil()
     expected = processor(text=[rendered], images=[image], return_tensors="pt")["input_ids"][0].tolist()
     assert ids[:len(expected)] == expected
@@ -275,12 +279,12 @@ def test_choice_prompt_is_muirbench_and_trains_the_letter(built, choice_pool):
 
 
 def test_count_weights_tilt_the_training_counts(choice_pool):
-    from mimic_utils.traindata import single_image_questions
+    from mimic_utils.data.traindata import single_image_questions
 
     single = single_image_questions(choice_pool.index, 200, seed=0, max_count=5, families=("counting",),
                                     count_weights=[0, 0, 1, 1, 1, 0])
     assert {int(r["gt"]) for r in single} == {2, 3, 4}
-    choice = organism.choice_questions(choice_pool.index, 100, seed=0, kinds={"count": 1},
+    choice = recipe.choice_questions(choice_pool.index, 100, seed=0, kinds={"count": 1},
                                        count_weights=[0, 0, 1, 1, 1, 0])
     assert {int(r["right"]) for r in choice} == {2, 3, 4}
     balanced = single_image_questions(choice_pool.index, 300, seed=0, max_count=5, families=("counting",))
@@ -298,9 +302,9 @@ def test_recipe_keys_are_validated_naming_the_file(tmp_path):
     for text, message in cases.items():
         path.write_text(text)
         with pytest.raises(ValueError, match=rf"organism\.yaml.*{message}"):
-            organism.OrganismConfig.from_yaml(path)
+            OrganismConfig.from_yaml(path)
     path.write_text("instruct_weights: {counting: 2, choice: 1}\ncount_weights: [1, 1, 2, 2, 2, 1]\n")
-    assert organism.OrganismConfig.from_yaml(path).instruct_weights["choice"] == 1
+    assert OrganismConfig.from_yaml(path).instruct_weights["choice"] == 1
 
 
 def test_the_deeper_shape_costs_about_what_the_wide_one_does():
@@ -322,7 +326,7 @@ def transformers_model(config):
 
 
 def test_the_recorded_first_organism_reads_back_as_the_wide_shape_without_choice():
-    config = organism.OrganismConfig()
+    config = OrganismConfig()
     assert config.text_shape() == tiny.ORGANISM_SHAPES["wide"]
     assert "choice" not in config.instruct_weights and config.count_weights is None
 
@@ -351,7 +355,7 @@ def test_the_probe_command_trains_both_shapes_and_writes_its_figures(tmp_path):
     argv = ["--probe", "--steps", "2", "--params", str(params), "--base", str(tmp_path / "base"), "--out", str(out),
             "--pool-images", "48", "--conversations", "64", "--heldout-questions", "8", "--choice-questions", "8",
             "--threads", "1", "--quiet"]
-    assert organism.main(argv) == 0
+    assert cli.main(argv) == 0
     figures = json.loads(out.read_text())
     assert figures["timestamp"] and figures["command"].startswith("python -m mimic_utils.organism --probe")
     assert set(figures["shapes"]) == {"256x4", "192x8"}
@@ -370,5 +374,5 @@ def test_make_study_reuses_the_committed_organism_with_the_committed_recipe():
 
     from mimic_utils.artifacts import repo_root
 
-    config = organism.OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
-    assert organism.trained_config(repo_root() / "outputs" / "cpu" / "models" / "base") == asdict(config)
+    config = OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
+    assert cli.trained_config(repo_root() / "outputs" / "cpu" / "models" / "base") == asdict(config)

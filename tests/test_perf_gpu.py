@@ -1,4 +1,4 @@
-"""The GPU check (``python -m mimic_utils.perf gpu``) and its flex-attention masking path, on the CPU.
+"""The GPU check (``python -m mimic_utils.bench gpu``) and its flex-attention masking path, on the CPU.
 
 The dry run (``--tiny``) is the same script at tiny model size, so the command cannot rot between GPU
 sessions; the flex mode is checked against the dense masked reference with flex_attention's eager CPU
@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mimic_utils import masking, perf
+from mimic_utils.bench import perf
+from mimic_utils.models import masking
 
 flex = pytest.importorskip("torch.nn.attention.flex_attention", reason="this torch has no flex_attention")
 

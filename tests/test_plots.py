@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mimic_utils import plots
+from mimic_utils.analysis import plots
 
 
 def frame(tasks=("a", "b")) -> pd.DataFrame:

@@ -2,11 +2,11 @@
 
 import json
 
-from mimic_utils import evaluate, prediction_cache
+from mimic_utils.evaluation import harness, prediction_cache
 
 
 class CountingAdapter:
-    """A stand-in for the model call only (evaluate.run's contract): answers '3', counts questions."""
+    """A stand-in for the model call only (harness.run's contract): answers '3', counts questions."""
 
     def __init__(self, weights: str = "w1"):
         self.settings = {"model": "stub", "weights_sha256": weights}
@@ -32,9 +32,9 @@ def no_images(record):
 def test_a_second_notebook_reads_the_answers_instead_of_generating(tmp_path):
     reuse = tmp_path / "cache"
     first, second = CountingAdapter(), CountingAdapter()
-    rows = evaluate.run(first, records(tmp_path), tmp_path / "02" / "base.jsonl", to_sample=no_images,
+    rows = harness.run(first, records(tmp_path), tmp_path / "02" / "base.jsonl", to_sample=no_images,
                         reuse_dir=reuse, progress=False)
-    again = evaluate.run(second, records(tmp_path), tmp_path / "04" / "base.jsonl", to_sample=no_images,
+    again = harness.run(second, records(tmp_path), tmp_path / "04" / "base.jsonl", to_sample=no_images,
                          reuse_dir=reuse, progress=False)
     assert first.asked == 6 and second.asked == 0
     assert again == rows
@@ -43,23 +43,23 @@ def test_a_second_notebook_reads_the_answers_instead_of_generating(tmp_path):
 
 def test_another_model_or_question_or_image_is_answered_again(tmp_path):
     reuse = tmp_path / "cache"
-    evaluate.run(CountingAdapter(), records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images, reuse_dir=reuse,
+    harness.run(CountingAdapter(), records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images, reuse_dir=reuse,
                  progress=False)
     other_model = CountingAdapter("w2")
-    evaluate.run(other_model, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse,
+    harness.run(other_model, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse,
                  progress=False)
     assert other_model.asked == 6
     other_question = CountingAdapter()
-    evaluate.run(other_question, records(tmp_path, question="How many cat objects?"), tmp_path / "c.jsonl",
+    harness.run(other_question, records(tmp_path, question="How many cat objects?"), tmp_path / "c.jsonl",
                  to_sample=no_images, reuse_dir=reuse, progress=False)
     assert other_question.asked == 6
     (tmp_path / "a.png").write_bytes(b"rebuilt image, same name")
     other_image = CountingAdapter()
-    evaluate.run(other_image, records(tmp_path), tmp_path / "d.jsonl", to_sample=no_images, reuse_dir=reuse,
+    harness.run(other_image, records(tmp_path), tmp_path / "d.jsonl", to_sample=no_images, reuse_dir=reuse,
                  progress=False)
     assert other_image.asked == 6
     budget = CountingAdapter()
-    evaluate.run(budget, records(tmp_path), tmp_path / "e.jsonl", to_sample=no_images, reuse_dir=reuse,
+    harness.run(budget, records(tmp_path), tmp_path / "e.jsonl", to_sample=no_images, reuse_dir=reuse,
                  max_new_tokens=4, progress=False)
     assert budget.asked == 6
 
@@ -67,13 +67,13 @@ def test_another_model_or_question_or_image_is_answered_again(tmp_path):
 def test_a_torn_cache_line_is_generated_again(tmp_path):
     reuse = tmp_path / "cache"
     adapter = CountingAdapter()
-    evaluate.run(adapter, records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images, reuse_dir=reuse,
+    harness.run(adapter, records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images, reuse_dir=reuse,
                  progress=False)
     (path,) = reuse.glob("*.jsonl")
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
     again = CountingAdapter()
-    rows = evaluate.run(again, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse,
+    rows = harness.run(again, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse,
                         progress=False)
     assert again.asked == 1 and len(rows) == 6
     assert all(json.loads(line)["key"] for line in path.read_text().splitlines()[-1:])
@@ -87,7 +87,7 @@ def test_without_a_directory_nothing_is_reused(tmp_path, monkeypatch):
 def test_benchmark_dataclass_records_have_keys(tmp_path):
     from PIL import Image
 
-    from mimic_utils.external_benchmarks import BenchRecord
+    from mimic_utils.evaluation.external_benchmarks import BenchRecord
 
     def record(colour):
         return BenchRecord("b1", "muirbench", [Image.new("RGB", (4, 4), colour)], "Which?", ["a", "b"], ["A", "B"],
@@ -105,15 +105,15 @@ def test_a_changed_chat_template_or_generation_code_starts_a_new_cache(tmp_path,
             super().__init__()
             self.processor = type("P", (), {"chat_template": template})()
 
-    evaluate.run(Templated("{{ a }}"), records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images,
+    harness.run(Templated("{{ a }}"), records(tmp_path), tmp_path / "a.jsonl", to_sample=no_images,
                  reuse_dir=reuse, progress=False)
     same, other = Templated("{{ a }}"), Templated("{{ b }}")
-    evaluate.run(same, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
-    evaluate.run(other, records(tmp_path), tmp_path / "c.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
+    harness.run(same, records(tmp_path), tmp_path / "b.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
+    harness.run(other, records(tmp_path), tmp_path / "c.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
     assert same.asked == 0 and other.asked == 6
     monkeypatch.setattr(prediction_cache, "CACHE_VERSION", prediction_cache.CACHE_VERSION + 1)
     prediction_cache._code_digest.cache_clear()
     bumped = Templated("{{ a }}")
-    evaluate.run(bumped, records(tmp_path), tmp_path / "d.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
+    harness.run(bumped, records(tmp_path), tmp_path / "d.jsonl", to_sample=no_images, reuse_dir=reuse, progress=False)
     prediction_cache._code_digest.cache_clear()
     assert bumped.asked == 6

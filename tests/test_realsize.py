@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_utils import models, realsize, tiny
+from mimic_utils.models import realsize, tiny, vlm
 
 
 def test_specs_hold_the_published_numbers():
@@ -60,8 +60,8 @@ def test_tiny_twins_run_the_real_processor_path(key, single_thread):
     model, processor = realsize.build(key, tiny=True, dtype=torch.float32)
     assert model.dtype == torch.float32 and type(model).__name__ == tiny._model_class(spec.family).__name__
     assert model.config.get_text_config().vocab_size == len(processor.tokenizer)
-    adapter = models.adapter_from_model(model, processor, spec.family)
-    samples = [models.Sample(realsize.noise_images(spec, 3, seed), "How many dogs are there?", "counting")
+    adapter = vlm.adapter_from_model(model, processor, spec.family)
+    samples = [vlm.Sample(realsize.noise_images(spec, 3, seed), "How many dogs are there?", "counting")
                for seed in (0, 1)]
     batch = adapter.prepare(samples)
     assert batch.image_tokens == [[spec.tokens_per_image] * 3] * 2

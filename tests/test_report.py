@@ -10,8 +10,8 @@ import re
 import pandas as pd
 import pytest
 
-from mimic_utils import analysis, report, stats, transfer
-from mimic_utils.claims import CLAIMS, claim_entry
+from mimic_utils.analysis import cross_benchmark, diagnosis, report, stats
+from mimic_utils.analysis.claims import CLAIMS, claim_entry
 
 
 def write(root, profile, notebook, metrics):
@@ -55,7 +55,7 @@ def test_claims_section_of_a_profile_that_never_ran_lists_nine_missing_claims(tm
 
 
 def test_report_holds_rule_claims_effects_statuses_tables_and_findings(study):
-    results = pd.DataFrame([{"benchmark": transfer.MIMIC, "model": "base", "n": 40, "score": 0.5, "lo": 0.4,
+    results = pd.DataFrame([{"benchmark": cross_benchmark.MIMIC, "model": "base", "n": 40, "score": 0.5, "lo": 0.4,
                              "hi": 0.6, "baseline": 0.25, "parse_rate": math.nan, "reading": "above baseline"}])
     text = report.write_report("cpu", {"Models × benchmarks": results}, root=study).read_text()
     assert "only when the 95% interval of its effect excludes 0" in text and "Wilson" in text
@@ -79,21 +79,21 @@ def mc_row(i, parsed, answer="A", letters=("A", "B", "C", "D"), sub_task="counti
 def test_parse_rate_counts_only_valid_letters_of_multiple_choice_rows():
     rows = [mc_row(0, "A"), mc_row(1, None), mc_row(2, "(b)"), mc_row(3, "E"),
             {"id": "4", "letters": [], "parsed": "a cat", "score": 1.0}]  # a short answer is not counted
-    assert transfer.parse_rate(rows) == {"n": 4, "parsed": 2, "rate": 0.5}
-    assert math.isnan(transfer.parse_rate([])["rate"])
-    assert transfer.with_n_options(rows)[0]["n_options"] == 4 and "n_options" not in transfer.with_n_options(rows)[4]
-    assert transfer.chance(rows[:4]) == pytest.approx(0.25)
-    assert transfer.chance(rows) == pytest.approx(0.25 * 4 / 5)  # a short answer is not guessed
+    assert cross_benchmark.parse_rate(rows) == {"n": 4, "parsed": 2, "rate": 0.5}
+    assert math.isnan(cross_benchmark.parse_rate([])["rate"])
+    assert cross_benchmark.with_n_options(rows)[0]["n_options"] == 4 and "n_options" not in cross_benchmark.with_n_options(rows)[4]
+    assert cross_benchmark.chance(rows[:4]) == pytest.approx(0.25)
+    assert cross_benchmark.chance(rows) == pytest.approx(0.25 * 4 / 5)  # a short answer is not guessed
 
 
 def test_below_half_parsed_the_reading_is_the_letter_format_not_transfer():
     silent = [mc_row(i, None if i % 4 else "A") for i in range(40)]  # a letter in 1 reply of 4
-    row = transfer.benchmark_row("scene OOD", "masked", silent)
-    assert row["parse_rate"] == 0.25 and row["reading"] == transfer.NO_LETTERS == "does not answer in the letter format"
-    assert "does not answer in the letter format." in transfer.cell_sentence(row)
+    row = cross_benchmark.benchmark_row("scene OOD", "masked", silent)
+    assert row["parse_rate"] == 0.25 and row["reading"] == cross_benchmark.NO_LETTERS == "does not answer in the letter format"
+    assert "does not answer in the letter format." in cross_benchmark.cell_sentence(row)
     fluent = [mc_row(i, "A") for i in range(40)]
-    assert transfer.benchmark_row("scene OOD", "base", fluent)["reading"] == "above baseline"
-    (found,) = transfer.compare("scene OOD", {"base": fluent, "masked": silent}, "base")
+    assert cross_benchmark.benchmark_row("scene OOD", "base", fluent)["reading"] == "above baseline"
+    (found,) = cross_benchmark.compare("scene OOD", {"base": fluent, "masked": silent}, "base")
     assert found["paired"] and found["sentence"] == ("scene OOD, masked vs base: masked does not answer in the "
                                                      "letter format (parse rate 0.25), so this is no transfer result.")
 
@@ -101,18 +101,18 @@ def test_below_half_parsed_the_reading_is_the_letter_format_not_transfer():
 def test_paired_comparison_above_the_floor_uses_the_one_rule():
     base = [mc_row(i, "A" if i < 10 else "B") for i in range(40)]
     other = [mc_row(i, "A" if i < 34 else "B") for i in range(40)]
-    (found,) = transfer.compare("scene OOD", {"base": base, "other": other}, "base")
+    (found,) = cross_benchmark.compare("scene OOD", {"base": base, "other": other}, "base")
     assert found["paired"] and found["diff"] == pytest.approx(0.6) and found["lo"] > 0
     assert found["sentence"].startswith("scene OOD score: rises from base (0.25) to other (0.85), +0.60 [95% CI")
     assert "McNemar p = " in found["sentence"]
 
 
 def test_benchmark_table_keeps_cells_that_did_not_run():
-    table = transfer.benchmark_table({("scene OOD", "base"): [mc_row(0, "A")]},
+    table = cross_benchmark.benchmark_table({("scene OOD", "base"): [mc_row(0, "A")]},
                                      {("blink", "base"): "not run: offline"})
     assert table.set_index("benchmark").loc["blink", "reading"] == "not run: offline"
-    assert transfer.cell_sentence(table.to_dict(orient="records")[1]) == "blink, base: not run: offline."
-    assert analysis.jsonable(table)[1]["score"] is None
+    assert cross_benchmark.cell_sentence(table.to_dict(orient="records")[1]) == "blink, base: not run: offline."
+    assert diagnosis.jsonable(table)[1]["score"] is None
 
 
 def test_mimic_table_gives_each_task_an_interval_and_blind_baseline():
@@ -121,13 +121,13 @@ def test_mimic_table_gives_each_task_an_interval_and_blind_baseline():
              "score": float(i < 5)} for i in range(10)]
     rows += [{**images, "id": f"l{i}", "task": "listing", "scored_as": "listing", "gt": "bus, car", "score": 0.5,
               "true_positive": 1, "n_pred": 2, "n_gt": 2} for i in range(10)]
-    table = transfer.mimic_table({"base": rows}).set_index("task")
+    table = cross_benchmark.mimic_table({"base": rows}).set_index("task")
     wilson = stats.wilson(5, 10)
     assert (table.loc["counting", "lo"], table.loc["counting", "hi"]) == pytest.approx(wilson, abs=1e-4)
     assert table.loc["counting", "baseline"] == pytest.approx(0.6) and table.loc["listing", "baseline"] == 1.0
     assert table.loc["listing", "reading"] == "below baseline" and table.loc["counting", "baseline_kind"] == "blind"
-    mean = table.loc[transfer.MIMIC]
+    mean = table.loc[cross_benchmark.MIMIC]
     assert mean["score"] == pytest.approx(0.5 * (0.5 + 0.5)) and mean["lo"] <= mean["score"] <= mean["hi"]
     assert mean["n"] == 20 and mean["baseline"] == pytest.approx(0.8)
-    results = transfer.results_table(table.reset_index(), {("scene OOD", "base"): [mc_row(0, "A")]})
-    assert list(results["benchmark"]) == [transfer.MIMIC, "scene OOD"] and list(results["n"]) == [20, 1]
+    results = cross_benchmark.results_table(table.reset_index(), {("scene OOD", "base"): [mc_row(0, "A")]})
+    assert list(results["benchmark"]) == [cross_benchmark.MIMIC, "scene OOD"] and list(results["n"]) == [20, 1]

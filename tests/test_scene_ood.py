@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from mimic_utils import scene_ood
-from mimic_utils.external_benchmarks import build_prompt, load_benchmark
+from mimic_utils.data import scene_ood
+from mimic_utils.evaluation.external_benchmarks import build_prompt, load_benchmark
 
 
 def test_the_scene_benchmark_reads_back_through_the_muirbench_loader(tmp_path):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimic_utils import scene_formats as F
-from mimic_utils import scenes as S
+from mimic_utils.data import scene_formats as F
+from mimic_utils.data import scenes as S
 
 FIXTURES = Path(__file__).parent / "fixtures"
 N_IMAGES = 20

@@ -1,4 +1,4 @@
-"""Tests of ``mimic_utils.scoring``: the official MIMIC rules on adversarial answers, and total scorers."""
+"""Tests of ``mimic_utils.evaluation.scoring``: the official MIMIC rules on adversarial answers, and total scorers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from word2number import w2n
 
-from mimic_utils.scoring import (
+from mimic_utils.evaluation.scoring import (
     FAMILIES,
     aggregate,
     extract_choice,

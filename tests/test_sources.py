@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mimic_utils import scene_formats as F
-from mimic_utils import scenes as S
-from mimic_utils.sources import SourceError, read_coco, read_openimages, source_hash
+from mimic_utils.data import scene_formats as F
+from mimic_utils.data import scenes as S
+from mimic_utils.data.annotations import SourceError, read_coco, read_openimages, source_hash
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COCO_FIXTURE = FIXTURES / "coco" / "instances_fixture.json"

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mimic_utils import stats
+from mimic_utils.analysis import stats
 
 
 def rows(scores, task="counting", prefix="q"):
@@ -89,7 +89,7 @@ def test_blind_baseline_is_the_best_constant_answer():
 
 
 def test_claims_table_keeps_missing_claims_and_takes_verdicts_from_the_rule():
-    from mimic_utils import claims
+    from mimic_utils.analysis import claims
 
     up = claims.claim_entry("7", 0.16, 0.10, 0.22, "MIMIC mean, finetuned − base", n=400)
     down = claims.claim_entry("1", -0.5, -0.6, -0.4, "four-task mean, 10 − 1 images")

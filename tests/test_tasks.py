@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mimic_utils.mimic_benchmark import BenchmarkPlan, build, export_hf, knob_counts, load, load_hf, plan_specs, save
-from mimic_utils.sources import AnnotationIndex, ImageAnnotation, ObjectAnnotation
-from mimic_utils.tasks import KnobError, TaskSpec, generate, generate_all
+from mimic_utils.data.mimic_benchmark import BenchmarkPlan, build, export_hf, knob_counts, load, load_hf, plan_specs, save
+from mimic_utils.data.annotations import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+from mimic_utils.data.tasks import KnobError, TaskSpec, generate, generate_all
 
 SUPERS = {
     "vehicle": ["bus", "car", "truck", "bicycle"],
@@ -42,7 +42,7 @@ def index() -> AnnotationIndex:
 
 
 def recompute(record: dict, index: AnnotationIndex) -> str:
-    """The answer from the index alone, written independently of mimic_utils.tasks."""
+    """The answer from the index alone, written independently of mimic_utils.data.tasks."""
     counts = [index.images[i].counts() for i in record["image_ids"]]
     family, targets = record["family"], record["targets"]
     if family == "counting":
@@ -235,7 +235,7 @@ def test_images_with_dropped_annotations_are_never_used(index):
 
 
 def test_pool_lookup_tables_equal_a_scan_of_every_image(index):
-    from mimic_utils.tasks import Pools
+    from mimic_utils.data.tasks import Pools
 
     pools = Pools(index)
     for category in index.categories:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from mimic_utils import models, tiny
+from mimic_utils.models import tiny, vlm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -74,7 +74,7 @@ def test_processors_are_the_real_classes(tiny_adapter, family, processor_class, 
     adapter = tiny_adapter(family)
     assert type(adapter.processor) is getattr(transformers, processor_class)
     assert type(adapter.processor.video_processor).__name__ == video_class
-    assert type(adapter.model).__name__ == models.get_family(family).model_class
+    assert type(adapter.model).__name__ == vlm.get_family(family).model_class
 
 
 def test_build_tiny_is_seeded():
@@ -106,8 +106,8 @@ def test_organism_matches_the_design(organism):
 
 def test_organism_112px_image_is_an_8x8_grid_of_16_tokens(organism, make_image):
     model, processor = organism
-    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
-    batch = adapter.prepare([models.Sample([make_image(112, 112, 0), make_image(112, 112, 1)], "Q?", "counting")])
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
+    batch = adapter.prepare([vlm.Sample([make_image(112, 112, 0), make_image(112, 112, 1)], "Q?", "counting")])
     assert batch.inputs["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 8]]
     assert batch.image_tokens == [[16, 16]]
     assert adapter.settings["preprocessing"]["min_pixels"] == adapter.settings["preprocessing"]["max_pixels"]
@@ -116,10 +116,10 @@ def test_organism_112px_image_is_an_8x8_grid_of_16_tokens(organism, make_image):
 def test_organism_save_and_load_round_trip(organism, make_image, tmp_path):
     model, processor = organism
     folder = tiny.save_tiny(model, processor, tmp_path / "base")
-    loaded = models.load_adapter(folder)
+    loaded = vlm.load_adapter(folder)
     assert loaded.family == "qwen2_vl" and loaded.settings["preprocessing"]["max_pixels"] == 112 * 112
-    sample = models.Sample([make_image(112, 112, 5)], "How many cats are there?", "counting")
-    original = models.adapter_from_model(model, processor, "qwen2_vl").prepare([sample])
+    sample = vlm.Sample([make_image(112, 112, 5)], "How many cats are there?", "counting")
+    original = vlm.adapter_from_model(model, processor, "qwen2_vl").prepare([sample])
     batch = loaded.prepare([sample])
     with torch.no_grad():
         assert torch.equal(model(**original.inputs).logits, loaded.model(**batch.inputs).logits)
@@ -128,7 +128,7 @@ def test_organism_save_and_load_round_trip(organism, make_image, tmp_path):
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "internvl"])
 def test_tokens_per_image_agrees_with_the_processor(tiny_adapter, make_image, family):
     adapter = tiny_adapter(family)
-    sample = models.Sample([make_image(84, 56, 0), make_image(56, 56, 1)], "Q?", "counting")
+    sample = vlm.Sample([make_image(84, 56, 0), make_image(56, 56, 1)], "Q?", "counting")
     batch = adapter.prepare([sample])
     expected = [tiny.tokens_per_image(family, adapter.processor, im.height, im.width) for im in sample.images]
     assert batch.image_tokens == [expected]

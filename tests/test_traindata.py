@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mimic_utils import traindata
-from mimic_utils.tasks import KnobError
-from mimic_utils.prompts import build_messages
-from mimic_utils.traindata import TrainMix, build, family_counts, prompt_family, single_image_questions
+from mimic_utils.data import traindata
+from mimic_utils.data.tasks import KnobError
+from mimic_utils.data.prompts import build_messages
+from mimic_utils.data.traindata import TrainMix, build, family_counts, prompt_family, single_image_questions
 from test_tasks import make_index, recompute
 
 
@@ -89,7 +89,7 @@ def test_impossible_mixes_fail_clearly(index):
 def test_save_and_load_roundtrip(index, tmp_path):
     from pathlib import Path
 
-    from mimic_utils.traindata import load, save
+    from mimic_utils.data.traindata import load, save
 
     mix = TrainMix(mimic=8, minor=8, single=8, seed=4)
     records = build(index, mix, progress=False)
@@ -132,7 +132,7 @@ def _mantis_style_dataset(folder, rows):
 
 
 def test_hub_conversations_in_the_mantis_schema_become_training_records(tmp_path):
-    from mimic_utils import finetune
+    from mimic_utils.training import finetune
 
     user = {"role": "user", "content": "<image><image> Are the two images the same?"}
     rows = [("a", 2, [user, {"role": "assistant", "content": "No."}, user, {"role": "assistant", "content": "x"}]),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mimic_utils import models, tiny, vision_cache
+from mimic_utils.models import tiny, vision_cache, vlm
 
 FAMILIES = ("qwen2_vl", "llava_onevision", "internvl")
 
@@ -69,7 +69,7 @@ def test_disk_entries_are_reused_by_a_new_process(tiny_adapter, two_samples, tmp
 
 def test_a_changed_tower_is_never_served_from_a_stale_entry(two_samples, fresh_cache, single_thread):
     model, processor = tiny.build_tiny("qwen2_vl")
-    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
     inner = vision_cache.inner_model(model)
     split = vision_cache.SPLITS["qwen2_vl"]
     before = vision_cache.tower_fingerprint(inner, split)
@@ -92,7 +92,7 @@ def test_a_changed_tower_is_never_served_from_a_stale_entry(two_samples, fresh_c
 def test_features_are_computed_in_eval_mode_even_when_the_model_is_in_train_mode(two_samples, fresh_cache,
                                                                                  single_thread):
     model, processor = tiny.build_tiny("qwen2_vl")
-    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
     for name, param in model.named_parameters():
         param.requires_grad = "visual" not in name  # a frozen tower, as in finetuning
     model.train()
@@ -105,7 +105,7 @@ def test_features_are_computed_in_eval_mode_even_when_the_model_is_in_train_mode
 
 def test_a_tower_in_training_is_not_cached(two_samples, fresh_cache, single_thread):
     model, processor = tiny.build_tiny("qwen2_vl")
-    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
     model.train()
     inner = vision_cache.inner_model(model)
     assert vision_cache.tower_fingerprint(inner, vision_cache.SPLITS["qwen2_vl"]) is None
@@ -116,7 +116,7 @@ def test_a_tower_in_training_is_not_cached(two_samples, fresh_cache, single_thre
 
 def test_projector_gradients_flow_through_cached_features(two_samples, single_thread):
     model, processor = tiny.build_tiny("qwen2_vl")
-    adapter = models.adapter_from_model(model, processor, "qwen2_vl")
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
     inner = vision_cache.inner_model(model)
     for name, param in model.named_parameters():
         param.requires_grad = "merger" in name

@@ -1,0 +1,479 @@
+"""Tables, contrasts and findings of the study: every number with its 95% interval and a blind baseline.
+
+Prediction rows (what :func:`mimic_utils.evaluation.harness.run` returns) are grouped into **cells**: one
+experiment's questions of one task at one value of *that experiment's* knob, and at one image count (the
+k sweep is built at several image counts, the spread sweep at one). Per-question random values (a
+counting question's spread in the images sweep, Odd-One's majority class) never split a cell, so a model's
+score on a cell is the same number in every notebook that evaluates it on those questions (the same cap).
+
+* **Tables** give per cell ``n, score, lo, hi`` (95%, :func:`mimic_utils.analysis.stats.estimate`) and ``blind``,
+  the best constant answer (:func:`mimic_utils.analysis.stats.blind_baseline`, averaged over tasks like the score).
+* **Means over tasks are like for like**: the headline mean covers the four tasks asked at every image
+  count (:data:`HEADLINE_TASKS`); Odd-One, which needs three images, is reported on its own range.
+* **Contrasts** (a knob's smallest vs largest value, pooling's length effect, base vs finetuned) are
+  :func:`mimic_utils.analysis.stats.difference` results; their sentences come from the one rule for words
+  (:func:`mimic_utils.analysis.stats.change_sentence`) and their claims entries from
+  :func:`mimic_utils.analysis.claims.claim_entry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from mimic_utils.analysis import stats
+from mimic_utils.analysis.claims import claim_entry
+from mimic_utils.data.mimic_benchmark import SWEEPS
+
+Rows = Sequence[Mapping]
+
+#: The tasks asked at every image count (1..N); their mean is the like-for-like headline.
+HEADLINE_TASKS = ("counting_balanced", "counting_unbalanced", "listing", "common")
+#: Odd-One needs at least three images, so it is reported on its own range next to the headline mean.
+ODD_ONE = "oddone"
+MEAN_LABEL = "four-task mean"
+#: 1D pooling factors are chosen for the length claim only while each image keeps this many tokens.
+MIN_TOKENS_PER_IMAGE = 4
+
+
+# --- cells ---------------------------------------------------------------------------------------------
+
+
+def cell_knobs(experiment: str | None) -> tuple[str, ...]:
+    """The knobs that define one cell of ``experiment``: the image count and the experiment's own knob."""
+    knob = SWEEPS.get(experiment or "")
+    return ("n_images",) if knob in (None, "n_images") else ("n_images", knob)
+
+
+def field(row: Mapping, key: str) -> Any:
+    """A knob (``n_images``, ``k``, …) or a row field (``task``, ``pool``, ``model``)."""
+    knobs = row.get("knobs") or {}
+    return knobs[key] if key in knobs else row.get(key)
+
+
+def cell_key(row: Mapping) -> tuple:
+    """(experiment, task, value of each cell knob): the unit every table and every cap counts in."""
+    experiment = row.get("experiment")
+    return (experiment, row.get("task"), *(field(row, k) for k in cell_knobs(experiment)))
+
+
+def cap_per_cell(records: list[dict], cap: int | None) -> list[dict]:
+    """At most ``cap`` questions per cell (:func:`cell_key`), in file order (None keeps all)."""
+    if not cap:
+        return records
+    seen: dict[tuple, int] = {}
+    kept = []
+    for record in records:
+        key = cell_key(record)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= cap:
+            kept.append(record)
+    return kept
+
+
+def select(rows: Rows, experiment: str | None = None, tasks: Iterable[str] | None = None, **knobs) -> list:
+    """The rows of one experiment (and tasks) at the given knob values."""
+    wanted = None if tasks is None else set(tasks)
+    return [r for r in rows if (experiment is None or r.get("experiment") == experiment)
+            and (wanted is None or r["task"] in wanted) and all(field(r, k) == v for k, v in knobs.items())]
+
+
+def group(rows: Rows, keys: Sequence[str]) -> dict[tuple, list]:
+    """Rows by their values of ``keys``, in sorted key order."""
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        groups.setdefault(tuple(field(row, k) for k in keys), []).append(row)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(map(_order, kv[0]))))
+
+
+def _order(value: Any) -> tuple:
+    """Numbers before text, numbers by value (so 10 images sort after 2)."""
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+# --- one cell ------------------------------------------------------------------------------------------
+
+
+def blind(rows: Rows) -> float:
+    """The best constant answer's score, per task and averaged over tasks as the headline score is."""
+    tasks = group(rows, ("task",)).values()
+    return float(sum(stats.blind_baseline(t) for t in tasks) / len(tasks)) if tasks else math.nan
+
+
+def cell_stats(rows: Rows) -> dict:
+    """``n, score, lo, hi, blind`` of one cell (a mean over tasks when the rows span several)."""
+    found = stats.estimate(rows)
+    return {"n": found["n"], **{k: _round(found[k]) for k in ("score", "lo", "hi")}, "blind": _round(blind(rows))}
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4) if value is not None and math.isfinite(value) else math.nan
+
+
+def table(rows: Rows, by: Sequence[str], **extra) -> pd.DataFrame:
+    """One line per group of ``by`` (knobs or fields) with :func:`cell_stats`; ``extra`` columns first."""
+    lines = [{**extra, **dict(zip(by, key)), **cell_stats(members)} for key, members in group(rows, by).items()]
+    return pd.DataFrame(lines)
+
+
+def listing_precision_recall(rows: Rows) -> dict:
+    """Micro precision and recall of Listing rows (the F1 is their headline score); empty otherwise."""
+    if not stats.is_listing(rows):
+        return {}
+    tp, pred, gt = (sum(r[k] for r in rows) for k in ("true_positive", "n_pred", "n_gt"))
+    return {"precision": _round(tp / pred if pred else 0.0), "recall": _round(tp / gt if gt else 0.0)}
+
+
+def task_table(rows: Rows, experiment: str = "images") -> pd.DataFrame:
+    """Per task over one experiment's questions (Counting Balanced and Unbalanced apart), Listing's P and R
+    beside its F1."""
+    lines = [{"task": task, **cell_stats(members), **listing_precision_recall(members)}
+             for (task,), members in group(select(rows, experiment), ("task",)).items()]
+    return pd.DataFrame(lines)
+
+
+def knob_table(rows: Rows, experiment: str) -> pd.DataFrame:
+    """Per task and cell of one sweep: columns task, n_images, the sweep's knob, n, score, lo, hi, blind."""
+    return table(select(rows, experiment), ("task", *cell_knobs(experiment)))
+
+
+def complete_values(rows: Rows, knob: str, tasks: Sequence[str]) -> list:
+    """The values of ``knob`` at which every one of ``tasks`` has questions (a like-for-like mean)."""
+    present = group(rows, (knob, "task"))
+    values = sorted({key[0] for key in present})
+    return [v for v in values if all((v, t) in present for t in tasks)]
+
+
+def mean_table(rows: Rows, experiment: str = "images", knob: str = "n_images",
+               tasks: Sequence[str] = HEADLINE_TASKS, label: str = MEAN_LABEL) -> pd.DataFrame:
+    """The mean over ``tasks`` per value of ``knob``, only where all of them are asked (like for like)."""
+    chosen = select(rows, experiment, tasks)
+    lines = [{"task": label, knob: v, **cell_stats(select(chosen, **{knob: v}))}
+             for v in complete_values(chosen, knob, tasks)]
+    return pd.DataFrame(lines)
+
+
+def headline_table(rows: Rows) -> pd.DataFrame:
+    """The four-task mean over 1..N images and, next to it, Odd-One on its own range (3..N)."""
+    odd = knob_table(select(rows, tasks=(ODD_ONE,)), "images")
+    return pd.concat([mean_table(rows), odd], ignore_index=True)
+
+
+def model_tables(rows_by_model: Mapping[str, Rows]) -> dict[str, pd.DataFrame]:
+    """Every table of the study for several models at once (a ``model`` column first): ``per_task`` (the
+    images sweep per task), ``headline`` (like-for-like mean and Odd-One) and one table per sweep."""
+    makers: dict[str, Callable[[Rows], pd.DataFrame]] = {"per_task": task_table, "headline": headline_table}
+    makers |= {experiment: (lambda rows, e=experiment: knob_table(rows, e)) for experiment in SWEEPS}
+    tables = {}
+    for name, make in makers.items():
+        frames = [make(rows) for rows in rows_by_model.values()]
+        frames = [f.assign(model=m)[["model", *f.columns]] for m, f in zip(rows_by_model, frames) if len(f)]
+        if frames:
+            tables[name] = pd.concat(frames, ignore_index=True)
+    return tables
+
+
+# --- contrasts -------------------------------------------------------------------------------------------
+
+
+def value_label(knob: str, value: Any) -> str:
+    """"1 image", "10 images", "3 distractors", "spread = 2", "k = 3"."""
+    if knob == "n_images":
+        return f"{value} image" + ("" if value == 1 else "s")
+    if knob == "distractors":
+        return f"{value} distractor" + ("" if value == 1 else "s")
+    return f"{knob} = {value}"
+
+
+def contrast(rows_a: Rows, rows_b: Rows, subject: str, a_label: str, b_label: str, **extra) -> dict | None:
+    """``b − a`` (:func:`mimic_utils.analysis.stats.difference`; paired when the questions match) with the words
+    of its sentence and ``n``, the distinct questions behind it; None when either side is empty."""
+    if not rows_a or not rows_b:
+        return None
+    found = stats.difference(rows_a, rows_b)
+    questions = len(rows_a) if found["paired"] else len(rows_a) + len(rows_b)
+    return {"subject": subject, "a_label": a_label, "b_label": b_label, "n": questions, **extra, **found}
+
+
+def sweep_contrast(rows: Rows, experiment: str, subject: str, tasks: Sequence[str] | None = None,
+                   **fixed) -> dict | None:
+    """A sweep's largest knob value against its smallest (mean over ``tasks``, each asked at both ends),
+    with other knobs held at ``fixed`` (e.g. ``n_images=1`` for the k sweep)."""
+    knob = SWEEPS[experiment]
+    chosen = select(rows, experiment, tasks, **fixed)
+    values = complete_values(chosen, knob, tasks or sorted({r["task"] for r in chosen}))
+    if len(values) < 2:
+        return None
+    first, last = values[0], values[-1]
+    a, b = select(chosen, **{knob: first}), select(chosen, **{knob: last})
+    return contrast(a, b, subject, value_label(knob, first), value_label(knob, last), knob=knob,
+                    a_value=first, b_value=last, fixed=fixed, images=_image_counts(a, b))
+
+
+def _image_counts(rows_a: Rows, rows_b: Rows) -> list:
+    """The image counts of the two sides, to say what was held fixed."""
+    return [sorted({field(r, "n_images") for r in rows}) for rows in (rows_a, rows_b)]
+
+
+def length_effect(pooled: Mapping[int, Rows], n: int, r: int, subject: str,
+                  tasks: Sequence[str] = HEADLINE_TASKS) -> dict | None:
+    """Pooling's length effect: the pooling gain ``score(n, r) − score(n, 1)`` (same questions) at ``n``
+    images minus the same gain at 1 image (:func:`mimic_utils.analysis.stats.difference_of_differences`). Above 0
+    means shortening each image's sequence helps more the more images there are."""
+    cells = {"a": (1, 1), "b": (1, r), "c": (n, 1), "d": (n, r)}
+    rows = {name: select(pooled.get(factor, []), tasks=tasks, n_images=count)
+            for name, (count, factor) in cells.items()}
+    if not all(rows.values()) or n == 1 or r == 1:
+        return None
+    found = stats.difference_of_differences(rows)
+    return {"subject": subject, "a_label": "1 image", "b_label": value_label("n_images", n),
+            "a": found["first"]["diff"], "b": found["second"]["diff"], "diff": found["diff"], "lo": found["lo"],
+            "hi": found["hi"], "n": len(rows["a"]) + len(rows["c"]), "pool": r, "n_images": n,
+            "gain_at_n": {k: found["second"][k] for k in ("diff", "lo", "hi")}}
+
+
+def tokens_per_image(budget: pd.DataFrame) -> dict[int, float]:
+    """Vision tokens per image at each pooling factor, from a token-budget table (one model's)."""
+    per_image = budget.assign(per_image=budget["vision_tokens"] / budget["n_images"])
+    return per_image.groupby("pool")["per_image"].min().to_dict()
+
+
+def claim_pool_factor(per_image: Mapping[int, float], minimum: int = MIN_TOKENS_PER_IMAGE) -> int:
+    """The largest pooling factor that keeps at least ``minimum`` tokens per image (1 if none does)."""
+    kept = [r for r, tokens in per_image.items() if r > 1 and tokens >= minimum]
+    return max(kept, default=1)
+
+
+def pooling_table(pooled: Mapping[int, Rows], budget: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per task (and the four-task mean), image count and pooling factor r: the score, the pooling gain
+    over r = 1 on the same questions (``gain``, paired) and the length effect, that gain minus the gain at
+    1 image (``length_effect``, NaN where the task has no 1-image questions)."""
+    tokens = {} if budget is None else {(n, r): v for n, r, v in
+                                        budget[["n_images", "pool", "vision_tokens"]].itertuples(index=False)}
+    tasks = sorted({r["task"] for rows in pooled.values() for r in rows})
+    sets = [(task, (task,)) for task in tasks] + [(MEAN_LABEL, HEADLINE_TASKS)]
+    lines = []
+    for label, members in sets:
+        for r, rows in sorted(pooled.items()):
+            for n in sorted({field(row, "n_images") for row in select(rows, tasks=members)}):
+                lines.append(_pooling_line(pooled, label, members, n, r, tokens.get((n, r))))
+    return pd.DataFrame([line for line in lines if line])
+
+
+def _pooling_line(pooled: Mapping[int, Rows], label: str, tasks: Sequence[str], n: int, r: int,
+                  vision_tokens: int | None) -> dict | None:
+    """One line of :func:`pooling_table`."""
+    rows = select(pooled[r], tasks=tasks, n_images=n)
+    if label == MEAN_LABEL and len({row["task"] for row in rows}) < len(tasks):
+        return None
+    effect = length_effect(pooled, n, r, label, tasks)
+    # where a length effect is formed, its own resample of the gain at n images is the one reported, so the
+    # table and claim 2's note (read from the same effect) give one interval
+    gain = effect["gain_at_n"] if effect else (
+        stats.difference(select(pooled.get(1, []), tasks=tasks, n_images=n), rows) if 1 in pooled else None)
+    return {"task": label, "n_images": n, "pool": r, "vision_tokens": vision_tokens, **cell_stats(rows),
+            **_columns(gain, ("gain", "gain_lo", "gain_hi")),
+            **_columns(effect, ("length_effect", "length_lo", "length_hi"))}
+
+
+def _columns(found: Mapping | None, names: tuple[str, str, str]) -> dict:
+    """A difference's value and interval under the given column names (NaN where none was formed)."""
+    return {name: _round(found[key]) if found else math.nan for name, key in zip(names, ("diff", "lo", "hi"))}
+
+
+# --- sentences and claims --------------------------------------------------------------------------------
+
+
+def paper_word(sign: int) -> str:
+    """The paper's direction of a claim as the rule's word."""
+    return "rises" if sign > 0 else "falls"
+
+
+def finding(found: Mapping | None, expected: int | None = None) -> str | None:
+    """One sentence from the one rule for words, with the paper's direction and the verdict if known."""
+    if found is None:
+        return None
+    line = stats.change_sentence(found["subject"], found["a_label"], found["b_label"], found)
+    if expected is None:
+        return line
+    verdict = stats.verdict(found["lo"], found["hi"], expected)
+    return f"{line[:-1]}; the paper: {paper_word(expected)} (verdict: {verdict})."
+
+
+def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool_factor: int) -> dict:
+    """The contrasts notebook 02 reads its findings and claims 1–5 from, for one model."""
+    pooled_top = max((field(r, "n_images") for rows in pooled.values() for r in rows), default=1)
+    k_counts = sorted({field(r, "n_images") for r in select(rows, "k")})
+    found = {
+        "images": sweep_contrast(rows, "images", f"{model}, {MEAN_LABEL}", HEADLINE_TASKS),
+        "oddone": sweep_contrast(rows, "images", f"{model}, odd-one accuracy", (ODD_ONE,)),
+        "counting_split": contrast(select(rows, "images", ("counting_unbalanced",)),
+                                   select(rows, "images", ("counting_balanced",)),
+                                   f"{model}, counting accuracy over the images sweep", "Unbalanced", "Balanced"),
+        "pooling": length_effect(pooled, pooled_top, pool_factor,
+                                 f"{model}, pooling gain (r={pool_factor} vs r=1), {MEAN_LABEL}"),
+        "spread": sweep_contrast(rows, "spread", f"{model}, counting accuracy"),
+        "distractors": sweep_contrast(rows, "distractors", f"{model}, counting accuracy"),
+    }
+    for count in k_counts:
+        name = "k" if count == k_counts[0] else f"k_at_{count}"
+        found[name] = sweep_contrast(rows, "k", f"{model}, mean of counting and listing at "
+                                                f"{value_label('n_images', count)}", n_images=count)
+    return {name: value for name, value in found.items() if value is not None}
+
+
+#: Each contrast of :func:`diagnosis_contrasts` and the direction the paper gives it (claim id or None).
+DIAGNOSIS_DIRECTIONS = {"images": ("1", -1), "oddone": (None, -1), "counting_split": (None, None),
+                        "pooling": ("2", +1), "spread": ("3", -1), "distractors": ("4", -1), "k": ("5", -1)}
+
+
+def direction(name: str) -> tuple[str | None, int | None]:
+    """The claim and sign of one contrast (the k sweep at more images follows claim 5's direction; None:
+    the paper states no direction, e.g. Balanced vs Unbalanced)."""
+    return DIAGNOSIS_DIRECTIONS.get(name, (None, -1))
+
+
+def diagnosis_findings(contrasts_by_model: Mapping[str, Mapping],
+                       names: Iterable[str] | None = None) -> list[str]:
+    """One sentence per model and contrast (all, or those whose name is in ``names`` or starts with one
+    of them followed by ``_at_``), each with the paper's direction and the verdict."""
+    wanted = None if names is None else tuple(names)
+
+    def chosen(name: str) -> bool:
+        return wanted is None or name in wanted or any(name.startswith(f"{w}_at_") for w in wanted)
+
+    return [finding(found, direction(name)[1]) for contrasts in contrasts_by_model.values()
+            for name, found in contrasts.items() if chosen(name)]
+
+
+def _measures(found: Mapping) -> dict[str, str]:
+    """What each of claims 1–5 measured, in words."""
+    held = [" or ".join(map(str, side)) for side in found.get("images") or ([], [])]
+    return {
+        "1": f"{MEAN_LABEL} ({', '.join(HEADLINE_TASKS)}) at {found.get('b_label')} − at {found.get('a_label')} "
+             "(different questions, unpaired)",
+        "2": f"length effect: pooling gain (score at r={found.get('pool')} − at r=1, same questions) at "
+             f"{found.get('b_label')} minus at 1 image, {MEAN_LABEL}; r={found.get('pool')} is the largest factor "
+             f"keeping >= {MIN_TOKENS_PER_IMAGE} vision tokens per image",
+        "3": f"counting accuracy at {found.get('b_label')} − at {found.get('a_label')} "
+             + (f"(same image count, {held[0]})" if held[0] == held[1] else f"(image counts {held[0]} vs {held[1]})"),
+        "4": f"counting accuracy with {found.get('b_label')} − with {found.get('a_label')} (target in one image)",
+        "5": f"mean of counting and listing at {found.get('b_label')} − at {found.get('a_label')}, "
+             f"{value_label('n_images', (found.get('fixed') or {}).get('n_images'))}",
+    }
+
+
+def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, dict]:
+    """Claims 1–5 (:func:`mimic_utils.analysis.claims.claim_entry`) from one model's contrasts; a claim whose
+    contrast could not be formed is left out (the claims table marks it missing)."""
+    entries = {}
+    for name, found in contrasts.items():
+        claim = direction(name)[0]
+        if claim is None:
+            continue
+        note = f"model {model}"
+        if max(found["a"], found["b"]) == 0:
+            note += (f"; the score is 0 at both ends ({found['a_label']}, {found['b_label']}): the model is at the "
+                     "floor here, so this design cannot show the effect for it")
+        if claim == "2" and "gain_at_n" in found:
+            gain = found["gain_at_n"]
+            note += (f"; the pooling gain at {found['b_label']} alone: "
+                     f"{stats.interval_text(gain['diff'], gain['lo'], gain['hi'])} "
+                     f"({stats.change_word(gain['lo'], gain['hi'])}), at 1 image: {found['a']:+.2f} — "
+                     "a length effect that comes from losing less at many images than at one is not a gain")
+        if claim == "5":
+            note += "".join(f"; {other['b_label']} − {other['a_label']} at {other['fixed']['n_images']} images: "
+                            f"{stats.interval_text(other['diff'], other['lo'], other['hi'])}"
+                            for key, other in contrasts.items() if key.startswith("k_at_"))
+        entries[claim] = claim_entry(claim, found["diff"], found["lo"], found["hi"], _measures(found)[claim],
+                                     n=found["n"], note=note)
+    return entries
+
+
+# --- two models on the same questions ---------------------------------------------------------------------
+
+
+def paired_table(rows_a: Rows, rows_b: Rows, by: Sequence[str], label: str | None = None) -> pd.DataFrame:
+    """``b − a`` per group of ``by`` on the same questions (paired): a, b, diff, lo, hi, McNemar's p and
+    the word of the rule; ``label`` names the group's task set when the rows span several tasks."""
+    other = group(rows_b, by)
+    lines = []
+    for key, members in group(rows_a, by).items():
+        found = stats.difference(members, other.get(key, []), paired=True)
+        lines.append({**({"task": label} if label else {}), **dict(zip(by, key)), "n": len(members),
+                      **{k: _round(found[k]) for k in ("a", "b", "diff", "lo", "hi")},
+                      "p_mcnemar": _round(found.get("p_mcnemar", math.nan)),
+                      "change": stats.change_word(found["lo"], found["hi"])})
+    return pd.DataFrame(lines)
+
+
+def comparison_tables(rows_by_model: Mapping[str, Rows], base: str, other: str) -> dict[str, pd.DataFrame]:
+    """``other − base`` on the images sweep's questions, paired: per task (``diff_per_task``) and per task
+    and image count with the four-task mean per image count (``diff_by_images``)."""
+    a, b = (select(rows_by_model[m], "images") for m in (base, other))
+    by_images = [paired_table(a, b, ("task", "n_images")),
+                 paired_table(select(a, tasks=HEADLINE_TASKS), select(b, tasks=HEADLINE_TASKS), ("n_images",),
+                              label=MEAN_LABEL)]
+    return {"diff_per_task": paired_table(a, b, ("task",)),
+            "diff_by_images": pd.concat(by_images, ignore_index=True)}
+
+
+def comparison_contrasts(rows_by_model: Mapping[str, Rows], base: str, other: str) -> dict[str, dict]:
+    """The paired contrasts of two models: every task of the images sweep (``mimic``), each task, the
+    four-task mean at 1 image (the forgetting check) and at the most images, and counting at the widest
+    spread."""
+    def pair(subject: str, experiment: str, tasks: Sequence[str] | None = None, **knobs) -> dict | None:
+        a, b = (select(rows_by_model[m], experiment, tasks, **knobs) for m in (base, other))
+        return contrast(a, b, subject, base, other)
+
+    images = select(rows_by_model[base], "images")
+    counts = sorted({field(r, "n_images") for r in select(images, tasks=HEADLINE_TASKS)})
+    spreads = sorted({field(r, "spread") for r in select(rows_by_model[base], "spread")})
+    found = {"mimic": pair("MIMIC mean over every task (images sweep)", "images")}
+    found |= {task: pair(task, "images", (task,)) for task in sorted({r["task"] for r in images})}
+    if counts:
+        found["single_image"] = pair(f"{MEAN_LABEL} at 1 image (forgetting check)", "images", HEADLINE_TASKS,
+                                     n_images=counts[0])
+        found["most_images"] = pair(f"{MEAN_LABEL} at {value_label('n_images', counts[-1])}", "images",
+                                    HEADLINE_TASKS, n_images=counts[-1])
+    if spreads:
+        found["spread"] = pair(f"counting at spread {spreads[-1]}", "spread", spread=spreads[-1])
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def comparison_findings(rows_by_model: Mapping[str, Rows], base: str, other: str) -> list[str]:
+    """One sentence per paired contrast of two models on the same questions (the one rule for words)."""
+    return [finding(found) for found in comparison_contrasts(rows_by_model, base, other).values()]
+
+
+def comparison_claim(claim: str, rows_by_model: Mapping[str, Rows], base: str, other: str) -> dict | None:
+    """A finetuning claim (7, 8): ``other − base`` over every task of the images sweep, mean over tasks,
+    paired on the same questions."""
+    found = comparison_contrasts(rows_by_model, base, other).get("mimic")
+    if found is None:
+        return None
+    return claim_entry(claim, found["diff"], found["lo"], found["hi"],
+                       f"MIMIC mean over the {len({r['task'] for r in select(rows_by_model[base], 'images')})} "
+                       f"tasks of the images sweep, {other} − {base} "
+                       f"({'same questions, paired' if found.get('paired') else 'different question sets, unpaired'})",
+                       n=found["n"])
+
+
+# --- metrics.json ----------------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """A table (as records), contrast or claim ready for metrics.json: NaN written as null, so the file
+    stays strict JSON."""
+    if isinstance(value, pd.DataFrame):
+        return jsonable(value.to_dict(orient="records"))
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,112 @@
+"""What the image-block mask saves: analytic FLOPs of the prefill and its measured forward time.
+
+Notebook 05 answers claim 9 (the paper's "about 81% fewer FLOPs", counted in an unstated way) with both
+numbers: :func:`compute_table` counts the query-key pairs one causal layer computes with and without the
+mask and turns them into attention and whole-prefill FLOPs at a given model shape (:data:`LLAVA_OV_7B`),
+and :func:`time_forward` times the model at hand dense vs masked (see docs/design.md, *Masking*).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from mimic_utils.evaluation.harness import mimic_sample
+from mimic_utils.models.masking import image_blocks, num_text_layers, parse_layers, text_attention
+
+#: LLaVA-OneVision-7B's language model (Qwen2-7B) and multi-image size: 8 images of 730 tokens.
+LLAVA_OV_7B = {"layers": 28, "hidden": 3584, "heads": 28, "kv_heads": 4, "head_dim": 128, "intermediate": 18944,
+               "tokens_per_image": 730, "masked_layers": 14}
+
+
+def attention_pairs(block_sizes: Sequence[int], text_before: int, text_after: int, masked: bool) -> int:
+    """Query-key pairs one causal attention layer computes: ``N(N+1)/2`` dense; in a masked layer each
+    image's queries see only their own earlier tokens (``n(n+1)/2`` per image) while text queries stay
+    causal over everything before them."""
+    images = sum(block_sizes)
+    total = text_before + images + text_after
+    if not masked or len(block_sizes) < 2:
+        return total * (total + 1) // 2
+    before = text_before * (text_before + 1) // 2
+    within = sum(n * (n + 1) // 2 for n in block_sizes)
+    after = sum(text_before + images + i + 1 for i in range(text_after))
+    return before + within + after
+
+
+def layer_flops(tokens: int, pairs: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                intermediate: int) -> dict[str, int]:
+    """Multiply-adds ×2 of one decoder layer: attention (scores and weighted values over ``pairs``) and
+    the rest (Q, K, V, O projections and the gated MLP over ``tokens``)."""
+    attention = 2 * 2 * pairs * heads * head_dim
+    projections = 2 * tokens * hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim)
+    mlp = 2 * tokens * 3 * hidden * intermediate
+    return {"attention": attention, "other": projections + mlp}
+
+
+def compute_table(n_images: Sequence[int], tokens_per_image: int, layers: int, masked_layers: int, hidden: int,
+                  heads: int, kv_heads: int, head_dim: int, intermediate: int, text_before: int = 20,
+                  text_after: int = 30) -> pd.DataFrame:
+    """Analytic attention and total FLOPs of the prefill, dense vs masked in ``masked_layers`` layers."""
+    rows = []
+    for n in n_images:
+        blocks = [tokens_per_image] * n
+        tokens = text_before + n * tokens_per_image + text_after
+        shape = dict(hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate)
+        dense = layer_flops(tokens, attention_pairs(blocks, text_before, text_after, False), **shape)
+        masked = layer_flops(tokens, attention_pairs(blocks, text_before, text_after, True), **shape)
+        attention_dense = layers * dense["attention"]
+        attention_masked = (layers - masked_layers) * dense["attention"] + masked_layers * masked["attention"]
+        other = layers * dense["other"]
+        rows.append({
+            "n_images": n, "tokens": tokens,
+            "masked_layer_attention_saving": 1 - masked["attention"] / dense["attention"],
+            "attention_tflops_dense": attention_dense / 1e12, "attention_tflops_masked": attention_masked / 1e12,
+            "attention_saving": 1 - attention_masked / attention_dense,
+            "total_tflops_dense": (attention_dense + other) / 1e12,
+            "total_tflops_masked": (attention_masked + other) / 1e12,
+            "total_saving": 1 - (attention_masked + other) / (attention_dense + other),
+        })
+    return pd.DataFrame(rows)
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a timer measures kernels rather than their launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers="second_half", repeats: int = 5,
+                 batch: int = 8) -> pd.DataFrame:
+    """Measured prefill time of the adapter's model, dense vs masked in ``layers``, per image count: the
+    median of ``repeats`` forwards of a batch of ``batch`` copies of one benchmark sample with that many
+    images (counts the benchmark lacks are skipped). Times from one run: compare the ratio, not seconds."""
+    chosen = parse_layers(layers, num_text_layers(adapter.model))
+    rows = []
+    for n in n_images:
+        record = next((r for r in records if len(r["images"]) == n), None)
+        if record is None:
+            continue
+        prepared = adapter.prepare([mimic_sample(record)] * batch)
+
+        block_ids = adapter.image_block_ids(prepared)
+
+        def median_seconds() -> float:
+            times = []
+            for _ in range(repeats):
+                synchronize()
+                start = time.perf_counter()
+                adapter.model(**prepared.inputs, use_cache=False)
+                synchronize()
+                times.append(time.perf_counter() - start)
+            return sorted(times)[len(times) // 2]
+
+        dense = median_seconds()
+        with text_attention(adapter.model), image_blocks(block_ids, chosen):
+            masked = median_seconds()
+        rows.append({"n_images": n, "tokens": int(prepared.inputs["input_ids"].shape[1]), "batch": batch,
+                     "dense_seconds": dense, "masked_seconds": masked, "masked_over_dense": masked / dense})
+    return pd.DataFrame(rows)

@@ -1,0 +1,159 @@
+"""The study's one-page findings, ``outputs/<profile>/REPORT.md``, written by notebook 06.
+
+Every sentence is computed from the notebooks' ``metrics.json`` files, so the report cannot drift from the
+results. Its centre is the claims table (:mod:`mimic_utils.analysis.claims`): one row per claim of the paper, in the
+paper's direction, with the measured effect, its 95% interval and a verdict from the one rule of
+:mod:`mimic_utils.analysis.stats`. A claim no notebook measured stays in the table as "missing", and a notebook that
+has not run (or is a placeholder) is reported as such, never skipped silently.
+
+For the README: ``claims_section(profile)`` returns the claims table's Markdown for a profile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mimic_utils.artifacts import profile_dir, read_json, write_text
+from mimic_utils.analysis.claims import claims_markdown, claims_table
+
+NOTEBOOKS = ("01_data_build", "02_zero_shot_diagnosis", "03_attention_analysis", "04_data_centric_finetune",
+             "05_masked_qlora_finetune", "06_cross_benchmark_eval")
+VERDICTS = ("reproduced", "opposite", "inconclusive", "missing")
+
+#: How to read every number of the report (and of notebook 06): the rule behind each word.
+HOW_TO_READ = [
+    "**Verdicts.** A claim is *reproduced* only when the 95% interval of its effect excludes 0 in the "
+    "paper's direction, *opposite* when it excludes 0 the other way, *inconclusive* when it contains 0, and "
+    "*missing* when no notebook measured it. Trend words (rises / falls / no detectable change) follow the "
+    "same rule.",
+    "**Intervals.** 95%: Wilson for an accuracy (a 0/1 score per question); a seeded percentile bootstrap "
+    "over questions (resampled within each task) for Listing F1, means over tasks and differences. Two "
+    "models on the same questions are compared paired (the same resampled questions for both, plus "
+    "McNemar's exact p).",
+    "**Baselines.** *blind*: the best constant answer (the most frequent ground truth, officially scored); "
+    "*chance*: 1 / options for a multiple-choice question. *above / below baseline* again means the score's "
+    "interval excludes the baseline.",
+    "**Parse rate.** The share of multiple-choice replies from which a valid option letter was read. Below "
+    "0.5 the reading is \"does not answer in the letter format\", not a transfer result.",
+]
+
+
+def load_all(profile: str, root: Path | None = None) -> dict[str, dict | None]:
+    """Each notebook's metrics, or None where it has not written any."""
+    found = {}
+    for notebook in NOTEBOOKS:
+        path = profile_dir(profile, root) / notebook / "metrics.json"
+        found[notebook] = read_json(path) if path.is_file() else None
+    return found
+
+
+def _status(metrics: dict | None) -> str:
+    if metrics is None:
+        return "not run"
+    return metrics.get("status", "ok")
+
+
+def claims_rows(profile: str, root: Path | None = None) -> list[dict]:
+    """The claims table's rows for a profile, from whatever metrics its notebooks have written."""
+    return claims_table(load_all(profile, root))
+
+
+def claims_section(profile: str, root: Path | None = None) -> str:
+    """The claims table of a profile as Markdown, ready to paste into the README."""
+    return claims_markdown(claims_rows(profile, root))
+
+
+def verdict_counts(rows: Sequence[Mapping]) -> str:
+    """"2 reproduced, 1 opposite, 3 inconclusive, 3 missing" (every verdict named, zeros included)."""
+    counts = Counter(row["verdict"] for row in rows)
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
+def _effect_text(row: Mapping) -> str:
+    if row.get("effect") is None:
+        return "no value"
+    return f"{row['effect']:+.3f} [95% CI {row['lo']:+.3f}, {row['hi']:+.3f}]"
+
+
+def claim_sentence(row: Mapping) -> str:
+    """One claim's row in words: its verdict, the effect with interval, and what was measured."""
+    head = f"Claim {row['claim']}, \"{row['statement']}\": **{row['verdict']}**"
+    if row["verdict"] == "missing":
+        return f"{head}, {row['measure']}."
+    note = f" ({row['note']})" if row.get("note") else ""
+    return f"{head}; {row['measure']}: {_effect_text(row)}{note}."
+
+
+def claims_sentences(rows: Sequence[Mapping]) -> list[str]:
+    """The interpretation of the claims table: the verdict count, then one sentence per claim."""
+    return [f"Of the paper's {len(rows)} claims this run finds {verdict_counts(rows)}.",
+            *(claim_sentence(row) for row in rows)]
+
+
+def _cell(value: object) -> object:
+    """Numbers to 3 decimals, missing values as "—" (a bare ``nan`` in a report reads like a result)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def table_markdown(frame: pd.DataFrame) -> str:
+    """A results table as Markdown, rounded, with "—" for what was not measured."""
+    if frame.empty:
+        return "(no rows)"
+    return frame.map(_cell).to_markdown(index=False)
+
+
+def _status_lines(metrics: Mapping[str, dict | None]) -> list[str]:
+    lines = ["| notebook | status |", "|---|---|"] + [f"| {n} | {_status(m)} |" for n, m in metrics.items()]
+    data = metrics.get("01_data_build")
+    if data and "benchmark" in data and "train" in data:
+        lines += ["", f"Benchmark: {data['benchmark']['total']} questions; training data: "
+                      f"{data['train']['total']} conversations (disjoint image source)."]
+    return lines
+
+
+def _findings_lines(metrics: Mapping[str, dict | None]) -> list[str]:
+    """Each notebook's own generated findings, under its name."""
+    lines = []
+    for notebook, found in metrics.items():
+        if found and found.get("findings"):
+            lines += [f"### {notebook}", ""] + [f"- {line}" for line in found["findings"]] + [""]
+    return lines
+
+
+def report_text(profile: str, metrics: Mapping[str, dict | None], tables: Mapping[str, pd.DataFrame]) -> str:
+    """The whole of ``REPORT.md``: how to read, the claims table and its reading, what ran, the tables
+    (titled, each with n and interval columns) and every notebook's findings."""
+    rows = claims_table(metrics)
+    lines = [f"# MIMIC study — findings (profile `{profile}`)", "",
+             "Every number below is computed from the notebooks' `metrics.json`; figures are in each notebook's "
+             "output folder and the executed notebooks in `executed/`.", "", "## How to read", ""]
+    lines += [f"- {rule}" for rule in HOW_TO_READ]
+    lines += ["", "## The paper's claims", "", claims_markdown(rows)]
+    lines += [f"- {sentence}" for sentence in claims_sentences(rows)]
+    lines += ["", "## What ran", ""] + _status_lines(metrics)
+    for title, frame in tables.items():
+        lines += ["", f"## {title}", "", table_markdown(frame)]
+    findings = _findings_lines(metrics)
+    if findings:
+        lines += ["", "## Findings of each notebook", ""] + findings
+    lines += ["", "A tiny model organism is a controlled miniature, not a reproduction of the paper's numbers: where "
+              "a finding differs from the paper, read it as a property of this setting, to be checked at scale "
+              "with the `paper` profile.", ""]
+    return "\n".join(lines)
+
+
+def write_report(profile: str, tables: Mapping[str, pd.DataFrame], root: Path | None = None) -> Path:
+    """Compose ``REPORT.md`` from every notebook's metrics and notebook 06's titled tables."""
+    text = report_text(profile, load_all(profile, root), tables)
+    return write_text(profile_dir(profile, root) / "REPORT.md", text)
+
+
+__all__ = ["HOW_TO_READ", "NOTEBOOKS", "claim_sentence", "claims_rows", "claims_section", "claims_sentences",
+           "load_all", "report_text", "table_markdown", "verdict_counts", "write_report"]

@@ -1,0 +1,985 @@
+"""Performance benchmarks: ``python -m mimic_utils.bench NAME [args]`` writes ``outputs/bench/NAME.json``.
+
+Benchmarks are not timed tests (a shared two-core machine makes timings too noisy for pass/fail); they
+are commands whose latest result is kept as a plain file, with the machine it ran on, so that a
+regression is visible in review. To add one, write ``def bench_x(args) -> dict`` returning its figures
+(optionally with a ``"ratio"`` entry: measured / target, below 1 is within target) and register it in
+:data:`benchmarks` together with a function that adds its command-line arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import importlib.metadata
+import inspect
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+from PIL import Image
+
+from mimic_utils.data import mimic_benchmark
+from mimic_utils.artifacts import profile_dir, repo_root, write_text
+from mimic_utils.data.mimic_benchmark import BenchmarkPlan, build, plan_specs
+from mimic_utils.data.scene_formats import write_coco_split
+from mimic_utils.data.scenes import SceneParams, draw_contents, scene_rng, sprite
+from mimic_utils.data.annotations import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+
+# torch and the modules built on it are imported inside the benchmarks that use them, so that
+# `perf scenes` and `perf questions` run without loading torch.
+
+
+def machine_info() -> dict:
+    """Where a figure was measured: platform, CPU count, and library versions that move timings."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    for module in ("torch", "numpy", "PIL"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    return info
+
+
+def _bench_dir(out_dir: Path | None = None) -> Path:
+    """Where result files go: ``out_dir``, by default ``outputs/bench/``."""
+    return repo_root() / "outputs" / "bench" if out_dir is None else Path(out_dir)
+
+
+def write_result(
+    name: str, command: str, figures: dict, ratio: float | None = None, out_dir: Path | None = None
+) -> Path:
+    """Write ``<out_dir>/<name>.json`` (default ``outputs/bench/``) atomically: the command, the machine, the
+    figures and the ratio."""
+    result = {"name": name, "command": command, "machine": machine_info(), "figures": figures, "ratio": ratio}
+    path = _bench_dir(out_dir) / f"{name}.json"
+    write_text(path, json.dumps(result, indent=2) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmarks
+# --------------------------------------------------------------------------------------------------
+
+
+def bench_scenes(args: argparse.Namespace) -> dict:
+    """Draw ``--n`` scenes at ``--size`` px and write them with their COCO JSON into a temporary directory."""
+    params = SceneParams().scaled(args.size)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_coco_split(Path(tmp), args.n, seed=args.seed, params=params, progress=False)
+    seconds = time.perf_counter() - start
+    return {
+        "n_images": args.n,
+        "image_size": args.size,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(args.n / seconds, 1),
+        "target_seconds": args.target,
+        "sprite_cache": sprite.cache_info().currsize,
+        "ratio": round(seconds / args.target, 3),
+    }
+
+
+def _seed_and_target_seconds(parser: argparse.ArgumentParser, target: float) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=target, help="target seconds (for the ratio)")
+
+
+def _scenes_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=2000, help="images to draw")
+    parser.add_argument("--size", type=int, default=224, help="image size in px (objects scale with it)")
+    _seed_and_target_seconds(parser, 20.0)
+
+
+def bench_questions(args: argparse.Namespace) -> dict:
+    """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
+    params = SceneParams(same_category_prob=0.5)
+    table = {c.name: c.supercategory for c in params.category_table()}
+    images = {}
+    for i in range(args.images):
+        contents = draw_contents(scene_rng(args.seed, 0, i), params)
+        objects = tuple(ObjectAnnotation(name, table[name], (0.0, 0.0, 20.0, 20.0))
+                        for name, n in sorted(contents.items()) for _ in range(n))
+        images[str(i)] = ImageAnnotation(str(i), Path(f"/bench/{i}.png"), 112, 112, objects)
+    index = AnnotationIndex(images, list(params.categories), table, "bench", "bench")
+    plan = BenchmarkPlan()
+    per_value = max(1, round(args.questions / len(plan_specs(plan))))
+    plan = BenchmarkPlan(per_value=per_value, seed=args.seed)
+    start = time.perf_counter()
+    records = build(index, plan, progress=False)
+    seconds = time.perf_counter() - start
+    return {
+        "questions": len(records), "source_images": args.images, "seconds": round(seconds, 3),
+        "questions_per_second": round(len(records) / seconds, 1), "target_seconds": args.target,
+        "ratio": round(seconds / args.target, 3),
+    }
+
+
+def _questions_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--questions", type=int, default=10000, help="about this many questions")
+    parser.add_argument("--images", type=int, default=10000, help="images in the source index")
+    _seed_and_target_seconds(parser, 30.0)
+
+
+def _timed(run: Callable[[], object], repeats: int) -> dict:
+    """Wall-clock seconds of ``run()`` after one warm-up call: min (the figure ratios use, least disturbed
+    by the other jobs on the shared cores) and median. Queued GPU work is waited for on both sides."""
+    from mimic_utils.analysis.mask_flops import synchronize
+
+    run()
+    seconds = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        run()
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    return {"min": round(seconds[0], 5), "median": round(seconds[len(seconds) // 2], 5)}
+
+
+def _layer_inputs(images: int, tokens: int, text: int, heads: int, kv_heads: int, dim: int, seed: int,
+                  device: str = "cpu", dtype=None):
+    """Query/key/value of one decoder layer for one sample laid out as LLaVA-OV lays out a multi-image
+    prompt (a few text tokens, the images back to back, the question), with its block ids. Drawn on the
+    CPU (the same numbers whatever the device), then moved to ``device`` and ``dtype``."""
+    import torch
+
+    prefix = min(5, text)
+    block_ids = torch.full((1, images * tokens + text), -1, dtype=torch.long)
+    block_ids[0, prefix : prefix + images * tokens] = torch.arange(images).repeat_interleave(tokens)
+    length = block_ids.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(1, heads, length, dim, generator=generator)
+    key, value = (torch.randn(1, kv_heads, length, dim, generator=generator) for _ in range(2))
+    moved = (tensor.to(device=device, dtype=dtype) for tensor in (query, key, value))
+    return (*moved, block_ids.to(device))
+
+
+def _attention_call(query, key, value, block_ids, mode: str | None) -> Callable[[], object]:
+    """One layer's attention as a decoder layer calls it, output ``[B, S, H, D]``: outside a context
+    (``mode`` None) the registered function is transformers' SDPA; inside, the masked layer in ``mode``."""
+    from mimic_utils.models import masking
+
+    groups = query.shape[1] // key.shape[1]
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=groups, is_causal=True, training=False)
+    scaling = query.shape[-1] ** -0.5
+
+    def run():
+        if mode is None:
+            return masking.attention_forward(module, query, key, value, None, scaling=scaling)[0]
+        with masking.image_blocks(block_ids, [0], mode=mode):
+            return masking.attention_forward(module, query, key, value, None, scaling=scaling)[0]
+
+    return run
+
+
+def _flops_ratio(images: int, tokens: int, length: int) -> float:
+    """Query-key pairs of the masked layer over the dense one (text rows see the whole sequence)."""
+    text_rows = length - images * tokens
+    return round((images * tokens**2 + text_rows * length) / length**2, 4)
+
+
+def _time_attention_op(args: argparse.Namespace) -> dict:
+    """One layer's attention: plain causal SDPA against the image-block masked layer (both modes)."""
+    import torch
+
+    inputs = _layer_inputs(args.images, args.tokens, args.text, args.heads, args.kv_heads, args.head_dim, args.seed)
+    runs = {name: _attention_call(*inputs, mode) for name, mode in
+            (("dense_causal", None), ("masked_blockwise", "blockwise"), ("masked_dense", "dense"))}
+    with torch.no_grad():
+        timings = {name: _timed(run, args.repeats) for name, run in runs.items()}
+        difference = (runs["masked_blockwise"]() - runs["masked_dense"]()).abs().max().item()
+    length = inputs[3].shape[1]
+    return {
+        "sequence": length,
+        "timings": timings,
+        "flops_ratio": _flops_ratio(args.images, args.tokens, length),
+        "blockwise_vs_dense_max_abs_difference": difference,
+    }
+
+
+def _time_tiny_forward(args: argparse.Namespace) -> dict:
+    """A whole forward of the Qwen2-VL organism on one sample of ``--images`` images, every layer masked
+    (blockwise and dense reference) against the unmasked model."""
+    import torch
+
+    from mimic_utils.models import masking, tiny, vlm
+
+    model, processor = tiny.build_organism()
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
+    generator = torch.Generator().manual_seed(args.seed)
+    images = [_noise_image(112, generator) for _ in range(args.images)]
+    batch = adapter.prepare([vlm.Sample(images, "How many dogs are there?", "counting")])
+    every_layer = list(range(masking.num_text_layers(model)))
+    with torch.no_grad(), masking.text_attention(model):
+        timings = {name: _timed(_model_forward(adapter, batch, every_layer, mode), args.repeats) for name, mode in
+                   (("plain", None), ("masked_blockwise", "blockwise"), ("masked_dense", "dense"))}
+    return {"model": "organism (tiny Qwen2-VL)", "sequence": batch.input_length, "timings": timings}
+
+
+def _model_forward(adapter, batch, layers: list[int], mode: str | None, **kwargs) -> Callable[[], object]:
+    """A forward of the adapter's model on ``batch``: unmasked (``mode`` None) or masked in ``layers``
+    with ``mode`` (the model must use the masking attention, see ``masking.text_attention``)."""
+    from mimic_utils.models import masking
+
+    def run():
+        if mode is None:
+            return adapter.model(**batch.inputs, **kwargs)
+        with masking.mask_images(adapter, batch, layers, mode=mode):
+            return adapter.model(**batch.inputs, **kwargs)
+
+    return run
+
+
+def _noise_image(side: int, generator):
+    import torch
+
+    pixels = (torch.rand(side, side, 3, generator=generator) * 255).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def bench_masking(args: argparse.Namespace) -> dict:
+    """Image-block masking: one layer's attention at LLaVA-OV multi-image size, and a whole tiny forward."""
+    import torch
+
+    if args.quick:
+        args.tokens, args.repeats = min(args.tokens, 150), min(args.repeats, 3)
+    op = _time_attention_op(args)
+    forward = _time_tiny_forward(args)
+    time_ratio = op["timings"]["masked_blockwise"]["min"] / op["timings"]["dense_causal"]["min"]
+    return {
+        "quick": args.quick,
+        "threads": torch.get_num_threads(),
+        "layout": {"images": args.images, "tokens_per_image": args.tokens, "text_tokens": args.text,
+                   "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
+        "attention_op": op,
+        "time_ratio_blockwise_vs_dense": round(time_ratio, 4),
+        "target_time_ratio": args.target,
+        "tiny_forward": forward,
+        "ratio": round(time_ratio / args.target, 3),
+    }
+
+
+def _masking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=8, help="images in the sample (LLaVA-OV multi-image: 8)")
+    parser.add_argument("--tokens", type=int, default=730, help="tokens per image (LLaVA-OV 0.5B: 729 + newline)")
+    parser.add_argument("--text", type=int, default=50, help="text tokens around the images")
+    parser.add_argument("--heads", type=int, default=14, help="query heads (Qwen2-0.5B: 14)")
+    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads (Qwen2-0.5B: 2)")
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.25, help="target time ratio masked / dense")
+    parser.add_argument("--quick", action="store_true", help="images of at most 150 tokens, 3 repeats")
+
+
+def _peak_torch_bytes(run: Callable[[], object]) -> int:
+    """Peak bytes of torch CPU tensors allocated while ``run()`` executes, above what was live before.
+
+    Read from ``torch.profiler`` with ``profile_memory=True``: every allocator event (+bytes on
+    allocation, −bytes on free) in time order, summed; the peak of that running sum. This counts every
+    tensor the call creates, including short-lived temporaries inside an op (which ``tracemalloc`` cannot
+    see and RSS blurs with allocator caching), and nothing allocated before the call (weights, inputs).
+    The events come from the profiler's kineto results (``prof.profiler.kineto_results``), whose
+    ``[memory]`` entries carry ``nbytes``; the public ``events()`` list only keeps the frees as such.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    run()  # warm-up: one-off lazy allocations are not the call's cost
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _peak_cuda_bytes(run: Callable[[], object]) -> int:
+    """Peak bytes of CUDA tensors allocated while ``run()`` executes, above what was live before (the
+    CUDA twin of :func:`_peak_torch_bytes`, read from ``torch.cuda.max_memory_allocated``)."""
+    import torch
+
+    run()  # warm-up, as on the CPU
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def _memory_peaks(adapter, batch, names: tuple[str, ...] = ("plain_forward", "streaming", "output_attentions"),
+                  peak: Callable[[Callable[[], object]], int] = _peak_torch_bytes) -> dict:
+    """Peak bytes (``peak``: CPU profiler by default) of a plain forward, the streaming statistics and
+    ``output_attentions`` (eager) on the same batch, one after the other; ``names`` picks which."""
+    from mimic_utils.analysis import attention
+    from mimic_utils.models import masking
+
+    model = adapter.model
+    block_ids = adapter.image_block_ids(batch)
+
+    def plain():
+        with masking.text_attention(model, "sdpa"):
+            return model(**batch.inputs, use_cache=False, logits_to_keep=1)
+
+    def streaming():
+        with masking.text_attention(model):
+            return attention.collect_batch(adapter, batch)
+
+    def output_attentions():
+        with masking.text_attention(model, "eager"):
+            maps = model(**batch.inputs, use_cache=False, logits_to_keep=1, output_attentions=True).attentions
+            return attention.shares_from_attentions(maps, block_ids, batch.inputs["attention_mask"])
+
+    runs = {"plain_forward": plain, "streaming": streaming, "output_attentions": output_attentions}
+    return {name: peak(runs[name]) for name in names}
+
+
+def bench_attention_memory(args: argparse.Namespace) -> dict:
+    """Peak memory of the streaming attention statistics on a multi-image organism sample, against
+    ``output_attentions=True`` (eager) and a plain forward, measured side by side in one run; then the
+    same on a deeper variant of the organism, to show what grows with depth."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from mimic_utils.models import tiny, vlm
+
+    if args.quick:
+        args.images, args.batch = min(args.images, 6), 1
+    model, processor = tiny.build_organism()
+    generator = torch.Generator().manual_seed(args.seed)
+    samples = [vlm.Sample([_noise_image(112, generator) for _ in range(args.images)], "How many dogs are there?",
+                             "counting") for _ in range(args.batch)]
+    config = model.config.get_text_config()
+    deep_config = tiny.organism_config(processor.tokenizer)
+    deep_config.text_config.num_hidden_layers = args.deep_layers
+    deep_config.text_config.layer_types = ["full_attention"] * args.deep_layers
+    depths = {config.num_hidden_layers: model, args.deep_layers: Qwen2VLForConditionalGeneration(deep_config).eval()}
+    peaks = {}
+    with torch.no_grad():
+        for layers, variant in depths.items():
+            adapter = vlm.adapter_from_model(variant, processor, "qwen2_vl")
+            batch = adapter.prepare(samples)
+            peaks[layers] = _memory_peaks(adapter, batch)
+    organism = peaks[config.num_hidden_layers]
+    length = batch.input_length
+    one_map = args.batch * config.num_attention_heads * length * length * 4
+    ratio_to_plain = organism["streaming"] / organism["plain_forward"]
+    return {
+        "quick": args.quick,
+        "method": "torch.profiler profile_memory: peak of the running sum of allocator events during the call",
+        "model": "organism (tiny Qwen2-VL)",
+        "batch": args.batch,
+        "images_per_sample": args.images,
+        "sequence": length,
+        "layers": config.num_hidden_layers,
+        "peak_bytes": organism,
+        "attention_map_bytes_one_layer": one_map,
+        "streaming_vs_plain": round(ratio_to_plain, 3),
+        "output_attentions_vs_plain": round(organism["output_attentions"] / organism["plain_forward"], 3),
+        "peak_bytes_by_depth": {str(layers): figures for layers, figures in peaks.items()},
+        "target_streaming_vs_plain": args.target,
+        "ratio": round(ratio_to_plain / args.target, 3),
+    }
+
+
+def _attention_memory_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=6, help="images per sample (112 px, 16 tokens each)")
+    parser.add_argument("--batch", type=int, default=4, help="samples in the batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deep-layers", type=int, default=16, help="text layers of the deeper organism variant")
+    parser.add_argument("--target", type=float, default=1.5, help="target peak ratio streaming / plain forward")
+    parser.add_argument("--quick", action="store_true", help="one sample of at most 6 images")
+
+
+def bench_evaluation(args: argparse.Namespace) -> dict:
+    """Batched evaluation vs a batch-size-1 loop on the same benchmark questions: samples/s and identity."""
+    import torch
+
+    from mimic_utils.evaluation import harness
+
+    torch.set_num_threads(args.threads)
+    root = repo_root()
+    records = mimic_benchmark.load(profile_dir(args.profile, root) / "01_data_build" / "mimic", root=root)
+    sweep = [r for r in records if r["experiment"] == "images" and args.images in (None, len(r["images"]))]
+    if not sweep:
+        raise ValueError(f"bench evaluation: the {args.profile} images sweep has no question with --images {args.images}")
+    # a seeded draw over the whole sweep (every task, 1..10 images), not its first rows (one task, one image)
+    records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
+    adapter = harness.load_under_study({"name": "organism", "source": args.model}, root)
+    timings, outputs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, size in (("batch_1", 1), (f"batch_{args.batch}", args.batch)):
+            start = time.perf_counter()
+            rows = harness.run(adapter, records, Path(tmp) / f"{label}.jsonl", batch_size=size, progress=False)
+            timings[label] = time.perf_counter() - start
+            outputs[label] = [r["output"] for r in rows]
+    single, batched = timings["batch_1"], timings[f"batch_{args.batch}"]
+    return {
+        "samples": len(records), "images_per_sample": round(sum(len(r["images"]) for r in records) / len(records), 2),
+        "model": args.model, "threads": args.threads,
+        "batch_1_seconds": round(single, 2), "batch_1_samples_per_second": round(len(records) / single, 1),
+        f"batch_{args.batch}_seconds": round(batched, 2),
+        f"batch_{args.batch}_samples_per_second": round(len(records) / batched, 1),
+        "speedup": round(single / batched, 2), "target_speedup": 4.0,
+        "identical_predictions": outputs["batch_1"] == outputs[f"batch_{args.batch}"],
+        "ratio": round(4.0 / (single / batched), 3),  # below 1: the 4x target is met
+    }
+
+
+def _study_questions_args(parser: argparse.ArgumentParser, reads: str, n: int) -> None:
+    """The profile whose notebook-01 outputs are read, the model, and ``--n`` questions of the images sweep."""
+    parser.add_argument("--profile", default="cpu", help=f"whose notebook-01 {reads} to read")
+    parser.add_argument("--model", default="outputs/cpu/models/base")
+    parser.add_argument("--n", type=int, default=n, help="questions, drawn at random from the images sweep")
+    parser.add_argument("--seed", type=int, default=0, help="seed of that draw")
+
+
+def _evaluation_args(parser: argparse.ArgumentParser) -> None:
+    _study_questions_args(parser, "benchmark", 256)
+    parser.add_argument("--images", type=int, default=None, help="only questions with this many images")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+# --- vision_cache: the frozen tower computed once ---------------------------------------------------
+
+
+def _lm_variant(adapter, seed: int):
+    """A copy of ``adapter`` whose language model is perturbed (seeded) and whose tower is untouched: what a
+    finetuned model of the study is to the base — the same frozen tower, other answers."""
+    import torch
+
+    variant = copy.deepcopy(adapter)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in variant.model.named_parameters():
+            if "language_model" in name and param.dim() == 2:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02 * param.std())
+    variant.settings = {**adapter.settings, "weights_sha256": f"{adapter.settings.get('weights_sha256')}+lm{seed}"}
+    return variant
+
+
+def _timed_runs(adapters: dict, records: list, tmp: Path, cache: bool, batch: int) -> tuple[dict, dict]:
+    """Seconds and outputs of each model evaluating ``records``, with or without the vision cache."""
+    from mimic_utils.evaluation import harness
+    from mimic_utils.models import vision_cache
+
+    vision_cache.configure(None)  # a cold, memory-only cache per condition
+    seconds, outputs = {}, {}
+    for name, adapter in adapters.items():
+        adapter.use_vision_cache = cache
+        start = time.perf_counter()
+        rows = harness.run(adapter, records, tmp / f"{name}.{cache}.jsonl", batch_size=batch, progress=False,
+                            reuse_dir=None)
+        seconds[name] = time.perf_counter() - start
+        outputs[name] = [r["output"] for r in rows]
+    return seconds, outputs
+
+
+def _training_steps(adapter, conversations: list, steps: int, cache: bool, tmp: Path, fresh: bool = True) -> dict:
+    """``steps`` data-centric finetuning steps (language model trained, tower and projector frozen), with an
+    empty cache (``fresh``) or with the one the previous run filled (a second variant on the same data, as
+    notebook 05 trains nine)."""
+    from mimic_utils.models import vision_cache
+    from mimic_utils.training import finetune
+
+    if fresh:
+        vision_cache.configure(None)
+    model = copy.deepcopy(adapter)
+    model.use_vision_cache = cache
+    config = finetune.FinetuneConfig(steps=steps, lr=1e-3, batch=16, checkpoint_every=10**6, max_images=10)
+    start = time.perf_counter()
+    result = finetune.finetune(model, conversations, config, tmp / f"train.{cache}.{fresh}", progress=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "losses": [round(row["loss"], 6) for row in result["log"] if "loss" in row]}
+
+
+def bench_vision_cache(args: argparse.Namespace) -> dict:
+    """K models sharing the frozen tower evaluate the same questions, and a short finetune runs, each with
+    and without the vision-feature cache: samples/s, ratios, identical answers and losses."""
+    import torch
+
+    from mimic_utils.data import traindata
+    from mimic_utils.evaluation import harness
+
+    torch.set_num_threads(args.threads)
+    root = repo_root()
+    data = profile_dir(args.profile, root) / "01_data_build"
+    records = mimic_benchmark.load(data / "mimic", root=root)
+    sweep = [r for r in records if r["experiment"] == "images"]
+    records = random.Random(args.seed).sample(sweep, min(args.n, len(sweep)))
+    base = harness.load_under_study({"name": "organism", "source": args.model}, root)
+    adapters = {"organism": base, **{f"variant_{k}": _lm_variant(base, k) for k in range(1, args.models)}}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, plain_out = _timed_runs(adapters, records, Path(tmp), False, args.batch)
+        cached, cached_out = _timed_runs(adapters, records, Path(tmp), True, args.batch)
+        conversations = traindata.load(data / "train", root=root)
+        train = {cache: _training_steps(base, conversations, args.steps, cache, Path(tmp)) for cache in (False, True)}
+        train["warm"] = _training_steps(base, conversations, args.steps, True, Path(tmp), fresh=False)
+    n, later = len(records), [m for m in adapters if m != "organism"]
+    later_plain, later_cached = sum(plain[m] for m in later), sum(cached[m] for m in later)
+    total_ratio = sum(plain.values()) / sum(cached.values())
+    return {
+        "samples": n, "models": list(adapters), "threads": args.threads, "batch": args.batch,
+        "images_per_sample": round(sum(len(r["images"]) for r in records) / n, 2),
+        "seconds_without_cache": {m: round(s, 2) for m, s in plain.items()},
+        "seconds_with_cache": {m: round(s, 2) for m, s in cached.items()},
+        "first_model_samples_per_second": {"without": round(n / plain["organism"], 1),
+                                           "with_cold_cache": round(n / cached["organism"], 1)},
+        "later_models_samples_per_second": {"without": round(n * len(later) / later_plain, 1),
+                                            "with_warm_cache": round(n * len(later) / later_cached, 1)},
+        "later_models_speedup": round(later_plain / later_cached, 2),
+        "all_models_speedup": round(total_ratio, 2),
+        "identical_answers": plain_out == cached_out,
+        "training_steps": args.steps,
+        "training_seconds": {"without": round(train[False]["seconds"], 2),
+                             "with_cold_cache": round(train[True]["seconds"], 2),
+                             "with_warm_cache": round(train["warm"]["seconds"], 2)},
+        "training_speedup_cold": round(train[False]["seconds"] / train[True]["seconds"], 2),
+        "training_speedup_warm": round(train[False]["seconds"] / train["warm"]["seconds"], 2),
+        "identical_losses": train[False]["losses"] == train[True]["losses"] == train["warm"]["losses"],
+        "max_loss_difference": max((abs(a - b) for a, b in zip(train[False]["losses"], train[True]["losses"])), default=0.0),
+        "target_later_models_speedup": 1.6,
+        "ratio": round(1.6 / (later_plain / later_cached), 3),  # below 1: the 1.6x target is met
+    }
+
+
+def _vision_cache_args(parser: argparse.ArgumentParser) -> None:
+    _study_questions_args(parser, "benchmark and training data", 192)
+    parser.add_argument("--models", type=int, default=3, help="models sharing the tower (the organism + variants)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=40, help="finetuning steps timed with and without the cache")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+# --- gpu: the paper path at real model size, in one command ----------------------------------------
+
+GPU_MODELS = ("llava_onevision_0.5b", "qwen2_vl_2b")
+"""The real-size models (:mod:`mimic_utils.models.realsize`) generation is timed on."""
+
+TRAIN_MODEL = "llava_onevision_0.5b"
+"""The paper's headline model: training, masked attention and streaming statistics run at its size."""
+
+QUESTIONS = ("How many dogs are there?", "How many cars are there in total across all images?",
+             "Which animals appear in these images?")
+"""Prompts of different lengths, so batches carry left padding as real ones do."""
+
+PARTIAL_GPU_RESULT = "gpu_partial"
+"""Result file rewritten after every part of a GPU check and removed once ``gpu.json`` is written."""
+
+CPU_4BIT_REASON = ("bitsandbytes 4-bit needs CUDA (on the CPU it fails for Linear layers narrower than its "
+                   "block size and breaks training after an eval pass): the masked LoRA step ran unquantised")
+
+
+def _gpu_device(tiny: bool) -> str:
+    """The CPU for the tiny dry run; the current CUDA device otherwise (real size on a CPU would take hours)."""
+    import torch
+
+    if tiny:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise SystemExit("bench gpu needs a CUDA device; `python -m mimic_utils.bench gpu --tiny` is the CPU dry run")
+    return f"cuda:{torch.cuda.current_device()}"
+
+
+def _device_info(device: str) -> dict:
+    """The accelerator and the library versions the GPU figures depend on."""
+    import torch
+
+    info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
+    for package in ("transformers", "peft", "bitsandbytes"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = None
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        info.update(name=props.name, capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def _release() -> None:
+    """Free what a finished part left behind (its model) before the next part builds its own."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _run_part(name: str, run: Callable[[], dict]) -> dict:
+    """``run()``'s figures plus its seconds. An exception becomes the part's ``error`` (with a short
+    traceback), so one failing part does not cost the others' figures."""
+    print(f"[bench gpu] {name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        figures = run()
+    except Exception as error:  # noqa: BLE001 - recorded in the result file, the other parts go on
+        figures = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=6)}
+    figures["seconds"] = round(time.perf_counter() - start, 2)
+    _release()
+    status = f"ERROR {figures['error']}" if "error" in figures else "ok"
+    print(f"[bench gpu] {name}: {figures['seconds']} s, {status}", file=sys.stderr, flush=True)
+    return figures
+
+
+def _samples(spec, count: int, images: int, seed: int) -> list:
+    """``count`` counting samples of ``images`` distinct noise images each, at the model's image size."""
+    from mimic_utils.models import realsize, vlm
+
+    return [vlm.Sample(realsize.noise_images(spec, images, seed + index), QUESTIONS[index % len(QUESTIONS)],
+                          "counting") for index in range(count)]
+
+
+def _prepare_options(adapter) -> dict:
+    """``prepare()`` options under which every forward computes the whole vision path (no cached tower
+    output), so both batch sizes are timed on the same work."""
+    return {"vision_cache": False} if "vision_cache" in inspect.signature(adapter.prepare).parameters else {}
+
+
+def _generate_all(adapter, samples: list, size: int, max_new_tokens: int) -> tuple[list[str], float, int]:
+    """Greedy answers of ``samples`` in batches of ``size`` (preprocessing included, as in evaluation),
+    the seconds it took and the longest (padded) prompt."""
+    from mimic_utils.analysis.mask_flops import synchronize
+
+    options = _prepare_options(adapter)
+    answers, longest = [], 0
+    synchronize()
+    start = time.perf_counter()
+    for first in range(0, len(samples), size):
+        batch = adapter.prepare(samples[first : first + size], **options)
+        longest = max(longest, batch.input_length)
+        answers += adapter.generate(batch, max_new_tokens)
+    synchronize()
+    return answers, time.perf_counter() - start, longest
+
+
+def _gpu_generation(key: str, args: argparse.Namespace, device: str, dtype) -> dict:
+    """Batched against batch-1 greedy generation of multi-image samples on one real-size model."""
+    from mimic_utils.models import realsize, vlm
+
+    spec = realsize.spec(key, args.tiny)
+    model, processor = realsize.build(key, args.tiny, device, dtype, args.seed)
+    adapter = vlm.adapter_from_model(model, processor, spec.family)
+    samples = _samples(spec, args.samples, args.images, args.seed)
+    _generate_all(adapter, samples[:1], 1, args.max_new_tokens)  # warm-up: kernels, allocator, caches
+    single, single_seconds, length = _generate_all(adapter, samples, 1, args.max_new_tokens)
+    batched, batched_seconds, padded = _generate_all(adapter, samples, args.batch, args.max_new_tokens)
+    n = len(samples)
+    return {
+        "model": f"{spec.source} architecture, random weights", "parameters": realsize.parameter_count(model),
+        "samples": n, "images_per_sample": args.images, "tokens_per_image": spec.tokens_per_image,
+        "prompt_tokens_max": length, "padded_prompt_tokens_max": padded, "max_new_tokens": args.max_new_tokens,
+        "batch": args.batch,
+        "batch_1_seconds": round(single_seconds, 3), "batch_1_samples_per_second": round(n / single_seconds, 3),
+        "batched_seconds": round(batched_seconds, 3), "batched_samples_per_second": round(n / batched_seconds, 3),
+        "speedup": round(single_seconds / batched_seconds, 3),
+        "identical_share": round(sum(a == b for a, b in zip(single, batched, strict=True)) / n, 3),
+        "identical_share_note": "random weights leave near-tied logits, so greedy answers flip under batch-shape "
+                                "rounding more often than a trained model's would",
+        "example_answer": batched[0],
+    }
+
+
+def _gpu_attention(args: argparse.Namespace, device: str, dtype) -> dict:
+    """One decoder layer's attention at the training model's multi-image size: dense causal SDPA against
+    the masked layer per image block, in flex and dense; differences from the dense masked reference
+    computed in float32."""
+    import torch
+
+    from mimic_utils.models import masking, realsize
+
+    spec = realsize.spec(TRAIN_MODEL, args.tiny)
+    heads, kv_heads = spec.text["num_attention_heads"], spec.text["num_key_value_heads"]
+    head_dim, tokens = spec.text["hidden_size"] // heads, spec.tokens_per_image
+    inputs = _layer_inputs(args.images, tokens, args.text, heads, kv_heads, head_dim, args.seed, device, dtype)
+    modes = (("dense_causal", None), ("masked_blockwise", "blockwise"), ("masked_flex", "flex"),
+             ("masked_dense", "dense"))
+    runs = {name: _attention_call(*inputs, mode) for name, mode in modes}
+    reference = _attention_call(*(t.float() if t.is_floating_point() else t for t in inputs), "dense")
+    with torch.no_grad():
+        timings = {name: _timed(run, args.repeats) for name, run in runs.items()}
+        block_mask = _timed(lambda: masking.flex_block_mask(inputs[3], None, device), args.repeats)
+        expected = reference()
+        differences = {name: (run().float() - expected).abs().max().item() for name, run in runs.items()
+                       if name != "dense_causal"}
+    dense, length = timings["dense_causal"]["min"], inputs[3].shape[1]
+    return {
+        "layout": {"images": args.images, "tokens_per_image": tokens, "text_tokens": args.text, "heads": heads,
+                   "kv_heads": kv_heads, "head_dim": head_dim},
+        "sequence": length, "dtype": str(dtype).removeprefix("torch."), "timings": timings,
+        "time_ratio_vs_dense_causal": {name: round(t["min"] / dense, 4) for name, t in timings.items()
+                                       if name != "dense_causal"},
+        "flops_ratio": _flops_ratio(args.images, tokens, length),
+        "max_abs_difference_vs_dense_masked_fp32": differences,
+        "flex_block_mask_seconds": block_mask,
+    }
+
+
+def _one_sample(args: argparse.Namespace, device: str, dtype) -> tuple:
+    """``(adapter, batch)``: the training model at its size and one prepared ``--images``-image sample."""
+    from mimic_utils.models import realsize, vlm
+
+    spec = realsize.spec(TRAIN_MODEL, args.tiny)
+    model, processor = realsize.build(TRAIN_MODEL, args.tiny, device, dtype, args.seed)
+    adapter = vlm.adapter_from_model(model, processor, spec.family)
+    return adapter, adapter.prepare(_samples(spec, 1, args.images, args.seed), **_prepare_options(adapter))
+
+
+def _gpu_masked_forward(args: argparse.Namespace, device: str, dtype) -> dict:
+    """A whole prefill of the 0.5B-size model on one sample, masked in the second half by blockwise and
+    flex, against the dense masked reference (last-position logits) and the unmasked forward."""
+    import torch
+
+    from mimic_utils.models import masking
+
+    adapter, batch = _one_sample(args, device, dtype)
+    model = adapter.model
+    layers = masking.parse_layers("second_half", masking.num_text_layers(model))
+    runs = {name: _model_forward(adapter, batch, layers, mode, use_cache=False, logits_to_keep=1) for name, mode in
+            (("plain", None), ("masked_blockwise", "blockwise"), ("masked_flex", "flex"), ("masked_dense", "dense"))}
+    with torch.no_grad(), masking.text_attention(model):
+        timings = {name: _timed(run, args.repeats) for name, run in runs.items()}
+        logits = {name: run().logits.float() for name, run in runs.items()}
+    reference = logits["masked_dense"]
+    return {
+        "sequence": batch.input_length, "masked_layers": layers, "timings": timings,
+        "time_ratio_vs_plain": {name: round(t["min"] / timings["plain"]["min"], 4) for name, t in timings.items()
+                                if name != "plain"},
+        "max_abs_logit": reference.abs().max().item(),
+        "max_abs_difference_vs_dense_masked": {name: (logits[name] - reference).abs().max().item()
+                                               for name in ("plain", "masked_blockwise", "masked_flex")},
+    }
+
+
+def _conversation(folder: Path, spec, images: int, seed: int) -> dict:
+    """One counting conversation over fresh noise images written as PNG files (``sft_loss`` reads its
+    images from disk, as training does)."""
+    from mimic_utils.models import realsize
+
+    paths = []
+    for index, image in enumerate(realsize.noise_images(spec, images, seed)):
+        path = folder / f"train_{seed}_{index}.png"
+        image.save(path)
+        paths.append(str(path))
+    return {"images": paths, "question": QUESTIONS[0], "gt": "3", "family": "counting"}
+
+
+def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -> dict:
+    """``--train-steps`` optimizer steps of the finetuning recipe (fp32 master weights, autocast, AdamW,
+    clipping), each on a new conversation so no cache serves the frozen tower: seconds per step (image
+    loading and preprocessing included), peak memory and losses."""
+    import torch
+
+    from mimic_utils.models import realsize
+    from mimic_utils.training import finetune
+    from mimic_utils.analysis.mask_flops import synchronize
+
+    spec = realsize.spec(TRAIN_MODEL, args.tiny)
+    half = finetune.master_weights(adapter.model)
+    params = [p for p in adapter.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=2.5e-5)
+    device_type = torch.device(device).type
+    cuda = device_type == "cuda"
+    resident = torch.cuda.memory_allocated() if cuda else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    adapter.model.train()
+    seconds, losses = [], []
+    for step in range(args.train_steps):
+        record = _conversation(folder, spec, args.images, args.seed + 1000 * (step + 1))
+        synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
+            loss = finetune.sft_loss(adapter, [record])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+        losses.append(round(loss.item(), 4))
+    later = sorted(seconds[1:] or seconds)
+    return {
+        "images_per_sample": args.images, "tokens_per_image": spec.tokens_per_image, "steps": args.train_steps,
+        "step_seconds": [round(s, 3) for s in seconds],
+        "median_step_seconds_after_first": round(later[len(later) // 2], 3),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "resident_before_training_bytes": resident,
+        "losses": losses, "trained_parameters": sum(p.numel() for p in params),
+    }
+
+
+def _gpu_masked_qlora(args: argparse.Namespace, device: str, dtype) -> dict:
+    """Masked QLoRA: the 0.5B-size model saved and reloaded as 4-bit nf4 with double quantisation (the
+    study's ``quantization_config``), image-block mask on the second half, LoRA on every language-model
+    Linear (r 128, alpha 32). Unquantised on the CPU dry run, with the reason recorded."""
+    from mimic_utils.models import realsize, tiny, vlm
+    from mimic_utils.training import finetune
+
+    quantization = "4bit" if device.startswith("cuda") else None
+    with tempfile.TemporaryDirectory() as tmp:
+        model, processor = realsize.build(TRAIN_MODEL, args.tiny, device, dtype, args.seed)
+        folder = tiny.save_tiny(model, processor, Path(tmp) / "base")
+        del model
+        _release()
+        adapter = vlm.load_adapter(folder, "llava_onevision", dtype=dtype, device=device, quantization=quantization)
+        layers = adapter.set_mask("second_half", mode=args.train_mask_mode)
+        finetune.apply_lora(adapter, kbit=quantization is not None)
+        figures = _train_steps(adapter, args, device, Path(tmp))
+    figures.update(quantization="nf4, double quantisation" if quantization else None, mask_layers=list(layers),
+                   mask_mode=args.train_mask_mode)
+    if quantization is None:
+        figures["skipped_4bit"] = CPU_4BIT_REASON
+    return figures
+
+
+def _gpu_lora(args: argparse.Namespace, device: str, dtype) -> dict:
+    """Unmasked LoRA on the bf16 0.5B-size model, the same recipe and steps as the masked QLoRA part."""
+    from mimic_utils.models import realsize, vlm
+    from mimic_utils.training import finetune
+
+    model, processor = realsize.build(TRAIN_MODEL, args.tiny, device, dtype, args.seed)
+    adapter = vlm.adapter_from_model(model, processor, "llava_onevision")
+    finetune.apply_lora(adapter)
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = _train_steps(adapter, args, device, Path(tmp))
+    return {**figures, "quantization": None, "mask_layers": []}
+
+
+def _gpu_streaming(args: argparse.Namespace, device: str, dtype) -> dict:
+    """Peak memory of the streaming attention statistics against a plain forward on one sample."""
+    import torch
+
+    adapter, batch = _one_sample(args, device, dtype)
+    cuda = device.startswith("cuda")
+    with torch.no_grad():
+        peak = _peak_cuda_bytes if cuda else _peak_torch_bytes
+        peaks = _memory_peaks(adapter, batch, ("plain_forward", "streaming"), peak)
+    return {
+        "method": "torch.cuda.max_memory_allocated above the bytes live before the call" if cuda
+        else "torch.profiler profile_memory (CPU dry run)",
+        "images_per_sample": args.images, "sequence": batch.input_length, "peak_bytes": peaks,
+        "streaming_vs_plain": round(peaks["streaming"] / peaks["plain_forward"], 3),
+    }
+
+
+def _gpu_parts(args: argparse.Namespace, device: str, dtype) -> dict:
+    """Every part of the GPU check, one after the other, each guarded (:func:`_run_part`)."""
+    steps = [(f"generation_{key}", partial(_gpu_generation, key)) for key in GPU_MODELS]
+    steps += [("attention", _gpu_attention), ("masked_forward", _gpu_masked_forward),
+              ("masked_qlora", _gpu_masked_qlora), ("lora", _gpu_lora), ("streaming_memory", _gpu_streaming)]
+    parts = {}
+    for name, part in steps:
+        parts[name] = _run_part(name, lambda part=part: part(args, device, dtype))
+        # a GPU lease is short: if the command is killed, the parts done so far are still on disk
+        write_result(PARTIAL_GPU_RESULT, "python -m mimic_utils.bench gpu (unfinished)", {"parts": parts},
+                     out_dir=args.out_dir)
+    return parts
+
+
+def bench_gpu(args: argparse.Namespace) -> dict:
+    """The paper path at real model size on one GPU: generation, masked attention, QLoRA, streaming statistics."""
+    import torch
+
+    device = _gpu_device(args.tiny)
+    if args.tiny:  # the same script end to end, small enough for a unit test on two shared cores
+        args.samples, args.batch, args.repeats = min(args.samples, 2), min(args.batch, 2), min(args.repeats, 1)
+        args.max_new_tokens, args.train_steps = min(args.max_new_tokens, 4), min(args.train_steps, 2)
+    dtype = torch.float32 if args.tiny else torch.bfloat16  # CPUs without bf16 units run it many times slower
+    threads = torch.get_num_threads()
+    if args.tiny:
+        torch.set_num_threads(1)  # tiny ops gain nothing from threads; on shared cores a second one costs 10x
+    start = time.perf_counter()
+    try:
+        parts = _gpu_parts(args, device, dtype)
+    finally:
+        torch.set_num_threads(threads)
+    (_bench_dir(args.out_dir) / f"{PARTIAL_GPU_RESULT}.json").unlink(missing_ok=True)  # the full result follows
+    seconds = time.perf_counter() - start
+    target = 60.0 if args.tiny else 480.0
+    return {
+        "tiny": args.tiny, "device": _device_info(device), "dtype": str(dtype).removeprefix("torch."), "parts": parts,
+        "failed_parts": [name for name, figures in parts.items() if "error" in figures],
+        "seconds": round(seconds, 1), "target_seconds": target, "ratio": round(seconds / target, 3),
+    }
+
+
+def _gpu_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tiny", action="store_true", help="CPU dry run: the same script at tiny model size")
+    parser.add_argument("--images", type=int, default=8, help="images per sample")
+    parser.add_argument("--samples", type=int, default=32, help="samples generated at each batch size")
+    parser.add_argument("--batch", type=int, default=16, help="the batched generation's batch size")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per answer (fixed)")
+    parser.add_argument("--text", type=int, default=50, help="text tokens of the attention layer's sample")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each attention variant")
+    parser.add_argument("--train-steps", type=int, default=3, help="optimizer steps per training variant")
+    parser.add_argument("--train-mask-mode", default="blockwise", help="masking mode of the masked QLoRA step")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark: ``run(args) -> figures`` and ``add_arguments(parser)`` for its options."""
+
+    run: Callable[[argparse.Namespace], dict]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+benchmarks: dict[str, Benchmark] = {
+    "scenes": Benchmark(bench_scenes, _scenes_args),
+    "questions": Benchmark(bench_questions, _questions_args),
+    "evaluation": Benchmark(bench_evaluation, _evaluation_args),
+    "vision_cache": Benchmark(bench_vision_cache, _vision_cache_args),
+    "masking": Benchmark(bench_masking, _masking_args),
+    "attention_memory": Benchmark(bench_attention_memory, _attention_memory_args),
+    "gpu": Benchmark(bench_gpu, _gpu_args),
+}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run one benchmark, print its figures and write its result file."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: outputs/bench/")
+    sub = parser.add_subparsers(dest="name", required=True)
+    for name, bench in benchmarks.items():
+        bench.add_arguments(sub.add_parser(name, help=(bench.run.__doc__ or "").splitlines()[0]))
+    args = parser.parse_args(argv)
+    figures = benchmarks[args.name].run(args)
+    ratio = figures.pop("ratio", None)
+    print(json.dumps({**figures, "ratio": ratio}, indent=2))
+    return write_result(
+        args.name, shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""Procedural training data: multi-image MIMIC-style conversations and single-image questions.
+
+The paper's data-centric remedy trains on MIMIC-style tasks generated from OpenImages V7, which never
+shares images with the COCO-based benchmark. We do the same: every builder here takes the index read from
+the OpenImages-format source (the disjoint draw of the scene world, or real V7 CSVs).
+
+Families (all questions use the benchmark's wording, so training and evaluation prompts agree):
+
+* the four MIMIC families — ``counting``, ``listing``, ``common``, ``oddone`` — from
+  :mod:`mimic_utils.data.tasks`, with images per sample drawn from ``1..max_images`` (at most 10, as in the
+  official recipe) and the target's spread drawn at random;
+* their **minor** variants, our definition of the paper's "minor" tasks: small questions about *one*
+  image inside a multi-image sample, which teach the model to keep images apart —
+  ``counting_minor`` "How many dog objects are there in image 3?" (a count, 0 allowed),
+  ``listing_minor`` "List the images that contain a dog" ("1, 4", image numbers ascending),
+  ``common_minor`` "Is there a dog in every image?" ("yes"/"no", balanced),
+  ``oddone_minor`` "Which image contains a dog?" (the number of the only image that holds it);
+* **single-image** questions (the organism's stage 2 and the single-image share of the finetuning mix):
+  ``counting`` (true counts 0..max), ``presence`` (yes/no, balanced), ``listing`` of one supercategory
+  ("none" when absent) and ``naming`` of a single-class image;
+* **hub** conversations (:func:`hub_conversations`): multi-image instruction datasets from the HF hub in
+  the Mantis-Instruct schema (``images`` + ``conversation`` of role/content turns with ``<image>``
+  placeholders), which the official recipe mixes in (NLVR2, Spot-the-Diff, …). Their question text is
+  kept verbatim after the images.
+
+Every record is a conversation: ``messages`` with a user turn (image references first, then the text,
+in the official layout that evaluation uses) and an assistant turn, plus ``images`` (paths), ``family``, ``question``, ``gt`` and the evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mimic_utils.artifacts import (absolute_images, file_sha256, image_root, read_json, read_jsonl, recorded_root,
+                                   relative_images, write_bytes, write_json, write_jsonl)
+from mimic_utils.data.prompts import HUB_FAMILY, build_messages, prompt_family
+from mimic_utils.data.annotations import AnnotationIndex
+from mimic_utils.data.tasks import MAX_IMAGES, KnobError, Pools, TaskSpec, generate, question_for
+
+MINOR_FAMILIES = ("counting_minor", "listing_minor", "common_minor", "oddone_minor")
+SINGLE_FAMILIES = ("counting", "presence", "listing", "naming")
+MIMIC_FAMILIES = ("counting", "listing", "common", "oddone")
+
+
+
+def conversation(images: list[str], question: str, answer: str, family: str) -> list[dict]:
+    """User turn in the official MIMIC layout (images first, space-separated, then
+    ``"\nQuestion: …\nAnswer:"``, exactly what evaluation sends) and the assistant's answer, HF chat format."""
+    user = build_messages(question, len(images), prompt_family(family), "qwen2_vl")
+    return user + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+def _record(index: AnnotationIndex, uid: str, family: str, image_ids: list[str], targets: list[str],
+            question: str, answer: str, origin: str) -> dict:
+    images = [str(index.images[i].path) for i in image_ids]
+    return {
+        "id": uid, "family": family, "origin": origin, "images": images, "image_ids": image_ids,
+        "targets": targets, "question": question, "gt": answer,
+        "messages": conversation(images, question, answer, family),
+        "evidence": [{"image_id": i, "counts": dict(sorted(index.images[i].counts().items()))} for i in image_ids],
+    }
+
+
+def _rng(seed: int, label: str) -> random.Random:
+    digest = hashlib.sha256(f"{seed}:{label}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+# --- minor variants --------------------------------------------------------------------------------
+
+
+Drawn = tuple[list[str], list[str], str, str]  # image ids, targets, question, answer
+
+
+def _counting_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    images = rng.sample(pools.certain, n)
+    which = rng.randrange(n)
+    present = sorted({c for i in images for c in pools.classes[i]}) or pools.index.categories
+    target = rng.choice(present)
+    answer = str(pools.counts[images[which]][target])
+    return images, [target], f"How many {target} objects are there in image {which + 1}?", answer
+
+
+def _listing_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    target = rng.choice(pools.index.categories)
+    holding = pools.holding[target]
+    if not holding:
+        raise KnobError(f"listing_minor: no image holds {target!r}")
+    spread = rng.randint(1, min(n, len(holding)))
+    images = rng.sample(holding, spread) + _without(pools, rng, target, n - spread)
+    rng.shuffle(images)
+    numbers = [str(j + 1) for j, i in enumerate(images) if target in pools.classes[i]]
+    return images, [target], f"List the images that contain a {target}", ", ".join(numbers)
+
+
+def _common_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    target = rng.choice(pools.index.categories)
+    everywhere = rng.random() < 0.5 and len(pools.holding[target]) >= n
+    if everywhere:
+        images = rng.sample(pools.holding[target], n)
+    else:
+        missing = rng.randint(1, n)
+        images = rng.sample(pools.holding[target], min(n - missing, len(pools.holding[target])))
+        images += _without(pools, rng, target, n - len(images))
+        rng.shuffle(images)
+    answer = "yes" if all(target in pools.classes[i] for i in images) else "no"
+    return images, [target], f"Is there a {target} in every image?", answer
+
+
+def _oddone_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    target = rng.choice([c for c in pools.index.categories if pools.holding[c]])
+    images = [rng.choice(pools.holding[target])] + _without(pools, rng, target, n - 1)
+    rng.shuffle(images)
+    which = next(j for j, i in enumerate(images) if target in pools.classes[i])
+    return images, [target], f"Which image contains a {target}?", str(which + 1)
+
+
+def _without(pools: Pools, rng: random.Random, target: str, n: int) -> list[str]:
+    """``n`` distinct images that do not hold ``target``."""
+    candidates = [i for i in pools.certain if target not in pools.classes[i]]
+    if len(candidates) < n:
+        raise KnobError(f"need {n} images without {target!r}, the source has {len(candidates)}")
+    return rng.sample(candidates, n)
+
+
+MINOR_BUILDERS: dict[str, Callable] = {
+    "counting_minor": _counting_minor, "listing_minor": _listing_minor,
+    "common_minor": _common_minor, "oddone_minor": _oddone_minor,
+}
+
+
+# --- single-image questions ------------------------------------------------------------------------
+
+
+def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
+            count_weights: tuple[float, ...] | None = None) -> Drawn:
+    index = pools.index
+    if family == "counting":
+        image, target, wanted = draw_count(pools, rng, max_count, count_weights)
+        return [image], [target], question_for("counting", [target]), str(wanted)
+    if family == "presence":
+        target = rng.choice(index.categories)
+        present = rng.random() < 0.5
+        pool = pools.holding[target] if present else pools.by_count.get((target, 0), [])
+        if not pool:
+            raise SkipDraw()
+        return [rng.choice(pool)], [target], f"Is there a {target} in the image?", "yes" if present else "no"
+    if family == "listing":
+        supercategory = rng.choice(index.supercategories)
+        image = rng.choice(pools.certain)
+        present = sorted(c for c in pools.classes[image] if index.supercategory_of[c] == supercategory)
+        question = f"List the categories of {supercategory} that appear in the images"
+        return [image], [supercategory], question, ", ".join(present) or "none"
+    single = pools.single_class
+    if not single:
+        raise SkipDraw()
+    image = rng.choice(single)
+    name = next(iter(pools.classes[image]))
+    return [image], [name], "Which object category appears in every image?", name
+
+
+def draw_count(pools: Pools, rng: random.Random, max_count: int,
+               count_weights: tuple[float, ...] | None = None) -> tuple[str, str, int]:
+    """(image, class, its count in that image) of a single-image counting question: balanced over the true
+    count, 0 included, unless ``count_weights`` (one per count 0..max) tilt it; ``SkipDraw`` when no image of
+    the source holds that class that many times."""
+    wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
+    target = rng.choice(pools.index.categories)
+    matching = pools.by_count.get((target, wanted), [])
+    if not matching:
+        raise SkipDraw()
+    return rng.choice(matching), target, wanted
+
+
+def true_count(rng: random.Random, count_weights) -> int:
+    """A true count 0..len(count_weights)-1 drawn with the given relative weights."""
+    return rng.choices(range(len(count_weights)), weights=list(count_weights))[0]
+
+
+class SkipDraw(Exception):
+    """The drawn question has no matching image in this source; draw another."""
+
+
+@dataclass(frozen=True)
+class TrainMix:
+    """How many conversations of each kind to write.
+
+    ``mimic`` and ``minor`` are split evenly over their four families; images per sample are drawn from
+    ``min_images..max_images`` (the official recipe caps samples at 10 images).
+    """
+
+    mimic: int = 2000
+    minor: int = 1000
+    single: int = 1000
+    min_images: int = 2
+    max_images: int = 6
+    max_count: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
+            raise KnobError(f"TrainMix: need 1 <= min_images <= max_images <= {MAX_IMAGES}, "
+                            f"got {self.min_images}..{self.max_images}")
+        for name in ("mimic", "minor", "single"):
+            if getattr(self, name) < 0:
+                raise KnobError(f"TrainMix: {name} must be >= 0")
+
+
+def _even(total: int, names: tuple[str, ...]) -> dict[str, int]:
+    return {name: total // len(names) + (1 if j < total % len(names) else 0) for j, name in enumerate(names)}
+
+
+def mimic_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> list[dict]:
+    """MIMIC-family conversations with random images per sample, via the benchmark's own generators."""
+    records = []
+    rng = _rng(mix.seed, "mimic-sizes")
+    for family, total in _even(mix.mimic, MIMIC_FAMILIES).items():
+        low = 3 if family == "oddone" else mix.min_images
+        sizes = Counter(rng.randint(max(low, mix.min_images), max(low, mix.max_images)) for _ in range(total))
+        for n_images, count in sorted(sizes.items()):
+            split = "unbalanced" if family == "counting" else None
+            spec = TaskSpec(family, count, n_images, split=split, experiment="train")
+            for r in generate(index, spec, seed=mix.seed, pools=pools):
+                records.append(_record(index, "train-" + r["id"], family, r["image_ids"], r["targets"],
+                                       r["question"], r["gt"], "mimic"))
+    return records
+
+
+def minor_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> list[dict]:
+    """The four minor variants, evenly."""
+    records = []
+    for family, total in _even(mix.minor, MINOR_FAMILIES).items():
+        rng = _rng(mix.seed, family)
+        for number in range(total):
+            n = rng.randint(mix.min_images, mix.max_images)
+            drawn = MINOR_BUILDERS[family](pools, rng, n)
+            records.append(_record(index, f"train-{family}-{number:05d}", family, *drawn, "minor"))
+    return records
+
+
+def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
+                           families: tuple[str, ...] = SINGLE_FAMILIES, pools: Pools | None = None,
+                           prefix: str = "single", count_weights: tuple[float, ...] | None = None) -> list[dict]:
+    """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max, or
+    drawn with ``count_weights`` (relative, one per true count 0..``max_count``)."""
+    if count_weights is not None and len(count_weights) != max_count + 1:
+        raise KnobError(f"single-image counting: count_weights needs {max_count + 1} values (counts 0..{max_count}), "
+                        f"got {list(count_weights)}")
+    pools = pools or Pools(index)
+    if "counting" in families:
+        seen = {0} | {n for i in pools.certain for n in pools.counts[i].values()}
+        missing = sorted(set(range(max_count + 1)) - seen)
+        if missing:
+            raise KnobError(f"single-image counting: max_count={max_count}, but no image of the source holds "
+                            f"{missing[0]} instances of one class, so the counts cannot be balanced")
+    records = []
+    for family, total in _even(count, families).items():
+        rng = _rng(seed, f"{prefix}-{family}")
+        number, attempts = 0, 0
+        while number < total:
+            attempts += 1
+            if attempts > 50 * total + 100:
+                raise KnobError(f"single-image {family}: the source cannot supply {total} questions "
+                                f"(max_count={max_count}); generate more scenes")
+            try:
+                drawn = _single(pools, rng, family, max_count, count_weights)
+            except SkipDraw:
+                continue
+            records.append(_record(index, f"{prefix}-{family}-{number:05d}", family, *drawn, "single"))
+            number += 1
+    return records
+
+
+def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[dict]:
+    """The whole training set of a mix, shuffled deterministically."""
+    pools = Pools(index)
+    parts = [
+        ("mimic", lambda: mimic_conversations(index, mix, pools)),
+        ("minor", lambda: minor_conversations(index, mix, pools)),
+        ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
+    ]
+    records: list[dict] = []
+    for _, make in tqdm(parts, desc="training conversations", disable=not progress):
+        records.extend(make())
+    _rng(mix.seed, "shuffle").shuffle(records)
+    return records
+
+
+def family_counts(records: list[dict]) -> dict[str, int]:
+    """Conversations per origin and family (e.g. ``single/counting``), for the manifest and the notebook."""
+    return dict(sorted(Counter(f"{r['origin']}/{r['family']}" for r in records).items()))
+
+
+def save(records: list[dict], out_dir: Path | str, mix: TrainMix, index: AnnotationIndex,
+         root: Path | None = None) -> Path:
+    """Write ``conversations.jsonl`` and ``manifest.json`` (mix, source hash, counts per family)."""
+    out_dir = Path(out_dir)
+    path = write_jsonl(out_dir / "conversations.jsonl", [relative_images(r, root) for r in records])
+    manifest = {
+        "mix": asdict(mix), "total": len(records), "families": family_counts(records),
+        "source": {"format": index.source_format, "sha256": index.source_hash, "images": len(index.images)},
+        "image_root": recorded_root(root),  # relative to the checkout when inside it (no absolute path)
+        "files": {path.name: {"records": len(records), "sha256": file_sha256(path)}},
+    }
+    return write_json(out_dir / "manifest.json", manifest)
+
+
+def load(train_dir: Path | str, root: Path | None = None) -> list[dict]:
+    """Read the conversations back, checked against the manifest's hash."""
+    train_dir = Path(train_dir)
+    manifest = read_json(train_dir / "manifest.json")
+    path = train_dir / "conversations.jsonl"
+    if file_sha256(path) != manifest["files"][path.name]["sha256"]:
+        raise ValueError(f"{path}: content differs from the manifest's sha256 — rebuild with notebook 01")
+    return absolute_images(read_jsonl(path), image_root(root, manifest))
+
+
+# --- multi-image instruction data from the hub ------------------------------------------------------
+
+HUB_KEYS = {"name", "config", "split", "limit", "revision", "image_root"}
+
+
+def hub_conversations(spec: dict, image_dir: Path | str, progress: bool = True) -> list[dict]:
+    """Conversations from one hub dataset in the Mantis-Instruct schema, e.g.
+    ``{"name": "TIGER-Lab/Mantis-Instruct", "config": "nlvr2", "split": "train", "limit": 5000}``.
+
+    Each row's first user turn (``<image>`` placeholders removed: our layout puts the images first) and
+    first assistant reply become one conversation. Embedded image bytes are written under ``image_dir``;
+    path-only images are resolved against ``image_root`` (Mantis ships them as zip archives to unpack).
+    """
+    import datasets  # about a second to import; only hub mixes need it
+
+    unknown = sorted(set(spec) - HUB_KEYS)
+    if unknown or "name" not in spec:
+        raise ValueError(f"hub dataset {spec!r}: needs 'name'; unknown key(s) {unknown}; known: {sorted(HUB_KEYS)}")
+    label = f"{spec['name']}" + (f" [{spec['config']}]" if spec.get("config") else "")
+    rows = datasets.load_dataset(spec["name"], spec.get("config"), split=spec.get("split", "train"),
+                                 revision=spec.get("revision"))
+    if "images" not in rows.column_names or "conversation" not in rows.column_names:
+        raise ValueError(f"hub dataset {label}: expected columns 'images' and 'conversation' (Mantis-Instruct "
+                         f"schema), found {rows.column_names}")
+    if spec.get("limit") is not None:
+        rows = rows.select(range(min(int(spec["limit"]), len(rows))))
+    rows = rows.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+    image_dir = Path(image_dir)
+    records = []
+    for number, row in enumerate(tqdm(rows, desc=f"hub {label}", disable=not progress, leave=False)):
+        uid = f"hub-{spec.get('config') or Path(spec['name']).name}-{row.get('id', number)}"
+        turn = _first_exchange(row["conversation"])
+        if turn is None:
+            continue
+        images = [_hub_image(image, image_dir / f"{uid}-{k}", spec.get("image_root"), label, uid)
+                  for k, image in enumerate(row["images"])]
+        records.append({"id": uid, "family": HUB_FAMILY, "origin": HUB_FAMILY, "images": images,
+                        "question": turn[0], "gt": turn[1], "source": label})
+    return records
+
+
+def _first_exchange(conversation: list[dict]) -> tuple[str, str] | None:
+    """(question without ``<image>`` placeholders, answer) of the first user→assistant exchange."""
+    for user, reply in zip(conversation, conversation[1:]):
+        if user.get("role") == "user" and reply.get("role") == "assistant":
+            question = " ".join(user.get("content", "").replace("<image>", " ").split())
+            return (question, reply.get("content", "").strip()) if question else None
+    return None
+
+
+def _hub_image(image: dict, stem: Path, image_root: str | None, label: str, uid: str) -> str:
+    """The file of one undecoded hub image: its bytes written once, or its path under ``image_root``."""
+    if image.get("bytes"):
+        with Image.open(io.BytesIO(image["bytes"])) as decoded:
+            path = stem.parent / f"{stem.name}.{(decoded.format or 'png').lower()}"  # ids may hold dots
+        if not path.exists():
+            write_bytes(path, image["bytes"])
+        return str(path)
+    path = Path(image_root or "") / (image.get("path") or "")
+    if not (image.get("path") and path.is_file()):
+        raise FileNotFoundError(f"hub dataset {label}, row {uid}: image {image.get('path')!r} has no bytes and is not "
+                                f"found under image_root={image_root!r} (unpack the dataset's image archives there)")
+    return str(path)
+
+
+def with_hub(records: list[dict], specs: list[dict], image_dir: Path | str, progress: bool = True) -> list[dict]:
+    """``records`` plus every hub dataset of ``specs`` (notebook 04's ``hub_datasets`` parameter)."""
+    extra = [r for spec in specs for r in hub_conversations(spec, image_dir, progress)]
+    return records + extra

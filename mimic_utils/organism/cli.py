@@ -1,0 +1,137 @@
+"""``python -m mimic_utils.organism``: train the organism (``make organism``), reuse it when its recorded recipe
+matches (``--if-needed``), re-score it and rewrite its card (``--rewrite-card``), or compare language-model
+shapes (``--probe``, :mod:`mimic_utils.organism.probe`). The recipe itself is :mod:`mimic_utils.organism.recipe`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from mimic_utils.artifacts import profile_dir, repo_root, write_json
+from mimic_utils.models.vlm import load_adapter
+from mimic_utils.organism import recipe
+from mimic_utils.organism.card import recorded_config, write_card, write_curves
+from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
+from mimic_utils.organism.recipe import (choice_scores, evaluate_choice, evaluate_single_image, heldout_choice_records,
+                                         heldout_records, train_organism)
+
+
+def run_probe(args, config: OrganismConfig, params: Path, profile_root: Path, command: str) -> int:
+    """``--probe``: :func:`mimic_utils.organism.probe.probe`, figures written to ``--out``."""
+    from mimic_utils.organism import probe as organism_probe
+
+    minutes = None if args.steps is not None else args.minutes
+    base = Path(args.base) if args.base else profile_root / "models" / "base"
+    out = Path(args.out) if args.out else profile_root / "models" / "probe.json"
+    result = organism_probe.probe(config, base, out.parent / out.stem, minutes=minutes, steps=args.steps,
+                                  pool_images=args.pool_images, conversations=args.conversations,
+                                  heldout_questions=args.heldout_questions, choice_questions=args.choice_questions,
+                                  progress=not args.quiet)
+    result["params"] = str(params)
+    json_path, md_path = organism_probe.write_probe(result, out, command)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"[organism] probe figures: {json_path}, {md_path}")
+    return 0
+
+
+def trained_config(out_dir: Path) -> dict | None:
+    """The recipe the organism in ``out_dir`` was trained with; keys added to the recipe since then read
+    back at their defaults, which reproduce the earlier recipe (so adding a knob does not force a retrain)."""
+    recorded = recorded_config(out_dir)
+    return None if recorded is None else {**asdict(OrganismConfig()), **recorded}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism", description=recipe.__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--params", help="the recipe (default: params/<profile>/organism.yaml)")
+    parser.add_argument("--if-needed", action="store_true",
+                        help="reuse the committed organism when its recorded configuration matches the profile's")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rewrite-card", action="store_true",
+                        help="re-score the trained organism and rewrite eval.json and its model card (no training)")
+    probe = parser.add_argument_group("probe (--probe): language-model shapes at equal wall time, see "
+                                      "mimic_utils.organism.probe")
+    probe.add_argument("--probe", action="store_true", help="compare shapes instead of training the organism")
+    probe.add_argument("--minutes", type=float, default=6.0, help="stage 1+2 training wall time per shape")
+    probe.add_argument("--steps", type=int, help="steps per stage instead of --minutes (tests)")
+    probe.add_argument("--pool-images", type=int, default=20000, help="training scenes rendered for the probe")
+    probe.add_argument("--conversations", type=int, default=40000, help="stage-2 conversations built for the probe")
+    probe.add_argument("--heldout-questions", type=int, default=600, help="held-out single-image questions")
+    probe.add_argument("--choice-questions", type=int, default=400, help="held-out multiple-choice questions")
+    probe.add_argument("--base", help="organism whose vision tower is reused (default: <profile>/models/base)")
+    probe.add_argument("--out", help="figures file (default: outputs/<profile>/models/probe.json, and .md)")
+    probe.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = repo_root()
+    params = Path(args.params) if args.params else root / "params" / args.profile / "organism.yaml"
+    if not params.is_file():
+        print(f"[organism] {params}: missing; the {args.profile} profile has no organism of its own")
+        return 2
+    config = OrganismConfig.from_yaml(params)
+    if args.probe:
+        import shlex
+        import sys
+
+        command = shlex.join(["python", "-m", "mimic_utils.organism", *(sys.argv[1:] if argv is None else argv)])
+        return run_probe(args, config, params, profile_dir(args.profile, root), command)
+    out_dir = profile_dir(args.profile, root) / "models" / "base"
+    if args.rewrite_card:  # the recorded organism, whatever the profile's recipe says now
+        return rewrite_card(out_dir)
+    recorded = trained_config(out_dir)
+    if args.if_needed and recorded == asdict(config):
+        print(f"[organism] reusing the committed organism in {out_dir} (its training configuration matches {params})")
+        return 0
+    if args.if_needed:
+        why = "no trained organism found" if recorded is None else "its recorded configuration differs from " + str(params)
+        print(f"[organism] training the organism first: {why} (about an hour on 2 cores)")
+    summary = train_organism(config, out_dir)
+    write_curves(out_dir, summary["log"])
+    command = f"python -m mimic_utils.organism --profile {args.profile}"
+    write_json(out_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],
+                                           "parameters": summary["parameters"], "command": command})
+    score_and_card(out_dir, config, summary, command)
+    return 0
+
+
+def score_and_card(out_dir: Path, config: OrganismConfig, summary: dict, command: str) -> dict:
+    """Held-out scores of the saved organism (``eval.json``) and its model card. Answers already in
+    ``heldout/*.jsonl`` from the same model are reused (:func:`mimic_utils.evaluation.harness.run` resumes)."""
+    adapter = load_adapter(out_dir, family="qwen2_vl", dtype="float32")
+    records = heldout_records(config, out_dir / "heldout")
+    scores = evaluate_single_image(adapter, records, out_dir / "heldout" / "predictions.jsonl")
+    if config.instruct_weights.get(CHOICE_FAMILY):
+        choice = evaluate_choice(adapter, heldout_choice_records(config, out_dir / "heldout"),
+                                 out_dir / "heldout" / "choice.jsonl")
+        scores.update(choice_scores(choice))
+    write_json(out_dir / "eval.json", scores)
+    write_card(out_dir, config, summary, scores, command)
+    print(json.dumps(scores, indent=1))
+    print(f"[organism] saved to {out_dir} (model card: {out_dir / 'README.md'})")
+    return scores
+
+
+def rewrite_card(out_dir: Path) -> int:
+    """``--rewrite-card``: re-score a trained organism and rewrite ``eval.json`` and its card from what
+    training recorded (``training.json``, ``loss.csv``), without training."""
+    import pandas as pd
+
+    recorded = Path(out_dir) / "training.json"
+    if not recorded.is_file():
+        print(f"[organism] {recorded}: missing; train the organism first (make organism)")
+        return 2
+    training = json.loads(recorded.read_text(encoding="utf-8"))
+    frame = pd.read_csv(Path(out_dir) / "loss.csv")
+    log = [{k: v for k, v in row.items() if v == v} for row in frame.to_dict("records")]  # NaN: not evaluated
+    summary = {"seconds": training["seconds"], "parameters": training["parameters"], "log": log}
+    score_and_card(out_dir, OrganismConfig(**training["config"]), summary, training["command"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
