@@ -172,6 +172,6 @@ def test_block_map_rows_sum_to_one_and_masking_keeps_images_apart(tiny_adapter, 
     sums = frame.groupby(["layer", "query"])["share"].sum()
     assert ((sums - 1).abs() < 1e-4).all()
     assert set(frame["query"]) == {"image 1", "image 2", "image 3", "answer"}
-    masked = attention.block_map(adapter, sample, mask_layers="second_half")
+    masked = attention.block_map(adapter, sample, mask_layers=masking.resolve_layers("second_half", masking.num_text_layers(adapter.model)))
     last = masked[(masked["layer"] == masked["layer"].max()) & (masked["query"] == "image 2")]
     assert last.set_index("key")["share"]["image 2"] == pytest.approx(1.0, abs=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mimic_utils.analysis import mask_flops
+from mimic_utils.models import masking
 
 
 def test_attention_pairs_follow_the_mask_semantics():
@@ -26,6 +27,8 @@ def test_time_forward_times_dense_and_masked_per_image_count(tmp_path, single_th
     from eval_worker import make_records, tiny_qwen_adapter
 
     records = make_records(tmp_path, 3)  # 1, 2 and 3 images
-    table = mask_flops.time_forward(tiny_qwen_adapter(), records, [2, 3, 7], repeats=1, batch=2)
+    adapter = tiny_qwen_adapter()
+    layers = masking.resolve_layers("second_half", masking.num_text_layers(adapter.model))
+    table = mask_flops.time_forward(adapter, records, [2, 3, 7], layers, repeats=1, batch=2)
     assert list(table["n_images"]) == [2, 3]  # 7 images: no such question, skipped
     assert (table["batch"] == 2).all() and (table["masked_over_dense"] > 0).all()

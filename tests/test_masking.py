@@ -68,7 +68,7 @@ def text_positions(batch, block_ids: torch.Tensor, row: int) -> torch.Tensor:
     ],
 )
 def test_layer_specs(spec, num_layers, auto_layer, expected):
-    assert masking.parse_layers(spec, num_layers, auto_layer) == expected
+    assert masking.resolve_layers(spec, num_layers, auto_layer) == tuple(expected)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_layer_specs(spec, num_layers, auto_layer, expected):
 )
 def test_bad_layer_specs_name_the_spec_and_the_layer_count(spec, auto_layer, message):
     with pytest.raises(LayerSpecError, match=message):
-        masking.parse_layers(spec, 24, auto_layer)
+        masking.resolve_layers(spec, 24, auto_layer)
 
 
 # --- the reference mask --------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_blockwise_matches_the_dense_reference(adapter, two_samples):
     batch = adapter.prepare(two_samples)
     logits = {}
     for mode in masking.MODES:
-        with masking.mask_images(adapter, batch, "0-1", mode=mode):
+        with masking.mask_images(adapter, batch, (0, 1), mode=mode):
             logits[mode] = run(adapter, batch).logits
     torch.testing.assert_close(logits["blockwise"], logits["dense"], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(logits["dense"], plain(adapter, batch).logits, atol=1e-3)  # masking did act
@@ -220,7 +220,7 @@ def test_a_one_image_sample_is_not_masked(adapter, two_samples, make_image):
         batch = adapter.prepare(samples)
         reference = plain(adapter, batch).logits
         for mode in masking.MODES:
-            with masking.mask_images(adapter, batch, "0-1", mode=mode):
+            with masking.mask_images(adapter, batch, (0, 1), mode=mode):
                 assert torch.equal(run(adapter, batch).logits[row], reference[row])
 
 
@@ -273,11 +273,18 @@ def test_a_context_for_another_batch_or_a_disabled_model_is_an_error(adapter, tw
             pass
     with masking.text_attention(adapter.model, "sdpa"):
         with pytest.raises(RuntimeError, match="masking.enable"):
-            with masking.mask_images(adapter, batch, "0-1"):
+            with masking.mask_images(adapter, batch, (0, 1)):
                 pass
     assert masking.active() is None
 
 
 def test_first_half_is_the_early_layers():
-    assert masking.parse_layers("first_half", 24) == list(range(12))
-    assert masking.parse_layers("first_half", 1) == [0]
+    assert masking.resolve_layers("first_half", 24) == tuple(range(12))
+    assert masking.resolve_layers("first_half", 1) == (0,)
+
+
+def test_past_the_entry_point_a_spec_is_refused_not_read_character_by_character():
+    """``image_blocks`` takes indices; the spec "12" would otherwise mask layers 1 and 2."""
+    with pytest.raises(TypeError, match="resolve_layers"):
+        with masking.image_blocks(torch.zeros(1, 4, dtype=torch.long), "12"):
+            pass

@@ -209,23 +209,21 @@ def collect_batch(
 def collect(
     adapter,
     samples: Sequence,
-    mask_layers: str | Sequence[int] | None = None,
+    mask_layers: masking.Layers | None = None,
     per_head: bool = False,
     batch_size: int = 4,
     mode: str = "blockwise",
     pool: int = 1,
-    auto_layer: int | None = None,
     progress: bool = False,
 ):
     """Attention shares of ``samples`` per layer as a long ``pandas.DataFrame`` (see the module docstring).
 
-    ``mask_layers`` masks those layers while measuring (a spec for :func:`mimic_utils.models.masking.parse_layers`
-    or indices; ``None`` measures the unmasked model). The model is switched to the masking attention for
+    ``mask_layers`` masks those layers while measuring (indices, :func:`mimic_utils.models.masking.resolve_layers`;
+    ``None``: the layers the adapter is masked in, none for an unmasked model). The model is switched to the masking attention for
     the call and restored afterwards. ``pool`` is the 1D pooling factor of :meth:`VLMAdapter.prepare`.
     """
-    if mask_layers is None:  # a model trained with a mask is measured with it, as it is always run
-        mask_layers = list(getattr(adapter, "mask_layers", ()))
-    layers = masking.parse_layers(mask_layers, masking.num_text_layers(adapter.model), auto_layer)
+    # a model trained with a mask is measured with it, as it is always run
+    layers = tuple(getattr(adapter, "mask_layers", ())) if mask_layers is None else mask_layers
     starts = range(0, len(samples), batch_size)
     records: list[dict] = []
     with masking.text_attention(adapter.model):
@@ -424,7 +422,7 @@ def low_cross_sentence(aggregated, layer: int | None, threshold: float, column: 
 
 
 @torch.no_grad()
-def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, auto_layer: int | None = None):
+def block_map(adapter, sample, mask_layers: masking.Layers = ()):
     """For one sample, per layer: the mean attention mass each image block's queries (and the answer
     position) put on each image block and on the text, averaged over heads — a ``pandas.DataFrame`` with
     ``layer, depth, query, key, share``. Streams like :func:`collect` (one layer's map at a time)."""
@@ -432,7 +430,6 @@ def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, a
     block_ids = adapter.image_block_ids(batch)
     answer = int(answer_positions(batch.inputs["attention_mask"])[0])
     num_layers = masking.num_text_layers(adapter.model)
-    layers = masking.parse_layers(mask_layers, num_layers, auto_layer)
     images = int(block_ids.max()) + 1
     keys = target_columns(block_ids)[0].float()  # [S, images + 1]
     names = [f"image {i + 1}" for i in range(images)] + ["text"]
@@ -449,7 +446,7 @@ def block_map(adapter, sample, mask_layers: str | Sequence[int] | None = None, a
                                 "query": query_name, "key": key_name, "share": float(mass[rows, column].mean())})
 
     with masking.text_attention(adapter.model):
-        with masking.image_blocks(block_ids, layers, observers=[observe], model=adapter.model):
+        with masking.image_blocks(block_ids, mask_layers, observers=[observe], model=adapter.model):
             adapter.model(**batch.inputs, use_cache=False, logits_to_keep=1)
     return pd.DataFrame.from_records(records)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from mimic_utils.evaluation.harness import mimic_sample
-from mimic_utils.models.masking import image_blocks, num_text_layers, parse_layers, text_attention
+from mimic_utils.models.masking import Layers, image_blocks, text_attention
 
 #: LLaVA-OneVision-7B's language model (Qwen2-7B) and multi-image size: 8 images of 730 tokens.
 LLAVA_OV_7B = {"layers": 28, "hidden": 3584, "heads": 28, "kv_heads": 4, "head_dim": 128, "intermediate": 18944,
@@ -79,12 +79,11 @@ def synchronize() -> None:
 
 
 @torch.no_grad()
-def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers="second_half", repeats: int = 5,
+def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers: Layers, repeats: int = 5,
                  batch: int = 8) -> pd.DataFrame:
     """Measured prefill time of the adapter's model, dense vs masked in ``layers``, per image count: the
     median of ``repeats`` forwards of a batch of ``batch`` copies of one benchmark sample with that many
     images (counts the benchmark lacks are skipped). Times from one run: compare the ratio, not seconds."""
-    chosen = parse_layers(layers, num_text_layers(adapter.model))
     rows = []
     for n in n_images:
         record = next((r for r in records if len(r["images"]) == n), None)
@@ -105,7 +104,7 @@ def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], laye
             return sorted(times)[len(times) // 2]
 
         dense = median_seconds()
-        with text_attention(adapter.model), image_blocks(block_ids, chosen):
+        with text_attention(adapter.model), image_blocks(block_ids, layers):
             masked = median_seconds()
         rows.append({"n_images": n, "tokens": int(prepared.inputs["input_ids"].shape[1]), "batch": batch,
                      "dense_seconds": dense, "masked_seconds": masked, "masked_over_dense": masked / dense})

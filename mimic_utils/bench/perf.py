@@ -762,7 +762,7 @@ def _gpu_masked_forward(args: argparse.Namespace, device: str, dtype) -> dict:
 
     adapter, batch = _one_sample(args, device, dtype)
     model = adapter.model
-    layers = masking.parse_layers("second_half", masking.num_text_layers(model))
+    layers = masking.resolve_layers("second_half", masking.num_text_layers(model))
     runs = {name: _model_forward(adapter, batch, layers, mode, use_cache=False, logits_to_keep=1) for name, mode in
             (("plain", None), ("masked_blockwise", "blockwise"), ("masked_flex", "flex"), ("masked_dense", "dense"))}
     with torch.no_grad(), masking.text_attention(model):

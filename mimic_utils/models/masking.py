@@ -6,7 +6,8 @@ semantics). One function is registered in ``AttentionInterface`` and enabled for
 a batch's block ids travel in a context, because ``generate()`` rejects unknown kwargs::
 
     masking.enable(adapter.model)                       # once; unchanged behaviour outside a context
-    with masking.mask_images(adapter, batch, "second_half"):
+    layers = masking.resolve_layers("second_half", masking.num_text_layers(adapter.model))  # once, where the spec enters
+    with masking.mask_images(adapter, batch, layers):
         answers = adapter.generate(batch)
 
 ``mode`` picks one of three computations with one result: ``dense`` (the reference mask), ``blockwise``
@@ -38,6 +39,12 @@ MODES = ("blockwise", "dense", "flex")
 
 LAYER_KEYWORDS = ("none", "first_half", "second_half", "auto")
 
+#: A layer spec as parameter files and callers write it: ``"12-23"``, ``"second_half"``, ``"auto"``, an index, a list
+#: of indices, or None (no layer). :func:`resolve_layers` turns it into :data:`Layers` once, where it enters.
+LayerSpec = str | int | Sequence[int] | None
+#: Decoder layer indices, sorted and checked against the model: what every function past the entry point takes.
+Layers = tuple[int, ...]
+
 
 # --- layer specs ---------------------------------------------------------------------------------
 
@@ -46,13 +53,17 @@ class LayerSpecError(ValueError):
     """A layer spec that cannot be read for this model; the message names the spec and the layer count."""
 
 
-def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int, auto_layer: int | None = None) -> list[int]:
-    """The decoder layers a spec names, sorted: ``"12-23"`` (inclusive), ``"3,5-7"``, ``"second_half"``,
+def resolve_layers(spec: LayerSpec, num_layers: int, auto_layer: int | None = None) -> Layers:
+    """The decoder layers a spec names, sorted, as a tuple: the one place a spec is read. The spec forms: ``"12-23"`` (inclusive), ``"3,5-7"``, ``"second_half"``,
     ``"first_half"`` (the early-layer ablation), ``"auto"`` (from ``auto_layer``, the layer notebook 03 finds, to the last), ``"none"``.
 
     A list of ints is checked and returned sorted. ``"second_half"`` is ``num_layers // 2 .. num_layers-1``:
     the official 12–23 of the 24-layer 0.5B model and 14–27 of the 28-layer 7B model.
     """
+    return tuple(_spec_layers(spec, num_layers, auto_layer))
+
+
+def _spec_layers(spec: LayerSpec, num_layers: int, auto_layer: int | None) -> list[int]:
     if num_layers < 1:
         raise LayerSpecError(f"a model needs at least one layer to mask, got num_layers={num_layers}")
     if spec is None:
@@ -221,7 +232,7 @@ def image_blocks(
     """Mask ``layers`` for the batch whose block ids are ``block_ids`` while the block runs.
 
     ``block_ids`` comes from ``adapter.image_block_ids(batch)`` (-1 text, 0..n-1 image). ``layers`` are
-    layer indices (see :func:`parse_layers`); an empty list masks nothing (useful with ``observers``).
+    layer indices (from :func:`resolve_layers`); an empty tuple masks nothing (useful with ``observers``).
     Give ``model`` to check that :func:`enable` was called on it (otherwise nothing would be masked).
     """
     if mode not in MODES:
@@ -233,6 +244,9 @@ def image_blocks(
             f"{type(model).__name__} does not use {ATTENTION_NAME!r} for its language model "
             f"(it uses {_text_config(model)._attn_implementation!r}); call masking.enable(model) first"
         )
+    if isinstance(layers, str):
+        raise TypeError(f"image_blocks takes layer indices, got the spec {layers!r}: resolve it once with "
+                        "masking.resolve_layers(spec, num_layers, auto_layer)")
     layers = frozenset(int(layer) for layer in layers)
     if any(layer < 0 for layer in layers):
         raise ValueError(f"layer indices must be >= 0, got {sorted(layers)}")
@@ -248,15 +262,13 @@ def image_blocks(
 def mask_images(
     adapter,
     batch,
-    layers: str | Sequence[int] | None,
+    layers: Layers,
     mode: str = "blockwise",
-    auto_layer: int | None = None,
     observers: Sequence[Observer] = (),
 ) -> Iterator[ImageBlocks]:
-    """:func:`image_blocks` for an adapter's batch: reads the block ids and a layer spec, and checks
-    that the model is enabled. ``layers`` is a spec for :func:`parse_layers` or a list of indices."""
-    chosen = parse_layers(layers, num_text_layers(adapter.model), auto_layer)
-    with image_blocks(adapter.image_block_ids(batch), chosen, mode, observers, model=adapter.model) as state:
+    """:func:`image_blocks` for an adapter's batch: reads the block ids and checks that the model is
+    enabled. ``layers`` are indices (:func:`resolve_layers`)."""
+    with image_blocks(adapter.image_block_ids(batch), layers, mode, observers, model=adapter.model) as state:
         yield state
 
 
@@ -611,7 +623,9 @@ __all__ = [
     "MODES",
     "AttentionCall",
     "ImageBlocks",
+    "LayerSpec",
     "LayerSpecError",
+    "Layers",
     "active",
     "attention_forward",
     "block_structure",
@@ -624,7 +638,7 @@ __all__ = [
     "mask_images",
     "masked_samples",
     "num_text_layers",
-    "parse_layers",
+    "resolve_layers",
     "plan_blocks",
     "preferred_mode",
     "register",

@@ -576,7 +576,7 @@ class VLMAdapter:
     def set_mask(self, spec, auto_layer: int | None = None, mode: str = "blockwise") -> tuple[int, ...]:
         """Mask image blocks in the layers of ``spec`` (``"12-23"``, ``"second_half"``, ``"auto"``, indices,
         or ``None``/``"none"`` for no mask); recorded in ``settings["mask"]``."""
-        self.mask_layers = tuple(masking.parse_layers(spec, masking.num_text_layers(self.model), auto_layer))
+        self.mask_layers = masking.resolve_layers(spec, masking.num_text_layers(self.model), auto_layer)
         self.mask_mode = mode
         if self.mask_layers:
             masking.enable(self.model)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from mimic_utils.artifacts import atomic_path, write_json
 from mimic_utils.evaluation.harness import load_images
-from mimic_utils.models.masking import parse_layers
+from mimic_utils.models.masking import resolve_layers
 from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint
 from mimic_utils.data.prompts import HUB_FAMILY, prompt_family
 
@@ -386,7 +386,7 @@ def resolve_ablation(ablation: dict[str, str], num_layers: int,
             notes.append(f"'{name}' is not trained: notebook 03 found no layer from which cross-image attention "
                          "stays low, so the `auto` spec names no layers.")
             continue
-        layers = tuple(parse_layers(spec, num_layers, auto_layer))
+        layers = resolve_layers(spec, num_layers, auto_layer)
         twin = next((other for other, chosen in distinct.items() if chosen == layers), None)
         if twin is None:
             distinct[name] = layers
