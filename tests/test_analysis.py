@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from mimic_utils.analysis import diagnosis
+from mimic_utils.analysis import diagnosis, sentences
 
 
 def rows(task: str, scores: list[float], experiment: str = "images", prefix: str = "q", gt: str = "2",
@@ -90,11 +90,11 @@ def test_findings_use_the_rule_and_state_the_paper_direction():
     sweep = images_sweep(18, 2)
     found = diagnosis.sweep_contrast(sweep, "images", "m, four-task mean", diagnosis.HEADLINE_TASKS)
     assert found["diff"] == pytest.approx(-0.8) and not found["paired"] and found["hi"] < 0
-    line = diagnosis.finding(found, -1)
+    line = sentences.finding(found, -1)
     assert line.startswith("m, four-task mean: falls from 1 image (0.90) to 10 images (0.10)")
     assert "[95% CI" in line and "the paper: falls (verdict: reproduced)" in line
     level = diagnosis.sweep_contrast(images_sweep(10, 10), "images", "m", diagnosis.HEADLINE_TASKS)
-    assert "no detectable change" in diagnosis.finding(level, -1) and "inconclusive" in diagnosis.finding(level, -1)
+    assert "no detectable change" in sentences.finding(level, -1) and "inconclusive" in sentences.finding(level, -1)
 
 
 def pooled(gain_at_many: int) -> dict[int, list[dict]]:

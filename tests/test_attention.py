@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mimic_utils.analysis import attention
+from mimic_utils.analysis import attention, sentences
 from mimic_utils.models import masking
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -153,9 +153,9 @@ def test_fade_effect_is_late_minus_early_ratio_with_a_sample_bootstrap():
     assert (effect["first_layers"], effect["last_layers"], effect["n"]) == ([0], [2], 3)
     assert effect["effect"] == pytest.approx((0.15 - 0.5) / 0.5)
     assert effect["lo"] <= effect["effect"] <= effect["hi"] < 0
-    assert "fades with depth" in attention.fade_sentence(effect)
+    assert "fades with depth" in sentences.fade_sentence(effect)
     level = attention.fade_effect(synthetic_frame({0: [0.2, 0.4], 1: [0.4, 0.2]}))
-    assert level["lo"] < 0 < level["hi"] and "no detectable change" in attention.fade_sentence(level)
+    assert level["lo"] < 0 < level["hi"] and "no detectable change" in sentences.fade_sentence(level)
 
 
 def test_versus_uniform_gives_two_lines_for_the_depth_plot():

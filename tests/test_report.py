@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import pytest
 
-from mimic_utils.analysis import cross_benchmark, diagnosis, report, stats
+from mimic_utils.analysis import cross_benchmark, diagnosis, report, sentences, stats
 from mimic_utils.analysis.claims import CLAIMS, claim_entry
 
 
@@ -44,14 +44,14 @@ def test_claims_section_keeps_every_claim_and_marks_unmeasured_ones_missing(stud
     text = report.claims_section("cpu", study)
     assert "| 1 | Accuracy falls as images are added" in text and "-0.420 [-0.500, -0.330]" in text
     assert "not measured (notebook 05 wrote no entry) | **missing** |" in text
-    assert report.verdict_counts(rows) == "1 reproduced, 1 opposite, 1 inconclusive, 6 missing"
+    assert sentences.verdict_counts(rows) == "1 reproduced, 1 opposite, 1 inconclusive, 6 missing"
 
 
 def test_claims_section_of_a_profile_that_never_ran_lists_nine_missing_claims(tmp_path):
     (tmp_path / "pyproject.toml").write_text("")
     rows = report.claims_rows("smoke", tmp_path)
     assert len(rows) == len(CLAIMS) and {r["verdict"] for r in rows} == {"missing"}
-    assert "**missing**, not measured (notebook 02 wrote no entry)." in report.claim_sentence(rows[0])
+    assert "**missing**, not measured (notebook 02 wrote no entry)." in sentences.claim_sentence(rows[0])
 
 
 def test_report_holds_rule_claims_effects_statuses_tables_and_findings(study):
@@ -90,7 +90,7 @@ def test_below_half_parsed_the_reading_is_the_letter_format_not_transfer():
     silent = [mc_row(i, None if i % 4 else "A") for i in range(40)]  # a letter in 1 reply of 4
     row = cross_benchmark.benchmark_row("scene OOD", "masked", silent)
     assert row["parse_rate"] == 0.25 and row["reading"] == cross_benchmark.NO_LETTERS == "does not answer in the letter format"
-    assert "does not answer in the letter format." in cross_benchmark.cell_sentence(row)
+    assert "does not answer in the letter format." in sentences.cell_sentence(row)
     fluent = [mc_row(i, "A") for i in range(40)]
     assert cross_benchmark.benchmark_row("scene OOD", "base", fluent)["reading"] == "above baseline"
     (found,) = cross_benchmark.compare("scene OOD", {"base": fluent, "masked": silent}, "base")
@@ -111,7 +111,7 @@ def test_benchmark_table_keeps_cells_that_did_not_run():
     table = cross_benchmark.benchmark_table({("scene OOD", "base"): [mc_row(0, "A")]},
                                      {("blink", "base"): "not run: offline"})
     assert table.set_index("benchmark").loc["blink", "reading"] == "not run: offline"
-    assert cross_benchmark.cell_sentence(table.to_dict(orient="records")[1]) == "blink, base: not run: offline."
+    assert sentences.cell_sentence(table.to_dict(orient="records")[1]) == "blink, base: not run: offline."
     assert diagnosis.jsonable(table)[1]["score"] is None
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mimic_utils.models import masking
-from mimic_utils.analysis.stats import N_BOOT, change_word, interval_text, percentile_interval
+from mimic_utils.analysis.stats import N_BOOT, percentile_interval
 
 VISION_TARGETS = ("same_image", "other_images", "text")
 QUERY_KINDS = ("vision", "answer")
@@ -341,6 +341,24 @@ def depth_thirds(layers: Sequence[int], fraction: float = 1 / 3) -> tuple[list[i
     return list(layers[:k]), list(layers[-k:])
 
 
+def by_model_lines(aggregated: dict) -> pd.DataFrame:
+    """Image tokens → other images per model (:func:`aggregate` tables by model name), measured against
+    uniform, with one uniform line (the first model's: the questions and the causal mask are the same for
+    every model, so is the reference) — the lines :func:`mimic_utils.analysis.plots.attention_depth` draws."""
+    first = next(iter(aggregated.values()))
+    return pd.concat([versus_uniform(t, label=name).query("target != 'uniform'") for name, t in aggregated.items()]
+                     + [versus_uniform(first).query("target == 'uniform'")])
+
+
+def fade_table(shares: dict, mask_layers: dict) -> pd.DataFrame:
+    """Per model (:func:`collect` frames by name), its masked layers and the fade of its cross-image attention
+    (:func:`fade_effect`: first- and last-third ratios, their difference with interval, ``n``)."""
+    keep = ("first_ratio", "last_ratio", "effect", "lo", "hi", "n")
+    return pd.DataFrame([{"model": name, "masked_layers": list(mask_layers[name]),
+                          **{k: v for k, v in fade_effect(frame).items() if k in keep}}
+                         for name, frame in shares.items()])
+
+
 def fade_effect(frame, query_kind: str = "vision", target: str = "other_images", fraction: float = 1 / 3,
                 seed: int = 0, n_boot: int = N_BOOT) -> dict:
     """How the measured/uniform ratio changes with depth: ratio over the last third of layers − over the
@@ -365,22 +383,6 @@ def fade_effect(frame, query_kind: str = "vision", target: str = "other_images",
             "first_interval": list(percentile_interval(boot_early)),
             "last_interval": list(percentile_interval(boot_late)), "n": len(share),
             "query_kind": query_kind, "target": target}
-
-
-def fade_sentence(effect: dict, subject: str = "Image tokens' attention to other images") -> str:
-    """One sentence from :func:`fade_effect` under the study's rule: a direction only when the interval
-    of the change excludes 0."""
-    word = change_word(effect["lo"], effect["hi"], up="rises", down="fades")
-    first, last = effect["first_interval"], effect["last_interval"]
-    return (f"{subject}, relative to uniform attention over the keys each token can see: "
-            f"{effect['first_ratio']:.2f}× uniform [95% CI {first[0]:.2f}, {first[1]:.2f}] in the first third of "
-            f"layers ({_layers(effect['first_layers'])}) and {effect['last_ratio']:.2f}× "
-            f"[{last[0]:.2f}, {last[1]:.2f}] in the last third ({_layers(effect['last_layers'])}) — {word} with depth, "
-            f"{interval_text(effect['effect'], effect['lo'], effect['hi'])} over {effect['n']} samples.")
-
-
-def _layers(layers: Sequence[int]) -> str:
-    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}–{layers[-1]}"
 
 
 def per_layer_values(aggregated, column: str = "ratio", query_kind: str = "vision", target: str = "other_images"):
@@ -453,6 +455,8 @@ def block_map(adapter, sample, mask_layers: masking.Layers = ()):
 
 __all__ = [
     "QUERY_KINDS",
+    "by_model_lines",
+    "fade_table",
     "VISION_TARGETS",
     "LayerShares",
     "ShareCollector",
@@ -466,7 +470,6 @@ __all__ = [
     "collect_batch",
     "depth_thirds",
     "fade_effect",
-    "fade_sentence",
     "find_low_cross_layer",
     "layer_records",
     "low_cross_sentence",

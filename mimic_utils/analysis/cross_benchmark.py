@@ -159,15 +159,6 @@ def collect(scores: Mapping[tuple[str, str], Mapping], ids: Mapping[str, set]) -
     return rows_by_cell, not_run
 
 
-def cell_sentence(row: Mapping) -> str:
-    """One (benchmark, model) row in words: score with interval against its baseline, parse rate, reading."""
-    if not row.get("n"):
-        return f"{row['benchmark']}, {row['model']}: {row['reading']}."
-    rate = "" if not math.isfinite(row["parse_rate"]) else f", parse rate {row['parse_rate']:.2f}"
-    return (f"{row['benchmark']}, {row['model']}: {row['score']:.2f} [95% CI {row['lo']:.2f}, {row['hi']:.2f}], "
-            f"n = {row['n']}, {row['baseline_kind']} {row['baseline']:.2f}{rate}: {row['reading']}.")
-
-
 # --- paired comparisons --------------------------------------------------------------------------------------
 
 
@@ -201,7 +192,7 @@ def compare(benchmark: str, rows_by_model: Mapping[str, Rows], base: str, key: s
 
 __all__ = [
     "MIMIC", "NO_LETTERS", "PARSE_FLOOR", "against_baseline", "answers_in_letters", "benchmark_row",
-    "benchmark_table", "cell_sentence", "chance", "collect", "compare", "comparison_sentence",
+    "benchmark_table", "chance", "collect", "compare", "comparison_sentence",
     "is_multiple_choice", "mimic_table", "parse_rate", "parsed_letter", "reading", "results_table",
     "sub_task_table", "with_n_options",
 ]

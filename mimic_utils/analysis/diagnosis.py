@@ -26,6 +26,7 @@ import pandas as pd
 
 from mimic_utils.analysis import stats
 from mimic_utils.analysis.claims import claim_entry
+from mimic_utils.analysis.sentences import finding
 from mimic_utils.data.mimic_benchmark import SWEEPS
 
 Rows = Sequence[Mapping]
@@ -284,23 +285,7 @@ def _columns(found: Mapping | None, names: tuple[str, str, str]) -> dict:
     return {name: _round(found[key]) if found else math.nan for name, key in zip(names, ("diff", "lo", "hi"))}
 
 
-# --- sentences and claims --------------------------------------------------------------------------------
-
-
-def paper_word(sign: int) -> str:
-    """The paper's direction of a claim as the rule's word."""
-    return "rises" if sign > 0 else "falls"
-
-
-def finding(found: Mapping | None, expected: int | None = None) -> str | None:
-    """One sentence from the one rule for words, with the paper's direction and the verdict if known."""
-    if found is None:
-        return None
-    line = stats.change_sentence(found["subject"], found["a_label"], found["b_label"], found)
-    if expected is None:
-        return line
-    verdict = stats.verdict(found["lo"], found["hi"], expected)
-    return f"{line[:-1]}; the paper: {paper_word(expected)} (verdict: {verdict})."
+# --- contrasts, findings and claims --------------------------------------------------------------------------------
 
 
 def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool_factor: int) -> dict:

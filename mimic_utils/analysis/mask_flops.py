@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from mimic_utils.analysis.claims import claim_entry
+from mimic_utils.analysis.sentences import flops_sentence
 from mimic_utils.evaluation.harness import mimic_sample
 from mimic_utils.models.masking import Layers, image_blocks, text_attention
 
@@ -44,6 +46,19 @@ def layer_flops(tokens: int, pairs: int, hidden: int, heads: int, kv_heads: int,
     projections = 2 * tokens * hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim)
     mlp = 2 * tokens * 3 * hidden * intermediate
     return {"attention": attention, "other": projections + mlp}
+
+
+def flops_claim(flops: pd.DataFrame, shape: dict = LLAVA_OV_7B) -> tuple[dict, str]:
+    """Claim 9's entry and sentence from :func:`compute_table`'s last row (the most images): the share of a
+    masked layer's attention FLOPs saved. Analytic and exact, so its interval is degenerate."""
+    top = flops.iloc[-1]
+    sentence = flops_sentence(top, shape)
+    saving = float(top["masked_layer_attention_saving"])
+    claim = claim_entry("9", saving, saving, saving,
+                        measure=f"share of a masked layer's attention FLOPs saved (analytic, LLaVA-OV-7B size, "
+                                f"{int(top['n_images'])} images)",
+                        note="analytic and exact, so the interval is degenerate [s, s]; " + sentence)
+    return claim, sentence
 
 
 def compute_table(n_images: Sequence[int], tokens_per_image: int, layers: int, masked_layers: int, hidden: int,

@@ -211,6 +211,15 @@ def metric_lines(frame: pd.DataFrame, x: str, y: str, hue: str, path: Path | str
 PANELS_PER_ROW = 3
 
 
+def loss_by_run(logs: list[pd.DataFrame], path: Path | str, window: int, title: str):
+    """Training loss of several runs (loss logs with ``model`` and ``seed`` columns) as its ``window``-step
+    rolling mean per run: one colour per model, one line style per seed."""
+    loss = pd.concat(logs)
+    loss["loss_mean"] = loss.groupby(["model", "seed"])["loss"].transform(lambda s: s.rolling(window, min_periods=1).mean())
+    return metric_lines(loss, "step", "loss_mean", "model", path, style="seed", blind=None, title=title, ylabel="loss",
+                        ylim=None)
+
+
 def _panels(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
     """A grid of ``count`` panels sharing the y axis, at most :data:`PANELS_PER_ROW` a row."""
     columns = min(count, PANELS_PER_ROW)

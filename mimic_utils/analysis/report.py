@@ -12,19 +12,17 @@ For the README: ``claims_section(profile)`` returns the claims table's Markdown 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from mimic_utils.artifacts import profile_dir, read_json, write_text
 from mimic_utils.analysis.claims import claims_markdown, claims_table
+from mimic_utils.analysis.sentences import claims_sentences
 
 NOTEBOOKS = ("01_data_build", "02_zero_shot_diagnosis", "03_attention_analysis", "04_data_centric_finetune",
              "05_masked_qlora_finetune", "06_cross_benchmark_eval")
-VERDICTS = ("reproduced", "opposite", "inconclusive", "missing")
-
 #: How to read every number of the report (and of notebook 06): the rule behind each word.
 HOW_TO_READ = [
     "**Verdicts.** A claim is *reproduced* only when the 95% interval of its effect excludes 0 in the "
@@ -66,33 +64,6 @@ def claims_rows(profile: str, root: Path | None = None) -> list[dict]:
 def claims_section(profile: str, root: Path | None = None) -> str:
     """The claims table of a profile as Markdown, ready to paste into the README."""
     return claims_markdown(claims_rows(profile, root))
-
-
-def verdict_counts(rows: Sequence[Mapping]) -> str:
-    """"2 reproduced, 1 opposite, 3 inconclusive, 3 missing" (every verdict named, zeros included)."""
-    counts = Counter(row["verdict"] for row in rows)
-    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
-
-
-def _effect_text(row: Mapping) -> str:
-    if row.get("effect") is None:
-        return "no value"
-    return f"{row['effect']:+.3f} [95% CI {row['lo']:+.3f}, {row['hi']:+.3f}]"
-
-
-def claim_sentence(row: Mapping) -> str:
-    """One claim's row in words: its verdict, the effect with interval, and what was measured."""
-    head = f"Claim {row['claim']}, \"{row['statement']}\": **{row['verdict']}**"
-    if row["verdict"] == "missing":
-        return f"{head}, {row['measure']}."
-    note = f" ({row['note']})" if row.get("note") else ""
-    return f"{head}; {row['measure']}: {_effect_text(row)}{note}."
-
-
-def claims_sentences(rows: Sequence[Mapping]) -> list[str]:
-    """The interpretation of the claims table: the verdict count, then one sentence per claim."""
-    return [f"Of the paper's {len(rows)} claims this run finds {verdict_counts(rows)}.",
-            *(claim_sentence(row) for row in rows)]
 
 
 def _cell(value: object) -> object:
@@ -155,5 +126,5 @@ def write_report(profile: str, tables: Mapping[str, pd.DataFrame], root: Path | 
     return write_text(profile_dir(profile, root) / "REPORT.md", text)
 
 
-__all__ = ["HOW_TO_READ", "NOTEBOOKS", "claim_sentence", "claims_rows", "claims_section", "claims_sentences",
-           "load_all", "report_text", "table_markdown", "verdict_counts", "write_report"]
+__all__ = ["HOW_TO_READ", "NOTEBOOKS", "claims_rows", "claims_section",
+           "load_all", "report_text", "table_markdown", "write_report"]

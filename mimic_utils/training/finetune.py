@@ -30,7 +30,7 @@ import json
 import math
 import random
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 
 from mimic_utils.artifacts import atomic_path, write_json
 from mimic_utils.evaluation.harness import load_images
-from mimic_utils.models.masking import resolve_layers
 from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint
 from mimic_utils.data.prompts import HUB_FAMILY, prompt_family
 
@@ -352,74 +351,3 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
         write_json(out_dir / "finetune.json", {"config": asdict(config), "trained_parameters": sum(p.numel() for p in params),
                                                "multi_image_conversations": len(multi), "single_image_conversations": len(single)})
     return {"log": log, "trained_parameters": sum(p.numel() for p in params), "config": asdict(config)}
-
-
-# --- notebook 05: the masked-LoRA ablation ------------------------------------------------------------
-
-
-def variant_label(name: str, layers: tuple[int, ...]) -> str:
-    """How a variant is shown: ``LoRA (no mask)`` for an empty mask, else ``masked LoRA (<name>)``."""
-    return f"masked LoRA ({name})" if layers else "LoRA (no mask)"
-
-
-def model_folder(label: str, seed: int, first_seed: int) -> str:
-    """A trained model's folder name under ``models/``: the label made path-safe, ``_seed<k>`` added after
-    the first seed (the first keeps the plain name, the path later notebooks read)."""
-    slug = label.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
-    return slug if seed == first_seed else f"{slug}_seed{seed}"
-
-
-def resolve_ablation(ablation: dict[str, str], num_layers: int,
-                     auto_layer: int | None) -> tuple[dict[str, tuple[int, ...]], dict[str, str], list[str]]:
-    """Every variant's layer spec resolved to its layer tuple before anything trains.
-
-    Returns ``(distinct, aliases, notes)``: the variants to train (name → layers), the duplicates (name →
-    the variant with the same layers, trained and evaluated once and reported under both names), and
-    one sentence per variant that is dropped or merged — ``auto`` without a layer from notebook 03 is not
-    trained at all, rather than silently becoming another variant.
-    """
-    distinct: dict[str, tuple[int, ...]] = {}
-    aliases: dict[str, str] = {}
-    notes: list[str] = []
-    for name, spec in ablation.items():
-        if str(spec).strip().lower() == "auto" and auto_layer is None:
-            notes.append(f"'{name}' is not trained: notebook 03 found no layer from which cross-image attention "
-                         "stays low, so the `auto` spec names no layers.")
-            continue
-        layers = resolve_layers(spec, num_layers, auto_layer)
-        twin = next((other for other, chosen in distinct.items() if chosen == layers), None)
-        if twin is None:
-            distinct[name] = layers
-        else:
-            aliases[name] = twin
-            notes.append(f"'{name}' ({spec}) masks the same layers as '{twin}' ({list(layers)}): trained and "
-                         f"evaluated once, reported under both names.")
-    return distinct, aliases, notes
-
-
-def train_masked_lora(adapter, layers: tuple[int, ...], records: list[dict], config: FinetuneConfig,
-                      out_dir: Path, seed: int) -> dict:
-    """One ablation run: the mask on ``layers``, then LoRA with ``config`` under ``seed``. The seed is set
-    before LoRA wraps the model, so LoRA's random initial matrices belong to the seed too (the batches and
-    dropout already follow ``config.seed``): two runs with one seed differ only in their mask."""
-    adapter.set_mask(list(layers))
-    torch.manual_seed(seed)
-    return finetune(adapter, records, replace(config, seed=seed), out_dir, progress=False, name="masked_lora")
-
-
-#: Per-question fields that are averaged over seeds (Listing keeps its micro counts, so its F1 stays micro).
-SEED_AVERAGED = ("score", "true_positive", "n_pred", "n_gt")
-
-
-def seed_average(runs: list[list[dict]]) -> list[dict]:
-    """Per question, the prediction rows of several seeds with their scores averaged: the seed-averaged
-    model a paired comparison over questions reads. Every run must answer the same questions."""
-    by_id = [{row["id"]: row for row in rows} for rows in runs]
-    if any(set(ids) != set(by_id[0]) for ids in by_id):
-        raise ValueError("seed_average: the runs answered different questions")
-    averaged = []
-    for question, first in by_id[0].items():
-        means = {key: sum(float(ids[question][key]) for ids in by_id) / len(by_id)
-                 for key in SEED_AVERAGED if key in first}
-        averaged.append({**first, **means, "seeds": len(runs)})
-    return averaged

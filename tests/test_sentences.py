@@ -1,0 +1,30 @@
+"""The study's generated sentences: a verdict in words per claim, and claim 9's FLOPs saving with its sentence."""
+
+from __future__ import annotations
+
+import pytest
+
+from mimic_utils.analysis import mask_flops, sentences
+
+
+def test_a_verdict_reads_as_reproduced_contradicted_or_not_settled():
+    assert sentences.attention_fade_meaning("opposite", "organism", 64).startswith(
+        "Claim 6 is contradicted for organism: measured against uniform attention, image tokens look at the other "
+        "images more")
+    assert sentences.attention_fade_meaning("inconclusive", "organism", 64).endswith("uncertainty of 64 samples.")
+    assert sentences.masked_lora_meaning("reproduced", "organism", 150, 3).startswith("Claim 8 is reproduced on organism:")
+    assert sentences.masked_lora_meaning("inconclusive", "organism", 150, 3).endswith(
+        "within the uncertainty of 150 questions and 3 seeds.")
+    with pytest.raises(ValueError, match="claim 8: verdict 'missing'"):
+        sentences.masked_lora_meaning("missing", "organism", 150, 3)
+
+
+def test_claim_9_is_the_masked_layer_saving_of_the_most_images_worded_once():
+    flops = mask_flops.compute_table([2, 10], **mask_flops.LLAVA_OV_7B)
+    claim, sentence = mask_flops.flops_claim(flops)
+    saving = float(flops.iloc[-1]["masked_layer_attention_saving"])
+    assert claim["claim"] == "9" and claim["effect"] == claim["lo"] == claim["hi"] == saving
+    assert claim["verdict"] == "reproduced" and claim["measure"].endswith("LLaVA-OV-7B size, 10 images)")
+    assert sentence.startswith("At LLaVA-OV-7B size with 10 images of 730 tokens, masking layers 14–27 saves ")
+    assert claim["note"].endswith(sentence)
+    assert sentences.forward_time_sentence(1.034).startswith("On this machine the organism's masked forward took 1.03×")
