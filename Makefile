@@ -1,6 +1,7 @@
 # One entry point for the study. From a fresh clone:
 #   make study   # create .venv if missing, install, run every notebook under the cpu profile
-#   make test    # create .venv if missing, install, unit tests + nbval regression of the smoke notebooks
+#   make test    # create .venv if missing, install, unit tests (tests/unit/) + nbval regression of the smoke
+#                # notebooks (tests/notebooks/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -41,8 +42,10 @@ smoke: $(STAMP)
 	$(PY) -m mimic_utils.runner --profile smoke
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests/unit -q
 
+# tests/notebooks/: the reference notebooks re-executed and compared by nbval, then test_notebooks.py, which
+# checks that the references, the notebooks and the smoke outputs nbval just wrote agree.
 # nbval's kernels run as quietly as the runner's (runner.QUIET_ENVIRONMENT, kernel_startup.py), so that a
 # checked cell compares like with like
 QUIET_KERNELS := TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
@@ -50,7 +53,8 @@ QUIET_KERNELS := TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERB
 
 nbval: $(STAMP)
 	$(QUIET_KERNELS) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
-		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(NBVAL_REFS)
+		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(NBVAL_REFS) \
+		tests/notebooks/test_notebooks.py
 
 test: unit nbval
 

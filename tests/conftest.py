@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
 
 from mimic_utils.models import tiny, vlm
+
+# tests/support/ holds the worker scripts tests run in subprocesses and import helpers from
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 
 def noise_image(width: int, height: int, seed: int) -> Image.Image:

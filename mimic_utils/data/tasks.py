@@ -4,8 +4,8 @@ A :class:`TaskSpec` names a task and its knobs (images, spread, distractors, k, 
 answers); :func:`generate` returns exactly that many records, each with the evidence (every image's class
 counts) from which a test recomputes its answer. The paper leaves several definitions open; ours — what
 spread and distractors mean, k summed counts and k supercategories, every named concept present, Odd-One's
-minority — are in docs/design.md (*Tasks and knobs*), each tested in ``tests/test_tasks.py`` or
-``tests/test_mimic_benchmark.py``. Knobs the data cannot meet raise a :class:`KnobError` naming the knob.
+minority — are in docs/design.md (*Tasks and knobs*), each tested in ``tests/unit/test_tasks.py`` or
+``tests/unit/test_mimic_benchmark.py``. Knobs the data cannot meet raise a :class:`KnobError` naming the knob.
 """
 
 from __future__ import annotations

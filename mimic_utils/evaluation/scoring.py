@@ -1,7 +1,7 @@
 """Scorers: the official MIMIC metrics and multiple-choice letter extraction for the public benchmarks.
 
 Every function here is pure and total on strings: whatever a model writes, a scorer returns a value and
-never raises (the property tests in ``tests/test_scoring.py`` check this); only programming errors (an
+never raises (the property tests in ``tests/unit/test_scoring.py`` check this); only programming errors (an
 unknown task family, malformed choice letters) raise. Counting, Common/Odd-One and Listing follow the
 official lmms-eval fork exactly, including its leading-space and strip-order quirks, with one deliberate
 deviation: Listing items are stripped of whitespace and a trailing period (``official_quirks=True`` gives

@@ -13,7 +13,7 @@ from mimic_utils.data.annotations import AnnotationIndex, read_coco
 from mimic_utils.data.tasks import KnobError, TaskSpec, generate
 from test_tasks import make_index, recompute
 
-ABSENT_COCO = Path(__file__).parent / "fixtures" / "coco" / "instances_absent.json"
+ABSENT_COCO = Path(__file__).parents[1] / "fixtures" / "coco" / "instances_absent.json"
 #: Only the sweep under test: the others emptied.
 NO_SWEEPS = dict(images=(), spread=(), distractors=(), k=())
 

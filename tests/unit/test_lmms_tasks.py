@@ -165,7 +165,7 @@ def test_prompts_and_visuals_equal_ours(folder, task):
 
 
 def fixture_cases(test) -> list[tuple]:
-    """The ``(prediction, gt, …)`` rows of one parametrized test of ``tests/test_scoring.py``."""
+    """The ``(prediction, gt, …)`` rows of one parametrized test of ``tests/unit/test_scoring.py``."""
     return list(test.pytestmark[0].args[1])
 
 

@@ -15,7 +15,7 @@ from mimic_utils.data import scene_formats as F
 from mimic_utils.data import scenes as S
 from mimic_utils.data.annotations import SourceError, read_coco, read_openimages, source_hash
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 COCO_FIXTURE = FIXTURES / "coco" / "instances_fixture.json"
 OI = FIXTURES / "openimages"
 OI_ARGS = {

@@ -15,7 +15,7 @@ from conftest import launch_two_cpu_processes
 from eval_worker import make_records, tiny_qwen_adapter
 from mimic_utils.evaluation import harness
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1] / "support"  # the worker scripts
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mimic_utils"
+PACKAGE = Path(__file__).resolve().parents[2] / "mimic_utils"
 
 #: The study's stages in import order: a module may import from its own stage and the ones before it.
 STAGES = ("artifacts", "data", "models", "evaluation", "training", "analysis", "tools")

@@ -16,7 +16,7 @@ from PIL import Image
 from mimic_utils.data import scene_formats as F
 from mimic_utils.data import scenes as S
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 N_IMAGES = 20
 
 

@@ -13,7 +13,7 @@ from finetune_worker import conversations
 from mimic_utils.training import finetune
 from mimic_utils.models.vlm import load_adapter
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1] / "support"  # the worker scripts
 
 
 def test_cosine_schedule_warms_up_then_decays():
