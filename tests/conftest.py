@@ -7,19 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from mimic_utils.models import tiny, vlm
 
 # tests/support/ holds the worker scripts tests run in subprocesses and import helpers from
 sys.path.insert(0, str(Path(__file__).parent / "support"))
-
-
-def noise_image(width: int, height: int, seed: int) -> Image.Image:
-    """A deterministic random RGB image (different pixels per seed)."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
-    return Image.fromarray(pixels.numpy())
+from eval_worker import noise_image  # noqa: E402  (after the path it lives on)
 
 
 @pytest.fixture(scope="module")

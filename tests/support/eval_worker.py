@@ -1,4 +1,5 @@
-"""A real evaluation run in its own process (killed and resumed by test_evaluate, or under accelerate)."""
+"""A real evaluation run in its own process (killed and resumed by test_harness, or under accelerate), and the
+noise images and records the tests share."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from mimic_utils.evaluation import harness
 from mimic_utils.models import tiny, vlm
 
 
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    """A deterministic random RGB image (different pixels per seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
 def make_records(folder: Path, n: int) -> list[dict]:
     """``n`` MIMIC-style records over deterministic noise images written to ``folder``."""
-    from conftest import noise_image
-
     folder.mkdir(parents=True, exist_ok=True)
     families = ["counting", "listing", "common", "oddone"]
     records = []

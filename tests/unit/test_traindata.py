@@ -107,7 +107,7 @@ def _mantis_style_dataset(folder, rows):
 
     import datasets
 
-    from conftest import noise_image
+    from eval_worker import noise_image
 
     def png(seed):
         buffer = io.BytesIO()
