@@ -95,6 +95,54 @@ def test_interrupted_finetuning_resumes_to_the_uninterrupted_weights(tmp_path, m
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+class RunsCode:
+    """What a malicious checkpoint would hold: unpickling it calls ``Path.touch(marker)``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_crafted_checkpoint_is_refused_naming_the_file_and_runs_nothing(tmp_path, writer):
+    import pickle
+
+    marker = tmp_path / "code_ran"
+    checkpoint = tmp_path / "checkpoints" / "finetune.pt"
+    checkpoint.parent.mkdir()
+    state = {"module": {}, "optimizer": {}, "step": 1, "log": [RunsCode(marker)]}
+    if writer == "torch.save":
+        torch.save(state, checkpoint)
+    else:
+        checkpoint.write_bytes(pickle.dumps(state))
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(module.parameters())
+    with pytest.raises(finetune.CheckpointError, match=rf"{checkpoint}: refused to resume"):
+        finetune._resume(checkpoint, module, optimizer, [], "finetune", 4)
+    assert not marker.exists()  # the payload never ran
+    with pytest.raises(finetune.CheckpointError, match="lacks"):
+        torch.save({"step": 1}, checkpoint)
+        finetune.load_checkpoint(checkpoint)
+
+
+def test_a_checkpoint_holds_only_what_weights_only_loading_accepts(tmp_path):
+    import numpy as np
+
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    log = [{"stage": "s", "step": 1, "loss": 0.5, "tf_counting": np.float64(0.25), "hits": torch.tensor(3)}]
+    finetune.save_checkpoint(tmp_path / "c.pt", module, optimizer, 1, log)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["log"] == [{"stage": "s", "step": 1, "loss": 0.5, "tf_counting": 0.25, "hits": 3}]
+    again = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    again.load_state_dict(state["optimizer"])
+    assert torch.equal(again.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
 @pytest.mark.slow
 def test_masked_lora_trains_adapters_and_projector_and_the_mask_travels_with_the_model(tmp_path):
     adapter = tiny_qwen_adapter()
