@@ -46,6 +46,7 @@ OMITTED: Any = None
 Family = Literal["llava_onevision", "qwen2_vl", "qwen2_5_vl", "internvl"]  # models.vlm.FAMILIES
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["4bit", "8bit"]  # models.vlm.quantization_config
+ImageBackend = Literal["pil", "torchvision"]  # models.vlm.IMAGE_BACKENDS
 Background = Literal["studio", "landscape", "texture"]  # data.scenes.BACKGROUNDS
 Experiment = Literal["images", "spread", "distractors", "k"]  # data.mimic_benchmark.SWEEPS
 PublicBenchmark = Literal["muirbench", "blink", "nlvr2", "mantis", "mmiu", "qbench2"]  # evaluation.external_benchmarks.BENCHMARKS
@@ -85,8 +86,9 @@ Distinct = AfterValidator(_unique)
 
 class Preprocessing(Strict):
     """``preprocessing:`` of a model entry: the union of ``models.vlm.PREPROCESSING_KEYS`` (which of them a
-    family accepts is checked when the model is loaded and its family known)."""
+    family accepts is checked when the model is loaded and its family known) and the image backend."""
 
+    image_backend: ImageBackend = OMITTED  # default: the backend the model was saved with (models.load_adapter)
     multi_image: Literal["pad", "anyres"] = OMITTED  # llava_onevision
     vision_aspect_ratio: Name = OMITTED
     image_grid_pinpoints: list[Pair] = OMITTED

@@ -11,6 +11,7 @@ from eval_worker import tiny_qwen_adapter
 from conftest import launch_two_cpu_processes
 from finetune_worker import conversations
 from mimic_utils.training import finetune
+from mimic_utils.models import vlm as models
 from mimic_utils.models.vlm import load_adapter
 
 HERE = Path(__file__).parent
@@ -93,6 +94,20 @@ def test_interrupted_finetuning_resumes_to_the_uninterrupted_weights(tmp_path, m
     resumed = run(tmp_path / "b")
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_the_unquantized_reload_for_a_qlora_merge_takes_the_recorded_preprocessing(tmp_path, family):
+    """The recorded preprocessing holds derived facts (patch size, token counts) load_adapter refuses; the
+    reload passes back only what can be set, so a QLoRA merge reloads the same base and backend."""
+    from mimic_utils.models import tiny
+
+    model, processor = tiny.build_tiny(family)
+    tiny.save_tiny(model, processor, tmp_path)
+    adapter = load_adapter(tmp_path, dtype="float32")
+    assert set(adapter.settings["preprocessing"]) - set(models.PREPROCESSING_KEYS[family]) - {"image_backend"}
+    base = finetune._reload_unquantized(adapter)
+    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), adapter.model.state_dict().values()))
 
 
 class RunsCode:

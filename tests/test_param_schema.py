@@ -165,11 +165,12 @@ def test_choices_and_key_sets_are_the_packages_own():
     ps = param_schema
     assert ps.MAX_IMAGES == tasks.MAX_IMAGES
     assert set(get_args(ps.Family)) == set(vlm.FAMILIES)
+    assert set(get_args(ps.ImageBackend)) == set(vlm.IMAGE_BACKENDS)
     assert set(get_args(ps.Background)) == set(scenes.BACKGROUNDS)
     assert set(get_args(ps.Experiment)) == set(mimic_benchmark.SWEEPS)
     assert set(get_args(ps.PublicBenchmark)) == set(external_benchmarks.BENCHMARKS)
     assert keys(ps.ModelSpec) == harness.MODEL_SPEC_KEYS
-    assert keys(ps.Preprocessing) == {k for ks in vlm.PREPROCESSING_KEYS.values() for k in ks}
+    assert keys(ps.Preprocessing) == {k for ks in vlm.PREPROCESSING_KEYS.values() for k in ks} | {"image_backend"}
     assert keys(ps.FinetuneSpec) == {f.name for f in dataclasses.fields(finetune.FinetuneConfig)} - {"lora"}
     assert keys(ps.LoraSpec) == parameters(finetune.apply_lora, "adapter", "kbit")
     assert keys(ps.HubDataset) == traindata.HUB_KEYS

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from mimic_utils.artifacts import atomic_path, write_json
 from mimic_utils.evaluation.harness import load_images
 from mimic_utils.models.masking import parse_layers
-from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint
+from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint, settable_preprocessing
 from mimic_utils.data.prompts import HUB_FAMILY, prompt_family
 
 # --- the loop every training in the study shares (the organism's stages too) -----------------------
@@ -349,7 +349,7 @@ def _reload_unquantized(adapter) -> nn.Module:
     dtype = s.get("dtype") if s.get("dtype") not in (None, "auto") else "bfloat16"
     return load_adapter(s["model"], family=s["family"], dtype=dtype, device=s.get("device", "cpu"),
                         revision=s.get("revision"), trust_remote_code=s.get("trust_remote_code", False),
-                        preprocessing=s.get("preprocessing")).model
+                        preprocessing=settable_preprocessing(s["family"], s.get("preprocessing"))).model
 
 
 def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path | str, evaluate=None,
