@@ -121,7 +121,8 @@ interop: $(ISTAMP)
 CVENV := .venv-colab
 CPY := $(CVENV)/bin/python
 CSTAMP := $(CVENV)/.installed
-COLAB_TORCH := torch==2.13.0 torchvision==0.28.0
+# "!=2.13.0+cpu": pip otherwise prefers a local CPU wheel of the same version where one is offered (find-links)
+COLAB_TORCH := "torch==2.13.0,!=2.13.0+cpu" torchvision==0.28.0
 
 $(CSTAMP): requirements.txt pyproject.toml
 	@test -x $(CPY) || $(PYTHON) -m venv $(CVENV)
@@ -130,7 +131,8 @@ $(CSTAMP): requirements.txt pyproject.toml
 	$(CPY) -m pip install --quiet -c requirements.txt -r $(CVENV)/requirements-colab.txt
 	$(CPY) -m pip install --quiet --no-deps -e .
 	$(CPY) -c "import torch, torchvision, transformers.utils as u; assert u.is_torchvision_available(); \
-		print('colab venv: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+		assert torch.version.cuda, 'not a CUDA build of torch: ' + torch.__version__; \
+		print('colab venv: torch', torch.__version__, 'CUDA', torch.version.cuda, 'torchvision', torchvision.__version__)"
 	@touch $(CSTAMP)
 
 colab-venv: $(CSTAMP)
