@@ -375,6 +375,19 @@ def test_switching_the_backend_keeps_every_image_processor_setting(two_samples):
     assert torch.equal(switched.prepare(two_samples).inputs["pixel_values"], expected)
 
 
+@pytest.mark.skipif(not is_torchvision_available(), reason="needs torchvision (make colab-check)")
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "internvl"])
+def test_with_torchvision_either_backend_can_be_asked_for_and_is_recorded(family, tmp_path):
+    model, processor = tiny.build_tiny(family)
+    switched = vlm.adapter_from_model(model, processor, family, preprocessing={"image_backend": "torchvision"})
+    assert switched.settings["preprocessing"]["image_backend"] == "torchvision"
+    assert not switched.settings["image_processor_class"].endswith("Pil")
+    switched.save(tmp_path)
+    assert vlm.saved_image_backend(tmp_path) == "torchvision"
+    assert vlm.load_adapter(tmp_path).settings["preprocessing"]["image_backend"] == "torchvision"
+    assert vlm.load_adapter(tmp_path, preprocessing={"image_backend": "pil"}).settings["image_processor_class"].endswith("Pil")
+
+
 @pytest.mark.skipif(is_torchvision_available(), reason="torchvision is installed: the torchvision backend is available")
 def test_asking_for_an_unavailable_backend_fails_naming_the_model(tiny_adapter):
     adapter = tiny_adapter("internvl")
