@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL_REFS := $(sort $(wildcard tests/notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install study smoke test unit nbval references organism organism-probe bench lab clean-smoke interop
+.PHONY: help install study smoke test unit nbval references organism organism-probe bench lab clean-smoke interop \
+	colab-venv colab-check
 
 help:
 	@echo "make study       run the whole study under the cpu profile (outputs/cpu/)"
@@ -20,6 +21,7 @@ help:
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
 	@echo "make lab         open the study in JupyterLab"
 	@echo "make interop     our MIMIC in lmms-eval beside our harness (.venv-interop/, writes outputs/bench/lmms_eval.json)"
+	@echo "make colab-check unit tests + nbval in Colab's environment: CUDA torch + torchvision (.venv-colab/, ~5 GB)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -113,3 +115,33 @@ $(ISTAMP): requirements.txt pyproject.toml
 
 interop: $(ISTAMP)
 	$(IPY) -m mimic_utils.bench.interop
+
+# Colab's environment, tested: Colab and most GPU images ship CUDA torch *with* torchvision, and then
+# transformers builds the torchvision image processors (models.vlm.IMAGE_BACKENDS). .venv-colab/ is that
+# environment as the README's Colab route makes it: CUDA torch + the matching torchvision from PyPI, then
+# requirements.txt without its torch line (torch still pinned, as a constraint) and -e . (~5 GB of
+# downloads, so not part of `make test` or CI). It runs on a CPU-only machine too: CUDA torch falls back to
+# the CPU. `make colab-venv` only builds it.
+CVENV := .venv-colab
+CPY := $(CVENV)/bin/python
+CSTAMP := $(CVENV)/.installed
+# "!=2.13.0+cpu": pip otherwise prefers a local CPU wheel of the same version where one is offered (find-links)
+COLAB_TORCH := "torch==2.13.0,!=2.13.0+cpu" torchvision==0.28.0
+
+$(CSTAMP): requirements.txt pyproject.toml
+	@test -x $(CPY) || $(PYTHON) -m venv $(CVENV)
+	$(CPY) -m pip install --quiet $(COLAB_TORCH)
+	grep -v '^torch==' requirements.txt > $(CVENV)/requirements-colab.txt
+	$(CPY) -m pip install --quiet -c requirements.txt -r $(CVENV)/requirements-colab.txt
+	$(CPY) -m pip install --quiet --no-deps -e .
+	$(CPY) -c "import torch, torchvision, transformers.utils as u; assert u.is_torchvision_available(); \
+		assert torch.version.cuda, 'not a CUDA build of torch: ' + torch.__version__; \
+		print('colab venv: torch', torch.__version__, 'CUDA', torch.version.cuda, 'torchvision', torchvision.__version__)"
+	@touch $(CSTAMP)
+
+colab-venv: $(CSTAMP)
+
+colab-check: $(CSTAMP)
+	$(CPY) -m pytest tests -q -p no:cacheprovider
+	$(QUIET_KERNELS) $(CPY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
+		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(NBVAL_REFS)

@@ -3,8 +3,9 @@
     python -m mimic_utils.runner --profile cpu [--only 01,03] [--from 04] [--check]
 
 Every selected notebook's parameter file is validated *before* anything runs: a missing
-``params/<profile>/NN_<name>.yaml`` or a key the notebook's ``parameters`` cell does not declare (a typo)
-stops the run with the file and key named. Executed copies go to ``outputs/<profile>/executed/``, and
+``params/<profile>/NN_<name>.yaml``, a key the notebook's ``parameters`` cell does not declare (a typo), or
+a value of the wrong type, out of range or not among the allowed choices (:mod:`mimic_utils.param_schema`)
+stops the run with the file, key, value and what is allowed named. Executed copies go to ``outputs/<profile>/executed/``, and
 ``outputs/<profile>/timings.csv`` gets one row per notebook. The first failing notebook stops the run with
 its name and failing cell.
 
@@ -33,6 +34,7 @@ import yaml
 from mimic_utils.artifacts import (atomic_path, check_profile, profile_dir, profiles, relative_to_root, repo_root,
                                    write_text)
 from mimic_utils.models.vision_cache import ENV_DIR
+from mimic_utils.param_schema import ParameterValueError, check_parameters
 
 #: Parameters the runner injects itself; a parameter file may not set them.
 INJECTED = ("profile",)
@@ -120,7 +122,34 @@ def load_parameters(nb: Notebook, profile: str) -> dict:
                 f"{nb.params_file}: unknown key {key!r} (not in the parameters cell of {nb.path.name})"
                 + (f"; did you mean {hint!r}?" if hint else "")
             )
+    try:
+        check_parameters(nb.stem, values, _shown(nb.params_file), cell_defaults(nb.path, declared))
+    except ParameterValueError as err:
+        raise ParameterError(str(err)) from None
     return {**values, "profile": profile}
+
+
+def cell_defaults(notebook: Path, declared: dict[str, dict] | None = None) -> dict:
+    """The values a notebook's ``parameters`` cell assigns (what a key left out of the file keeps), read as
+    Python literals; one that is not a literal is left out (the schema then asks the file for it)."""
+    import ast
+
+    declared = declared if declared is not None else declared_parameters(notebook)
+    values = {}
+    for name, info in declared.items():
+        try:
+            values[name] = ast.literal_eval(info.get("default", ""))
+        except (ValueError, SyntaxError):
+            continue
+    return {k: v for k, v in values.items() if k not in INJECTED}
+
+
+def _shown(path: Path) -> str:
+    """A parameter file as messages name it: relative to the checkout when inside it."""
+    try:
+        return str(path.resolve().relative_to(repo_root(path.parent).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _closest(key: str, names) -> str | None:

@@ -589,21 +589,21 @@ QUESTIONS = ("How many dogs are there?", "How many cars are there in total acros
              "Which animals appear in these images?")
 """Prompts of different lengths, so batches carry left padding as real ones do."""
 
-PARTIAL_GPU_RESULT = "gpu_partial"
-"""Result file rewritten after every part of a GPU check and removed once ``gpu.json`` is written."""
-
 CPU_4BIT_REASON = ("bitsandbytes 4-bit needs CUDA (on the CPU it fails for Linear layers narrower than its "
                    "block size and breaks training after an eval pass): the masked LoRA step ran unquantised")
 
 
-def _gpu_device(tiny: bool) -> str:
-    """The CPU for the tiny dry run; the current CUDA device otherwise (real size on a CPU would take hours)."""
+def _check_device(args: argparse.Namespace) -> str:
+    """The device the check runs on: the CPU for the tiny dry run, else ``--device`` (``cuda``: the current
+    CUDA device, refused without one; ``cpu``: the real sizes on the CPU, the ``realsize`` check)."""
     import torch
 
-    if tiny:
+    if args.tiny or args.device == "cpu":
         return "cpu"
     if not torch.cuda.is_available():
-        raise SystemExit("bench gpu needs a CUDA device; `python -m mimic_utils.bench gpu --tiny` is the CPU dry run")
+        raise SystemExit(f"bench {args.name} --device {args.device} needs a CUDA device; `python -m mimic_utils.bench "
+                         f"{args.name} --tiny` is the tiny CPU dry run and `python -m mimic_utils.bench realsize` "
+                         "the real sizes on the CPU")
     return f"cuda:{torch.cuda.current_device()}"
 
 
@@ -634,10 +634,10 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _run_part(name: str, run: Callable[[], dict]) -> dict:
+def _run_part(name: str, run: Callable[[], dict], check: str = "gpu") -> dict:
     """``run()``'s figures plus its seconds. An exception becomes the part's ``error`` (with a short
     traceback), so one failing part does not cost the others' figures."""
-    print(f"[bench gpu] {name} ...", file=sys.stderr, flush=True)
+    print(f"[bench {check}] {name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         figures = run()
@@ -646,7 +646,7 @@ def _run_part(name: str, run: Callable[[], dict]) -> dict:
     figures["seconds"] = round(time.perf_counter() - start, 2)
     _release()
     status = f"ERROR {figures['error']}" if "error" in figures else "ok"
-    print(f"[bench gpu] {name}: {figures['seconds']} s, {status}", file=sys.stderr, flush=True)
+    print(f"[bench {check}] {name}: {figures['seconds']} s, {status}", file=sys.stderr, flush=True)
     return figures
 
 
@@ -792,17 +792,24 @@ def _conversation(folder: Path, spec, images: int, seed: int) -> dict:
     return {"images": paths, "question": QUESTIONS[0], "gt": "3", "family": "counting"}
 
 
-def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -> dict:
+def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path, key: str = TRAIN_MODEL) -> dict:
     """``--train-steps`` optimizer steps of the finetuning recipe (fp32 master weights, autocast, AdamW,
     clipping), each on a new conversation so no cache serves the frozen tower: seconds per step (image
-    loading and preprocessing included), peak memory and losses."""
+    loading and preprocessing included), peak memory and losses. Checked on the way: every loss is
+    finite, gradients reach only the trained parameters (LoRA and the projector), and in a masked layer
+    the 4-D mask's blocks are the image spans found in the input ids (:func:`_observe_masks`)."""
+    import math
+
     import torch
 
     from mimic_utils.models import realsize
     from mimic_utils.training import finetune
     from mimic_utils.analysis.mask_flops import synchronize
 
-    spec = realsize.spec(TRAIN_MODEL, args.tiny)
+    spec = realsize.spec(key, args.tiny)
+    mask_checks: list[dict] = []
+    if adapter.mask_layers:
+        _observe_masks(adapter, spec, mask_checks)
     half = finetune.master_weights(adapter.model)
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2.5e-5)
@@ -820,6 +827,8 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
         with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
             loss = finetune.sft_loss(adapter, [record])
         loss.backward()
+        if step == 0:
+            gradients = _gradient_check(adapter.model)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -834,7 +843,73 @@ def _train_steps(adapter, args: argparse.Namespace, device: str, folder: Path) -
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "resident_before_training_bytes": resident,
         "losses": losses, "trained_parameters": sum(p.numel() for p in params),
+        "losses_finite": all(math.isfinite(loss) for loss in losses), "gradients": gradients,
+        "mask_blocks": mask_checks[0] if mask_checks else None,
     }
+
+
+def _gradient_check(model) -> dict:
+    """Which parameters got a gradient: all of them trained ones (LoRA or the projector, kept trainable by
+    ``modules_to_save``), every gradient finite, and none in a frozen parameter."""
+    import torch
+
+    with_grad = [name for name, p in model.named_parameters() if p.grad is not None]
+    frozen_with_grad = [name for name, p in model.named_parameters() if p.grad is not None and not p.requires_grad]
+    outside = [name for name in with_grad if "lora_" not in name and "modules_to_save" not in name]
+    finite = all(torch.isfinite(p.grad).all().item() for p in model.parameters() if p.grad is not None)
+    return {"parameters_with_gradient": len(with_grad), "outside_adapter": outside[:5], "frozen_with_gradient":
+            frozen_with_grad[:5], "all_finite": finite, "only_adapter": bool(with_grad) and not outside and not frozen_with_grad}
+
+
+def _observe_masks(adapter, spec, found: list[dict]) -> None:
+    """Make ``adapter.masked`` report, for the first masked layer of each forward, whether the layer's 4-D mask
+    equals the one built from the image spans read off the input ids (runs of the image token, cut into
+    ``spec.tokens_per_image`` tokens per image): text sees every earlier token, an image token only the
+    earlier tokens of its own image (a sample of one image is left unmasked)."""
+    from mimic_utils.models import masking
+
+    def observer(call) -> None:
+        if not call.masked or len(found) > len(seen):
+            return
+        seen.append(call.layer_idx)
+        ids = current["ids"]
+        expected = _span_mask(ids, adapter.image_token_id, spec.tokens_per_image, current["attention"])
+        got = call.mask().expand_as(expected)
+        found.append({"layer": call.layer_idx, "sequence": int(ids.shape[1]),
+                      "images": int((ids == adapter.image_token_id).sum()) // spec.tokens_per_image,
+                      "equal_to_spans": bool(torch_equal(got, expected))})
+
+    seen: list[int] = []
+    current: dict = {}
+
+    def masked(batch):
+        current.update(ids=batch.inputs["input_ids"], attention=batch.inputs["attention_mask"])
+        return masking.image_blocks(adapter.image_block_ids(batch), adapter.mask_layers, adapter.mask_mode,
+                                    observers=[observer], model=adapter.model)
+
+    adapter.masked = masked
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.bool(), b.bool())
+
+
+def _span_mask(ids, image_token: int, per_image: int, attention):
+    """``[B, 1, S, S]`` bool: the masked layer's mask built from the input ids alone (see :func:`_observe_masks`)."""
+    import torch
+
+    batch, length = ids.shape
+    image_of = torch.full_like(ids, -1)
+    for row in range(batch):
+        positions = (ids[row] == image_token).nonzero().flatten()
+        image_of[row, positions] = torch.arange(len(positions), device=ids.device) // per_image
+    causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()[None, None]
+    query, key = image_of[:, None, :, None], image_of[:, None, None, :]
+    several = (image_of.amax(dim=1) >= 1)[:, None, None, None]
+    allowed = (query < 0) | (query == key) | ~several
+    return causal & allowed & attention.bool()[:, None, None, :]
 
 
 def _gpu_masked_qlora(args: argparse.Namespace, device: str, dtype) -> dict:
@@ -891,40 +966,209 @@ def _gpu_streaming(args: argparse.Namespace, device: str, dtype) -> dict:
     }
 
 
-def _gpu_parts(args: argparse.Namespace, device: str, dtype) -> dict:
-    """Every part of the GPU check, one after the other, each guarded (:func:`_run_part`)."""
-    steps = [(f"generation_{key}", partial(_gpu_generation, key)) for key in GPU_MODELS]
-    steps += [("attention", _gpu_attention), ("masked_forward", _gpu_masked_forward),
-              ("masked_qlora", _gpu_masked_qlora), ("lora", _gpu_lora), ("streaming_memory", _gpu_streaming)]
+def _token_check(key: str, args: argparse.Namespace, device: str, dtype) -> dict:
+    """Vision tokens per image in our prompts against what the model's own processor and config say: one
+    image (LLaVA-OV: anyres tiles; Qwen2-VL: its resize) and ``--stream-images`` images (LLaVA-OV: the base
+    grid + one newline per image), for scene-sized images the processor must upscale."""
+    from mimic_utils.models import realsize, vlm
+
+    spec = realsize.spec(key, args.tiny)
+    model, processor = realsize.build(key, args.tiny, "meta", dtype, args.seed)  # counts need no weights
+    adapter = vlm.adapter_from_model(model, processor, spec.family)
+    side = args.scene_side
+    images = [realsize.noise_images(replace_side(spec, side), 1, args.seed + i)[0] for i in range(args.stream_images)]
+    lines = {}
+    for count in (1, args.stream_images):
+        batch = adapter.prepare([vlm.Sample(images[:count], QUESTIONS[0], "counting")], vision_cache=False)
+        ours = batch.image_tokens[0]
+        own = processor._get_num_multimodal_tokens(image_sizes=[[side, side]] * count)["num_image_tokens"]
+        if spec.family == "llava_onevision" and count > 1:
+            vision = model.config.vision_config
+            own = [(vision.image_size // vision.patch_size) ** 2 + 1] * count  # pad mode: base grid + newline
+        lines[f"{count}_images"] = {"ours": ours, "expected": list(own), "equal": list(ours) == list(own)}
+    return {"image_side": side, "tokens": lines, "all_equal": all(line["equal"] for line in lines.values())}
+
+
+def replace_side(spec, side: int):
+    """``spec`` with images of ``side`` px (the scene images the benchmark holds, before the processor)."""
+    from dataclasses import replace as replace_field
+
+    return replace_field(spec, image_side=side)
+
+
+def _eval_records(args: argparse.Namespace, folder: Path, counts: list[int]) -> tuple[list[dict], str]:
+    """One question per image count: from the ``--benchmark-profile`` benchmark's images sweep when notebook
+    01 built it, else counting questions over scene-sized noise images written to ``folder``."""
+    from mimic_utils.models import realsize
+
+    source = profile_dir(args.benchmark_profile) / "01_data_build" / "mimic" if args.benchmark_profile else None
+    try:
+        records = sorted(mimic_benchmark.load(source), key=lambda r: r["id"]) if source is not None else []
+    except (FileNotFoundError, ValueError):  # notebook 01 has not built it in this checkout (its files are not committed)
+        records = []
+    chosen = [next((r for r in records if r["experiment"] == "images" and r["knobs"]["n_images"] == n), None)
+              for n in counts]
+    if records and all(chosen):
+        return chosen, f"{args.benchmark_profile} benchmark, images sweep"
+    spec = replace_side(realsize.spec(TRAIN_MODEL, args.tiny), args.scene_side)
+    records = []
+    for n in counts:
+        paths = []
+        for index, image in enumerate(realsize.noise_images(spec, n, args.seed + 100 * n)):
+            paths.append(str(folder / f"eval_{n}_{index}.png"))
+            image.save(paths[-1])
+        records.append({"id": f"realsize-n{n:02d}", "family": "counting", "task": "counting_unbalanced",
+                        "experiment": "images", "knobs": {"n_images": n}, "images": paths,
+                        "question": QUESTIONS[0], "gt": "2"})
+    return records, "scene-sized noise images (no built benchmark)"
+
+
+class _Interrupted(Exception):
+    """Raised by the stand-in ``answer`` to stop an evaluation after its first batch."""
+
+
+def _evaluation(key: str, counts: list[int], args: argparse.Namespace, device: str, dtype) -> dict:
+    """``evaluation.harness.run`` on one MIMIC question per image count, then (with two or more questions) an
+    evaluation interrupted after its first answer and resumed: the resumed run answers only the rest, and
+    every answer equals the uninterrupted run's."""
+    from mimic_utils.evaluation import harness
+    from mimic_utils.models import realsize, vlm
+
+    spec = realsize.spec(key, args.tiny)
+    model, processor = realsize.build(key, args.tiny, device, dtype, args.seed)
+    adapter = vlm.adapter_from_model(model, processor, spec.family)
+    real_answer = adapter.answer
+    with tempfile.TemporaryDirectory() as tmp:
+        records, origin = _eval_records(args, Path(tmp), counts)
+        seconds, outputs, tokens = {}, {}, {}
+        for record in records:
+            n = len(record["images"])
+            tokens[n] = sum(adapter.prepare([harness.mimic_sample(record)], vision_cache=False).image_tokens[0])
+            start = time.perf_counter()
+            (row,) = harness.run(adapter, [record], Path(tmp) / f"full_{n}.jsonl", batch_size=1, progress=False)
+            seconds[n], outputs[row["id"]] = round(time.perf_counter() - start, 2), row["output"]
+        resume = {"skipped": "one question: nothing to resume"}
+        if len(records) >= 2:
+            path, calls = Path(tmp) / "resumed.jsonl", []
+
+            def interrupted(samples, **options):
+                if calls:
+                    raise _Interrupted  # the run is stopped during its second answer
+                calls.append(len(samples))
+                return real_answer(samples, **options)
+
+            adapter.answer = interrupted
+            try:
+                harness.run(adapter, records[:2], path, batch_size=1, progress=False)
+            except _Interrupted:
+                pass
+            calls.clear()
+            adapter.answer = lambda samples, **options: calls.append(len(samples)) or real_answer(samples, **options)
+            again = harness.run(adapter, records[:2], path, batch_size=1, progress=False)
+            adapter.answer = real_answer
+            resume = {"questions": 2, "answered_after_resume": sum(calls),
+                      "equal_to_uninterrupted": all(row["output"] == outputs[row["id"]] for row in again)}
+    return {"questions": origin, "model": f"{spec.source} architecture, random weights",
+            "image_counts": [len(r["images"]) for r in records], "vision_tokens": tokens,
+            "seconds_per_question": seconds, "answers": outputs, "resume": resume}
+
+
+def _streaming_and_maps(args: argparse.Namespace, device: str, dtype) -> dict:
+    """:func:`_gpu_streaming` on one ``--stream-images`` sample, and the bytes the full attention maps of that
+    sample would take (every layer and head, S × S, in the model's dtype): what the streaming statistics avoid."""
+    import torch
+
+    from mimic_utils.models import realsize
+
+    figures = _gpu_streaming(replace_namespace(args, images=args.stream_images), device, dtype)
+    text = realsize.spec(TRAIN_MODEL, args.tiny).text
+    length = figures["sequence"]
+    maps = text["num_hidden_layers"] * text["num_attention_heads"] * length * length * torch.finfo(dtype).bits // 8
+    return {**figures, "full_attention_maps_bytes": maps,
+            "full_attention_maps_vs_plain_forward": round(maps / figures["peak_bytes"]["plain_forward"], 1)}
+
+
+def replace_namespace(args: argparse.Namespace, **changes) -> argparse.Namespace:
+    """A copy of ``args`` with ``changes`` (a part that runs at another image count than the rest)."""
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def _gpu_masked_lora_qwen(args: argparse.Namespace, device: str, dtype) -> dict:
+    """One masked LoRA step on Qwen2-VL-2B (second half masked) with a 2-image conversation, with the checks
+    of :func:`_train_steps`."""
+    from mimic_utils.models import realsize, vlm
+    from mimic_utils.training import finetune
+
+    key = "qwen2_vl_2b"
+    model, processor = realsize.build(key, args.tiny, device, dtype, args.seed)
+    adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
+    layers = adapter.set_mask("second_half", mode=args.train_mask_mode)
+    finetune.apply_lora(adapter)
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = _train_steps(adapter, replace_namespace(args, images=2, train_steps=1), device, Path(tmp), key)
+    return {**figures, "quantization": None, "mask_layers": list(layers), "mask_mode": args.train_mask_mode}
+
+
+def _check_parts(args: argparse.Namespace) -> dict[str, Callable]:
+    """Every part of the check by name, ``part(args, device, dtype) -> figures``: the GPU check runs them all,
+    the real-size CPU check (``realsize``) all but the timing comparisons (``--parts`` picks any)."""
+    train = partial(replace_namespace, images=args.train_images)
+    parts: dict[str, Callable] = {f"tokens_{key}": partial(_token_check, key) for key in GPU_MODELS}
+    parts.update({f"generation_{key}": partial(_gpu_generation, key) for key in GPU_MODELS})
+    parts[f"evaluation_{TRAIN_MODEL}"] = partial(_evaluation, TRAIN_MODEL, args.eval_images)
+    parts["evaluation_qwen2_vl_2b"] = partial(_evaluation, "qwen2_vl_2b", [2])
+    parts.update({
+        "attention": _gpu_attention, "masked_forward": _gpu_masked_forward,
+        "masked_qlora": lambda a, device, dtype: _gpu_masked_qlora(train(a), device, dtype),
+        "lora": lambda a, device, dtype: _gpu_lora(train(a), device, dtype),
+        "masked_lora_qwen2_vl_2b": _gpu_masked_lora_qwen, "streaming_memory": _streaming_and_maps,
+    })
+    return parts
+
+
+#: The parts only a GPU needs: batch-size and kernel timings, meaningless on two CPU cores.
+TIMING_PARTS = ("generation_llava_onevision_0.5b", "generation_qwen2_vl_2b", "attention", "masked_forward")
+
+
+def _run_parts(args: argparse.Namespace, device: str, dtype) -> dict:
+    """The chosen parts one after the other, each guarded (:func:`_run_part`) and written to
+    ``<name>_partial.json`` as it finishes, so a killed run keeps the parts done so far."""
+    available = _check_parts(args)
+    chosen = args.parts or [name for name in available if args.name == "gpu" or name not in TIMING_PARTS]
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise SystemExit(f"bench {args.name}: unknown part(s) {unknown}; known: {', '.join(available)}")
     parts = {}
-    for name, part in steps:
-        parts[name] = _run_part(name, lambda part=part: part(args, device, dtype))
-        # a GPU lease is short: if the command is killed, the parts done so far are still on disk
-        write_result(PARTIAL_GPU_RESULT, "python -m mimic_utils.bench gpu (unfinished)", {"parts": parts},
-                     out_dir=args.out_dir)
+    for name in chosen:
+        parts[name] = _run_part(name, lambda part=available[name]: part(args, device, dtype), args.name)
+        write_result(f"{args.name}_partial", f"python -m mimic_utils.bench {args.name} (unfinished)",
+                     {"parts": parts}, out_dir=args.out_dir)
     return parts
 
 
 def bench_gpu(args: argparse.Namespace) -> dict:
-    """The paper path at real model size on one GPU: generation, masked attention, QLoRA, streaming statistics."""
+    """The paper path at real model size, on one GPU (``gpu``) or the CPU (``realsize``): one script, a
+    ``--device`` switch. Prompt tokens against the processor, evaluation with resume, generation, masked
+    attention, (Q)LoRA steps with their checks, streaming statistics."""
     import torch
 
-    device = _gpu_device(args.tiny)
+    device = _check_device(args)
     if args.tiny:  # the same script end to end, small enough for a unit test on two shared cores
         args.samples, args.batch, args.repeats = min(args.samples, 2), min(args.batch, 2), min(args.repeats, 1)
         args.max_new_tokens, args.train_steps = min(args.max_new_tokens, 4), min(args.train_steps, 2)
-    dtype = torch.float32 if args.tiny else torch.bfloat16  # CPUs without bf16 units run it many times slower
+    # float32 on a CPU (without bf16 units bf16 runs many times slower), bf16 on a GPU
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     threads = torch.get_num_threads()
     if args.tiny:
         torch.set_num_threads(1)  # tiny ops gain nothing from threads; on shared cores a second one costs 10x
     start = time.perf_counter()
     try:
-        parts = _gpu_parts(args, device, dtype)
+        parts = _run_parts(args, device, dtype)
     finally:
         torch.set_num_threads(threads)
-    (_bench_dir(args.out_dir) / f"{PARTIAL_GPU_RESULT}.json").unlink(missing_ok=True)  # the full result follows
+    (_bench_dir(args.out_dir) / f"{args.name}_partial.json").unlink(missing_ok=True)  # the full result follows
     seconds = time.perf_counter() - start
-    target = 60.0 if args.tiny else 480.0
+    target = 60.0 if args.tiny else (480.0 if device.startswith("cuda") else 900.0)
     return {
         "tiny": args.tiny, "device": _device_info(device), "dtype": str(dtype).removeprefix("torch."), "parts": parts,
         "failed_parts": [name for name, figures in parts.items() if "error" in figures],
@@ -932,9 +1176,22 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     }
 
 
-def _gpu_args(parser: argparse.ArgumentParser) -> None:
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n.strip()]
+
+
+def _gpu_args(parser: argparse.ArgumentParser, device: str = "cuda") -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU dry run: the same script at tiny model size")
-    parser.add_argument("--images", type=int, default=8, help="images per sample")
+    parser.add_argument("--device", default=device, choices=("cuda", "cpu"), help=f"default {device}")
+    parser.add_argument("--parts", type=lambda text: [p for p in text.split(",") if p], default=None,
+                        help="comma-separated parts to run (default: all of this check)")
+    parser.add_argument("--images", type=int, default=8, help="images per sample of the generation timing")
+    parser.add_argument("--train-images", type=int, default=8, help="images of the training conversations")
+    parser.add_argument("--stream-images", type=int, default=8, help="images of the streaming-statistics sample")
+    parser.add_argument("--eval-images", type=_counts, default=[1, 4, 10], help="image counts evaluated, e.g. 1,4,10")
+    parser.add_argument("--scene-side", type=int, default=112, help="side in px of the scene images evaluated")
+    parser.add_argument("--benchmark-profile", default="cpu",
+                        help="whose notebook-01 benchmark the evaluation reads ('' for noise images)")
     parser.add_argument("--samples", type=int, default=32, help="samples generated at each batch size")
     parser.add_argument("--batch", type=int, default=16, help="the batched generation's batch size")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per answer (fixed)")
@@ -943,6 +1200,13 @@ def _gpu_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=3, help="optimizer steps per training variant")
     parser.add_argument("--train-mask-mode", default="blockwise", help="masking mode of the masked QLoRA step")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _realsize_args(parser: argparse.ArgumentParser) -> None:
+    """The GPU check's options with the real-size CPU run's defaults: 4-image training conversations, one
+    10-image streaming sample, one step per training variant."""
+    _gpu_args(parser, device="cpu")
+    parser.set_defaults(train_images=4, stream_images=10, train_steps=1)
 
 
 @dataclass(frozen=True)
@@ -961,6 +1225,7 @@ benchmarks: dict[str, Benchmark] = {
     "masking": Benchmark(bench_masking, _masking_args),
     "attention_memory": Benchmark(bench_attention_memory, _attention_memory_args),
     "gpu": Benchmark(bench_gpu, _gpu_args),
+    "realsize": Benchmark(bench_gpu, _realsize_args),
 }
 
 

@@ -89,21 +89,27 @@ def _spec_layers(spec: LayerSpec, num_layers: int, auto_layer: int | None) -> li
     return _checked(spec, _parse_ranges(spec, text, num_layers), num_layers)
 
 
-def _parse_ranges(spec: str, text: str, num_layers: int) -> list[int]:
+def check_layer_spec(spec: str | int | Sequence[int] | None) -> None:
+    """Refuse a spec that no model could read (``"12-2x"``, a backwards range), before any model is
+    loaded: the parameter check runs this. Layer numbers meet the model's depth in :func:`parse_layers`."""
+    if isinstance(spec, str) and spec.strip().lower() not in ("", *LAYER_KEYWORDS):
+        _parse_ranges(spec, spec.strip().lower(), None)
+
+
+def _parse_ranges(spec: str, text: str, num_layers: int | None) -> list[int]:
+    depth = "" if num_layers is None else f" (model has {num_layers} layers)"
     layers: set[int] = set()
     for item in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
         if match is None:
             raise LayerSpecError(
-                f"cannot read layer spec {spec!r} (model has {num_layers} layers): {item.strip()!r} is not "
+                f"cannot read layer spec {spec!r}{depth}: {item.strip()!r} is not "
                 f"'N' or 'A-B'; use e.g. '12-23', '3,5-7', or one of {', '.join(LAYER_KEYWORDS)}"
             )
         start = int(match.group(1))
         end = int(match.group(2)) if match.group(2) is not None else start
         if end < start:
-            raise LayerSpecError(
-                f"layer spec {spec!r}: range {start}-{end} runs backwards (model has {num_layers} layers)"
-            )
+            raise LayerSpecError(f"layer spec {spec!r}: range {start}-{end} runs backwards{depth}")
         layers.update(range(start, end + 1))
     return sorted(layers)
 

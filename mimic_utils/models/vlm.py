@@ -37,6 +37,20 @@ from mimic_utils.data.prompts import (
 MASK_FILE = "mimic_mask.json"
 """Beside a model trained with image-block masking: its masked layers, applied whenever it is loaded."""
 
+BACKEND_FILE = "mimic_image_backend.json"
+"""Beside every model :meth:`VLMAdapter.save` writes: the image-processor backend it was trained and scored
+with, which :func:`load_adapter` uses again unless the preprocessing asks for another."""
+
+IMAGE_BACKENDS = ("pil", "torchvision")
+"""transformers' two image-processor implementations of each family (``Qwen2VLImageProcessorPil`` and
+``Qwen2VLImageProcessor``). They resize differently, so one checkpoint scores differently under each; with
+torchvision installed (Colab, most GPU images) ``AutoProcessor`` picks torchvision, without it PIL."""
+
+DEFAULT_IMAGE_BACKEND = "pil"
+"""The backend of a checkpoint that records none: hub checkpoints (their published scores come from the
+original LLaVA / Qwen code and lmms-eval with the PIL/numpy processors) and folders saved before the
+backend was recorded (all written by this project's CPU environment, which has no torchvision)."""
+
 
 def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str:
     """sha256 over a local checkpoint's safetensors files (for files above ``full_hash_limit``: size and
@@ -60,6 +74,10 @@ def model_fingerprint(settings: dict) -> str:
     mask, preprocessing, dtype and quantization. Stored with every prediction and checkpoint."""
     weights = settings.get("weights_sha256") or settings.get("commit") or settings.get("model")
     facts = {k: settings.get(k) for k in ("mask", "preprocessing", "dtype", "quantization", "pool")}
+    if isinstance(facts["preprocessing"], dict) and facts["preprocessing"].get("image_backend") == DEFAULT_IMAGE_BACKEND:
+        # every prediction and checkpoint made before the backend was recorded used PIL: their fingerprints
+        # stay valid, and any other backend gives new ones
+        facts["preprocessing"] = {k: v for k, v in facts["preprocessing"].items() if k != "image_backend"}
     return hashlib.sha256(json.dumps({"weights": weights, **facts}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -128,7 +146,8 @@ PREPROCESSING_KEYS = {
     "qwen2_5_vl": ("min_pixels", "max_pixels"),
     "internvl": ("crop_to_patches", "min_patches", "max_patches"),
 }
-"""Preprocessing a caller may set per family (``load_adapter(..., preprocessing={...})``)."""
+"""Preprocessing a caller may set per family (``load_adapter(..., preprocessing={...})``); every family
+also takes ``image_backend`` (one of :data:`IMAGE_BACKENDS`)."""
 
 
 def known_families() -> list[str]:
@@ -284,7 +303,9 @@ def load_adapter(
       ``"8bit"`` or ``None``; needs CUDA. The projector stays unquantized.
     - ``revision``: a hub branch, tag or commit, pinned for config, weights and processor.
     - Weights are read from safetensors only; ``trust_remote_code`` stays off unless turned on.
-    - ``preprocessing``: family settings from :data:`PREPROCESSING_KEYS` (recorded in ``settings``).
+    - ``preprocessing``: family settings from :data:`PREPROCESSING_KEYS` and ``image_backend`` (recorded in
+      ``settings``). The backend defaults to the one the model was saved with (:data:`BACKEND_FILE`), else
+      :data:`DEFAULT_IMAGE_BACKEND`, whatever transformers would pick in this environment.
 
     Raises :class:`ModelLoadError` naming the model and family when anything cannot be resolved.
     """
@@ -307,6 +328,7 @@ def load_adapter(
         model = model.to(device)
     model.eval()
     settings = _loaded_settings(source, config, revision, quantization, trust_remote_code)
+    preprocessing = {"image_backend": saved_image_backend(Path(source)) or DEFAULT_IMAGE_BACKEND, **(preprocessing or {})}
     adapter = adapter_from_model(model, processor, family, settings, preprocessing=preprocessing)
     _apply_saved_mask(adapter, Path(source))
     return adapter
@@ -379,27 +401,88 @@ def _apply_saved_mask(adapter: VLMAdapter, folder: Path) -> None:
         adapter.set_mask(saved["layers"], mode=saved.get("mode", "blockwise"))
 
 
+def saved_image_backend(folder: Path) -> str | None:
+    """The image-processor backend recorded beside a saved model (:data:`BACKEND_FILE`), if any."""
+    path = folder / BACKEND_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("image_backend")
+
+
+def image_backend(processor) -> str:
+    """The backend of ``processor``'s image processor: ``"pil"`` or ``"torchvision"``."""
+    return str(getattr(processor.image_processor, "backend", DEFAULT_IMAGE_BACKEND))
+
+
+def use_image_backend(processor, backend: str, model: str = "") -> None:
+    """Give ``processor`` the image processor of ``backend`` with the same settings (a no-op when it has it).
+
+    The class is the family's own for that backend (``Qwen2VLImageProcessorPil`` ↔ ``Qwen2VLImageProcessor``,
+    from transformers' image-processor mapping). Asking for torchvision where it is not installed fails here,
+    naming the model, rather than transformers silently falling back to PIL.
+    """
+    from transformers.models.auto.image_processing_auto import (
+        IMAGE_PROCESSOR_MAPPING_NAMES,
+        get_image_processor_class_from_name,
+    )
+    from transformers.utils import is_torchvision_available
+
+    if backend not in IMAGE_BACKENDS:
+        raise ModelLoadError(f"model {model!r}: unknown image_backend {backend!r}; use one of {', '.join(IMAGE_BACKENDS)}")
+    current = processor.image_processor
+    if image_backend(processor) == backend:
+        return
+    if backend == "torchvision" and not is_torchvision_available():
+        raise ModelLoadError(
+            f"model {model!r}: image_backend 'torchvision' needs torchvision, which is not installed here; install "
+            f"the torchvision build matching torch {torch.__version__} (make colab-check builds such an "
+            f"environment) or set image_backend: pil")
+    name = type(current).__name__
+    mapping = next((m for m in IMAGE_PROCESSOR_MAPPING_NAMES.values() if name in m.values()), None)
+    target = (mapping or {}).get(backend)
+    if target is None:
+        raise ModelLoadError(f"model {model!r}: image processor {name} has no {backend} implementation in transformers")
+    config = {k: v for k, v in current.to_dict().items() if k not in ("image_processor_type", "_processor_class")}
+    replacement = get_image_processor_class_from_name(target)(**config)
+    if getattr(replacement, "backend", None) != backend:
+        raise ModelLoadError(f"model {model!r}: {target} did not load as the {backend} backend")
+    processor.image_processor = replacement
+
+
 def adapter_from_model(model, processor, family: str, settings: dict | None = None, preprocessing: dict | None = None):
     """Wrap an in-memory model and processor (e.g. from :func:`mimic_utils.models.tiny.build_tiny`).
 
-    ``settings`` are merged into the recorded settings; ``preprocessing`` is applied and recorded.
+    ``settings`` are merged into the recorded settings; ``preprocessing`` is applied and recorded, with the
+    image processor's backend (``image_backend`` switches it first, :func:`use_image_backend`).
     """
     get_family(family, getattr(model, "name_or_path", None))
+    overrides = dict(preprocessing or {})
+    backend = overrides.pop("image_backend", None)
+    if backend is not None:
+        use_image_backend(processor, backend, getattr(model, "name_or_path", "") or type(model).__name__)
     recorded = {
         "family": family,
         "model": getattr(model, "name_or_path", "") or type(model).__name__,
         "model_class": type(model).__name__,
         "processor_class": type(processor).__name__,
+        "image_processor_class": type(processor.image_processor).__name__,
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "quantization": None,
     }
     recorded.update(settings or {})
-    image_kwargs, effective = apply_preprocessing(family, model, processor, preprocessing or {})
+    image_kwargs, effective = apply_preprocessing(family, model, processor, overrides)
     recorded["prompt"] = prompt_settings(family)
-    recorded["preprocessing"] = effective
+    recorded["preprocessing"] = {"image_backend": image_backend(processor), **effective}
     return VLMAdapter(model=model, processor=processor, family=family, settings=recorded, image_kwargs=image_kwargs)
+
+
+def settable_preprocessing(family: str, effective: dict | None) -> dict:
+    """The part of a recorded (effective) preprocessing that :func:`load_adapter` accepts back: the family's
+    :data:`PREPROCESSING_KEYS` and ``image_backend``, without the derived facts (patch size, token counts)."""
+    keys = (*PREPROCESSING_KEYS[family], "image_backend")
+    return {k: v for k, v in (effective or {}).items() if k in keys}
 
 
 def apply_preprocessing(family: str, model, processor, overrides: dict) -> tuple[dict, dict]:
@@ -599,11 +682,13 @@ class VLMAdapter:
             return (self.model if model is None else model)(**self.model_inputs(batch), **kwargs)
 
     def save(self, folder: str | Path) -> Path:
-        """``save_pretrained`` of model and processor, plus the mask (``mimic_mask.json``) if any."""
+        """``save_pretrained`` of model and processor, the image-processor backend (:data:`BACKEND_FILE`) and
+        the mask (``mimic_mask.json``) if any."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
+        (folder / BACKEND_FILE).write_text(json.dumps({"image_backend": image_backend(self.processor)}) + "\n")
         mask_file = folder / MASK_FILE
         if self.mask_layers:
             mask_file.write_text(json.dumps({"layers": list(self.mask_layers), "mode": self.mask_mode}) + "\n")
@@ -848,7 +933,10 @@ def _gather_left_padded(inputs: dict, keep: torch.Tensor, position_ids, pad_id: 
 
 
 __all__ = [
+    "BACKEND_FILE",
+    "DEFAULT_IMAGE_BACKEND",
     "FAMILIES",
+    "IMAGE_BACKENDS",
     "PREPROCESSING_KEYS",
     "Batch",
     "FamilySpec",
@@ -860,9 +948,13 @@ __all__ = [
     "expose_video_processor_base",
     "family_for_model_type",
     "get_family",
+    "image_backend",
     "known_families",
     "load_adapter",
     "load_processor",
     "pool_tokens",
     "quantization_config",
+    "saved_image_backend",
+    "settable_preprocessing",
+    "use_image_backend",
 ]

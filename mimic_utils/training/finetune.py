@@ -20,7 +20,9 @@
 * **Precision.** A model loaded in bf16/fp16 keeps its *trained* parameters in fp32 (master weights) and
   runs its forward under autocast, so small updates are not rounded away; frozen weights stay 16-bit.
 * **Checkpoint.** Atomic ``torch.save`` of the trained parameters, the optimizer, the step and the loss
-  log every ``checkpoint_every`` steps; the final model is saved with ``save_pretrained``.
+  log every ``checkpoint_every`` steps, as tensors and plain values only, resumed with
+  ``torch.load(weights_only=True)`` (a checkpoint holding anything else is refused, naming the file); the
+  final model is saved with ``save_pretrained`` (safetensors).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -40,7 +44,7 @@ from tqdm.auto import tqdm
 
 from mimic_utils.artifacts import atomic_path, write_json
 from mimic_utils.evaluation.harness import load_images
-from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint
+from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint, settable_preprocessing
 from mimic_utils.data.prompts import HUB_FAMILY, prompt_family
 
 # --- the loop every training in the study shares (the organism's stages too) -----------------------
@@ -131,11 +135,35 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
         accelerator.wait_for_everyone()
 
 
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be resumed safely; the message names the file."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint read with torch's restricted unpickler (``weights_only=True``): tensors, numbers,
+    strings and plain containers only. A checkpoint file from a shared folder or a colleague's run can
+    otherwise run code when it is resumed; one holding anything else is refused, naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to resume: the file holds objects other than tensors and plain values, which "
+            f"could run code when loaded ({reason}). Checkpoints this package writes never do; delete the "
+            f"file to restart the stage from scratch") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({err}); delete it to restart the stage") from None
+    missing = sorted({"module", "optimizer", "step", "log"} - set(state if isinstance(state, dict) else ()))
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint of this package (lacks {missing})")
+    return state
+
+
 def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], name: str, steps: int) -> int:
-    """Load a checkpoint if there is one; returns the step to continue from."""
+    """Load a checkpoint if there is one (safely: :func:`load_checkpoint`); returns the step to continue from."""
     if not checkpoint.is_file():
         return 0
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     missing, unexpected = module.load_state_dict(state["module"], strict=False)
     if unexpected:
         raise ValueError(f"{checkpoint}: holds weights this model does not have, e.g. {unexpected[:3]}")
@@ -146,14 +174,31 @@ def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], nam
     return state["step"]
 
 
+def plain(value):
+    """``value`` with numpy scalars and one-element tensors made Python numbers, recursively, so that a
+    loss log holds only what ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def save_checkpoint(path: Path, module: nn.Module, optimizer, step: int, log: list[dict],
                     keys: set[str] | None = None) -> None:
-    """Atomically save the (trained part of the) module, the optimizer, the step and the loss log."""
+    """Atomically save the (trained part of the) module, the optimizer, the step and the loss log, all as
+    tensors and plain values: what :func:`load_checkpoint` reads back with ``weights_only=True``. Nothing
+    else is needed to resume exactly: the batches and dropout of a step follow from (seed, stage, step)."""
     weights = module.state_dict()
     if keys is not None:
         weights = {k: v for k, v in weights.items() if k in keys}
+    state = {"module": weights, "optimizer": optimizer.state_dict(), "step": int(step), "log": plain(log)}
     with atomic_path(path) as tmp:
-        torch.save({"module": weights, "optimizer": optimizer.state_dict(), "step": step, "log": log}, tmp)
+        torch.save(state, tmp)
 
 
 def pad_batch(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -303,7 +348,7 @@ def _reload_unquantized(adapter) -> nn.Module:
     dtype = s.get("dtype") if s.get("dtype") not in (None, "auto") else "bfloat16"
     return load_adapter(s["model"], family=s["family"], dtype=dtype, device=s.get("device", "cpu"),
                         revision=s.get("revision"), trust_remote_code=s.get("trust_remote_code", False),
-                        preprocessing=s.get("preprocessing")).model
+                        preprocessing=settable_preprocessing(s["family"], s.get("preprocessing"))).model
 
 
 def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path | str, evaluate=None,

@@ -11,6 +11,7 @@ from eval_worker import tiny_qwen_adapter
 from conftest import launch_two_cpu_processes
 from finetune_worker import conversations
 from mimic_utils.training import finetune
+from mimic_utils.models import vlm as models
 from mimic_utils.models.vlm import load_adapter
 
 HERE = Path(__file__).parents[1] / "support"  # the worker scripts
@@ -93,6 +94,68 @@ def test_interrupted_finetuning_resumes_to_the_uninterrupted_weights(tmp_path, m
     resumed = run(tmp_path / "b")
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_the_unquantized_reload_for_a_qlora_merge_takes_the_recorded_preprocessing(tmp_path, family):
+    """The recorded preprocessing holds derived facts (patch size, token counts) load_adapter refuses; the
+    reload passes back only what can be set, so a QLoRA merge reloads the same base and backend."""
+    from mimic_utils.models import tiny
+
+    model, processor = tiny.build_tiny(family)
+    tiny.save_tiny(model, processor, tmp_path)
+    adapter = load_adapter(tmp_path, dtype="float32")
+    assert set(adapter.settings["preprocessing"]) - set(models.PREPROCESSING_KEYS[family]) - {"image_backend"}
+    base = finetune._reload_unquantized(adapter)
+    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), adapter.model.state_dict().values()))
+
+
+class RunsCode:
+    """What a malicious checkpoint would hold: unpickling it calls ``Path.touch(marker)``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_crafted_checkpoint_is_refused_naming_the_file_and_runs_nothing(tmp_path, writer):
+    import pickle
+
+    marker = tmp_path / "code_ran"
+    checkpoint = tmp_path / "checkpoints" / "finetune.pt"
+    checkpoint.parent.mkdir()
+    state = {"module": {}, "optimizer": {}, "step": 1, "log": [RunsCode(marker)]}
+    if writer == "torch.save":
+        torch.save(state, checkpoint)
+    else:
+        checkpoint.write_bytes(pickle.dumps(state))
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(module.parameters())
+    with pytest.raises(finetune.CheckpointError, match=rf"{checkpoint}: refused to resume"):
+        finetune._resume(checkpoint, module, optimizer, [], "finetune", 4)
+    assert not marker.exists()  # the payload never ran
+    with pytest.raises(finetune.CheckpointError, match="lacks"):
+        torch.save({"step": 1}, checkpoint)
+        finetune.load_checkpoint(checkpoint)
+
+
+def test_a_checkpoint_holds_only_what_weights_only_loading_accepts(tmp_path):
+    import numpy as np
+
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    log = [{"stage": "s", "step": 1, "loss": 0.5, "tf_counting": np.float64(0.25), "hits": torch.tensor(3)}]
+    finetune.save_checkpoint(tmp_path / "c.pt", module, optimizer, 1, log)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["log"] == [{"stage": "s", "step": 1, "loss": 0.5, "tf_counting": 0.25, "hits": 3}]
+    again = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    again.load_state_dict(state["optimizer"])
+    assert torch.equal(again.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ def test_rows_hold_output_parse_score_and_settings(adapter, tmp_path):
     for row in rows:
         assert {"id", "output", "parsed", "score", "model", "knobs", "gt", "pool"} <= set(row)
         assert row["model"]["family"] == "qwen2_vl" and row["model"]["pool"] == 1
+        assert row["model"]["preprocessing"]["image_backend"] == "pil"  # the resize every score depends on
+        assert row["model"]["image_processor_class"] == "Qwen2VLImageProcessorPil"
         assert 0.0 <= row["score"] <= 1.0
     summary = harness.summarize(rows)
     assert summary["counting"]["n"] == 2 and "f1" in summary["listing"]

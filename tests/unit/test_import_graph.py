@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mimic_utils"
 #: The study's stages in import order: a module may import from its own stage and the ones before it.
 STAGES = ("artifacts", "data", "models", "evaluation", "training", "analysis", "tools")
 #: Top-level modules and subpackages that are tools on top of the pipeline.
-TOOLS = ("runner", "kernel_startup", "launch", "organism", "bench")
+TOOLS = ("runner", "param_schema", "kernel_startup", "launch", "organism", "bench")
 
 
 def module_name(path: Path) -> str:

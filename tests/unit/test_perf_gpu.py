@@ -87,8 +87,10 @@ def test_the_dry_run_writes_every_part_to_the_given_folder(tmp_path):
     assert result["name"] == "gpu" and result["command"].endswith("gpu --tiny")
     assert figures["tiny"] and figures["device"]["device"] == "cpu" and figures["failed_parts"] == []
     parts = figures["parts"]
-    assert set(parts) == {"generation_llava_onevision_0.5b", "generation_qwen2_vl_2b", "attention",
-                          "masked_forward", "masked_qlora", "lora", "streaming_memory"}
+    assert set(parts) == {"tokens_llava_onevision_0.5b", "tokens_qwen2_vl_2b", "generation_llava_onevision_0.5b",
+                          "generation_qwen2_vl_2b", "evaluation_llava_onevision_0.5b", "evaluation_qwen2_vl_2b",
+                          "attention", "masked_forward", "masked_qlora", "lora", "masked_lora_qwen2_vl_2b",
+                          "streaming_memory"}
     for key in ("llava_onevision_0.5b", "qwen2_vl_2b"):
         generation = parts[f"generation_{key}"]
         assert generation["samples"] == 2 and generation["images_per_sample"] == 8
@@ -104,8 +106,45 @@ def test_the_dry_run_writes_every_part_to_the_given_folder(tmp_path):
     assert parts["streaming_memory"]["streaming_vs_plain"] > 0
 
 
+def test_the_realsize_check_runs_the_gpu_checks_parts_on_the_cpu_with_its_checks(tmp_path):
+    """``make bench NAME=realsize``: the GPU check's own parts (no batch or kernel timings) at tiny size."""
+    path = perf.main(["--out-dir", str(tmp_path), "realsize", "--tiny", "--benchmark-profile", ""])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["realsize.json"]
+    figures = json.loads(path.read_text())["figures"]
+    parts = figures["parts"]
+    assert figures["failed_parts"] == [] and figures["device"]["device"] == "cpu"
+    assert not set(parts) & set(perf.TIMING_PARTS) and "masked_lora_qwen2_vl_2b" in parts
+    for key in ("llava_onevision_0.5b", "qwen2_vl_2b"):
+        tokens = parts[f"tokens_{key}"]
+        assert tokens["all_equal"] and set(tokens["tokens"]) == {"1_images", "10_images"}
+    evaluation = parts["evaluation_llava_onevision_0.5b"]
+    assert evaluation["image_counts"] == [1, 4, 10] and len(evaluation["answers"]) == 3
+    assert evaluation["resume"] == {"questions": 2, "answered_after_resume": 1, "equal_to_uninterrupted": True}
+    for name in ("masked_qlora", "lora", "masked_lora_qwen2_vl_2b"):
+        assert parts[name]["losses_finite"] and parts[name]["gradients"]["only_adapter"], name
+    assert parts["masked_qlora"]["images_per_sample"] == 4 and "needs CUDA" in parts["masked_qlora"]["skipped_4bit"]
+    assert parts["masked_qlora"]["mask_blocks"]["equal_to_spans"] and parts["masked_qlora"]["mask_blocks"]["images"] == 4
+    assert parts["masked_lora_qwen2_vl_2b"]["mask_blocks"]["equal_to_spans"] and parts["lora"]["mask_blocks"] is None
+    streaming = parts["streaming_memory"]
+    assert streaming["images_per_sample"] == 10 and streaming["full_attention_maps_bytes"] > 0
+
+
+def test_the_span_mask_check_can_fail(tiny_adapter, make_image):
+    """The mask built from the input ids equals the masking module's reference only with the right image
+    length: cut the spans one token short and they differ."""
+    from mimic_utils.models import masking, vlm
+
+    adapter = tiny_adapter("qwen2_vl")
+    batch = adapter.prepare([vlm.Sample([make_image(56, 56, seed) for seed in range(3)], "How many?", "counting")])
+    ids, attention = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    reference = masking.dense_mask(adapter.image_block_ids(batch), attention)
+    per_image = batch.image_tokens[0][0]
+    assert torch.equal(perf._span_mask(ids, adapter.image_token_id, per_image, attention), reference)
+    assert not torch.equal(perf._span_mask(ids, adapter.image_token_id, per_image - 1, attention), reference)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_real_size_refuses_to_run_without_cuda(tmp_path):
-    with pytest.raises(SystemExit, match="--tiny"):
+    with pytest.raises(SystemExit, match="--tiny.*realsize"):
         perf.main(["--out-dir", str(tmp_path), "gpu"])
     assert not (tmp_path / "gpu.json").exists()

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from transformers.utils import is_torchvision_available
 
 from mimic_utils.data import prompts
 from mimic_utils.models import tiny, vlm
@@ -329,6 +330,78 @@ def test_save_and_load_adapter_round_trip(tiny_adapter, two_samples, tmp_path, f
     assert torch.equal(original.inputs["input_ids"], reloaded.inputs["input_ids"])
     with torch.no_grad():
         assert torch.equal(adapter.model(**original.inputs).logits, loaded.model(**reloaded.inputs).logits)
+
+
+def test_the_image_backend_is_recorded_and_saved_and_a_reload_uses_it(tiny_adapter, tmp_path):
+    adapter = tiny_adapter("qwen2_vl")
+    assert adapter.settings["preprocessing"]["image_backend"] == "pil"
+    assert adapter.settings["image_processor_class"] == "Qwen2VLImageProcessorPil"
+    adapter.save(tmp_path)
+    assert vlm.saved_image_backend(tmp_path) == "pil"
+    assert vlm.load_adapter(tmp_path).settings["preprocessing"]["image_backend"] == "pil"
+    (tmp_path / vlm.BACKEND_FILE).write_text('{"image_backend": "torchvision"}')  # saved on a torchvision box
+    if not is_torchvision_available():
+        with pytest.raises(ModelLoadError, match=r"image_backend 'torchvision' needs torchvision, which is not installed"):
+            vlm.load_adapter(tmp_path)  # the saved backend is the default ...
+    loaded = vlm.load_adapter(tmp_path, preprocessing={"image_backend": "pil"})  # ... unless asked otherwise
+    assert loaded.settings["preprocessing"]["image_backend"] == "pil"
+    with pytest.raises(ModelLoadError, match="unknown image_backend 'cv2'; use one of pil, torchvision"):
+        vlm.load_adapter(tmp_path, preprocessing={"image_backend": "cv2"})
+
+
+def test_a_checkpoint_without_a_recorded_backend_loads_with_pil_whatever_is_installed(tiny_adapter, tmp_path):
+    """Hub checkpoints and folders saved before the backend was recorded: PIL, as they were scored."""
+    adapter = tiny_adapter("llava_onevision")
+    tiny.save_tiny(adapter.model, adapter.processor, tmp_path)
+    assert vlm.saved_image_backend(tmp_path) is None
+    loaded = vlm.load_adapter(tmp_path)
+    assert loaded.settings["preprocessing"]["image_backend"] == "pil"
+    assert type(loaded.processor.image_processor).__name__ == "LlavaOnevisionImageProcessorPil"
+
+
+def test_switching_the_backend_keeps_every_image_processor_setting(two_samples):
+    """Colab's direction: a processor loaded with the torchvision class is given the PIL class with the same
+    settings. Without torchvision here, a stand-in class of the torchvision name and backend is used."""
+    model, processor = tiny.build_tiny("qwen2_vl")
+    reference = vlm.adapter_from_model(model, processor, "qwen2_vl", preprocessing={"max_pixels": 56 * 56})
+    expected = reference.prepare(two_samples).inputs["pixel_values"]
+    pil = type(processor.image_processor)
+    torchvision_like = type("Qwen2VLImageProcessor", (pil,), {"backend": property(lambda self: "torchvision")})
+    processor.image_processor = torchvision_like(**processor.image_processor.to_dict())
+    assert vlm.image_backend(processor) == "torchvision"
+    switched = vlm.adapter_from_model(model, processor, "qwen2_vl",
+                                         preprocessing={"image_backend": "pil", "max_pixels": 56 * 56})
+    assert type(processor.image_processor) is pil and switched.settings["preprocessing"]["image_backend"] == "pil"
+    assert torch.equal(switched.prepare(two_samples).inputs["pixel_values"], expected)
+
+
+@pytest.mark.skipif(not is_torchvision_available(), reason="needs torchvision (make colab-check)")
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "internvl"])
+def test_with_torchvision_either_backend_can_be_asked_for_and_is_recorded(family, tmp_path):
+    model, processor = tiny.build_tiny(family)
+    switched = vlm.adapter_from_model(model, processor, family, preprocessing={"image_backend": "torchvision"})
+    assert switched.settings["preprocessing"]["image_backend"] == "torchvision"
+    assert not switched.settings["image_processor_class"].endswith("Pil")
+    switched.save(tmp_path)
+    assert vlm.saved_image_backend(tmp_path) == "torchvision"
+    assert vlm.load_adapter(tmp_path).settings["preprocessing"]["image_backend"] == "torchvision"
+    assert vlm.load_adapter(tmp_path, preprocessing={"image_backend": "pil"}).settings["image_processor_class"].endswith("Pil")
+
+
+@pytest.mark.skipif(is_torchvision_available(), reason="torchvision is installed: the torchvision backend is available")
+def test_asking_for_an_unavailable_backend_fails_naming_the_model(tiny_adapter):
+    adapter = tiny_adapter("internvl")
+    with pytest.raises(ModelLoadError, match=r"model 'InternVLForConditionalGeneration': image_backend 'torchvision' needs"):
+        vlm.adapter_from_model(adapter.model, adapter.processor, "internvl", preprocessing={"image_backend": "torchvision"})
+    assert vlm.image_backend(adapter.processor) == "pil"  # the processor is left as it was
+
+
+def test_the_backend_enters_the_fingerprint_except_pil_which_every_earlier_prediction_used():
+    settings = {"model": "m", "preprocessing": {"min_pixels": 4}, "dtype": "float32"}
+    pil = {**settings, "preprocessing": {"image_backend": "pil", "min_pixels": 4}}
+    torchvision = {**settings, "preprocessing": {"image_backend": "torchvision", "min_pixels": 4}}
+    assert vlm.model_fingerprint(pil) == vlm.model_fingerprint(settings)
+    assert vlm.model_fingerprint(torchvision) != vlm.model_fingerprint(pil)
 
 
 def test_load_errors_name_the_model_and_family(tmp_path, tiny_adapter):
