@@ -29,7 +29,7 @@ from mimic_utils.models.vlm import family_for_model_type, load_processor
 from mimic_utils.bench.perf import write_result
 
 PROFILE = "interop"
-MODEL = "outputs/cpu/models/base"
+MODEL = "outputs/cpu/models/si"
 OUT = "tmp/outputs/interop"
 SCENES = {"n_images": 1500, "seed": 0, "params": {"image_size": 112, "max_objects": 5, "same_category_prob": 0.5}}
 """The smoke profile's scene world (``params/smoke/01_data_build.yaml``)."""

@@ -454,7 +454,7 @@ def bench_evaluation(args: argparse.Namespace) -> dict:
 def _study_questions_args(parser: argparse.ArgumentParser, reads: str, n: int) -> None:
     """The profile whose notebook-01 outputs are read, the model, and ``--n`` questions of the images sweep."""
     parser.add_argument("--profile", default="cpu", help=f"whose notebook-01 {reads} to read")
-    parser.add_argument("--model", default="outputs/cpu/models/base")
+    parser.add_argument("--model", default="outputs/cpu/models/si")
     parser.add_argument("--n", type=int, default=n, help="questions, drawn at random from the images sweep")
     parser.add_argument("--seed", type=int, default=0, help="seed of that draw")
 

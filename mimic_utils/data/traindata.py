@@ -138,6 +138,123 @@ MINOR_BUILDERS: dict[str, Callable] = {
 }
 
 
+# --- the multi-image instruction stage (`ov`) -----------------------------------------------------------
+
+#: Per-image families of the organism's multi-image stage (`ov`), our stand-in for LLaVA-OneVision's
+#: multi-image data: they need the model to keep images apart and read each one, and none of them asks
+#: for an aggregate over the images (the four MIMIC families are what the benchmark measures and what the
+#: data-centric remedy adds). Wording and answers are kept apart from MIMIC's: each question names an
+#: image ("in image 3 only") or the images as a set, and a set of images is answered "image 1, image 3",
+#: never with bare numbers, so a MIMIC answer (a count, category names) is not confusable with them.
+OV_FAMILIES = ("image_count", "which_images", "every_image", "which_image", "image_total", "image_describe")
+#: families that need at least two images to mean anything
+OV_MIN_IMAGES = {"which_images": 2, "every_image": 2, "which_image": 2}
+#: images named in one ``which_images`` answer, at most (the answer stays inside the 16-token budget)
+WHICH_IMAGES_MAX = 4
+
+
+def describe(counts: dict[str, int], categories: list[str]) -> str:
+    """The alignment stage's description, e.g. ``"2 dog, 1 cat"`` (category order; ``"none"`` when empty)."""
+    parts = [f"{counts[c]} {c}" for c in categories if counts.get(c)]
+    return ", ".join(parts) or "none"
+
+
+def family_shares(count: int, weights: dict[str, int]) -> dict[str, int]:
+    """``count`` questions split over the families in proportion to their integer ``weights``."""
+    total = sum(weights.values())
+    shares = {family: count * weight // total for family, weight in weights.items()}
+    for family in [f for f, w in weights.items() if w > 0][: count - sum(shares.values())]:  # the remainder
+        shares[family] += 1
+    return shares
+
+
+def image_label(position: int) -> str:
+    """How ov answers name an image: ``"image 3"`` for the third (``position`` counts from 0)."""
+    return f"image {position + 1}"
+
+
+def _image_count(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """How many of one category image ``i`` holds: in 2 of 3 questions a category that image holds, else one
+    that only other images hold (answer 0), so reading the named image is the only way to answer."""
+    images = rng.sample(pools.certain, n)
+    which = rng.randrange(n)
+    own = sorted(pools.classes[images[which]])
+    elsewhere = sorted({c for i in images for c in pools.classes[i]} - set(own))
+    if own and (rng.random() < 2 / 3 or not elsewhere):
+        target = rng.choice(own)
+    else:
+        target = rng.choice(elsewhere or list(pools.index.categories))
+    answer = str(pools.counts[images[which]].get(target, 0))
+    return images, [target], f"In {image_label(which)} only, how many {target} objects can you see?", answer
+
+
+def _which_images(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """The images that hold a category, named ``"image 1, image 4"`` (1..WHICH_IMAGES_MAX of them)."""
+    target = rng.choice([c for c in pools.index.categories if pools.holding[c]])
+    spread = rng.randint(1, min(n - 1, WHICH_IMAGES_MAX, len(pools.holding[target])))
+    images = rng.sample(pools.holding[target], spread) + _without(pools, rng, target, n - spread)
+    rng.shuffle(images)
+    named = ", ".join(image_label(j) for j, i in enumerate(images) if target in pools.classes[i])
+    return images, [target], f"Which images contain a {target}? Answer with each image.", named
+
+
+def _every_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """Yes or no (balanced): does each image hold the category?"""
+    images, targets, _, answer = _common_minor(pools, rng, n)
+    return images, targets, f"Does each image contain a {targets[0]}?", answer
+
+
+def _which_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """The only image that holds a category (uniform position), answered ``"image 3"``."""
+    images, targets, _, number = _oddone_minor(pools, rng, n)
+    return images, targets, f"Only one image contains a {targets[0]}. Which image is it?", image_label(int(number) - 1)
+
+
+def _image_total(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """The number of images shown."""
+    return rng.sample(pools.certain, n), [], "How many images are shown?", str(n)
+
+
+def _image_describe(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """Image ``i`` described as the alignment stage describes one image: ``"Image 2: 2 dog, 1 cat"``."""
+    images = rng.sample(pools.certain, n)
+    which = rng.randrange(n)
+    counts = pools.counts[images[which]]
+    text = describe(counts, list(pools.index.categories))
+    return images, [], f"What objects are in {image_label(which)}?", f"Image {which + 1}: {text}"
+
+
+OV_BUILDERS: dict[str, Callable] = {
+    "image_count": _image_count, "which_images": _which_images, "every_image": _every_image,
+    "which_image": _which_image, "image_total": _image_total, "image_describe": _image_describe,
+}
+
+
+def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tuple[int, int] = (1, 10),
+                 weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov") -> list[dict]:
+    """The multi-image stage's per-image questions (:data:`OV_FAMILIES`), ``count * weight / sum`` of each
+    family of ``weights`` (default: evenly), images per sample uniform over ``images`` (at least
+    :data:`OV_MIN_IMAGES` where a family needs two). Records as the other builders' (origin ``"ov"``),
+    with ``knobs["n_images"]``. Every image comes from ``index``: the training source, never the benchmark."""
+    low, high = images
+    if not 1 <= low <= high <= MAX_IMAGES:
+        raise KnobError(f"ov questions: need 1 <= images[0] <= images[1] <= {MAX_IMAGES}, got {list(images)}")
+    weights = weights or dict.fromkeys(OV_FAMILIES, 1)
+    unknown = sorted(set(weights) - set(OV_FAMILIES))
+    if unknown:
+        raise KnobError(f"ov questions: unknown families {unknown}; known: {list(OV_FAMILIES)}")
+    pools = pools or Pools(index)
+    records = []
+    for family, share in family_shares(count, weights).items():
+        rng = _rng(seed, f"{prefix}-{family}")
+        for number in range(share):
+            n = rng.randint(max(low, OV_MIN_IMAGES.get(family, 1)), max(high, OV_MIN_IMAGES.get(family, 1)))
+            record = _record(index, f"{prefix}-{family}-{number:05d}", family, *OV_BUILDERS[family](pools, rng, n), "ov")
+            record["knobs"] = {"n_images": n}
+            records.append(record)
+    return records
+
+
 # --- single-image questions ------------------------------------------------------------------------
 
 
@@ -205,12 +322,23 @@ class TrainMix:
     max_images: int = 6
     max_count: int = 5
     seed: int = 0
+    #: the organism's multi-image stage data (:func:`ov_questions`, families weighted by ``ov_weights``,
+    #: default evenly), images per sample ``ov_images[0]..ov_images[1]``: with ``mimic`` it is the
+    #: finetunes' "ov data + aggregation" mix (docs/organism.md)
+    ov: int = 0
+    ov_images: tuple[int, int] = (1, 10)
+    ov_weights: dict | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
             raise KnobError(f"TrainMix: need 1 <= min_images <= max_images <= {MAX_IMAGES}, "
                             f"got {self.min_images}..{self.max_images}")
-        for name in ("mimic", "minor", "single"):
+        if not 1 <= self.ov_images[0] <= self.ov_images[1] <= MAX_IMAGES:
+            raise KnobError(f"TrainMix: need 1 <= ov_images[0] <= ov_images[1] <= {MAX_IMAGES}, got {list(self.ov_images)}")
+        unknown = sorted(set(self.ov_weights or {}) - set(OV_FAMILIES))
+        if unknown:
+            raise KnobError(f"TrainMix: ov_weights names unknown families {unknown}; known: {list(OV_FAMILIES)}")
+        for name in ("mimic", "minor", "single", "ov"):
             if getattr(self, name) < 0:
                 raise KnobError(f"TrainMix: {name} must be >= 0")
 
@@ -287,6 +415,7 @@ def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[
         ("mimic", lambda: mimic_conversations(index, mix, pools)),
         ("minor", lambda: minor_conversations(index, mix, pools)),
         ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
+        ("ov", lambda: ov_questions(index, mix.ov, mix.seed, tuple(mix.ov_images), mix.ov_weights, pools, "train-ov")),
     ]
     records: list[dict] = []
     for _, make in tqdm(parts, desc="training conversations", disable=not progress):

@@ -239,7 +239,7 @@ def load_under_study(spec: dict, root: Path | None = None):
     """The model under study from a parameter-file entry, in one call.
 
     ``source`` is a hub id (the ``paper`` profile's real checkpoints) or a folder relative to the checkout
-    (the organism, ``outputs/cpu/models/base``, under ``cpu`` and ``smoke``). The other keys go to
+    (the organism, ``outputs/cpu/models/si``, under ``cpu`` and ``smoke``). The other keys go to
     :func:`mimic_utils.models.vlm.load_adapter`; an unknown key is refused with its name.
     """
     unknown = sorted(set(spec) - MODEL_SPEC_KEYS)

@@ -25,7 +25,7 @@ def run_probe(args, config: OrganismConfig, params: Path, profile_root: Path, co
     from mimic_utils.organism import probe as organism_probe
 
     minutes = None if args.steps is not None else args.minutes
-    base = Path(args.base) if args.base else profile_root / "models" / "base"
+    base = Path(args.base) if args.base else profile_root / "models" / "si"
     out = Path(args.out) if args.out else profile_root / "models" / "probe.json"
     result = organism_probe.probe(config, base, out.parent / out.stem, minutes=minutes, steps=args.steps,
                                   pool_images=args.pool_images, conversations=args.conversations,
@@ -50,10 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--params", help="the recipe (default: params/<profile>/organism.yaml)")
     parser.add_argument("--if-needed", action="store_true",
-                        help="reuse the committed organism when its recorded configuration matches the profile's")
+                        help="reuse the committed checkpoints when their recorded configurations match the profile's; "
+                             "never retrains a committed si (it stops and says why)")
+    parser.add_argument("--stage", choices=("si", "ov", "all"), default="all",
+                        help="si: the single-image organism (stages 0-2); ov: its multi-image stage, from the "
+                             "committed si (mimic_utils.organism.ov); all: both (default)")
+    parser.add_argument("--ov-params", help="the ov stage's recipe (default: params/<profile>/organism_ov.yaml)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rewrite-card", action="store_true",
-                        help="re-score the trained organism and rewrite eval.json and its model card (no training)")
+                        help="re-score the trained si (--stage si) or ov checkpoint and rewrite eval.json and its model card")
     probe = parser.add_argument_group("probe (--probe): language-model shapes at equal wall time, see "
                                       "mimic_utils.organism.probe")
     probe.add_argument("--probe", action="store_true", help="compare shapes instead of training the organism")
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--conversations", type=int, default=40000, help="stage-2 conversations built for the probe")
     probe.add_argument("--heldout-questions", type=int, default=600, help="held-out single-image questions")
     probe.add_argument("--choice-questions", type=int, default=400, help="held-out multiple-choice questions")
-    probe.add_argument("--base", help="organism whose vision tower is reused (default: <profile>/models/base)")
+    probe.add_argument("--base", help="organism whose vision tower is reused (default: <profile>/models/si)")
     probe.add_argument("--out", help="figures file (default: outputs/<profile>/models/probe.json, and .md)")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -80,22 +85,82 @@ def main(argv: list[str] | None = None) -> int:
 
         command = shlex.join(["python", "-m", "mimic_utils.organism", *(sys.argv[1:] if argv is None else argv)])
         return run_probe(args, config, params, profile_dir(args.profile, root), command)
-    out_dir = profile_dir(args.profile, root) / "models" / "base"
+    models = profile_dir(args.profile, root) / "models"
+    si_dir, ov_dir = models / "si", models / "ov"
+    ov_params = Path(args.ov_params) if args.ov_params else root / "params" / args.profile / "organism_ov.yaml"
     if args.rewrite_card:  # the recorded organism, whatever the profile's recipe says now
-        return rewrite_card(out_dir)
-    recorded = trained_config(out_dir)
-    if args.if_needed and recorded == asdict(config):
-        print(f"[organism] reusing the committed organism in {out_dir} (its training configuration matches {params})")
+        codes = ([rewrite_card(si_dir)] if args.stage in ("si", "all") else []) + (
+            [rewrite_ov_card(ov_dir, si_dir)] if args.stage in ("ov", "all") else [])
+        return max(codes)
+    if args.stage in ("si", "all"):
+        code = ensure_si(config, si_dir, params, args.profile, args.if_needed)
+        if code:
+            return code
+    if args.stage in ("ov", "all"):
+        return ensure_ov(ov_params, si_dir, ov_dir, args.profile, args.if_needed)
+    return 0
+
+
+def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, if_needed: bool) -> int:
+    """Train the si checkpoint, or with ``if_needed`` reuse it when its recorded recipe is ``config``.
+
+    ``--if-needed`` never retrains a committed si checkpoint (about 80 minutes, and every notebook's
+    results with it): when its recorded recipe differs from the profile's it stops, naming the keys."""
+    recorded = trained_config(si_dir)
+    if if_needed and recorded == asdict(config):
+        print(f"[organism] reusing the si checkpoint in {si_dir} (its training configuration matches {params})")
         return 0
-    if args.if_needed:
-        why = "no trained organism found" if recorded is None else "its recorded configuration differs from " + str(params)
-        print(f"[organism] training the organism first: {why} (about an hour on 2 cores)")
-    summary = train_organism(config, out_dir)
-    write_curves(out_dir, summary["log"])
-    command = f"python -m mimic_utils.organism --profile {args.profile}"
-    write_json(out_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],
-                                           "parameters": summary["parameters"], "command": command})
-    score_and_card(out_dir, config, summary, command)
+    if if_needed and recorded is not None:
+        changed = sorted(k for k, v in asdict(config).items() if recorded.get(k) != v)
+        print(f"[organism] the si checkpoint in {si_dir} was trained with another recipe than {params} (keys "
+              f"{changed}); --if-needed does not retrain si: run `python -m mimic_utils.organism --profile {profile} "
+              "--stage si` (about 80 minutes on 2 cores, then the ov stage again), or restore the recipe")
+        return 2
+    if if_needed:
+        print("[organism] training the si checkpoint first: none found (about 80 minutes on 2 cores)")
+    summary = train_organism(config, si_dir)
+    write_curves(si_dir, summary["log"])
+    command = f"python -m mimic_utils.organism --profile {profile} --stage si"
+    write_json(si_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],
+                                          "parameters": summary["parameters"], "command": command})
+    score_and_card(si_dir, config, summary, command)
+    return 0
+
+
+def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_needed: bool) -> int:
+    """Train the ov stage from the si checkpoint, or with ``if_needed`` reuse it when its recorded recipe is
+    the profile's and it started from the si weights now committed (:func:`mimic_utils.organism.ov.reusable`)."""
+    from mimic_utils.organism import ov as organism_ov
+
+    if not ov_params.is_file():
+        print(f"[organism] {ov_params}: missing; the {profile} profile has no ov stage")
+        return 0
+    ov = organism_ov.OvConfig.from_yaml(ov_params)
+    ok, why = organism_ov.reusable(ov_dir, ov, si_dir)
+    if if_needed and ok:
+        print(f"[organism] reusing the ov checkpoint in {ov_dir} ({why})")
+        return 0
+    if if_needed:
+        print(f"[organism] training the ov stage: {why} (about 30 minutes on 2 cores)")
+    organism_ov.run(ov, si_dir, ov_dir, f"python -m mimic_utils.organism --profile {profile} --stage ov")
+    return 0
+
+
+def rewrite_ov_card(ov_dir: Path, si_dir: Path) -> int:
+    """``--rewrite-card --stage ov``: re-score the ov checkpoint and rewrite its ``eval.json`` and card."""
+    import pandas as pd
+
+    from mimic_utils.organism import ov as organism_ov
+
+    training = organism_ov.trained_ov(ov_dir)
+    if training is None:
+        print(f"[organism] {ov_dir}: no trained ov checkpoint; train it first (make organism-ov)")
+        return 2
+    frame = pd.read_csv(Path(ov_dir) / "loss.csv")
+    log = [{k: v for k, v in row.items() if v == v} for row in frame.to_dict("records")]
+    summary = {**training, "log": log}
+    organism_ov.score_and_card(ov_dir, si_dir, organism_ov.OvConfig(**training["config"]), summary,
+                               training["command"])
     return 0
 
 

@@ -3,7 +3,7 @@
     python -m mimic_utils.organism --probe --minutes 6      # writes outputs/cpu/models/probe.{json,md}
 
 For each shape (by default today's ``256x4`` and the recipe's, ``params/cpu/organism.yaml``; ``192x8``)
-the probe builds a fresh organism, loads the committed organism's vision tower (``outputs/cpu/models/base``)
+the probe builds a fresh organism, loads the committed organism's vision tower (``outputs/cpu/models/si``)
 so the 14-minute vision stage is not repeated, and trains alignment and instruction tuning (with
 multiple choice when the recipe's ``instruct_weights`` has ``choice``) of the recipe for ``--minutes`` of wall time each: a few timed forward/backward passes
 per stage fix the step counts, split between the stages as the recipe splits them. Both are then scored

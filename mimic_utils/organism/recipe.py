@@ -48,7 +48,8 @@ from mimic_utils.data import scene_formats, scenes
 from mimic_utils.data.annotations import AnnotationIndex, ImageAnnotation, ObjectAnnotation
 from mimic_utils.data.prompts import build_messages, choice_letters, prompt_family
 from mimic_utils.data.tasks import question_for
-from mimic_utils.data.traindata import SINGLE_FAMILIES, Pools, SkipDraw, draw_count, single_image_questions
+from mimic_utils.data.traindata import (OV_FAMILIES, SINGLE_FAMILIES, Pools, SkipDraw, describe, draw_count, family_shares,
+                                        ov_questions, single_image_questions)
 from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.external_benchmarks import BenchRecord, build_prompt, evaluate_benchmark
 from mimic_utils.evaluation.harness import read_predictions
@@ -243,34 +244,23 @@ def encode_conversation(processor, question: str, family: str, n_images: int, an
 
 @dataclass
 class Conversations:
-    """Encoded single-image conversations: token ids, labels, and the pool image each one shows."""
+    """Encoded conversations: token ids, labels, and the pool images each one shows, in order."""
 
     ids: list[list[int]]
     labels: list[list[int]]
-    image: list[int]
+    images: list[list[int]]
     family: list[str]
     answer: list[str]
 
     def __len__(self) -> int:
         return len(self.ids)
 
-
-def describe(counts: dict[str, int], categories: list[str]) -> str:
-    """Stage 1's target text, e.g. ``"2 dog, 1 cat"`` (category order; ``"none"`` when empty)."""
-    parts = [f"{counts[c]} {c}" for c in categories if counts.get(c)]
-    return ", ".join(parts) or "none"
+    def __add__(self, other: "Conversations") -> "Conversations":
+        return Conversations(self.ids + other.ids, self.labels + other.labels, self.images + other.images,
+                             self.family + other.family, self.answer + other.answer)
 
 
 DESCRIBE_QUESTION = "What objects are in the image?"
-
-
-def family_shares(count: int, weights: dict[str, int]) -> dict[str, int]:
-    """``count`` questions split over the families in proportion to their integer ``weights``."""
-    total = sum(weights.values())
-    shares = {family: count * weight // total for family, weight in weights.items()}
-    for family in [f for f, w in weights.items() if w > 0][: count - sum(shares.values())]:  # the remainder
-        shares[family] += 1
-    return shares
 
 
 # --- single-image multiple choice, in the public benchmarks' format ---------------------------------
@@ -388,24 +378,29 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
     :func:`mimic_utils.data.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each;
     the family ``"choice"`` is multiple choice (:func:`choice_questions`, of ``choice_kinds`` with
     ``choice_options`` options). ``count_weights`` tilts the true counts of counting questions."""
-    rows: list[tuple[int, str, str, str]] = []
+    rows: list[tuple[list[int], str, str, str]] = []
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
         for i in order:
             counts = dict(pool.index.images[str(i)].counts())
-            rows.append((i, DESCRIBE_QUESTION, "describe", describe(counts, pool.categories)))
+            rows.append(([i], DESCRIBE_QUESTION, "describe", describe(counts, pool.categories)))
     else:
         pools = Pools(pool.index)
         for family, share in family_shares(count, weights or dict.fromkeys(SINGLE_FAMILIES, 1)).items():
             if family == CHOICE_FAMILY:
                 for r in choice_questions(pool.index, share, seed, max_count, choice_kinds, tuple(choice_options),
                                           count_weights, pools, prefix=f"organism-{kind}"):
-                    rows.append((int(r["image_ids"][0]), choice_prompt(r), CHOICE_FAMILY, r["answer"]))
+                    rows.append(([int(r["image_ids"][0])], choice_prompt(r), CHOICE_FAMILY, r["answer"]))
                 continue
             for r in single_image_questions(pool.index, share, seed=seed, max_count=max_count, families=(family,),
                                             pools=pools, prefix=f"organism-{kind}", count_weights=count_weights):
-                rows.append((int(r["image_ids"][0]), r["question"], r["family"], r["gt"]))
-    encoded = [encode_conversation(processor, q, fam, 1, a, tokens_per_image) for _, q, fam, a in rows]
+                rows.append(([int(r["image_ids"][0])], r["question"], r["family"], r["gt"]))
+    return encode_rows(processor, rows, tokens_per_image)
+
+
+def encode_rows(processor, rows: list[tuple[list[int], str, str, str]], tokens_per_image: int) -> Conversations:
+    """(pool images, question, family, answer) rows encoded as :class:`Conversations`."""
+    encoded = [encode_conversation(processor, q, fam, len(images), a, tokens_per_image) for images, q, fam, a in rows]
     return Conversations([e[0] for e in encoded], [e[1] for e in encoded], [r[0] for r in rows],
                          [r[2] for r in rows], [r[3] for r in rows])
 
@@ -427,13 +422,15 @@ def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: 
 
 def language_forward(model, features: torch.Tensor, convs: Conversations, picks: list[int], patch_grid: int,
                      pad_id: int):
-    """Forward a batch of conversations, the merger applied to cached block outputs of their images."""
+    """Forward a batch of conversations, the merger applied to cached block outputs of their images (every
+    image of every conversation, in order, as the processor would have passed their pixels)."""
     ids = pad_batch([convs.ids[i] for i in picks], pad_id)
     labels = pad_batch([convs.labels[i] for i in picks], -100)
-    blocks = features[torch.tensor([convs.image[i] for i in picks])]
+    shown = [image for i in picks for image in convs.images[i]]
+    blocks = features[torch.tensor(shown)]
     merged = model.model.visual.merger(blocks.flatten(0, 1))
-    per_image = merged.view(len(picks), -1, merged.shape[-1]).unbind(0)
-    grid = torch.tensor([[1, patch_grid, patch_grid]] * len(picks))
+    per_image = merged.view(len(shown), -1, merged.shape[-1]).unbind(0)
+    grid = torch.tensor([[1, patch_grid, patch_grid]] * len(shown))
     mm_types = (ids == model.config.image_token_id).int()  # 1 marks image tokens, as the processor does
     return model(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels, image_grid_thw=grid,
                  mm_token_type_ids=mm_types,
@@ -463,11 +460,14 @@ def teacher_forced_accuracy(model, features, convs: Conversations, patch_grid: i
 
 def language_stage(name: str, model, features: torch.Tensor, convs: Conversations, heldout_features: torch.Tensor,
                    heldout: Conversations, schedule: StageSchedule, seed: int, checkpoint: Path, log: list[dict],
-                   patch_grid: int, vision_lr_scale: float = 0.0, progress: bool = True, curves: bool = True) -> dict:
-    """Stage 1 or 2: train the merger and the language model (the tower's blocks stay frozen).
+                   patch_grid: int, vision_lr_scale: float = 0.0, progress: bool = True, curves: bool = True,
+                   sampler=None, extra_metrics=None) -> dict:
+    """Stage 1, 2 or ov: train the merger and the language model (the tower's blocks stay frozen).
 
     ``curves=False`` skips the held-out evaluations during and after training (the probe times training
-    alone) and returns ``{}``."""
+    alone) and returns ``{}``. ``sampler(rng)`` draws a step's conversations (default: ``schedule.batch``
+    uniformly; the ov stage passes a :class:`LengthBuckets`); ``extra_metrics()`` adds held-out metrics to
+    the teacher-forced ones at every evaluation (the ov stage's generated format check)."""
     pad_id = model.config.text_config.pad_token_id
     for p in model.model.visual.parameters():
         p.requires_grad_(False)
@@ -477,14 +477,42 @@ def language_stage(name: str, model, features: torch.Tensor, convs: Conversation
 
     def loss_fn(rng: random.Random, batch: int, _net: nn.Module) -> torch.Tensor:
         # single-process only: the cached-feature forward reaches into model.model.visual.merger
-        return language_forward(model, features, convs, rng.sample(range(len(convs)), batch), patch_grid, pad_id).loss
+        picks = sampler(rng) if sampler is not None else rng.sample(range(len(convs)), batch)
+        return language_forward(model, features, convs, picks, patch_grid, pad_id).loss
 
     def evaluate() -> dict:
-        return teacher_forced_accuracy(model, heldout_features, heldout, patch_grid, pad_id)
+        metrics = teacher_forced_accuracy(model, heldout_features, heldout, patch_grid, pad_id)
+        return {**metrics, **(extra_metrics() if extra_metrics is not None else {})}
 
     train_stage(name, model, trainable, loss_fn, schedule, seed, checkpoint, log, evaluate if curves else None,
                 progress)
     return evaluate() if curves else {}
+
+
+class LengthBuckets:
+    """Batches of conversations of similar length, sized to a token budget, so a step's time buys
+    answers rather than padding.
+
+    Conversations are sorted by length and cut into ``buckets`` groups of equal size. A step draws a
+    bucket with probability proportional to its tokens and takes ``tokens // longest`` conversations of it
+    (at most the bucket): each conversation is then drawn about equally often whatever its length, so the
+    family mix of the data is the mix trained on, while short samples come many to a batch.
+    """
+
+    def __init__(self, lengths: list[int], tokens: int, buckets: int = 16) -> None:
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        size = -(-len(order) // buckets)
+        self.groups = [order[k:k + size] for k in range(0, len(order), size)]
+        self.longest = [max(lengths[i] for i in group) for group in self.groups]
+        self.weights = [sum(lengths[i] for i in group) for group in self.groups]
+        self.tokens = tokens
+
+    def batch_size(self, group: int) -> int:
+        return max(1, min(len(self.groups[group]), self.tokens // self.longest[group]))
+
+    def __call__(self, rng: random.Random) -> list[int]:
+        group = rng.choices(range(len(self.groups)), weights=self.weights)[0]
+        return rng.sample(self.groups[group], self.batch_size(group))
 
 
 # --- the whole recipe ------------------------------------------------------------------------------
@@ -576,11 +604,7 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
     records = single_image_questions(pool.index, config.heldout_questions, seed=config.seed + 2,
                                      max_count=config.max_count, prefix="heldout")
     for record in records:
-        number = int(record["image_ids"][0])
-        path = folder / f"{number:05d}.png"
-        if not path.exists():
-            scene_formats.save_png(path, pool.images[number].numpy())
-        record["images"] = [str(path)]
+        record["images"] = [str(heldout_png(pool, int(record["image_ids"][0]), folder))]
         record["task"] = record["family"]
         record["experiment"] = "heldout"
         record["knobs"] = {"n_images": 1, **({"true_count": int(record["gt"])} if record["family"] == "counting" else {})}
@@ -596,14 +620,17 @@ def heldout_choice_records(config: OrganismConfig, folder: Path, progress: bool 
     folder.mkdir(parents=True, exist_ok=True)
     records = choice_questions(pool.index, count or config.heldout_choice_questions, config.seed + 3,
                                config.max_count, options=tuple(config.choice_options), prefix="heldout")
-    out = []
-    for record in records:
-        number = int(record["image_ids"][0])
-        path = folder / f"{number:05d}.png"
-        if not path.exists():
-            scene_formats.save_png(path, pool.images[number].numpy())
-        out.append(choice_bench_record(record, [str(path)]))
-    return out
+    return [choice_bench_record(record, [str(heldout_png(pool, int(record["image_ids"][0]), folder))])
+            for record in records]
+
+
+def heldout_png(pool: ScenePool, number: int, folder: Path) -> Path:
+    """The PNG file of pool image ``number`` in ``folder``, written once (evaluation reads images from files)."""
+    path = Path(folder) / f"{number:05d}.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scene_formats.save_png(path, pool.images[number].numpy())
+    return path
 
 
 def evaluate_choice(adapter, records: list, predictions: Path, batch_size: int = 64, progress: bool = True) -> dict:

@@ -177,7 +177,7 @@ def test_relativise_rewrites_outputs_written_with_absolute_paths(tmp_path):
     out = root / "outputs" / "smoke"
     (out / "01_demo").mkdir(parents=True)
     (out / "01_demo" / "metrics.json").write_text(json.dumps(
-        {"model": str(root / "outputs" / "cpu" / "models" / "base"), "image_root": str(root), "n": 3}))
+        {"model": str(root / "outputs" / "cpu" / "models" / "si"), "image_root": str(root), "n": 3}))
     (out / "01_demo" / "untouched.json").write_text('{"source": "/data/coco"}')
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
         nbformat.v4.new_output("stream", name="stdout", text=f"report: {out}/REPORT.md\n")])])
@@ -187,7 +187,7 @@ def test_relativise_rewrites_outputs_written_with_absolute_paths(tmp_path):
     changed = runner.relativise_outputs("smoke", root)
     assert sorted(p.name for p in changed) == ["01_demo.ipynb", "metrics.json"]
     metrics = json.loads((out / "01_demo" / "metrics.json").read_text())
-    assert metrics == {"model": "outputs/cpu/models/base", "image_root": ".", "n": 3}
+    assert metrics == {"model": "outputs/cpu/models/si", "image_root": ".", "n": 3}
     executed = nbformat.read(out / "executed" / "01_demo.ipynb", as_version=4)
     assert executed.cells[0].outputs[0].text == "report: outputs/smoke/REPORT.md\n"
     assert executed.metadata["papermill"]["input_path"] == "notebooks/01_demo.ipynb"

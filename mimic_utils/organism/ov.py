@@ -1,0 +1,469 @@
+"""The organism's multi-image instruction stage: ``ov`` is ``si`` trained further on 1-10-image samples.
+
+    python -m mimic_utils.organism --profile cpu --stage ov      # or: make organism-ov
+
+LLaVA-OneVision's ``-ov`` checkpoints are its single-image ``-si`` checkpoints trained further on
+multi-image data; the paper studies the ``-ov`` models. This is that step in miniature: the committed
+single-image organism (``outputs/<profile>/models/si``) learns questions that need it to keep images apart
+and read each one (:data:`mimic_utils.traindata.OV_FAMILIES`: how many X in image i, which images
+contain X, does each image contain X, which image is the only one with X, how many images, what is in
+image i) on 1-10-image samples of its own rendered training stream, while the single-image families of
+its stage 2 (MIMIC-format counting, listing and naming, presence, multiple choice) are rehearsed so its
+skills and answer formats stay. It never sees one of the four MIMIC aggregation questions (total count,
+listing over the images, common, odd-one): those are what the benchmark measures and what notebook 04's
+data-centric remedy adds.
+
+Training reuses the organism's machinery: the frozen tower's cached block outputs, the merger and the
+language model trained by :func:`mimic_utils.organism.language_stage` (checkpoints, resume, curves),
+and batches bucketed by length to a token budget (:class:`mimic_utils.organism.LengthBuckets`). The
+result is scored on held-out samples of 4-10 images (a scene stream never trained on) against the
+issue's targets, each with its blind baseline, and on the single-image questions ``si`` was scored on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+
+from mimic_utils.analysis import stats
+from mimic_utils.artifacts import repo_root, write_json, write_text
+from mimic_utils.data.prompts import prompt_family
+from mimic_utils.data.traindata import OV_FAMILIES, SINGLE_FAMILIES, ov_questions, single_image_questions
+from mimic_utils.evaluation import harness
+from mimic_utils.evaluation.harness import read_predictions
+from mimic_utils.evaluation.scoring import parse_count, score_sample
+from mimic_utils.models import tiny
+from mimic_utils.models.vlm import adapter_from_model, load_adapter, load_processor
+from mimic_utils.organism import recipe as organism
+from mimic_utils.organism.card import recorded_config, write_curves
+from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
+from mimic_utils.training.finetune import StageSchedule
+
+#: every family the stage trains: the per-image ones and the single-image ones of stage 2
+STAGE_FAMILIES = (*OV_FAMILIES, *SINGLE_FAMILIES, CHOICE_FAMILY)
+#: held-out targets inside 4-10-image samples (issue #25); single-image scores must stay within
+#: SINGLE_TOLERANCE of si's on the same questions
+TARGETS = {"image_count": 0.70, "which_image": 0.85, "image_total": 0.95}
+SINGLE_TOLERANCE = 0.05
+TARGET_MINUTES = 25  # training of the stage, on 2 cores
+#: the card's time line, in the order the steps run
+TIME_ORDER = ("render", "cache", "conversations", "ov", "total")
+#: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
+MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
+#: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
+OV_MAX_NEW_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class OvConfig:
+    """Every value that shapes the ov stage; recorded beside its weights and compared by ``--if-needed``
+    (together with the sha256 of the si weights it started from)."""
+
+    seed: int = 0
+    #: training scenes rendered (the first ones of si's own training stream) and conversations built
+    pool_images: int = 30000
+    conversations: int = 60000
+    #: images per training sample of the per-image families
+    images: list = field(default_factory=lambda: [1, 10])
+    #: relative share of each family (OV_FAMILIES, SINGLE_FAMILIES and "choice")
+    weights: dict = field(default_factory=lambda: {
+        "image_count": 4, "which_images": 2, "every_image": 1, "which_image": 3, "image_total": 2,
+        "image_describe": 3, "counting": 3, "presence": 2, "listing": 1, "naming": 1, "choice": 3})
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 50
+    #: tokens per batch (length-bucketed batches, ``buckets`` length groups)
+    batch_tokens: int = 3072
+    buckets: int = 16
+    eval_every: int = 200
+    #: teacher-forced held-out questions of the curves (every family evenly; per-image ones at eval_images)
+    heldout_questions: int = 1100
+    #: held-out samples of the generated evaluation: images per sample, and questions over OV_FAMILIES
+    eval_images: list = field(default_factory=lambda: [4, 10])
+    eval_questions: int = 1200
+    #: held-out single-image MIMIC-format questions generated at every evaluation (the format check)
+    format_questions: int = 60
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> "OvConfig":
+        """Read ``params/<profile>/organism_ov.yaml``; unknown keys and families are refused, naming the file."""
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        config = cls(**values)
+        bad = set(config.weights) - set(STAGE_FAMILIES)
+        if bad or any(not isinstance(w, int) or w < 0 for w in config.weights.values()):
+            raise ValueError(f"{path}: weights must map families of {list(STAGE_FAMILIES)} to non-negative "
+                             f"integers, got {config.weights}")
+        for key in ("images", "eval_images"):
+            low, high = getattr(config, key)
+            if not 1 <= low <= high <= 10:
+                raise ValueError(f"{path}: {key} must be [low, high] with 1 <= low <= high <= 10, got {getattr(config, key)}")
+        return config
+
+    def ov_weights(self) -> dict[str, int]:
+        return {f: w for f, w in self.weights.items() if f in OV_FAMILIES and w > 0}
+
+    def single_weights(self) -> dict[str, int]:
+        return {f: w for f, w in self.weights.items() if f not in OV_FAMILIES and w > 0}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def weights_sha256(folder: Path) -> str:
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def si_config(si_dir: Path) -> OrganismConfig:
+    """The recipe the si checkpoint was trained with (its ``training.json``)."""
+    recorded = recorded_config(Path(si_dir))
+    if recorded is None:
+        raise FileNotFoundError(f"{si_dir}: no trained si organism (model.safetensors and training.json); "
+                                "train it first: python -m mimic_utils.organism --stage si")
+    return OrganismConfig(**{**asdict(OrganismConfig()), **recorded})
+
+
+def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: dict[str, int],
+            prefix: str) -> list[tuple[list[int], str, str, str]]:
+    """(pool images, question, family, answer) rows of the per-image families."""
+    if count <= 0 or not weights:
+        return []
+    records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix)
+    return [([int(i) for i in r["image_ids"]], r["question"], r["family"], r["gt"]) for r in records]
+
+
+def stage_conversations(si: OrganismConfig, pool, processor, count: int,
+                        seed: int, weights: dict[str, int], images, n_tokens: int, prefix: str,
+                        count_weights=None) -> organism.Conversations:
+    """Conversations of the stage's families: the per-image ones (:func:`ov_rows`) and the single-image
+    ones with si's own builders (counting tilted by ``count_weights``, multiple choice in si's option range)."""
+    per_image = {f: w for f, w in weights.items() if f in OV_FAMILIES}
+    single = {f: w for f, w in weights.items() if f not in OV_FAMILIES}
+    total = sum(weights.values())
+    n_ov = count * sum(per_image.values()) // total
+    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix)
+    convs = organism.encode_rows(processor, rows, n_tokens)
+    if single:
+        convs = convs + organism.build_conversations(
+            pool, processor, "questions", count - n_ov, seed, si.max_count, n_tokens, single, count_weights,
+            si.choice_kinds, tuple(si.choice_options))
+    return convs
+
+
+def format_kept(family: str, output: str, categories: list[str]) -> bool:
+    """Whether a single-image MIMIC-format answer has its family's format: a count for counting, category
+    names (or "none") for listing, one category name for naming — and never an image reference."""
+    text = output.strip().rstrip(".").strip().lower()
+    if "image" in text:
+        return False
+    if family == "counting":
+        return parse_count(output) is not None
+    names = {c.lower() for c in categories}
+    if family == "listing":
+        items = [item.strip() for item in text.split(",")]
+        return bool(items) and all(item in names or item == "none" for item in items)
+    return text in names
+
+
+def format_probe(model, processor, pool: organism.ScenePool, si: OrganismConfig, count: int, seed: int):
+    """``extra_metrics`` of the training curves: generated answers of ``count`` held-out single-image
+    MIMIC-format questions (counting, listing, naming evenly) — the share that keeps the format and the
+    share right (official scorers)."""
+    records = single_image_questions(pool.index, count, seed=seed, max_count=si.max_count,
+                                     families=MIMIC_FORMAT_FAMILIES, prefix="format")
+    samples = [{"images": [scene_pil(pool, int(r["image_ids"][0]))], "question": r["question"],
+                "task_family": prompt_family(r["family"])} for r in records]
+
+    def metrics() -> dict:
+        adapter = adapter_from_model(model, processor, "qwen2_vl")
+        adapter.use_vision_cache = False  # the model in training: its features are read live
+        outputs = adapter.answer(samples)
+        kept = [format_kept(r["family"], o, pool.categories) for r, o in zip(records, outputs)]
+        right = [score_sample(prompt_family(r["family"]), o, r["gt"])["score"] for r, o in zip(records, outputs)]
+        return {"gen_format_1img": sum(kept) / len(kept), "gen_score_1img": sum(right) / len(right)}
+
+    return metrics
+
+
+def scene_pil(pool: organism.ScenePool, number: int):
+    from PIL import Image
+
+    return Image.fromarray(pool.images[number].numpy(), "RGB")
+
+
+def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+    """The ov stage from the si checkpoint in ``si_dir`` (resumed from its checkpoint if present); saves
+    the model into ``out_dir`` and returns the training summary."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    out_dir, si_dir = Path(out_dir), Path(si_dir)
+    si = si_config(si_dir)
+    work = out_dir / "checkpoints" / ov.digest()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    torch.manual_seed(ov.seed)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(si_dir, dtype=torch.float32)
+    processor = load_processor(str(si_dir), "qwen2_vl")
+    world = si.scene_params()
+    train = organism.render_pool(ov.pool_images, si.seed, organism.TRAIN_STREAM, world, si.cell_px, progress)
+    heldout = organism.render_pool(si.heldout_images, si.seed, organism.HELDOUT_STREAM, world, si.cell_px, progress)
+    seconds: dict[str, float] = {"render": time.time() - started}
+    begin = time.time()
+    features = organism.cache_vision(model, processor, train, progress=progress)
+    heldout_features = organism.cache_vision(model, processor, heldout, progress=progress)
+    seconds["cache"] = time.time() - begin
+    side, n_tokens = organism.tokens_per_image(si, processor)
+    begin = time.time()
+    convs = stage_conversations(si, train, processor, ov.conversations, ov.seed + 10, ov.weights, ov.images,
+                                n_tokens, "ov-train", si.count_weights)
+    even = dict.fromkeys([f for f, w in ov.weights.items() if w > 0], 1)
+    held = stage_conversations(si, heldout, processor, ov.heldout_questions, ov.seed + 11, even,
+                               ov.eval_images, n_tokens, "ov-heldout")
+    seconds["conversations"] = time.time() - begin
+    sampler = organism.LengthBuckets([len(ids) for ids in convs.ids], ov.batch_tokens, ov.buckets)
+    schedule = StageSchedule(ov.steps, ov.lr, ov.batch_tokens, warmup=ov.warmup, eval_every=ov.eval_every,
+                             checkpoint_every=50)
+    log: list[dict] = []
+    probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13)
+    begin = time.time()
+    organism.language_stage("ov", model, features, convs, heldout_features, held, schedule, ov.seed, work / "ov.pt",
+                            log, side, progress=progress, sampler=sampler, extra_metrics=probe)
+    seconds["ov"] = time.time() - begin
+    model.eval()
+    tiny.save_tiny(model, processor, out_dir)
+    seconds["total"] = time.time() - started
+    return {"config": ov, "seconds": seconds, "log": log, "parameters": tiny.count_parameters(model),
+            "conversations": dict(sorted(Counter(convs.family).items())),
+            "batch_sizes": [sampler.batch_size(g) for g in range(len(sampler.groups))],
+            "bucket_longest": sampler.longest}
+
+
+# --- held-out evaluation -----------------------------------------------------------------------------
+
+
+def exact(output: str, gt: str) -> bool:
+    """Exact answer, case and a final full stop aside (the per-image families' answers are short forms)."""
+    def norm(text: str) -> str:
+        return " ".join(str(text).strip().rstrip(".").lower().split())
+    return norm(output) == norm(gt)
+
+
+def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
+    """A predictions line of a per-image question, scored by :func:`exact`."""
+    return {"id": record["id"], "family": record["family"], "task": record["family"], "knobs": record["knobs"],
+            "gt": record["gt"], "output": output, "parsed": output.strip(), "score": float(exact(output, record["gt"])),
+            "scored_as": "exact", "pool": pool, "model": settings}
+
+
+def _exact_scorer(_family: str, output: str, gt) -> dict:
+    return {"score": float(exact(output, gt))}
+
+
+def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True) -> list[dict]:
+    """Held-out per-image questions in samples of ``ov.eval_images`` images, from si's held-out scene
+    stream (never trained on), images written as PNG files; families evenly."""
+    pool = organism.render_pool(si.heldout_images, si.seed, organism.HELDOUT_STREAM, si.scene_params(), si.cell_px,
+                                progress)
+    records = ov_questions(pool.index, ov.eval_questions, ov.seed + 12, tuple(ov.eval_images),
+                           dict.fromkeys(OV_FAMILIES, 1), prefix="heldout-ov")
+    for record in records:
+        record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
+    return records
+
+
+def cell(rows: list[dict], scorer=None) -> dict:
+    """n, score, 95% interval (Wilson; listing: bootstrap of micro F1) and the blind baseline of rows."""
+    found = stats.estimate(rows, key=None)
+    return {"n": found["n"], **{k: round(float(found[k]), 4) for k in ("score", "lo", "hi")},
+            "blind": round(stats.blind_baseline(rows, scorer), 4)}
+
+
+def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scores: dict,
+                progress: bool = True) -> dict:
+    """Held-out scores of an ov checkpoint (generation through the adapter): the per-image families in
+    4-10-image samples (exact answers) with their blind baselines and per image count; the single-image
+    questions si was scored on, beside si's scores; the MIMIC answer format kept at 1 image."""
+    folder = Path(folder)
+    records = heldout_ov_records(si, ov, folder, progress)
+    rows = harness.run(adapter, records, folder / "ov.jsonl", batch_size=32, progress=progress, desc="held-out ov",
+                        to_row=exact_row, max_new_tokens=OV_MAX_NEW_TOKENS)
+    scores: dict = {"ov": {}}
+    for family in OV_FAMILIES:
+        members = [r for r in rows if r["family"] == family]
+        by_n = {str(n): round(sum(r["score"] for r in members if r["knobs"]["n_images"] == n)
+                              / max(1, sum(r["knobs"]["n_images"] == n for r in members)), 4)
+                for n in sorted({r["knobs"]["n_images"] for r in members})}
+        scores["ov"][family] = {**cell(members, _exact_scorer), "target": TARGETS.get(family), "by_n_images": by_n}
+    single = organism.heldout_records(si, folder, progress)
+    organism.evaluate_single_image(adapter, single, folder / "predictions.jsonl", progress=progress)
+    single_rows = read_predictions(folder / "predictions.jsonl")
+    scores["single"] = {}
+    for family in sorted({r["family"] for r in single_rows}):
+        members = [r for r in single_rows if r["family"] == family]
+        si_score = si_scores.get(family, {}).get("score")
+        scores["single"][family] = {**cell(members), "si": si_score,
+                                    "delta": None if si_score is None else round(cell(members)["score"] - si_score, 4)}
+    if si.instruct_weights.get(CHOICE_FAMILY):
+        choice = organism.evaluate_choice(adapter, organism.heldout_choice_records(si, folder),
+                                          folder / "choice.jsonl", progress=progress)
+        si_choice = si_scores.get("choice", {}).get("score")
+        scores["single"]["choice"] = {k: choice[k] for k in ("n", "score", "lo", "hi")} | {
+            "blind": choice["chance"], "si": si_choice,
+            "delta": None if si_choice is None else round(choice["score"] - si_choice, 4)}
+        scores["choice_parse_rate"] = {"n": choice["n"], "score": choice["parse_rate"], "lo": choice["parse_lo"],
+                                       "hi": choice["parse_hi"]}
+    categories = list(si.scene_params().categories)
+    scores["format_1img"] = {}
+    for family in MIMIC_FORMAT_FAMILIES:
+        members = [r for r in single_rows if r["family"] == family]
+        kept = sum(format_kept(family, r["output"], categories) for r in members)
+        lo, hi = stats.wilson(kept, len(members))
+        scores["format_1img"][family] = {"n": len(members), "score": round(kept / max(1, len(members)), 4),
+                                         "lo": round(lo, 4), "hi": round(hi, 4)}
+    return scores
+
+
+def target_lines(scores: dict) -> list[str]:
+    """One line per target: met or missed, with the figure."""
+    lines = []
+    for family, target in TARGETS.items():
+        row = scores["ov"][family]
+        verdict = "met" if row["score"] >= target else "**not met**"
+        lines.append(f"- {family} (4-10 images): {row['score']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}] against "
+                     f"≥ {target}: {verdict} (blind {row['blind']:.3f})")
+    for family, row in scores["single"].items():
+        if row.get("delta") is None:
+            continue
+        verdict = "met" if row["delta"] >= -SINGLE_TOLERANCE else "**not met**"
+        lines.append(f"- single-image {family}: {row['score']:.3f} vs si {row['si']:.3f} (change {row['delta']:+.3f}, "
+                     f"within {SINGLE_TOLERANCE} below si: {verdict})")
+    return lines
+
+
+def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, command: str, si_info: dict) -> Path:
+    """The ov model card (README.md beside the weights)."""
+    weights = out_dir / "model.safetensors"
+    seconds = summary.get("seconds", {})
+    minutes = seconds.get("ov", 0.0) / 60
+    lines = [
+        "# MIMIC model organism, multi-image stage (`ov`)",
+        "",
+        "The single-image organism `si` (`" + si_info["path"] + "`) trained further by `mimic_utils.organism_ov` on",
+        "1-10-image samples of its own rendered training stream (never the benchmark's images): per-image",
+        "questions that need it to keep images apart (how many X in image i, which images contain X, does each",
+        "image contain X, which image is the only one with X, how many images, what is in image i) and the",
+        "single-image questions of its stage 2 (MIMIC-format counting, listing and naming, presence, multiple",
+        "choice). Never one of the four MIMIC aggregation questions. Our stand-in for LLaVA-OneVision's `-ov`.",
+        "",
+        f"- command: `{command}`",
+        f"- seed: {ov.seed}",
+        f"- started from: si weights sha256 `{si_info['sha256']}`",
+        f"- parameters: {summary.get('parameters', 'n/a'):,}",
+        f"- weights: `model.safetensors`, {weights.stat().st_size / 2**20:.1f} MiB, sha256 `{weights_sha256(out_dir)}`",
+        "- time (this machine, 2 cores): " + ", ".join(f"{k} {seconds[k] / 60:.1f} min" for k in TIME_ORDER if k in seconds)
+        + f" — training ≤ {TARGET_MINUTES} min " + ("met" if minutes <= TARGET_MINUTES else "**not met**"),
+        f"- training conversations per family: {json.dumps(summary.get('conversations', {}))}",
+        "",
+        "## Held-out per-image questions, 4-10 images per sample (generated, exact answers)",
+        "",
+        "| question | n | score | 95% interval | blind | target |",
+        "|---|---|---|---|---|---|",
+        *[f"| {family} | {row['n']} | {row['score']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] | {row['blind']:.3f} | "
+          + ("" if row["target"] is None else f"≥ {row['target']}") + " |" for family, row in scores["ov"].items()],
+        "",
+        "Per image count: " + "; ".join(f"{family} " + ", ".join(f"{n}: {v:.2f}" for n, v in row["by_n_images"].items())
+                                        for family, row in scores["ov"].items()),
+        "",
+        "## Held-out single-image questions (the ones si was scored on, official scorers)",
+        "",
+        "| question | n | score | 95% interval | blind | si | change |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {family} | {row['n']} | {row['score']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] | {row['blind']:.3f} | "
+          + ("" if row.get("si") is None else f"{row['si']:.3f}") + " | "
+          + ("" if row.get("delta") is None else f"{row['delta']:+.3f}") + " |" for family, row in scores["single"].items()],
+        "",
+        "MIMIC answer format kept at 1 image (a count; category names or \"none\"; one category name; never an",
+        "image reference): " + ", ".join(f"{family} {row['score']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}] (n {row['n']})"
+                                        for family, row in scores["format_1img"].items()),
+        "",
+        "## Targets",
+        "",
+        *target_lines(scores),
+        "",
+        "## Training configuration",
+        "",
+        "```json",
+        json.dumps(asdict(ov), indent=2, sort_keys=True),
+        "```",
+        "",
+        "Loss and held-out curves (teacher-forced per family, `gen_format_1img` / `gen_score_1img`: generated",
+        "single-image MIMIC-format answers): `loss.csv`, `curves.png`. Held-out scores: `eval.json`.",
+        "",
+    ]
+    return write_text(out_dir / "README.md", "\n".join(lines))
+
+
+def score_and_card(out_dir: Path, si_dir: Path, ov: OvConfig, summary: dict, command: str) -> dict:
+    """Held-out scores of the saved ov checkpoint (``eval.json``) and its model card."""
+    si = si_config(si_dir)
+    si_scores = json.loads((Path(si_dir) / "eval.json").read_text(encoding="utf-8"))
+    adapter = load_adapter(out_dir, family="qwen2_vl", dtype="float32")
+    scores = evaluate_ov(adapter, si, ov, out_dir / "heldout", si_scores)
+    write_json(out_dir / "eval.json", scores)
+    write_ov_card(out_dir, ov, summary, scores, command, si_record(si_dir))
+    print(json.dumps(scores, indent=1))
+    print(f"[organism] ov saved to {out_dir} (model card: {out_dir / 'README.md'})")
+    return scores
+
+
+def si_record(si_dir: Path) -> dict:
+    """What ov records of the checkpoint it started from: its folder (relative to the checkout) and sha256."""
+    si_dir = Path(si_dir).resolve()
+    try:
+        path = str(si_dir.relative_to(repo_root()))
+    except ValueError:
+        path = str(si_dir)
+    return {"path": path, "sha256": weights_sha256(si_dir)}
+
+
+def trained_ov(out_dir: Path) -> dict | None:
+    """``training.json`` of the ov checkpoint in ``out_dir`` (config and the si it started from), if any."""
+    path = Path(out_dir) / "training.json"
+    if not (path.is_file() and (Path(out_dir) / "model.safetensors").is_file()):
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def reusable(out_dir: Path, ov: OvConfig, si_dir: Path) -> tuple[bool, str]:
+    """Whether the ov checkpoint in ``out_dir`` was trained with ``ov`` from the si weights now in
+    ``si_dir``; else why not."""
+    recorded = trained_ov(out_dir)
+    if recorded is None:
+        return False, "no trained ov checkpoint found"
+    if recorded.get("config") != asdict(ov):
+        changed = sorted(k for k in asdict(ov) if recorded.get("config", {}).get(k) != asdict(ov)[k])
+        return False, f"its recorded configuration differs in {changed}"
+    if recorded.get("si", {}).get("sha256") != weights_sha256(si_dir):
+        return False, "it was trained from other si weights than the ones now in " + str(si_dir)
+    return True, "its configuration and the si weights it started from match"
+
+
+def run(ov: OvConfig, si_dir: Path, out_dir: Path, command: str) -> dict:
+    """Train, record, score and card the ov checkpoint."""
+    summary = train_ov(ov, si_dir, out_dir)
+    write_curves(out_dir, summary["log"])
+    write_json(out_dir / "training.json", {
+        "config": asdict(ov), "si": si_record(si_dir), "seconds": summary["seconds"],
+        "parameters": summary["parameters"], "command": command, "conversations": summary["conversations"],
+        "batch_sizes": summary["batch_sizes"], "bucket_longest": summary["bucket_longest"]})
+    return score_and_card(out_dir, si_dir, ov, summary, command)
