@@ -9,13 +9,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL_REFS := $(sort $(wildcard tests/notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install study smoke test unit nbval references organism organism-probe bench lab clean-smoke interop \
+.PHONY: help install study smoke test unit nbval references organism organism-ov organism-probe bench lab clean-smoke interop \
 	colab-venv colab-check
 
 help:
 	@echo "make study       run the whole study under the cpu profile (outputs/cpu/)"
 	@echo "make test        unit tests, then nbval regression of the notebooks under smoke"
-	@echo "make organism    train the embedded tiny model organism from scratch (outputs/cpu/models/base/)"
+	@echo "make organism    train the embedded tiny model organism from scratch: si, then ov (outputs/cpu/models/{si,ov}/)"
+	@echo "make organism-ov train only its multi-image stage ov from the committed si, ~30 min (outputs/cpu/models/ov/)"
 	@echo "make organism-probe   its language-model shapes, 6 min each (outputs/cpu/models/probe.md)"
 	@echo "make references  re-execute the smoke notebooks and store them as nbval references"
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
@@ -68,7 +69,10 @@ references: $(STAMP)
 	mkdir -p tests/notebooks && cp outputs/smoke/executed/[0-9][0-9]_*.ipynb tests/notebooks/
 
 organism: $(STAMP)
-	$(PY) -m mimic_utils.organism --profile cpu
+	$(PY) -m mimic_utils.organism --profile cpu --stage all
+
+organism-ov: $(STAMP)
+	$(PY) -m mimic_utils.organism --profile cpu --stage ov
 
 organism-probe: $(STAMP)
 	$(PY) -m mimic_utils.organism --profile cpu --probe --minutes 6

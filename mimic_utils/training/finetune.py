@@ -299,9 +299,9 @@ def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size:
 
 def split_conversations(records: list[dict], max_images: int) -> tuple[list[dict], list[dict]]:
     """(multi-image, single-image) conversations, dropping samples above ``max_images`` images; a
-    one-image conversation mixed in from the hub counts as single-image."""
+    one-image conversation mixed in from the hub or from the ov-stage data counts as single-image."""
     def is_single(r: dict) -> bool:
-        return r["origin"] == "single" or (r["origin"] == HUB_FAMILY and len(r["images"]) == 1)
+        return r["origin"] == "single" or (r["origin"] in (HUB_FAMILY, "ov") and len(r["images"]) == 1)
 
     kept = [r for r in records if len(r["images"]) <= max_images]
     return [r for r in kept if not is_single(r)], [r for r in kept if is_single(r)]

@@ -173,14 +173,14 @@ def test_card_table_reads_the_card_and_marks_targets(tmp_path):
 
 @pytest.mark.slow
 def test_the_committed_organism_reloads_and_gives_its_recorded_scores(tmp_path):
-    """The weights in outputs/cpu/models/base reload with from_pretrained (through the adapter) and score
+    """The si weights in outputs/cpu/models/si reload with from_pretrained (through the adapter) and score
     exactly what their model card records on the same held-out questions."""
     import hashlib
     import json
 
     from mimic_utils.artifacts import repo_root
 
-    folder = repo_root() / "outputs" / "cpu" / "models" / "base"
+    folder = repo_root() / "outputs" / "cpu" / "models" / "si"
     recorded = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() in card
@@ -375,4 +375,4 @@ def test_make_study_reuses_the_committed_organism_with_the_committed_recipe():
     from mimic_utils.artifacts import repo_root
 
     config = OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
-    assert cli.trained_config(repo_root() / "outputs" / "cpu" / "models" / "base") == asdict(config)
+    assert cli.trained_config(repo_root() / "outputs" / "cpu" / "models" / "si") == asdict(config)

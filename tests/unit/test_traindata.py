@@ -162,3 +162,91 @@ def test_hub_spec_errors_name_the_problem(tmp_path):
     pq.write_table(table, folder / "train-00000.parquet")
     with pytest.raises(ValueError, match="Mantis-Instruct"):
         traindata.hub_conversations({"name": str(folder)}, tmp_path / "img", progress=False)
+
+
+# --- the organism's multi-image stage (ov) ------------------------------------------------------------
+
+
+def hand_made_index():
+    """Eight images whose objects are written out here, so every ov answer can be checked by hand."""
+    from mimic_utils.data.annotations import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+
+    supercategory_of = {"dog": "animal", "cat": "animal", "bus": "vehicle", "car": "vehicle"}
+    contents = {"a": {"dog": 2, "cat": 1}, "b": {"bus": 1}, "c": {}, "d": {"dog": 1}, "e": {"car": 3},
+                "f": {"cat": 2, "car": 1}, "g": {"bus": 2, "dog": 1}, "h": {"cat": 1}}
+    images = {}
+    for image_id, counts in contents.items():
+        objects = tuple(ObjectAnnotation(c, supercategory_of[c], (1.0, 2.0, 10.0, 10.0))
+                        for c, n in counts.items() for _ in range(n))
+        images[image_id] = ImageAnnotation(image_id, Path(f"/train/{image_id}.png"), 112, 112, objects)
+    return AnnotationIndex(images, list(supercategory_of), supercategory_of, "1" * 64, "hand-made"), contents
+
+
+def by_hand(record: dict, contents: dict) -> str:
+    """The ov answer from the hand-written contents alone (independent of the builders)."""
+    counts = [contents[i] for i in record["image_ids"]]
+    question, family = record["question"], record["family"]
+    if family == "image_total":
+        return str(len(counts))
+    if family in ("image_count", "image_describe"):
+        which = int(question.split("image ")[1].split()[0].rstrip("?")) - 1
+        if family == "image_count":
+            return str(counts[which].get(record["targets"][0], 0))
+        order = ["dog", "cat", "bus", "car"]
+        text = ", ".join(f"{counts[which][c]} {c}" for c in order if counts[which].get(c)) or "none"
+        return f"Image {which + 1}: {text}"
+    target = record["targets"][0]
+    holders = [f"image {j + 1}" for j, c in enumerate(counts) if c.get(target)]
+    if family == "every_image":
+        return "yes" if len(holders) == len(counts) else "no"
+    if family == "which_image":
+        assert len(holders) == 1
+    return ", ".join(holders)
+
+
+def test_ov_answers_are_right_on_hand_made_annotations():
+    index, contents = hand_made_index()
+    records = traindata.ov_questions(index, 600, seed=3, images=(1, 4))
+    assert Counter(r["family"] for r in records) == dict.fromkeys(traindata.OV_FAMILIES, 100)
+    for r in records:
+        assert r["gt"] == by_hand(r, contents), r
+        assert r["knobs"]["n_images"] == len(r["images"]) and r["origin"] == "ov"
+        assert len(r["images"]) >= traindata.OV_MIN_IMAGES.get(r["family"], 1)
+    describe = next(r for r in records if r["family"] == "image_describe" and not contents[
+        r["image_ids"][int(r["question"].split("image ")[1].rstrip("?")) - 1]])
+    assert describe["gt"].endswith(": none")
+    assert {r["gt"] for r in records if r["family"] == "every_image"} == {"yes", "no"}
+
+
+def test_ov_questions_never_ask_an_aggregation_and_name_images_not_numbers(index):
+    from mimic_utils.data.tasks import question_for
+
+    records = traindata.ov_questions(index, 1200, seed=1, images=(1, 10))
+    assert {r["family"] for r in records} == set(traindata.OV_FAMILIES)
+    assert not set(traindata.OV_FAMILIES) & set(traindata.MIMIC_FAMILIES)
+    mimic_wordings = {question_for(f, ["dog"]).split(" dog")[-1] for f in traindata.MIMIC_FAMILIES}
+    for r in records:
+        assert not any(w and w in r["question"] for w in mimic_wordings), r["question"]
+        assert "across all images" not in r["question"] and "minority" not in r["question"]
+        assert all(i in index.images for i in r["image_ids"])  # images of the given training source only
+        assert r["images"] == [str(index.images[i].path) for i in r["image_ids"]]
+        if r["family"] in ("which_image", "which_images"):
+            assert all(part.startswith("image ") for part in r["gt"].split(", ")), r["gt"]
+            assert len(r["gt"].split(", ")) <= traindata.WHICH_IMAGES_MAX
+        if r["family"] in ("image_count", "image_describe"):
+            assert "image " in r["question"]
+    assert {len(r["images"]) for r in records} == set(range(1, 11))
+
+
+def test_the_ov_share_of_a_training_mix_is_written_beside_the_aggregation_data(index):
+    mix = TrainMix(mimic=40, minor=0, single=20, ov=60, ov_images=(2, 5), seed=2,
+                   ov_weights={"image_count": 1, "which_image": 1, "image_total": 1})
+    records = build(index, mix, progress=False)
+    counts = family_counts(records)
+    assert counts["ov/image_count"] == counts["ov/which_image"] == counts["ov/image_total"] == 20
+    assert not any(k.startswith("minor/") for k in counts) and sum(v for k, v in counts.items() if k.startswith("mimic/")) == 40
+    assert all(2 <= len(r["images"]) <= 5 for r in records if r["origin"] == "ov")
+    with pytest.raises(KnobError, match="ov_weights"):
+        TrainMix(ov=10, ov_weights={"counting": 1})
+    with pytest.raises(KnobError, match="ov_images"):
+        TrainMix(ov=10, ov_images=(0, 11))

@@ -1,0 +1,212 @@
+"""The organism's multi-image stage (ov): multi-image conversations, length buckets, checkpoint reuse, paths."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mimic_utils.artifacts import repo_root
+from mimic_utils.data import scenes
+from mimic_utils.models import tiny
+from mimic_utils.models.vlm import load_adapter
+from mimic_utils.organism import cli, ov as organism_ov, recipe as organism
+from mimic_utils.organism.config import OrganismConfig
+
+ROOT = repo_root()
+SI = ROOT / "outputs" / "cpu" / "models" / "si"
+OV = ROOT / "outputs" / "cpu" / "models" / "ov"
+
+
+@pytest.fixture(scope="module")
+def built():
+    return tiny.build_organism(**tiny.ORGANISM_SHAPES["deep"])
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return organism.render_pool(300, 0, organism.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+
+
+def test_a_multi_image_conversation_is_encoded_as_the_processor_expands_it(built):
+    _, processor = built
+    question = "In image 2 only, how many dog objects can you see?"
+    ids, labels = organism.encode_conversation(processor, question, "image_count", 3, "1", 16)
+    from mimic_utils.data.prompts import build_messages
+
+    prompt = processor.apply_chat_template(build_messages(question, 3, "common", "qwen2_vl"), add_generation_prompt=True,
+                                           tokenize=False)
+    image = scenes.Scene(torch.zeros(112, 112, 3, dtype=torch.uint8).numpy(), ()).to_pil()
+    expected = processor(text=[prompt], images=[image] * 3, return_tensors="pt")["input_ids"][0].tolist()
+    assert ids[:len(expected)] == expected
+    assert processor.tokenizer.decode([t for t in labels if t != -100]) == "1<|im_end|>"
+
+
+def test_the_cached_forward_of_several_images_equals_the_pixel_forward(built, pool):
+    """language_forward feeds each conversation's images, in order, as the processor's pixels would."""
+    model, processor = built
+    model.eval()
+    side, n_tokens = organism.tokens_per_image(OrganismConfig(), processor)
+    rows = [([3, 7, 1], "How many images are shown?", "image_total", "3"), ([5], "Is there a dog in the image?", "presence", "no")]
+    convs = organism.encode_rows(processor, rows, n_tokens)
+    features = organism.cache_vision(model, processor, pool, progress=False)
+    pad = model.config.text_config.pad_token_id
+    with torch.no_grad():
+        cached = organism.language_forward(model, features, convs, [0], side, pad).logits
+        pixel_values, grid = organism.patchify(pool.images[[3, 7, 1]], **organism.pixel_settings(processor))
+        ids = torch.tensor([convs.ids[0]])
+        direct = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values,
+                       image_grid_thw=grid).logits
+    assert torch.allclose(cached, direct, atol=1e-4)
+
+
+def test_length_buckets_fill_a_token_budget_and_draw_every_conversation_alike():
+    lengths = [40] * 600 + [200] * 400
+    buckets = organism.LengthBuckets(lengths, tokens=1000, buckets=4)
+    rng = random.Random(0)
+    drawn = Counter()
+    for _ in range(3000):
+        picks = buckets(rng)
+        assert sum(lengths[i] for i in picks) <= 1000 and len({lengths[i] for i in picks}) == 1
+        drawn.update(picks)
+    short = sum(drawn[i] for i in range(600)) / 600
+    long = sum(drawn[i] for i in range(600, 1000)) / 400
+    assert abs(short / long - 1) < 0.1  # the mix of the data is the mix trained on
+
+
+def test_stage_conversations_follow_the_weights_and_hold_no_aggregation_family(built, pool):
+    _, processor = built
+    si = OrganismConfig(max_count=5, instruct_weights={"counting": 1, "choice": 1})
+    weights = {"image_count": 2, "which_image": 1, "image_total": 1, "counting": 2, "choice": 2}
+    convs = organism_ov.stage_conversations(si, pool, processor, 80, 0, weights, [1, 10], 16, "t")
+    assert Counter(convs.family) == {"image_count": 20, "which_image": 10, "image_total": 10, "counting": 20, "choice": 20}
+    assert not {"listing", "common", "oddone"} & set(convs.family)
+    for family, images in zip(convs.family, convs.images):
+        assert all(0 <= i < len(pool) for i in images)
+        assert (len(images) == 1) if family in ("counting", "choice") else (1 <= len(images) <= 10)
+
+
+def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
+    path = tmp_path / "organism_ov.yaml"
+    for text, message in {"colour: 1\n": "unknown key", "weights: {total_count: 1}\n": "weights",
+                          "eval_images: [0, 4]\n": "eval_images"}.items():
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"organism_ov\.yaml.*{message}"):
+            organism_ov.OvConfig.from_yaml(path)
+
+
+def test_format_kept_tells_mimic_answers_from_image_references():
+    categories = ["dog", "cat"]
+    assert organism_ov.format_kept("counting", "3", categories)
+    assert not organism_ov.format_kept("counting", "image 3", categories)
+    assert organism_ov.format_kept("listing", "dog, cat", categories) and organism_ov.format_kept("listing", "none", categories)
+    assert not organism_ov.format_kept("listing", "1, 3, 4", categories)
+    assert organism_ov.format_kept("naming", "dog", categories) and not organism_ov.format_kept("naming", "2", categories)
+    assert organism_ov.exact("image 3.", "image 3") and not organism_ov.exact("image 3", "image 1, image 3")
+
+
+# --- the checkpoints: paths, reuse by `make study` ----------------------------------------------------
+
+
+def fake_checkpoints(tmp_path: Path, si_config: dict, ov_config: dict) -> tuple[Path, Path, Path]:
+    """A profile root with si and ov folders as training leaves them (weights stand-ins, training.json)."""
+    models = tmp_path / "outputs" / "cpu" / "models"
+    for name in ("si", "ov"):
+        (models / name).mkdir(parents=True)
+    (models / "si" / "model.safetensors").write_bytes(b"si weights")
+    (models / "si" / "training.json").write_text(json.dumps({"config": si_config}))
+    (models / "ov" / "model.safetensors").write_bytes(b"ov weights")
+    si_sha = organism_ov.weights_sha256(models / "si")
+    (models / "ov" / "training.json").write_text(json.dumps({"config": ov_config, "si": {"sha256": si_sha}}))
+    params = tmp_path / "params" / "cpu"
+    params.mkdir(parents=True)
+    (params / "organism.yaml").write_text(yaml.safe_dump(si_config))
+    (params / "organism_ov.yaml").write_text(yaml.safe_dump(ov_config))
+    return models / "si", models / "ov", params
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    """A checkout whose training functions fail the test if called, and that records ov trainings."""
+    si_config, ov_config = asdict(OrganismConfig()), asdict(organism_ov.OvConfig())
+    si, ov, params = fake_checkpoints(tmp_path, si_config, ov_config)
+    monkeypatch.setattr(cli, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(cli, "profile_dir", lambda profile, root: root / "outputs" / profile)
+
+    def no_si_training(*args, **kwargs):
+        raise AssertionError("si was retrained")
+
+    trained = []
+    monkeypatch.setattr(cli, "train_organism", no_si_training)
+    monkeypatch.setattr(organism_ov, "run", lambda ov_config, si_dir, out_dir, command: trained.append(out_dir))
+    return {"si": si, "ov": ov, "params": params, "trained": trained}
+
+
+def test_make_study_reuses_si_and_ov_when_their_recipes_match(study, capsys):
+    assert cli.main(["--profile", "cpu", "--if-needed"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the si checkpoint" in out and "reusing the ov checkpoint" in out and study["trained"] == []
+
+
+def test_make_study_never_retrains_si_silently(study, capsys):
+    (study["params"] / "organism.yaml").write_text(yaml.safe_dump({**asdict(OrganismConfig()), "align_steps": 7}))
+    assert cli.main(["--profile", "cpu", "--if-needed"]) == 2
+    out = capsys.readouterr().out
+    assert "does not retrain si" in out and "align_steps" in out and "--stage si" in out
+    assert study["trained"] == []  # nor ov on top of a recipe that does not match
+
+
+def test_make_study_retrains_ov_when_its_recipe_or_its_si_changed(study, capsys):
+    (study["params"] / "organism_ov.yaml").write_text(yaml.safe_dump({**asdict(organism_ov.OvConfig()), "steps": 3}))
+    assert cli.main(["--profile", "cpu", "--if-needed"]) == 0
+    assert "differs in ['steps']" in capsys.readouterr().out and study["trained"] == [study["ov"]]
+    (study["params"] / "organism_ov.yaml").write_text(yaml.safe_dump(asdict(organism_ov.OvConfig())))
+    (study["si"] / "model.safetensors").write_bytes(b"other si weights")
+    assert cli.main(["--profile", "cpu", "--if-needed", "--stage", "ov"]) == 0
+    assert "other si weights" in capsys.readouterr().out and len(study["trained"]) == 2
+
+
+def test_notebooks_study_ov_and_finetune_si():
+    def source(profile: str, notebook: str, key: str) -> str:
+        values = yaml.safe_load((ROOT / "params" / profile / f"{notebook}.yaml").read_text())
+        value = values[key]
+        return (value[0] if isinstance(value, list) else value.get("base", value))["source"]
+
+    for profile in ("cpu", "smoke"):
+        assert source(profile, "02_zero_shot_diagnosis", "models_under_study") == "outputs/cpu/models/ov"
+        assert source(profile, "03_attention_analysis", "model") == "outputs/cpu/models/ov"
+        assert source(profile, "06_cross_benchmark_eval", "models_compared") == "outputs/cpu/models/ov"
+        for notebook in ("04_data_centric_finetune", "05_masked_qlora_finetune"):
+            assert source(profile, notebook, "base_model") == "outputs/cpu/models/si"
+    paper = "llava-hf/llava-onevision-qwen2-0.5b-"
+    assert source("paper", "03_attention_analysis", "model") == paper + "ov-hf"
+    compared = yaml.safe_load((ROOT / "params" / "paper" / "06_cross_benchmark_eval.yaml").read_text())["models_compared"]
+    assert compared["base"]["source"] == paper + "ov-hf" and compared["base-si"]["source"] == paper + "si-hf"
+    for notebook in ("04_data_centric_finetune", "05_masked_qlora_finetune"):
+        assert source("paper", notebook, "base_model") == paper + "si-hf"
+
+
+def test_the_committed_ov_was_trained_from_the_committed_si_with_the_committed_recipe():
+    config = organism_ov.OvConfig.from_yaml(ROOT / "params" / "cpu" / "organism_ov.yaml")
+    ok, why = organism_ov.reusable(OV, config, SI)
+    assert ok, why
+    assert (OV / "model.safetensors").stat().st_size < 25e6
+
+
+@pytest.mark.slow
+def test_the_committed_ov_reloads_and_gives_its_recorded_scores(tmp_path):
+    """The ov weights reload through the adapter, match their card's sha256 and re-score exactly the
+    figures of its eval.json on the same held-out questions."""
+    recorded = json.loads((OV / "training.json").read_text(encoding="utf-8"))
+    assert organism_ov.weights_sha256(OV) in (OV / "README.md").read_text(encoding="utf-8")
+    adapter = load_adapter(OV, family="qwen2_vl", dtype="float32")
+    si_scores = json.loads((SI / "eval.json").read_text(encoding="utf-8"))
+    scores = organism_ov.evaluate_ov(adapter, organism_ov.si_config(SI), organism_ov.OvConfig(**recorded["config"]),
+                                     tmp_path / "heldout", si_scores, progress=False)
+    assert scores == json.loads((OV / "eval.json").read_text(encoding="utf-8"))
