@@ -5,7 +5,7 @@
 LLaVA-OneVision's ``-ov`` checkpoints are its single-image ``-si`` checkpoints trained further on
 multi-image data; the paper studies the ``-ov`` models. This is that step in miniature: the committed
 single-image organism (``outputs/<profile>/models/si``) learns questions that need it to keep images apart
-and read each one (:data:`mimic_utils.traindata.OV_FAMILIES`: how many X in image i, which images
+and read each one (:data:`mimic_utils.data.traindata.OV_FAMILIES`: how many X in image i, which images
 contain X, does each image contain X, which image is the only one with X, how many images, what is in
 image i) on 1-10-image samples of its own rendered training stream, while the single-image families of
 its stage 2 (MIMIC-format counting, listing and naming, presence, multiple choice) are rehearsed so its
@@ -14,8 +14,8 @@ listing over the images, common, odd-one): those are what the benchmark measures
 data-centric remedy adds.
 
 Training reuses the organism's machinery: the frozen tower's cached block outputs, the merger and the
-language model trained by :func:`mimic_utils.organism.language_stage` (checkpoints, resume, curves),
-and batches bucketed by length to a token budget (:class:`mimic_utils.organism.LengthBuckets`). The
+language model trained by :func:`mimic_utils.organism.recipe.language_stage` (checkpoints, resume, curves),
+and batches bucketed by length to a token budget (:class:`mimic_utils.organism.recipe.LengthBuckets`). The
 result is scored on held-out samples of 4-10 images (a scene stream never trained on) against the
 issue's targets, each with its blind baseline, and on the single-image questions ``si`` was scored on.
 """
@@ -358,7 +358,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
     lines = [
         "# MIMIC model organism, multi-image stage (`ov`)",
         "",
-        "The single-image organism `si` (`" + si_info["path"] + "`) trained further by `mimic_utils.organism_ov` on",
+        "The single-image organism `si` (`" + si_info["path"] + "`) trained further by `mimic_utils.organism.ov` on",
         "1-10-image samples of its own rendered training stream (never the benchmark's images): per-image",
         "questions that need it to keep images apart (how many X in image i, which images contain X, does each",
         "image contain X, which image is the only one with X, how many images, what is in image i) and the",
