@@ -116,7 +116,7 @@ def write_json(path: Path | str, obj: Any) -> Path:
     """Atomically write JSON with sorted keys, so equal content gives byte-identical files.
 
     Absolute paths inside the checkout are written relative to it (:func:`relative_to_root`), so a
-    committed manifest or ``metrics.json`` says ``outputs/cpu/models/base``, not where it was cloned.
+    committed manifest or ``metrics.json`` says ``outputs/cpu/models/si``, not where it was cloned.
     """
     obj = relative_to_root(obj, repo_root_or_none(path))
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -134,8 +134,8 @@ def relative_to_root(obj: Any, root: Path | str | None = None) -> Any:
     """``obj`` (JSON-like: dicts, lists, strings …) with absolute paths inside the checkout made relative.
 
     A string that *is* the checkout becomes ``"."``; every ``<checkout>/`` inside a string (a path, or an
-    error message quoting one) loses that prefix, e.g. ``/home/me/mimic/outputs/cpu/models/base`` →
-    ``outputs/cpu/models/base``. Other strings, numbers and paths outside the checkout are left alone.
+    error message quoting one) loses that prefix, e.g. ``/home/me/mimic/outputs/cpu/models/si`` →
+    ``outputs/cpu/models/si``. Other strings, numbers and paths outside the checkout are left alone.
     Readers resolve such paths against :func:`repo_root`, never against their working directory.
     """
     if root is None:
