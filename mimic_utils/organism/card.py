@@ -199,13 +199,42 @@ def card_table(folder: Path) -> pd.DataFrame | None:
     if not ((folder / "eval.json").is_file() and (folder / "training.json").is_file()):
         return None
     scores = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
-    minutes = json.loads((folder / "training.json").read_text(encoding="utf-8"))["seconds"]["total"] / 60
+    seconds = json.loads((folder / "training.json").read_text(encoding="utf-8"))["seconds"]
+    if "ov" in scores:
+        return ov_card_table(scores, seconds)
+    minutes = seconds["total"] / 60
     rows = score_rows(scores)
     rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "lo": None,
               "hi": None, "target": None, "met": None}
              for count, score in scores.get("counting_by_true_count", {}).items()]
     rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "lo": None,
                  "hi": None, "target": TARGET_MINUTES, "met": minutes <= TARGET_MINUTES})
+    return pd.DataFrame(rows)
+
+
+#: the ov stage's training-time target in minutes (the stage alone, on 2 cores)
+OV_TARGET_MINUTES = 25
+#: how far below si's score the ov checkpoint's single-image scores may fall
+OV_SINGLE_TOLERANCE = 0.05
+
+
+def ov_card_table(scores: dict, seconds: dict) -> pd.DataFrame:
+    """:func:`card_table` of the ov checkpoint (``eval.json`` of :mod:`mimic_utils.organism.ov`): the per-image
+    questions in 4-10-image samples against their targets, the single-image ones against si's score less
+    :data:`OV_SINGLE_TOLERANCE`, and the stage's training time; every row with its blind baseline."""
+    def row(question: str, cell: dict, target: float | None) -> dict:
+        return {"question": question, "n": cell["n"], "score": round(cell["score"], 3), "lo": round(cell["lo"], 3),
+                "hi": round(cell["hi"], 3), "blind": cell.get("blind"), "target": target,
+                "met": None if target is None else cell["score"] >= target}
+
+    rows = [row(f"{family} (4-10 images)", cell, cell.get("target")) for family, cell in scores["ov"].items()]
+    rows += [row(f"single-image {family}", cell, None if cell.get("si") is None
+                 else round(cell["si"] - OV_SINGLE_TOLERANCE, 3)) for family, cell in scores["single"].items()]
+    rows += [row(f"MIMIC format kept at 1 image: {family}", cell, None)
+             for family, cell in scores.get("format_1img", {}).items()]
+    minutes = seconds.get("ov", 0.0) / 60
+    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "lo": None,
+                 "hi": None, "blind": None, "target": OV_TARGET_MINUTES, "met": minutes <= OV_TARGET_MINUTES})
     return pd.DataFrame(rows)
 
 

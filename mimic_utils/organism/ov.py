@@ -42,7 +42,7 @@ from mimic_utils.evaluation.scoring import parse_count, score_sample
 from mimic_utils.models import tiny
 from mimic_utils.models.vlm import adapter_from_model, load_adapter, load_processor
 from mimic_utils.organism import recipe as organism
-from mimic_utils.organism.card import recorded_config, write_curves
+from mimic_utils.organism.card import OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, recorded_config, write_curves
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
 from mimic_utils.training.finetune import StageSchedule
 
@@ -51,8 +51,8 @@ STAGE_FAMILIES = (*OV_FAMILIES, *SINGLE_FAMILIES, CHOICE_FAMILY)
 #: held-out targets inside 4-10-image samples (issue #25); single-image scores must stay within
 #: SINGLE_TOLERANCE of si's on the same questions
 TARGETS = {"image_count": 0.70, "which_image": 0.85, "image_total": 0.95}
-SINGLE_TOLERANCE = 0.05
-TARGET_MINUTES = 25  # training of the stage, on 2 cores
+SINGLE_TOLERANCE = OV_SINGLE_TOLERANCE
+TARGET_MINUTES = OV_TARGET_MINUTES  # training of the stage, on 2 cores
 #: the card's time line, in the order the steps run
 TIME_ORDER = ("render", "cache", "conversations", "ov", "total")
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage

@@ -210,3 +210,19 @@ def test_the_committed_ov_reloads_and_gives_its_recorded_scores(tmp_path):
     scores = organism_ov.evaluate_ov(adapter, organism_ov.si_config(SI), organism_ov.OvConfig(**recorded["config"]),
                                      tmp_path / "heldout", si_scores, progress=False)
     assert scores == json.loads((OV / "eval.json").read_text(encoding="utf-8"))
+
+
+def test_the_ov_card_table_reads_targets_blind_baselines_and_si(tmp_path):
+    from mimic_utils.organism import card
+
+    cell = {"n": 200, "lo": 0.6, "hi": 0.8, "blind": 0.4}
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "ov": {"image_count": {**cell, "score": 0.72, "target": 0.7}, "image_describe": {**cell, "score": 0.3, "target": None}},
+        "single": {"counting": {**cell, "score": 0.62, "si": 0.70}},
+        "format_1img": {"counting": {**cell, "score": 1.0}}}))
+    (tmp_path / "training.json").write_text(json.dumps({"seconds": {"ov": 1800, "total": 2400}}))
+    table = card.card_table(tmp_path).set_index("question")
+    assert bool(table.loc["image_count (4-10 images)", "met"]) and table.loc["image_count (4-10 images)", "blind"] == 0.4
+    assert table.loc["single-image counting", "target"] == 0.65 and not bool(table.loc["single-image counting", "met"])
+    assert table.loc["training minutes (2 cores)", "score"] == 30.0 and not bool(table.loc["training minutes (2 cores)", "met"])
+    assert card.card_sentence(table.reset_index()).startswith("The organism meets 1 of its 3 targets")
