@@ -222,6 +222,10 @@ class TrainMixSpec(Strict):
     min_images: ImageCount = OMITTED
     max_images: ImageCount = OMITTED
     max_count: PositiveInt = OMITTED
+    #: the organism's ov-stage data (data.traindata.ov_questions): count, images per sample, family weights
+    ov: NonNegativeInt = OMITTED
+    ov_images: Pair = OMITTED
+    ov_weights: dict[str, NonNegativeInt] | None = OMITTED  # names checked by TrainMix against OV_FAMILIES
 
     @model_validator(mode="after")
     def _mix(self) -> "TrainMixSpec":

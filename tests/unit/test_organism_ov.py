@@ -226,3 +226,16 @@ def test_the_ov_card_table_reads_targets_blind_baselines_and_si(tmp_path):
     assert table.loc["single-image counting", "target"] == 0.65 and not bool(table.loc["single-image counting", "met"])
     assert table.loc["training minutes (2 cores)", "score"] == 30.0 and not bool(table.loc["training minutes (2 cores)", "met"])
     assert card.card_sentence(table.reset_index()).startswith("The organism meets 1 of its 3 targets")
+
+
+def test_notebook_01s_ov_mix_is_validated_naming_the_file_and_key(tmp_path):
+    from mimic_utils import runner
+
+    nb = next(n for n in runner.discover("cpu", ROOT) if n.stem == "01_data_build")
+    values = yaml.safe_load((ROOT / "params" / "cpu" / "01_data_build.yaml").read_text())
+    assert runner.load_parameters(nb, "cpu")["train_mix"]["ov"] == values["train_mix"]["ov"] > 0
+    values["train_mix"]["ov_weights"] = {"total_count": 1}
+    copy = tmp_path / "01_data_build.yaml"
+    copy.write_text(yaml.safe_dump(values))
+    with pytest.raises(runner.ParameterError, match=r"01_data_build\.yaml.*ov_weights.*total_count"):
+        runner.load_parameters(runner.Notebook(nb.stem, nb.path, copy), "cpu")
