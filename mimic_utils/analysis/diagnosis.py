@@ -31,6 +31,10 @@ from mimic_utils.data.mimic_benchmark import SWEEPS
 
 Rows = Sequence[Mapping]
 
+#: How a 1-image question is grown to n images, and the experiment that grows it: blank images (no object,
+#: the length control), real distractor images, and — for comparison — the images sweep's own questions at n
+#: images (different questions: the target spread over the images, new information).
+PADDINGS = {"blank": "blank", "distractors": "distractors", "images": "images sweep"}
 #: The tasks asked at every image count (1..N); their mean is the like-for-like headline.
 HEADLINE_TASKS = ("counting_balanced", "counting_unbalanced", "listing", "common")
 #: Odd-One needs at least three images, so it is reported on its own range next to the headline mean.
@@ -189,12 +193,19 @@ def value_label(knob: str, value: Any) -> str:
     return f"{knob} = {value}"
 
 
+def by_question(rows: Rows) -> list[dict]:
+    """Rows keyed by their question: a padded sweep's row (blank or distractor images beside one target)
+    takes its 1-image question's id (``base_id``), so the same question at two image counts pairs."""
+    return [{**row, "id": row["base_id"]} if row.get("base_id") else dict(row) for row in rows]
+
+
 def contrast(rows_a: Rows, rows_b: Rows, subject: str, a_label: str, b_label: str, **extra) -> dict | None:
-    """``b − a`` (:func:`mimic_utils.analysis.stats.difference`; paired when the questions match) with the words
-    of its sentence and ``n``, the distinct questions behind it; None when either side is empty."""
+    """``b − a`` (:func:`mimic_utils.analysis.stats.difference`; paired when the questions match, padded
+    sweeps by their 1-image question, :func:`by_question`) with the words of its sentence and ``n``, the
+    distinct questions behind it; None when either side is empty."""
     if not rows_a or not rows_b:
         return None
-    found = stats.difference(rows_a, rows_b)
+    found = stats.difference(by_question(rows_a), by_question(rows_b))
     questions = len(rows_a) if found["paired"] else len(rows_a) + len(rows_b)
     return {"subject": subject, "a_label": a_label, "b_label": b_label, "n": questions, **extra, **found}
 

@@ -267,10 +267,24 @@ def _blend(c0: np.ndarray, c1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return c0 * (1 - t) + c1 * t
 
 
+def studio_colour(rng: np.random.Generator) -> np.ndarray:
+    """One light colour of the studio family (RGB 0-255, float32): its solid backgrounds, its gradients'
+    ends, and the plain images that pad the benchmark's blank-image control (:func:`plain_image`)."""
+    return _colour(rng, (0, 1), (0.08, 0.5), (0.65, 0.97))
+
+
+def plain_image(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A blank image: the studio family's solid background (one :func:`studio_colour`, no object, every
+    pixel the same), ``height`` x ``width`` x 3 uint8. It pads a question with images that add vision
+    tokens and no information (docs/design.md, *The sweeps*)."""
+    colour = np.clip(studio_colour(rng) + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(colour, (height, width, 3)))
+
+
 def _studio(rng: np.random.Generator, size: int) -> np.ndarray:
     """Photo-studio look: a solid colour, or a linear or radial gradient between two light colours."""
     yy, xx = _grid(size)
-    c0, c1 = (_colour(rng, (0, 1), (0.08, 0.5), (0.65, 0.97)) for _ in range(2))
+    c0, c1 = (studio_colour(rng) for _ in range(2))
     kind = rng.choice(["solid", "linear", "radial"], p=[0.25, 0.5, 0.25])
     if kind == "solid":
         return np.broadcast_to(c0, (size, size, 3)).astype(np.float32)
@@ -543,8 +557,9 @@ def scene_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-# Streams keep the COCO and OpenImages draws disjoint even when both are given the same seed.
-COCO_STREAM, OPENIMAGES_STREAM = 0, 1
+# Streams keep the COCO and OpenImages draws disjoint even when both are given the same seed (the organism
+# uses 2 and 3); the blank images of the benchmark's blank-image control draw their colours from stream 4.
+COCO_STREAM, OPENIMAGES_STREAM, BLANK_STREAM = 0, 1, 4
 
 
 def draw_scenes(

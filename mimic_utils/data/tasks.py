@@ -26,6 +26,9 @@ SPLITS = ("balanced", "unbalanced")
 MAX_IMAGES = 10
 #: Attempts at one sample before concluding that the knobs cannot be met.
 ATTEMPTS_PER_SAMPLE = 200
+#: Balanced Counting with k > 1 keeps a covering draw only when it totals the answer asked for (about 4% of
+#: draws for the rarest total of the cpu plan), so it gets more attempts.
+ATTEMPTS_BALANCED_K = 2000
 
 
 class KnobError(ValueError):
@@ -238,8 +241,12 @@ def _named(pools: Pools, spec: TaskSpec, rng: random.Random, total: int | None) 
     """One Counting or Listing sample; ``total`` fixes the answer (Balanced counting) or is None."""
     view = pools.views[spec.family]
     spread = _spread(spec, rng)
-    if total is None:
+    if total is None or spec.k > 1:
+        # k > 1 concepts, Balanced: draw concepts and images that cover each other, keep the draw when it
+        # totals the answer asked for (drawing the concepts first almost never finds them all on one image)
         targets, chosen = _cover(view, rng, spread, spec.k)
+        if total is not None and sum(pools.target_count(i, targets) for i in chosen) != total:
+            raise _Retry()
     else:
         targets = rng.sample(view.present, spec.k)
         chosen = _images_summing_to(pools, rng, view.holding(targets), targets, spread, total)
@@ -414,8 +421,9 @@ def generate(index: AnnotationIndex, spec: TaskSpec, seed: int = 0, pools: Pools
     builder = BUILDERS[spec.family]
     records: list[dict] = []
     seen: set[tuple] = set()
+    attempts = ATTEMPTS_BALANCED_K if spec.split == "balanced" and spec.k > 1 else ATTEMPTS_PER_SAMPLE
     for number, total in enumerate(_balanced_totals(spec, rng, pools)):
-        for _ in range(ATTEMPTS_PER_SAMPLE):
+        for _ in range(attempts):
             try:
                 images, targets, knobs = builder(pools, spec, rng, total)
             except _Retry:
@@ -450,8 +458,9 @@ def _explain_failure(spec: TaskSpec, total: int | None, index: AnnotationIndex) 
     what = f"{spec.family} (experiment {spec.experiment!r}, n_images={spec.n_images}, spread={spec.spread}, k={spec.k})"
     if total is not None:
         return (f"{what}: found no {spec.spread or 'random'}-image combination whose total is {total} in "
-                f"{ATTEMPTS_PER_SAMPLE} attempts; the source ({len(index.images)} images) lacks images with "
-                f"enough instances — narrow answer_range or generate more/denser scenes")
+                f"{ATTEMPTS_BALANCED_K if spec.k > 1 else ATTEMPTS_PER_SAMPLE} attempts; the source "
+                f"({len(index.images)} images) lacks images with enough instances — narrow answer_range "
+                f"(k sweep: k_answer_range) or generate more/denser scenes")
     if spec.family == "oddone":
         return (f"{what}: too few images that hold a single class (the majority pool) or odd images; "
                 f"add single-class images to the source or lower n_images")
@@ -476,6 +485,73 @@ def _record(index: AnnotationIndex, spec: TaskSpec, number: int, images: list[st
         "knobs": {"n_images": spec.n_images, "spread": spread, "distractors": spec.n_images - spread,
                   "k": spec.k, "split": spec.split, **{k: v for k, v in knobs.items() if k != "spread"}},
         "evidence": evidence,
+    }
+
+
+# --- padded sweeps: one question, more images -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pad:
+    """One image added beside a question's target image: a source image, or a blank file. ``counts`` are its
+    instances per class (empty for a blank image), the evidence the answer is recomputed from."""
+
+    image_id: str
+    path: str
+    counts: dict[str, int]
+
+
+def _keyed_rng(*parts: object) -> random.Random:
+    """A generator seeded by its parts (run seed, question id, what it draws), independent of draw order."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def target_position(seed: int, base_id: str, n_images: int) -> int:
+    """Where the target image sits among ``n_images``: drawn per question and image count, the same for
+    every kind of padding, so blank- and distractor-padded versions of a question differ only in the pads."""
+    return _keyed_rng(seed, base_id, "position", n_images).randrange(n_images)
+
+
+def distractor_pads(pools: Pools, record: dict, count: int, seed: int) -> list[Pad]:
+    """``count`` distinct source images holding none of the record's targets (Counting: the classes;
+    Listing: every member of the supercategories), drawn once per question in a fixed order, so the
+    distractors at d are the first d of those at any larger d (nested). Raises a :class:`KnobError` naming
+    ``distractors`` when the source has too few."""
+    banned = record["targets"] if record["family"] == "counting" else _members(pools.index, record["targets"])
+    rng = _keyed_rng(seed, record["id"], "distractors")
+    try:
+        chosen = _pick_distractors(pools, rng, banned, count, set(record["image_ids"]))
+    except _Retry:
+        raise KnobError(f"distractors: {count} images without {banned} for {record['id']} not found in "
+                        f"{ATTEMPTS_PER_SAMPLE * 4} draws from {len(pools.ids)} source images") from None
+    return [Pad(i, str(pools.index.images[i].path), dict(sorted(pools.counts[i].items()))) for i in chosen]
+
+
+def padded_record(base: dict, experiment: str, n_images: int, pads: list[Pad], seed: int,
+                  supercategory_of: dict[str, str]) -> dict:
+    """The 1-image question ``base`` with ``n_images - 1`` pads beside its target image: the same question,
+    targets and answer, recomputed from the evidence (a pad that changed it is a bug, and raises). The
+    record keeps ``base_id`` so that the same question can be paired across image counts."""
+    if len(base["images"]) != 1 or len(pads) < n_images - 1:
+        raise KnobError(f"{experiment}: {base['id']} needs one image and {n_images - 1} pads, "
+                        f"has {len(base['images'])} image(s) and {len(pads)} pads")
+    target = Pad(base["image_ids"][0], base["images"][0], base["evidence"][0]["counts"])
+    chosen = list(pads[:n_images - 1])
+    chosen.insert(target_position(seed, base["id"], n_images), target)
+    evidence = [{"image_id": p.image_id, "counts": dict(p.counts)} for p in chosen]
+    gt = answer_for(base["family"], base["targets"], evidence, supercategory_of)
+    if gt != base["gt"]:
+        raise ValueError(f"{experiment}: padding {base['id']} changed its answer from {base['gt']!r} to {gt!r}")
+    blank = experiment == "blank"
+    number = base["id"].rsplit("-", 1)[1]
+    name = "-".join(p for p in (base["family"], base["knobs"].get("split") or "", experiment, f"n{n_images}",
+                                "s1", f"k{base['knobs']['k']}") if p)
+    return {
+        **base, "id": f"{name}-{number}", "experiment": experiment, "base_id": base["id"],
+        "images": [p.path for p in chosen], "image_ids": [p.image_id for p in chosen], "evidence": evidence,
+        "knobs": {**base["knobs"], "n_images": n_images, "spread": 1,
+                  "distractors": 0 if blank else n_images - 1, "blank": n_images - 1 if blank else 0},
     }
 
 

@@ -92,12 +92,14 @@ def load_images(paths: list[str]) -> list[Image.Image]:
 
 
 def prediction_row(record: dict, output: str, settings: dict, pool: int) -> dict:
-    """One line of the predictions file."""
+    """One line of the predictions file (``base_id``: the 1-image question a padded sweep's record grows,
+    so analyses pair the same question across image counts)."""
     family = scoring_family(record)
     scored = score_sample(family, output, record["gt"])
     return {
         "id": record["id"], "family": record["family"], "task": record.get("task", record["family"]),
         "experiment": record.get("experiment"), "knobs": record.get("knobs", {}), "gt": record["gt"],
+        **({"base_id": record["base_id"]} if record.get("base_id") else {}),
         "output": output, **scored, "scored_as": family, "pool": pool, "model": settings,
     }
 

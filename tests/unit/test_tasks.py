@@ -163,9 +163,9 @@ def test_plan_covers_every_knob_value_with_per_value_questions(index):
     assert counts["images"]["oddone"] == {"n3": 6}  # odd-one needs three images
     assert counts["spread"]["counting_balanced"] == {"s1": 6, "s2": 6, "s4": 6}
     assert {r["knobs"]["n_images"] for r in records if r["experiment"] == "spread"} == {5}
-    assert counts["distractors"]["counting_unbalanced"] == {"d0": 6, "d3": 6}
+    assert counts["distractors"]["counting_balanced"] == {"d0": 6, "d3": 6}
     assert counts["k"]["listing"] == {"n3-k1": 6, "n3-k2": 6}
-    assert len(records) == len(plan_specs(plan)) * 6
+    assert len(records) == (len(plan_specs(plan)) + len(plan.distractors)) * 6  # distractors: padded questions
 
 
 def test_duplicate_specs_in_a_plan_are_refused(index):
