@@ -313,6 +313,7 @@ def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool
                                  f"{model}, pooling gain (r={pool_factor} vs r=1), {MEAN_LABEL}"),
         "spread": sweep_contrast(rows, "spread", f"{model}, counting accuracy"),
         "distractors": sweep_contrast(rows, "distractors", f"{model}, counting accuracy"),
+        **length_contrasts(rows, model),
     }
     for count in k_counts:
         name = "k" if count == k_counts[0] else f"k_at_{count}"
@@ -322,8 +323,13 @@ def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool
 
 
 #: Each contrast of :func:`diagnosis_contrasts` and the direction the paper gives it (claim id or None).
+#: ``blank`` is the paper's length thesis ("longer vision sequences alone lower accuracy"); its claim id
+#: is set where the claims table defines the row. ``distraction`` (distractors − blank images at the same
+#: image count) has no stated direction.
 DIAGNOSIS_DIRECTIONS = {"images": ("1", -1), "oddone": (None, -1), "counting_split": (None, None),
-                        "pooling": ("2", +1), "spread": ("3", -1), "distractors": ("4", -1), "k": ("5", -1)}
+                        "pooling": ("2", +1), "spread": ("3", -1), "distractors": ("4", -1), "k": ("5", -1),
+                        "blank": (None, -1), "blank_counting": (None, -1), "blank_listing": (None, -1),
+                        "distraction": (None, None)}
 
 
 def direction(name: str) -> tuple[str | None, int | None]:
@@ -387,6 +393,160 @@ def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, 
         entries[claim] = claim_entry(claim, found["diff"], found["lo"], found["hi"], _measures(found)[claim],
                                      n=found["n"], note=note)
     return entries
+
+
+# --- the length control: the same questions beside blank images, beside distractors --------------------------
+
+#: The tasks the blank-image control asks (those whose answer blank images cannot change).
+BLANK_TASKS = ("counting_balanced", "listing")
+BLANK_LABEL = "mean of counting (Balanced) and listing"
+
+
+def padding_table(rows: Rows, tasks: Sequence[str] = BLANK_TASKS) -> pd.DataFrame:
+    """Per task, padding kind (:data:`PADDINGS`: blank images, distractor images, the images sweep's own
+    questions) and image count: ``n, score, lo, hi, blind``. Blank and distractor rows at every image count
+    are the 1-image questions with pads beside the target, so their blind baseline is the same at every n;
+    the images sweep's are other questions (its blind baseline moves with n)."""
+    lines = [{"task": task, "padding": label, "n_images": n, **cell_stats(members)}
+             for experiment, label in PADDINGS.items()
+             for (task, n), members in group(select(rows, experiment, tasks), ("task", "n_images")).items()]
+    return pd.DataFrame(lines)
+
+
+def length_contrasts(rows: Rows, model: str) -> dict:
+    """The blank-image control's contrasts: the same questions at the most blank-padded image count against
+    1 image, paired by question — over both tasks (``blank``) and each (``blank_counting``,
+    ``blank_listing``) — and ``distraction``: counting with distractors − with blank images at the largest
+    image count both sweeps share (same questions, same target position, paired)."""
+    found = {"blank": sweep_contrast(rows, "blank", f"{model}, {BLANK_LABEL}, target beside blank images",
+                                     BLANK_TASKS)}
+    for task, name in zip(BLANK_TASKS, ("blank_counting", "blank_listing")):
+        found[name] = sweep_contrast(rows, "blank", f"{model}, {task}, target beside blank images", (task,))
+    shared = sorted({field(r, "n_images") for r in select(rows, "blank", ("counting_balanced",))}
+                    & {field(r, "n_images") for r in select(rows, "distractors", ("counting_balanced",))})
+    if shared and shared[-1] > 1:
+        n = shared[-1]
+        found["distraction"] = contrast(select(rows, "blank", ("counting_balanced",), n_images=n),
+                                        select(rows, "distractors", ("counting_balanced",), n_images=n),
+                                        f"{model}, counting (Balanced) at {value_label('n_images', n)}",
+                                        "blank images", "distractor images", n_images=n)
+    return {name: value for name, value in found.items() if value is not None}
+
+
+#: What a per-question row of :func:`paired_questions` keeps: enough for :func:`mimic_utils.stats.difference`
+#: (accuracy, or Listing's micro counts) and to read the answer.
+QUESTION_FIELDS = ("id", "task", "scored_as", "gt", "parsed", "score", "true_positive", "n_pred", "n_gt")
+
+
+def paired_questions(rows: Rows, experiment: str = "blank", tasks: Sequence[str] = BLANK_TASKS) -> dict | None:
+    """The per-question rows of a padded sweep at its smallest and largest image count, keyed by the
+    1-image question (``id`` = ``base_id``), for a paired bootstrap elsewhere (the claims table):
+    ``{"experiment", "tasks", "a_n", "b_n", "a": [rows], "b": [rows]}``; the two lists hold the same ids."""
+    chosen = select(rows, experiment, tasks)
+    counts = sorted({field(r, "n_images") for r in chosen})
+    if len(counts) < 2:
+        return None
+    sides = [[{k: row[k] for k in QUESTION_FIELDS if k in row} for row in by_question(select(chosen, n_images=n))]
+             for n in (counts[0], counts[-1])]
+    return {"experiment": experiment, "tasks": list(tasks), "a_n": counts[0], "b_n": counts[-1],
+            "a": sorted(sides[0], key=lambda r: r["id"]), "b": sorted(sides[1], key=lambda r: r["id"])}
+
+
+# --- what the model answers -----------------------------------------------------------------------------------
+
+UNPARSED = "unparsed"
+#: Predicted counts this far above the largest true count are pooled into one column.
+OVERCOUNT_MARGIN = 3
+
+
+def answer_text(row: Mapping) -> str:
+    """A row's answer as the scorer read it: the parsed count (or :data:`UNPARSED`), Listing's items joined
+    as the ground truth is, the stripped reply of Common and Odd-One (lower-cased)."""
+    parsed = row.get("parsed")
+    if str(row.get("scored_as", row.get("family"))) == "counting":
+        return UNPARSED if parsed is None else str(parsed)
+    if isinstance(parsed, list):
+        return ", ".join(sorted(dict.fromkeys(parsed))) or "(empty)"
+    return str(parsed if parsed is not None else row.get("output", "")).strip().lower() or "(empty)"
+
+
+def count_confusion(rows: Rows) -> pd.DataFrame:
+    """Counting questions: questions per true count (index) and predicted count (columns), with the parse
+    failures in :data:`UNPARSED` and predictions more than :data:`OVERCOUNT_MARGIN` above the largest true
+    count pooled into one ``">N"`` column; every true count from 0 to the largest predicted or true value
+    that is shown gets its column, so the diagonal is where the model is right."""
+    counting = [r for r in rows if str(r.get("scored_as", r.get("family"))) == "counting"]
+    if not counting:
+        return pd.DataFrame()
+    truths = [int(r["gt"]) for r in counting]
+    top = max(truths) + OVERCOUNT_MARGIN
+    predicted = [answer_text(r) for r in counting]
+    shown = [p if p == UNPARSED or int(p) <= top else f">{top}" for p in predicted]
+    values = sorted({int(p) for p in shown if p.lstrip("-").isdigit()} | set(truths))
+    rare = [c for c in (f">{top}", UNPARSED) if c in shown]  # shown only where some answer falls there
+    columns = [str(v) for v in range(min(0, values[0]), values[-1] + 1)] + rare
+    frame = pd.crosstab(pd.Series(truths, name="true"), pd.Series(shown, name="predicted"))
+    return frame.reindex(columns=columns, fill_value=0)
+
+
+def answer_summary(rows: Rows, by: Sequence[str] = ("task", "n_images")) -> pd.DataFrame:
+    """Per task and image count, what the answers look like: ``n``, ``score``, the most frequent answer and
+    its share of the questions (``top_share`` near 1 is a constant answer), the share of right answers that
+    constant would give (``top_right``), how many distinct answers (``distinct``), the parse failures
+    (``unparsed``), and for counting the mean signed error of the parsed counts (``mean_error`` > 0:
+    over-counting) and the shares over- and under-counted."""
+    lines = []
+    for key, members in group(rows, by).items():
+        answers = [answer_text(r) for r in members]
+        top, top_count = _ranked(answers)[0]
+        line = {**dict(zip(by, key)), "n": len(members), "score": _round(stats.score(members)),
+                "top_answer": top, "top_share": _round(top_count / len(members)),
+                "top_right": _round(sum(str(r["gt"]).strip().lower() == top for r in members) / len(members)),
+                "distinct": len(set(answers)), "unparsed": _round(answers.count(UNPARSED) / len(members))}
+        if all(str(r.get("scored_as", r.get("family"))) == "counting" for r in members):
+            errors = [int(r["parsed"]) - int(r["gt"]) for r in members if r.get("parsed") is not None]
+            line |= {"mean_error": _round(sum(errors) / len(errors)) if errors else math.nan,
+                     "over": _round(sum(e > 0 for e in errors) / len(members)),
+                     "under": _round(sum(e < 0 for e in errors) / len(members))}
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def wrong_answers(rows: Rows, by: Sequence[str] = ("task", "n_images"), top: int = 3) -> pd.DataFrame:
+    """The ``top`` most frequent wrong answers per task and image count, each with how many questions got it
+    (``count``) and its share of that cell's questions (``share``); the true answers they replaced are
+    summarised by the most frequent one (``instead_of``)."""
+    lines = []
+    for key, members in group(rows, by).items():
+        wrong = [(answer_text(r), str(r["gt"])) for r in members if float(r["score"]) < 1.0]
+        for answer, count in _ranked(a for a, _ in wrong)[:top]:
+            lines.append({**dict(zip(by, key)), "answer": answer, "count": count,
+                          "share": _round(count / len(members)),
+                          "instead_of": _ranked(g for a, g in wrong if a == answer)[0][0]})
+    return pd.DataFrame(lines)
+
+
+def _ranked(values: Iterable[str]) -> list[tuple[str, int]]:
+    """``(value, count)`` from the most frequent down, ties in alphabetical order (stable tables)."""
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def answer_findings(summary: pd.DataFrame, model: str) -> list[str]:
+    """One sentence per task and image count of :func:`answer_summary`: the answer it gives most and how
+    often, and for counting whether the parsed counts run over or under the truth."""
+    lines = []
+    for line in summary.to_dict(orient="records"):
+        text = (f"{model}, {line['task']} at {value_label('n_images', line['n_images'])}: score {line['score']:.2f}; "
+                f"the most frequent answer '{line['top_answer']}' is {line['top_share']:.0%} of {line['n']} "
+                f"answers ({line['distinct']} distinct)")
+        if "mean_error" in line and isinstance(line["mean_error"], float) and math.isfinite(line["mean_error"]):
+            text += (f"; parsed counts are {line['mean_error']:+.2f} off on average (over {line['over']:.0%}, "
+                     f"under {line['under']:.0%}, unparsed {line['unparsed']:.0%})")
+        lines.append(text + ".")
+    return lines
 
 
 # --- two models on the same questions ---------------------------------------------------------------------

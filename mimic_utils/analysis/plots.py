@@ -395,3 +395,51 @@ def block_heatmaps(frame: pd.DataFrame, path: Path | str, title: str = "") -> pl
     fig.tight_layout()
     save_figure(fig, path)
     return fig
+
+
+#: The three ways notebook 02 grows a question to n images, in the padding figure's order and colours.
+PADDING_ORDER = ("blank", "distractors", "images sweep")
+
+
+def padding_figure(table: pd.DataFrame, path: Path | str, title: str = "") -> plt.Figure:
+    """Score against the number of images for the three ways of adding images (``padding`` column of
+    :func:`mimic_utils.analysis.padding_table`): blank images beside the 1-image question, distractor images
+    beside it, and the images sweep's own questions; one panel per task (and model, when there are
+    several), 95% intervals, each question set's blind baseline dashed in its colour."""
+    frame = table.copy()
+    several = "model" in frame and frame["model"].nunique() > 1
+    frame["panel"] = (frame["model"].astype(str) + " · " + frame["task"]) if several else frame["task"]
+    frame = frame.sort_values(["panel", "padding"], key=lambda c: c.map(
+        {p: i for i, p in enumerate(PADDING_ORDER)}) if c.name == "padding" else c)
+    return metric_lines(frame, "n_images", "score", "padding", path, facet="panel", blind_by=("padding",),
+                        ylabel=SCORE_LABEL, title=title or "The same questions beside blank or distractor images, "
+                                                           "and the images sweep")
+
+
+def count_confusion_grid(confusions: dict, path: Path | str, title: str = "") -> plt.Figure:
+    """Counting answers: one heatmap per (task, image count) key of ``confusions`` (tables of
+    :func:`mimic_utils.analysis.count_confusion`), rows the true count, columns the predicted count (and
+    the parse failures), each row shaded by its share of that true count's questions and annotated with
+    the number of questions; the diagonal is where the model is right."""
+    keys = list(confusions)
+    columns = max(1, len({k[-1] for k in keys}))
+    fig, axes = _grid(len(keys), width=3.9, height=3.2, columns=columns)
+    for ax, key in zip(axes, keys):
+        frame = confusions[key]
+        shares = frame.div(frame.sum(axis=1).where(lambda s: s > 0, 1), axis=0)
+        sns.heatmap(shares, annot=frame, fmt="d", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax,
+                    linewidths=0.4, linecolor="white", annot_kws={"fontsize": 7})
+        for i, truth in enumerate(frame.index):  # outline the right answers
+            if str(truth) in list(frame.columns):
+                ax.add_patch(plt.Rectangle((list(frame.columns).index(str(truth)), i), 1, 1, fill=False,
+                                           edgecolor="darkorange", linewidth=1.2))
+        ax.set_title(" · ".join(str(k) if not isinstance(k, int) else f"{k} image" + ("" if k == 1 else "s")
+                                for k in key), fontsize=9)
+        ax.set_xlabel("predicted count", fontsize=8)
+        ax.set_ylabel("true count", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(False)
+    fig.suptitle(title or "Counting: true vs predicted (shade: share of the row; outlined: right)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig

@@ -97,3 +97,30 @@ def test_sample_questions_with_long_questions_lay_out_without_warnings(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plots.sample_questions(records, tmp_path / "s.png")
+
+
+def test_padding_figure_draws_the_three_paddings_per_task_with_their_baselines(tmp_path):
+    table = pd.DataFrame([{"task": t, "padding": p, "n_images": n, "score": 0.5, "lo": 0.4, "hi": 0.6,
+                           "blind": 0.2 if p != "images sweep" else 0.1 * n}
+                          for t in ("counting_balanced", "listing") for p in plots.PADDING_ORDER
+                          if not (t == "listing" and p == "distractors") for n in (1, 2, 3)])
+    fig = plots.padding_figure(table, tmp_path / "p.png")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["counting_balanced", "listing"]
+    assert len(dashed(visible[0])) == 3 and len(dashed(visible[1])) == 2  # one baseline per question set
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[1:4] == list(plots.PADDING_ORDER) and (tmp_path / "p.png").is_file()
+    several = pd.concat([table.assign(model="a"), table.assign(model="b")])
+    fig = plots.padding_figure(several, tmp_path / "q.png")
+    assert sum(ax.get_visible() for ax in fig.axes) == 4
+
+
+def test_count_confusion_grid_outlines_the_right_answers(tmp_path):
+    from mimic_utils.analysis import count_confusion
+
+    answers = [{"gt": str(g), "parsed": p, "scored_as": "counting"} for g, p in ((1, 1), (2, 3), (2, None))]
+    fig = plots.count_confusion_grid({("counting_balanced", 1): count_confusion(answers),
+                                      ("counting_balanced", 4): count_confusion(answers[:2])}, tmp_path / "c.png")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["counting_balanced · 1 image", "counting_balanced · 4 images"]
+    assert len(visible[0].patches) == 2 and (tmp_path / "c.png").is_file()  # true counts 1 and 2 outlined
