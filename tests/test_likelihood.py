@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from mimic_utils import external_benchmarks as bm
-from mimic_utils import likelihood, transfer
+from mimic_utils.analysis import cross_benchmark
+from mimic_utils.evaluation import external_benchmarks as bm
+from mimic_utils.evaluation import likelihood
 from test_external_benchmarks import mc_record, save_muirbench
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl")
@@ -97,7 +98,7 @@ def test_choice_rows_and_an_unknown_mode():
     row = likelihood.likelihood_row(record, "p", json.dumps({"A": -3.0, "B": -0.1, "C": -2.0}),
                                     {"name": "m", "scoring": {"mode": "letter"}})
     assert (row["parsed"], row["score"], row["letters"], row["sub_task"]) == ("B", 1.0, ["A", "B", "C"], "t")
-    assert transfer.parse_rate([row])["rate"] == 1.0
+    assert cross_benchmark.parse_rate([row])["rate"] == 1.0
     with pytest.raises(ValueError, match="likelihood mode must be one of"):
         likelihood.continuation("A", "cat", "text")
 
@@ -117,7 +118,7 @@ def test_a_benchmark_scored_by_likelihood_resumes_and_sits_beside_generation(tmp
     again = likelihood.evaluate_likelihood(adapter, "muirbench", records, path, batch_size=3, progress=False)
     assert again["accuracy"] == summary["accuracy"] and path.read_text().count("\n") == 3  # resumed, not redone
     generated = bm.evaluate_benchmark(adapter, "muirbench", records, tmp_path / "gen.jsonl", 2, progress=False)
-    table = likelihood.scoring_comparison(
+    table = cross_benchmark.scoring_comparison(
         {("scene", "m"): [json.loads(l) for l in (tmp_path / "gen.jsonl").read_text().splitlines()]},
         {("scene", "m"): rows})
     line = table.iloc[0]

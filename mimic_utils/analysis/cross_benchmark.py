@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -190,9 +191,38 @@ def compare(benchmark: str, rows_by_model: Mapping[str, Rows], base: str, key: s
     return found
 
 
+# --- two scorings of one benchmark -----------------------------------------------------------------------
+
+
+def scoring_comparison(generated: Mapping[tuple[str, str], Sequence[Mapping]],
+                       likelihood: Mapping[tuple[str, str], Sequence[Mapping]]) -> pd.DataFrame:
+    """Per (benchmark, model) cell, the two scorings of the same multiple-choice questions side by side:
+    letter generation (accuracy with its 95% interval, parse rate and :func:`reading`) and option likelihood
+    (:mod:`mimic_utils.evaluation.likelihood`: accuracy with its interval and its reading against chance;
+    its parse rate is 1), and the paired difference likelihood − generation on the questions both scored
+    (``diff``, ``diff_lo``, ``diff_hi``)."""
+    lines = []
+    for key in sorted(set(generated) | set(likelihood)):
+        gen, lik = generated.get(key, []), likelihood.get(key, [])
+        line: dict[str, Any] = {"benchmark": key[0], "model": key[1]}
+        for prefix, rows in (("generation", gen), ("likelihood", lik)):
+            found = benchmark_row(*key, rows) if rows else {}
+            line |= {f"{prefix}_{k}": found.get(k, math.nan) for k in ("n", "score", "lo", "hi")}
+            line[f"{prefix}_reading"] = found.get("reading", "not run")
+        line["chance"] = chance(gen or lik)
+        line["parse_rate"] = parse_rate(gen)["rate"] if gen else math.nan
+        shared = {r["id"] for r in gen} & {r["id"] for r in lik}
+        if shared:
+            diff = stats.difference([r for r in gen if r["id"] in shared], [r for r in lik if r["id"] in shared],
+                                    paired=True, key=None)
+            line |= {"diff": diff["diff"], "diff_lo": diff["lo"], "diff_hi": diff["hi"]}
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
 __all__ = [
     "MIMIC", "NO_LETTERS", "PARSE_FLOOR", "against_baseline", "answers_in_letters", "benchmark_row",
     "benchmark_table", "chance", "collect", "compare", "comparison_sentence",
     "is_multiple_choice", "mimic_table", "parse_rate", "parsed_letter", "reading", "results_table",
-    "sub_task_table", "with_n_options",
+    "scoring_comparison", "sub_task_table", "with_n_options",
 ]

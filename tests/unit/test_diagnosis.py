@@ -201,7 +201,7 @@ def padded_rows(experiment: str, task: str, n: int, scores: list[float], gt: str
 def blank_study() -> list[dict]:
     """Blank: 16/20 right at 1 image, 6/20 at 10 (the same questions); distractors 16 → 2; the images sweep."""
     found = []
-    for task in analysis.BLANK_TASKS:
+    for task in diagnosis.BLANK_TASKS:
         found += padded_rows("blank", task, 1, [1] * 16 + [0] * 4)
         found += padded_rows("blank", task, 10, [1] * 6 + [0] * 14)
     found += padded_rows("distractors", "counting_balanced", 1, [1] * 16 + [0] * 4)
@@ -210,7 +210,7 @@ def blank_study() -> list[dict]:
 
 
 def test_padding_table_puts_the_three_ways_of_adding_images_side_by_side():
-    table = analysis.padding_table(blank_study())
+    table = diagnosis.padding_table(blank_study())
     assert set(table["padding"]) == {"blank", "distractors", "images sweep"}
     counting = table[table["task"] == "counting_balanced"].set_index(["padding", "n_images"])
     assert counting.loc[("blank", 10), "score"] == 0.3 and counting.loc[("distractors", 10), "score"] == 0.1
@@ -220,7 +220,7 @@ def test_padding_table_puts_the_three_ways_of_adding_images_side_by_side():
 
 
 def test_the_blank_contrast_pairs_the_same_question_across_image_counts():
-    found = analysis.length_contrasts(blank_study(), "m")
+    found = diagnosis.length_contrasts(blank_study(), "m")
     blank = found["blank"]
     assert blank["paired"] and blank["n"] == 40 and blank["diff"] == pytest.approx(-0.5)
     assert blank["hi"] < 0 and found["blank_counting"]["paired"] and found["blank_listing"]["n"] == 20
@@ -228,18 +228,18 @@ def test_the_blank_contrast_pairs_the_same_question_across_image_counts():
     assert distraction["paired"] and distraction["diff"] == pytest.approx(0.1 - 0.3)
     assert "p_mcnemar" in distraction
     # the same questions unpaired would give a wider interval than paired here (q0..q5 right at both ends)
-    unpaired = analysis.stats.difference(analysis.select(blank_study(), "blank", ("counting_balanced",), n_images=1),
-                                         analysis.select(blank_study(), "blank", ("counting_balanced",), n_images=10))
+    unpaired = diagnosis.stats.difference(diagnosis.select(blank_study(), "blank", ("counting_balanced",), n_images=1),
+                                         diagnosis.select(blank_study(), "blank", ("counting_balanced",), n_images=10))
     assert not unpaired["paired"] and unpaired["hi"] - unpaired["lo"] > found["blank_counting"]["hi"] - found["blank_counting"]["lo"]
 
 
 def test_paired_questions_hold_the_same_ids_at_both_ends_and_rebuild_the_contrast():
-    found = analysis.paired_questions(blank_study())
+    found = diagnosis.paired_questions(blank_study())
     assert (found["a_n"], found["b_n"]) == (1, 10) and [r["id"] for r in found["a"]] == [r["id"] for r in found["b"]]
-    assert {r["task"] for r in found["a"]} == set(analysis.BLANK_TASKS) and "true_positive" in found["a"][-1]
-    again = analysis.stats.difference(found["a"], found["b"])
-    assert again["paired"] and again["diff"] == pytest.approx(analysis.length_contrasts(blank_study(), "m")["blank"]["diff"])
-    json.dumps(analysis.jsonable(found))  # fits metrics.json
+    assert {r["task"] for r in found["a"]} == set(diagnosis.BLANK_TASKS) and "true_positive" in found["a"][-1]
+    again = diagnosis.stats.difference(found["a"], found["b"])
+    assert again["paired"] and again["diff"] == pytest.approx(diagnosis.length_contrasts(blank_study(), "m")["blank"]["diff"])
+    json.dumps(diagnosis.jsonable(found))  # fits metrics.json
 
 
 def counting_answers(pairs: list[tuple[str, int | None]], n: int = 1) -> list[dict]:
@@ -250,24 +250,24 @@ def counting_answers(pairs: list[tuple[str, int | None]], n: int = 1) -> list[di
 
 def test_count_confusion_has_true_rows_predicted_columns_and_an_unparsed_column():
     answers = counting_answers([("1", 1), ("1", 2), ("2", 2), ("3", None), ("3", 40), ("2", 0)])
-    table = analysis.count_confusion(answers)
+    table = diagnosis.count_confusion(answers)
     assert list(table.index) == [1, 2, 3]
-    assert list(table.columns) == ["0", "1", "2", "3", ">6", analysis.UNPARSED]
-    assert table.loc[1, "1"] == 1 and table.loc[1, "2"] == 1 and table.loc[3, analysis.UNPARSED] == 1
+    assert list(table.columns) == ["0", "1", "2", "3", ">6", diagnosis.UNPARSED]
+    assert table.loc[1, "1"] == 1 and table.loc[1, "2"] == 1 and table.loc[3, diagnosis.UNPARSED] == 1
     assert table.loc[3, ">6"] == 1 and int(table.to_numpy().sum()) == 6
-    clean = analysis.count_confusion(counting_answers([("1", 1), ("2", 3)]))
-    assert analysis.UNPARSED not in clean.columns and ">5" not in clean.columns
+    clean = diagnosis.count_confusion(counting_answers([("1", 1), ("2", 3)]))
+    assert diagnosis.UNPARSED not in clean.columns and ">5" not in clean.columns
 
 
 def test_answer_summary_tells_a_constant_answer_from_over_counting():
     constant = counting_answers([(str(g), 1) for g in (1, 2, 3, 4, 5, 1, 2, 3, 4, 5)], n=10)
     over = counting_answers([(str(g), g + 2) for g in (1, 2, 3, 4, 5)] + [("3", None)], n=4)
-    summary = analysis.answer_summary(constant + over).set_index("n_images")
+    summary = diagnosis.answer_summary(constant + over).set_index("n_images")
     assert summary.loc[10, "top_answer"] == "1" and summary.loc[10, "top_share"] == 1.0
     assert summary.loc[10, "top_right"] == 0.2 and summary.loc[10, "mean_error"] == -2.0
     assert summary.loc[4, "mean_error"] == 2.0 and summary.loc[4, "over"] == pytest.approx(5 / 6, abs=1e-4)
     assert summary.loc[4, "unparsed"] == pytest.approx(1 / 6, abs=1e-4) and summary.loc[4, "distinct"] == 6
-    lines = analysis.answer_findings(analysis.answer_summary(constant), "m")
+    lines = diagnosis.answer_findings(diagnosis.answer_summary(constant), "m")
     assert lines == ["m, counting_balanced at 10 images: score 0.20; the most frequent answer '1' is 100% of 10 "
                      "answers (1 distinct); parsed counts are -2.00 off on average (over 0%, under 80%, unparsed 0%)."]
 
@@ -279,7 +279,7 @@ def test_wrong_answers_rank_the_most_frequent_wrong_replies_per_cell():
                                                ("cup", "bus")])]
     listing = [{"id": "l", "task": "listing", "family": "listing", "scored_as": "listing",
                 "knobs": {"n_images": 4}, "gt": "bus, car", "parsed": ["car", "bus", "car"], "score": 0.8}]
-    table = analysis.wrong_answers(common + listing, top=2)
+    table = diagnosis.wrong_answers(common + listing, top=2)
     first = table.iloc[0].to_dict()
     assert first == {"task": "common", "n_images": 4, "answer": "cat", "count": 2, "share": 0.4, "instead_of": "bus"}
     assert table[table["task"] == "common"]["answer"].tolist() == ["cat", "bus"]  # "car" was right: not wrong

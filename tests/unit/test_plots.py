@@ -116,7 +116,7 @@ def test_padding_figure_draws_the_three_paddings_per_task_with_their_baselines(t
 
 
 def test_count_confusion_grid_outlines_the_right_answers(tmp_path):
-    from mimic_utils.analysis import count_confusion
+    from mimic_utils.analysis.diagnosis import count_confusion
 
     answers = [{"gt": str(g), "parsed": p, "scored_as": "counting"} for g, p in ((1, 1), (2, 3), (2, None))]
     fig = plots.count_confusion_grid({("counting_balanced", 1): count_confusion(answers),

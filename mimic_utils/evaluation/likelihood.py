@@ -13,11 +13,11 @@ study's adapter, so the prompt, preprocessing, pooling and masking are those of 
   the last position's log-softmax read at the letters' token ids; longer continuations run the prompt
   once per option with the continuation appended and sum its tokens' log-probabilities.
 
-:func:`evaluate_likelihood` runs a benchmark through :func:`mimic_utils.evaluate.run` (resumable JSONL,
-answer cache) and writes the same row fields as generation (``parsed`` is the argmax letter, ``score``
-1/0, ``letters``), so :mod:`mimic_utils.transfer` tables and paired comparisons read it unchanged; the
-parse rate of likelihood rows is 1 by construction. :func:`scoring_comparison` sets the two scorings side
-by side.
+:func:`evaluate_likelihood` runs a benchmark through :func:`mimic_utils.evaluation.harness.run` (resumable
+JSONL, answer cache) and writes the same row fields as generation (``parsed`` is the argmax letter,
+``score`` 1/0, ``letters``), so :mod:`mimic_utils.analysis.cross_benchmark` tables and paired comparisons
+read it unchanged; the parse rate of likelihood rows is 1 by construction.
+:func:`mimic_utils.analysis.cross_benchmark.scoring_comparison` sets the two scorings side by side.
 """
 
 from __future__ import annotations
@@ -25,20 +25,18 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
-from mimic_utils import evaluate
-from mimic_utils.external_benchmarks import (MULTI_CHOICE, BenchRecord, NotRun, build_prompt, get_spec, open_image,
-                                             summarize_benchmark)
-from mimic_utils.vision_cache import ENV_DIR
+from mimic_utils.evaluation import harness
+from mimic_utils.evaluation.external_benchmarks import (MULTI_CHOICE, BenchRecord, NotRun, build_prompt, get_spec,
+                                                        open_image, summarize_benchmark)
+from mimic_utils.models.vision_cache import ENV_DIR
 
 MODES = ("letter", "letter_text")
 
@@ -124,7 +122,7 @@ def code_version() -> str:
 
 class OptionLikelihood:
     """An adapter that "answers" a multiple-choice sample with its options' log-probabilities (a JSON
-    object letter → log-probability), so :func:`mimic_utils.evaluate.run` stores, resumes and caches them
+    object letter → log-probability), so :func:`mimic_utils.evaluation.harness.run` stores, resumes and caches them
     like generated replies. Samples carry ``letters`` and ``options`` besides images and prompt."""
 
     def __init__(self, adapter, mode: str = "letter", length_normalise: bool = False) -> None:
@@ -180,8 +178,8 @@ def evaluate_likelihood(adapter, name: str, records: list[BenchRecord] | NotRun,
                         progress: bool = True) -> dict[str, Any]:
     """Score a benchmark's multiple-choice questions by option likelihood (short-answer questions have no
     options and are left out), resuming from ``out_path``; the summary of
-    :func:`mimic_utils.external_benchmarks.summarize_benchmark` with ``scoring`` and ``predictions``. A
-    :class:`~mimic_utils.external_benchmarks.NotRun` passes through as ``{"status": "not run", …}``."""
+    :func:`mimic_utils.evaluation.external_benchmarks.summarize_benchmark` with ``scoring`` and ``predictions``. A
+    :class:`~mimic_utils.evaluation.external_benchmarks.NotRun` passes through as ``{"status": "not run", …}``."""
     if isinstance(records, NotRun):
         return records.as_metrics()
     chosen = [r for r in records if r.question_type == MULTI_CHOICE and r.letters]
@@ -195,39 +193,12 @@ def evaluate_likelihood(adapter, name: str, records: list[BenchRecord] | NotRun,
     def to_row(record: BenchRecord, output: str, settings: dict, pool: int) -> dict:
         return likelihood_row(record, prompts[record.id], output, settings)
 
-    rows = evaluate.run(scorer, chosen, out_path, batch_size, pool, progress, desc=f"{name} likelihood",
+    rows = harness.run(scorer, chosen, out_path, batch_size, pool, progress, desc=f"{name} likelihood",
                         to_sample=to_sample, to_row=to_row, record_id=lambda r: r.id,
                         sort_key=lambda r: (len(r.images), len(prompts[r.id])), max_new_tokens=0,
                         reuse_dir=reuse_dir(scorer))
     return {**summarize_benchmark(name, rows), "scoring": scorer.settings["scoring"], "predictions": str(out_path)}
 
 
-def scoring_comparison(generated: Mapping[tuple[str, str], Sequence[Mapping]],
-                       likelihood: Mapping[tuple[str, str], Sequence[Mapping]]) -> pd.DataFrame:
-    """Per (benchmark, model) cell, the two scorings of the same multiple-choice questions side by side:
-    letter generation (accuracy with its 95% interval, parse rate, the reading of
-    :mod:`mimic_utils.transfer`) and option likelihood (accuracy with its interval and its reading against
-    chance), and the paired difference likelihood − generation on the questions both scored."""
-    from mimic_utils import stats, transfer  # analysis side: imported where the table is made
-
-    lines = []
-    for key in sorted(set(generated) | set(likelihood)):
-        gen, lik = generated.get(key, []), likelihood.get(key, [])
-        line: dict[str, Any] = {"benchmark": key[0], "model": key[1]}
-        for prefix, rows in (("generation", gen), ("likelihood", lik)):
-            found = transfer.benchmark_row(*key, rows) if rows else {}
-            line |= {f"{prefix}_{k}": found.get(k, math.nan) for k in ("n", "score", "lo", "hi")}
-            line[f"{prefix}_reading"] = found.get("reading", "not run")
-        line["chance"] = transfer.chance(gen or lik)
-        line["parse_rate"] = transfer.parse_rate(gen)["rate"] if gen else math.nan
-        shared = {r["id"] for r in gen} & {r["id"] for r in lik}
-        if shared:
-            diff = stats.difference([r for r in gen if r["id"] in shared], [r for r in lik if r["id"] in shared],
-                                    paired=True, key=None)
-            line |= {"diff": diff["diff"], "diff_lo": diff["lo"], "diff_hi": diff["hi"]}
-        lines.append(line)
-    return pd.DataFrame(lines)
-
-
 __all__ = ["MODES", "OptionLikelihood", "choose", "code_version", "continuation", "continuation_tokens",
-           "evaluate_likelihood", "likelihood_row", "option_logprobs", "scoring_comparison"]
+           "evaluate_likelihood", "likelihood_row", "option_logprobs", "reuse_dir"]
