@@ -489,6 +489,20 @@ def count_confusion(rows: Rows) -> pd.DataFrame:
     return frame.reindex(columns=columns, fill_value=0)
 
 
+#: The counting tasks of the images sweep and the tasks whose wrong answers are listed by name.
+COUNTING_TASKS = ("counting_balanced", "counting_unbalanced")
+NAMED_TASKS = ("listing", "common", "oddone")
+
+
+def count_confusions(rows: Rows, image_counts: Sequence[int], tasks: Sequence[str] = COUNTING_TASKS) -> dict:
+    """:func:`count_confusion` per (task, image count) of the images sweep, for the counts asked (those
+    with questions), in task then image-count order: what :func:`mimic_utils.analysis.plots.count_confusion_grid`
+    draws."""
+    chosen = select(rows, "images", tasks)
+    return {(task, n): count_confusion(cell) for task in tasks for n in image_counts
+            if (cell := select(chosen, tasks=(task,), n_images=n))}
+
+
 def answer_summary(rows: Rows, by: Sequence[str] = ("task", "n_images")) -> pd.DataFrame:
     """Per task and image count, what the answers look like: ``n``, ``score``, the most frequent answer and
     its share of the questions (``top_share`` near 1 is a constant answer), the share of right answers that

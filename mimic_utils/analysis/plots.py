@@ -113,7 +113,8 @@ def _grid(count: int, width: float, height: float, columns: int = 3) -> tuple[pl
 
 #: What each experiment's knob values mean, for the coverage figure (``k``: ``n<images>-k<k>``).
 KNOB_TITLES = {"images": "images: n = images per question",
-               "distractors": "distractors: d = images holding none of the asked concepts",
+               "distractors": "distractors: d = images holding none of the asked concepts, beside a 1-image question",
+               "blank": "blank: n = images per question, the 1-image question beside n − 1 blank images",
                "spread": "spread: s = images holding the asked concepts",
                "k": "k: n = images per question, k = concepts the question names"}
 

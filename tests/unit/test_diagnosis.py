@@ -284,3 +284,12 @@ def test_wrong_answers_rank_the_most_frequent_wrong_replies_per_cell():
     assert first == {"task": "common", "n_images": 4, "answer": "cat", "count": 2, "share": 0.4, "instead_of": "bus"}
     assert table[table["task"] == "common"]["answer"].tolist() == ["cat", "bus"]  # "car" was right: not wrong
     assert table[table["task"] == "listing"]["answer"].tolist() == ["bus, car"]  # items as the gt joins them
+
+
+def test_count_confusions_cover_each_counting_task_at_the_image_counts_asked():
+    answers = [{**r, "task": task} for task in diagnosis.COUNTING_TASKS
+               for r in counting_answers([("1", 1), ("2", 3)], n=4) + counting_answers([("2", None)], n=10)]
+    found = diagnosis.count_confusions(answers, (1, 4, 10))
+    assert list(found) == [("counting_balanced", 4), ("counting_balanced", 10), ("counting_unbalanced", 4),
+                           ("counting_unbalanced", 10)]
+    assert found[("counting_balanced", 10)].loc[2, diagnosis.UNPARSED] == 1
