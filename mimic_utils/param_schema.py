@@ -48,7 +48,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["4bit", "8bit"]  # models.vlm.quantization_config
 ImageBackend = Literal["pil", "torchvision"]  # models.vlm.IMAGE_BACKENDS
 Background = Literal["studio", "landscape", "texture"]  # data.scenes.BACKGROUNDS
-Experiment = Literal["images", "spread", "distractors", "k"]  # data.mimic_benchmark.SWEEPS
+Experiment = Literal["images", "spread", "distractors", "k", "blank"]  # data.mimic_benchmark.SWEEPS
 PublicBenchmark = Literal["muirbench", "blink", "nlvr2", "mantis", "mmiu", "qbench2"]  # evaluation.external_benchmarks.BENCHMARKS
 
 
@@ -202,6 +202,8 @@ class BenchmarkSpec(Strict):
     distractors: Annotated[list[Annotated[int, Field(ge=0, le=MAX_IMAGES - 1)]], Distinct] = OMITTED
     k: Annotated[list[PositiveInt], Distinct] = OMITTED
     k_images: Annotated[list[ImageCount], Distinct] = OMITTED
+    k_answer_range: Pair = OMITTED
+    blank: Annotated[list[ImageCount], Distinct] = OMITTED
 
     @model_validator(mode="after")
     def _plan(self) -> "BenchmarkSpec":
@@ -282,6 +284,7 @@ class ZeroShotDiagnosis(Strict):
     pool_factors: Annotated[list[PositiveInt], Field(min_length=1), Distinct, AfterValidator(_with_control)]
     pool_n_images: Annotated[list[ImageCount], Field(min_length=1), Distinct]
     max_per_cell: MaxPerCell
+    answer_n_images: Annotated[list[ImageCount], Field(min_length=1), Distinct]
 
 
 # --- 03 -------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ BAD_VALUES = [
     ("05_masked_qlora_finetune", ("quantize_4bit",), "true", "quantize_4bit = 'true': Input should be a valid boolean"),
     ("05_masked_qlora_finetune", ("lora", "dropout"), 1.0, "lora.dropout = 1.0: Input should be less than 1"),
     ("05_masked_qlora_finetune", ("experiments",), ["images", "sprad"],
-     "experiments[1] = 'sprad': Input should be 'images', 'spread', 'distractors' or 'k'"),
+     "experiments[1] = 'sprad': Input should be 'images', 'spread', 'distractors', 'k' or 'blank'"),
     ("06_cross_benchmark_eval", ("skip_missing",), 1, "skip_missing = 1: Input should be a valid boolean"),
     ("06_cross_benchmark_eval", ("mimic_max_per_cell",), 0, "mimic_max_per_cell = 0: Input should be greater than or equal to 1"),
     ("06_cross_benchmark_eval", ("public_benchmarks",), {"muirbnch": {}},

@@ -262,7 +262,7 @@ def test_a_realistic_scene_world_build_keeps_the_counting_sweeps_blind_baseline_
 
     world = scenes.SceneParams(image_size=112, max_objects=5, same_category_prob=0.5)
     index = annotations.read_coco(scene_formats.write_coco_split(tmp_path / "coco", 1500, 0, world, progress=False))
-    settings = yaml.safe_load((Path(__file__).parents[1] / "params" / "smoke" / "01_data_build.yaml").read_text())
+    settings = yaml.safe_load((Path(__file__).parents[2] / "params" / "smoke" / "01_data_build.yaml").read_text())
     plan = BenchmarkPlan.from_dict(settings["benchmark"])
     records = build(index, plan, progress=False, blank_dir=tmp_path / "blank")
     for experiment, knob in (("distractors", "distractors"), ("blank", "n_images"), ("k", "k")):
