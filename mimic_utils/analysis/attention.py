@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mimic_utils.models import masking
-from mimic_utils.analysis.stats import N_BOOT, change_word, interval_text, percentile_interval
+from mimic_utils.analysis.stats import (N_BOOT, above_baseline, change_word, floor_sentence, interval_text,
+                               percentile_interval, reference)
 
 VISION_TARGETS = ("same_image", "other_images", "text")
 QUERY_KINDS = ("vision", "answer")
@@ -369,9 +370,20 @@ def fade_effect(frame, query_kind: str = "vision", target: str = "other_images",
             "query_kind": query_kind, "target": target}
 
 
+def fade_reference(effect: dict) -> dict:
+    """Claim 6's reference condition: the ratio to uniform attention in the first third of the layers, which
+    must lie above 1 (uniform) for a fade from it to mean anything."""
+    first, layers = effect["first_interval"], effect["first_layers"]
+    return reference(f"ratio to uniform attention in {_layers(layers)}", effect["first_ratio"], first[0], first[1],
+                     1.0, "uniform attention")
+
+
 def fade_sentence(effect: dict, subject: str = "Image tokens' attention to other images") -> str:
     """One sentence from :func:`fade_effect` under the study's rule: a direction only when the interval
-    of the change excludes 0."""
+    of the change excludes 0, and only when the first third's ratio lies above uniform attention (the
+    floor guard: :func:`fade_reference`)."""
+    if not above_baseline(fade_reference(effect)):
+        return floor_sentence(subject, fade_reference(effect), {"diff": effect["effect"], **effect})
     word = change_word(effect["lo"], effect["hi"], up="rises", down="fades")
     first, last = effect["first_interval"], effect["last_interval"]
     return (f"{subject}, relative to uniform attention over the keys each token can see: "
@@ -469,6 +481,7 @@ __all__ = [
     "collect_batch",
     "depth_thirds",
     "fade_effect",
+    "fade_reference",
     "fade_sentence",
     "find_low_cross_layer",
     "layer_records",
