@@ -271,3 +271,18 @@ def test_jsonable_writes_nan_as_null():
     assert diagnosis.jsonable({"t": frame, "x": (math.inf, 2)}) == {"t": [{"a": 1.0, "b": None}], "x": [None, 2]}
 
 
+
+
+def test_claim_eleven_reads_the_blank_control_per_task():
+    # the same 1-image questions beside 9 blank images (same ids: paired); counting falls, listing does not
+    contrasts = {}
+    for task, name, right in (("counting_balanced", "blank_counting", 6), ("listing", "blank_listing", 15)):
+        one = rows(task, [1] * 16 + [0] * 4, "blank")
+        ten = [dict(r, knobs={**r["knobs"], "n_images": 10}, score=float(i < right),
+                    **({"true_positive": 2 * int(i < right)} if task == "listing" else {})) for i, r in enumerate(one)]
+        contrasts[name] = diagnosis.contrast(one, ten, f"m, {task} beside blank images", "1 image", "10 images",
+                                             knob="n_images")
+    claim = diagnosis.diagnosis_claims(contrasts, "m")["11"]
+    assert all(contrasts[n]["paired"] and "adjusted" not in contrasts[n] for n in contrasts)
+    assert [p["verdict"] for p in claim["parts"]] == ["reproduced", "inconclusive"]
+    assert claim["verdict"] == "inconclusive" and "paired" in claim["measure"]

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mimic_utils.analysis import stats
-from mimic_utils.analysis.claims import claim_entry, part, parts_text
+from mimic_utils.analysis.claims import CLAIMS, claim_entry, part, parts_text
 from mimic_utils.data.mimic_benchmark import SWEEPS
 
 Rows = Sequence[Mapping]
@@ -378,9 +378,6 @@ def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool
         "pooling_length": {**length, "reference": pooling_reference(pooled)} if length else None,
         "spread": sweep_contrast(rows, "spread", f"{model}, counting accuracy"),
         "distractors": sweep_contrast(rows, "distractors", f"{model}, counting accuracy"),
-        # the blank-image control (claim 11), where the benchmark has that sweep
-        "blank": (sweep_contrast(rows, "blank", f"{model}, mean of the padded tasks, target plus blank images")
-                  if "blank" in SWEEPS else None),
     }
     for count in k_counts:
         for task in sorted({r["task"] for r in select(rows, "k", n_images=count)}):
@@ -391,9 +388,14 @@ def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool
 
 
 #: Each contrast of :func:`diagnosis_contrasts` and the direction the paper gives it (claim id or None).
+#: Claim 11 (the length thesis) is read on the blank-image control per task (``blank_counting``,
+#: ``blank_listing``: the same 1-image questions beside blank images), its mean (``blank``) a sentence.
 DIAGNOSIS_DIRECTIONS = {"images": ("1", -1), "oddone": (None, -1), "counting_split": (None, None),
                         "pooling": ("2", +1), "pooling_r2": ("2", +1), "pooling_length": (None, +1),
-                        "spread": ("3", -1), "distractors": ("4", -1), "blank": ("11", -1)}
+                        "spread": ("3", -1), "distractors": ("4", -1), "blank": (None, -1),
+                        "blank_counting": ("11", -1), "blank_listing": ("11", -1), "distraction": (None, None)}
+#: Claims read in parts, one per task: reproduced only when every task's part is.
+CLAIMS_IN_PARTS = ("5", "11")
 
 
 def direction(name: str) -> tuple[str | None, int | None]:
@@ -439,8 +441,8 @@ def _measure(claim: str, found: Mapping) -> str:
              f"{pairing})",
         "5": f"counting and listing, each at {found.get('b_label')} − at {found.get('a_label')}, "
              f"{value_label('n_images', fixed)} ({pairing})",
-        "11": f"score with {found.get('b_label')} − with {found.get('a_label')}, the target plus blank images "
-              f"({pairing})",
+        "11": f"each padded task with {found.get('b_label')} − with {found.get('a_label')}, the target beside "
+              f"blank images ({pairing})",
     }[claim]
 
 
@@ -460,19 +462,22 @@ def _claim_two(contrasts: Mapping[str, Mapping], note: str) -> dict:
                        reference=found["reference"], parts=parts)
 
 
-def _claim_five(contrasts: Mapping[str, Mapping], note: str) -> dict | None:
-    """Claim 5 in parts: each task of the k sweep at one image read apart (reproduced only if every task
-    is), with every task's whole k curve, at one image and at more, in the note."""
-    names = [name for name in contrasts if direction(name)[0] == "5"]
+def _claim_in_parts(claim: str, contrasts: Mapping[str, Mapping], note: str) -> dict | None:
+    """A claim read per task (5: the k sweep at one image; 11: the blank-image control): each task's
+    contrast a part with its own reference condition (reproduced only if every task is), every curve of
+    the claim's sweep, at one image count and at more, in the note."""
+    names = [name for name in contrasts if direction(name)[0] == claim]
     if not names:
         return None
-    parts = [part(contrasts[name]["subject"].split(", ", 1)[-1], contrasts[name], -1,
+    parts = [part(contrasts[name]["subject"].split(", ", 1)[-1], contrasts[name], CLAIMS[claim].sign,
                   reference=contrasts[name]["reference"]) for name in names]
-    curves = [f"{found['subject'].split(', ', 1)[-1]} by k: {curve_text(found['curve'], 'k')}"
-              for name, found in contrasts.items() if name.startswith("k_") and found.get("curve")]
+    experiment = "k_" if claim == "5" else "blank_"
+    curves = [f"{found['subject'].split(', ', 1)[-1]} by {found['knob'].replace('n_images', 'images')}: "
+              f"{curve_text(found['curve'], found['knob'])}"
+              for name, found in contrasts.items() if name.startswith(experiment) and found.get("curve")]
     first = contrasts[names[0]]
     note += "; " + parts_text(parts) + "".join(f"; {line}" for line in curves)
-    return claim_entry("5", first["diff"], first["lo"], first["hi"], _measure("5", first),
+    return claim_entry(claim, first["diff"], first["lo"], first["hi"], _measure(claim, first),
                        n=sum(contrasts[name]["n"] for name in names), note=note, parts=parts)
 
 
@@ -484,7 +489,7 @@ def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, 
     entries = {}
     for name, found in contrasts.items():
         claim = direction(name)[0]
-        if claim in (None, "2", "5"):
+        if claim is None or claim == "2" or claim in CLAIMS_IN_PARTS:
             continue
         curve_line = f"; the curve: {curve_text(found['curve'], found['knob'])}" if found.get("curve") else ""
         entries[claim] = claim_entry(claim, found["diff"], found["lo"], found["hi"], _measure(claim, found),
@@ -492,9 +497,10 @@ def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, 
                                      adjusted=found.get("adjusted"))
     if "pooling" in contrasts:
         entries["2"] = _claim_two(contrasts, note)
-    five = _claim_five(contrasts, note)
-    if five:
-        entries["5"] = five
+    for claim in CLAIMS_IN_PARTS:
+        entry = _claim_in_parts(claim, contrasts, note)
+        if entry:
+            entries[claim] = entry
     return dict(sorted(entries.items(), key=lambda kv: int(kv[0])))
 
 
