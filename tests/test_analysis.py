@@ -193,8 +193,8 @@ def test_diagnosis_claims_one_to_five():
     claims = diagnosis.diagnosis_claims(contrasts, "m")
     assert sorted(claims, key=int) == ["1", "2", "3", "4", "5"]
     assert claims["1"]["verdict"] == "reproduced" and claims["2"]["verdict"] == "reproduced"
-    # the images sweep holds different questions at its two ends: read on score − blind
-    assert claims["1"]["adjusted"]["diff"] == pytest.approx(claims["1"]["effect"], abs=0.05)
+    # different questions at the two ends, but the same answer distribution: nothing to adjust
+    assert "adjusted" not in claims["1"] and "same answer distribution" in claims["1"]["measure"]
     assert claims["1"]["reference"]["label"] == "1 image" and claims["1"]["reference"]["baseline"] == 0.25
     assert claims["3"]["verdict"] == "reproduced" and "same image count, 6" in claims["3"]["measure"]
     assert claims["4"]["verdict"] == "inconclusive"
@@ -229,6 +229,8 @@ def test_a_knob_that_moves_the_answers_is_read_above_the_blind_baseline():
                                                                         prefix="z", n_images=10)
     found = diagnosis.sweep_contrast(sweep, "images", "m", ("counting_balanced",))
     assert found["reference"]["baseline"] == 1.0 and not stats.above_baseline(found["reference"])
+    assert found["adjusted"]["blind_a"] == 1.0 and found["adjusted"]["blind_b"] == 0.25
+    assert found["adjusted"]["diff"] == pytest.approx((0.25 - 0.25) - (0.9 - 1.0))
     assert diagnosis.contrast_verdict(found, -1) == "not testable here (floor)"
 
 

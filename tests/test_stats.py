@@ -113,8 +113,11 @@ def test_blind_adjusted_effect_removes_a_change_of_the_answer_distribution():
     # raw interval plus the spread of two blind baselines drawn independently
     assert adjusted["hi"] - adjusted["lo"] < (diff["hi"] - diff["lo"]) + 0.4
     assert "score − blind: no detectable change" in stats.change_sentence("m", "1 image", "10 images", diff)
-    # two models on the same questions share their blind baseline: nothing to adjust
+    # two models on the same questions share their blind baseline, and so do different questions with the
+    # same answer distribution: nothing to adjust
     assert "adjusted" not in stats.difference(one, counting_rows([0] * 40, ["2"] * 30 + ["3"] * 10, "a"))
+    assert "adjusted" not in stats.difference(one, counting_rows([0] * 40, ["3"] * 10 + ["2"] * 30, "z"))
+    assert stats.answer_shares(one) == {"counting": {"2": 0.75, "3": 0.25}}
 
 
 def test_blind_rows_score_the_constant_answer_per_question():

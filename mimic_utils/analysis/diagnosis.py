@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mimic_utils.analysis import stats
-from mimic_utils.analysis.claims import CLAIMS, claim_entry, part, parts_text
+from mimic_utils.analysis.claims import CLAIMS, claim_entry, part
 from mimic_utils.data.mimic_benchmark import SWEEPS
 
 Rows = Sequence[Mapping]
@@ -427,7 +427,9 @@ def _measure(claim: str, found: Mapping) -> str:
     """What claim ``claim`` measured, in words, from its (first) contrast."""
     held = [" or ".join(map(str, side)) for side in found.get("images") or ([], [])]
     fixed = (found.get("fixed") or {}).get("n_images")
-    pairing = "same questions, paired" if found.get("paired") else "different questions, read on score − blind"
+    pairing = ("same questions, paired" if found.get("paired") else
+               "different questions, read on score − blind" if found.get("adjusted") else
+               "different questions with the same answer distribution, unpaired")
     return {
         "1": f"{MEAN_LABEL} ({', '.join(HEADLINE_TASKS)}) at {found.get('b_label')} − at {found.get('a_label')} "
              f"({pairing})",
@@ -452,7 +454,6 @@ def _claim_two(contrasts: Mapping[str, Mapping], note: str) -> dict:
     found = contrasts["pooling"]
     gains = [contrasts[name] for name in ("pooling", "pooling_r2") if name in contrasts]
     parts = [part(f"r = {g['pool']}", g, +1, reference=g["reference"]) for g in gains]
-    note += "; " + parts_text(parts)
     length = contrasts.get("pooling_length")
     if length:
         note += (f"; second line, not the verdict — the length effect (gain at r={length['pool']} at "
@@ -476,7 +477,7 @@ def _claim_in_parts(claim: str, contrasts: Mapping[str, Mapping], note: str) -> 
               f"{curve_text(found['curve'], found['knob'])}"
               for name, found in contrasts.items() if name.startswith(experiment) and found.get("curve")]
     first = contrasts[names[0]]
-    note += "; " + parts_text(parts) + "".join(f"; {line}" for line in curves)
+    note += "".join(f"; {line}" for line in curves)
     return claim_entry(claim, first["diff"], first["lo"], first["hi"], _measure(claim, first),
                        n=sum(contrasts[name]["n"] for name in names), note=note, parts=parts)
 

@@ -41,8 +41,8 @@ HOW_TO_READ = [
     "from a formula alone is *analytic, not measured* and never counts as reproduced; *missing*: no "
     "notebook measured it (or its entry lacks a number the rule needs, named). Trend words (rises / falls "
     "/ no detectable change) follow the same rule and the same floor guard.",
-    "**Blind adjustment.** Where the two ends of a comparison hold different questions (1 vs 10 images, "
-    "spread, k), the answers' distribution, and so the blind baseline, can change by itself; the effect on "
+    "**Blind adjustment.** Where the two ends of a comparison hold different questions whose answers are "
+    "distributed differently (1 vs 10 images, k), the blind baseline changes by itself; the effect on "
     "score − blind (its interval from the same resample) stands beside the raw one and the verdict is read "
     "on it. Two models on the same questions share their blind baseline.",
     "**Parts.** A claim read in parts (claim 2: two pooling factors; claim 5: counting and listing; claim 9: "

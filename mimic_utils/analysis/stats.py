@@ -21,8 +21,8 @@ come first:
   above what a model that ignores the images gets: the 1-image score before images are added, the base
   model before finetuning) lies above its blind baseline or chance, its interval excluding it; otherwise
   the word is "not testable here (floor)" (:func:`above_baseline`, :func:`floor_sentence`);
-* **blind adjustment** — where the two ends of a comparison hold different questions, the answer
-  distribution (and so the blind baseline) can move on its own; the effect on score − blind is computed
+* **blind adjustment** — where the two ends of a comparison hold different questions whose answers are
+  distributed differently, the blind baseline moves on its own; the effect on score − blind is computed
   on the same resample as the raw one (:func:`difference`, ``adjusted``) and the verdict is read on it.
 
 Several seeds of a model enter an interval through :func:`seed_difference`, which resamples seeds and
@@ -180,6 +180,16 @@ def can_adjust(rows: Rows) -> bool:
     return bool(rows) and all("gt" in r or "n_options" in r for r in rows)
 
 
+def answer_shares(rows: Rows, key: str | None = "task") -> dict:
+    """Per ``key`` group, each answer's share of the questions (the number of options for multiple choice):
+    the answer distribution the blind baseline is read from."""
+    shares = {}
+    for name, group in _strata(rows, key).items():
+        counts = Counter(str(r["gt"]) if "gt" in r else f"{r['n_options']} options" for r in group)
+        shares[name] = {answer: n / len(group) for answer, n in sorted(counts.items())}
+    return shares
+
+
 def difference(rows_a: Rows, rows_b: Rows, paired: bool | None = None, key: str | None = "task",
                seed: int = 0, n_boot: int = N_BOOT, keep_samples: bool = False,
                adjust: bool | None = None) -> dict:
@@ -189,7 +199,8 @@ def difference(rows_a: Rows, rows_b: Rows, paired: bool | None = None, key: str 
     questions); paired resamples use the same questions for both sides. For paired 0/1 cells McNemar's
     exact p is added.
 
-    ``adjust`` (default: for unpaired sides whose rows carry a ground truth) adds ``adjusted``: the same
+    ``adjust`` (default: for unpaired sides whose rows carry a ground truth and whose answer distributions,
+    :func:`answer_shares`, differ) adds ``adjusted``: the same
     difference on score − blind baseline, each side's blind baseline recomputed on the very resample its
     score is (the best constant answer is fixed per group on the full cell, its score follows the
     resampled questions). Paired sides share their questions, so their blind baselines are equal and the
@@ -199,7 +210,8 @@ def difference(rows_a: Rows, rows_b: Rows, paired: bool | None = None, key: str 
     if paired is None:
         paired = ids_a == ids_b and len(ids_a) == len(rows_a) == len(rows_b)
     if adjust is None:
-        adjust = not paired and can_adjust(rows_a) and can_adjust(rows_b)
+        adjust = (not paired and can_adjust(rows_a) and can_adjust(rows_b)
+                  and answer_shares(rows_a, key) != answer_shares(rows_b, key))
     rng = np.random.default_rng(seed)
     result: dict = {"n_a": len(rows_a), "n_b": len(rows_b), "paired": paired}
     if paired:
@@ -464,7 +476,7 @@ def blind_mean(rows: Rows, key: str | None = "task") -> float:
 
 __all__ = [
     "ANALYTIC", "FLOOR", "FORMAT", "INCONCLUSIVE", "LEVEL", "MISSING", "NOT_READ", "N_BOOT", "OPPOSITE",
-    "REPRODUCED", "VERDICTS", "above_baseline", "adjusted_text", "baseline_word", "blind_baseline", "blind_mean", "blind_rows",
+    "REPRODUCED", "VERDICTS", "above_baseline", "adjusted_text", "answer_shares", "baseline_word", "blind_baseline", "blind_mean", "blind_rows",
     "can_adjust", "change_sentence", "change_word", "combine_verdicts", "difference", "difference_of_differences",
     "estimate", "excludes_zero", "floor_sentence", "interval_text", "is_listing", "mcnemar_exact",
     "percentile_interval", "read_interval", "reference", "reference_text", "score", "seed_difference",
