@@ -229,12 +229,13 @@ def attention_flops(images: int = PAPER_LAYOUT["images"], tokens: int = PAPER_LA
 def attention_time(images: int = PAPER_LAYOUT["images"], tokens: int = PAPER_LAYOUT["tokens"],
                    text: int = PAPER_LAYOUT["text"], heads: int = PAPER_LAYOUT["heads"],
                    kv_heads: int = PAPER_LAYOUT["kv_heads"], head_dim: int = PAPER_LAYOUT["head_dim"],
-                   repeats: int = 7, seed: int = 0, n_boot: int = stats.N_BOOT) -> dict:
+                   repeats: int = 7, seed: int = 0, n_boot: int = stats.N_BOOT, device: str | None = None) -> dict:
     """Wall-clock time of one layer's attention, dense causal SDPA against the masked layer (blockwise, the
     default), after one warm-up each, in ``repeats`` interleaved pairs (so drift on a shared machine hits
-    both alike). ``saving`` is ``1 − median(masked / dense)`` over the pairs, with a 95% bootstrap interval
-    over pairs (``lo``, ``hi``)."""
-    inputs = layer_inputs(images, tokens, text, heads, kv_heads, head_dim, seed)
+    both alike), on ``device`` (default: CUDA when there is one, else the CPU). ``saving`` is
+    ``1 − median(masked / dense)`` over the pairs, with a 95% bootstrap interval over pairs (``lo``, ``hi``)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = layer_inputs(images, tokens, text, heads, kv_heads, head_dim, seed, device=device)
     runs = {"dense_causal": attention_call(*inputs, None), "masked_blockwise": attention_call(*inputs, "blockwise")}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -254,7 +255,7 @@ def attention_time(images: int = PAPER_LAYOUT["images"], tokens: int = PAPER_LAY
                        "kv_heads": kv_heads, "head_dim": head_dim}, "sequence": images * tokens + text,
             "repeats": repeats, "seconds": seconds, "masked_over_dense": float(np.median(ratios)),
             "saving": float(1 - np.median(ratios)), "lo": lo, "hi": hi, "threads": torch.get_num_threads(),
-            "device": "cpu"}
+            "device": device}
 
 
 def _text_attention_modules(model) -> list[str]:
