@@ -153,6 +153,9 @@ def test_floor_sentence_gives_both_numbers_and_does_not_read_the_change():
     assert "0.70 [95% CI 0.64, 0.76]" in line and "blind baseline 0.69" in line and "is not read" in line
     assert "falls" not in line
     assert stats.change_sentence("m", "a", "b", diff, reference=REF_ABOVE).startswith("m: falls from a (0.70)")
+    # a reference read back from metrics.json with an undefined interval (null) is not above anything
+    undefined = {**REF_ABOVE, "lo": None, "hi": None}
+    assert not stats.above_baseline(undefined) and "[95% CI —, —]" in stats.floor_sentence("m", undefined)
 
 
 def test_combined_verdict_of_a_claim_in_parts():

@@ -362,18 +362,23 @@ def baseline_word(ref: Mapping) -> str:
                        level="not distinguishable from")
 
 
+def _number(value: float | None) -> str:
+    """A score to two decimals; "—" where it is undefined (NaN is written to metrics.json as null)."""
+    return f"{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
+
+
 def reference_text(ref: Mapping) -> str:
     """"1 image 0.63 [95% CI 0.60, 0.66], blind 0.24": the two numbers the floor guard compares."""
-    return (f"{ref['label']} {ref['score']:.2f} [95% CI {ref['lo']:.2f}, {ref['hi']:.2f}], "
-            f"{ref['kind']} {ref['baseline']:.2f}")
+    return (f"{ref['label']} {_number(ref['score'])} [95% CI {_number(ref['lo'])}, {_number(ref['hi'])}], "
+            f"{ref['kind']} {_number(ref['baseline'])}")
 
 
 def floor_sentence(subject: str, ref: Mapping, effect: Mapping | None = None) -> str:
     """The sentence of an effect that is not read: both numbers of its reference condition, then the effect
     (if any) marked as not read."""
-    line = (f"{subject}: {FLOOR} — the reference condition, {ref['label']}, scores {ref['score']:.2f} "
-            f"[95% CI {ref['lo']:.2f}, {ref['hi']:.2f}], {baseline_word(ref)} its {ref['kind']} baseline "
-            f"{ref['baseline']:.2f}")
+    line = (f"{subject}: {FLOOR} — the reference condition, {ref['label']}, scores {_number(ref['score'])} "
+            f"[95% CI {_number(ref['lo'])}, {_number(ref['hi'])}], {baseline_word(ref)} its {ref['kind']} baseline "
+            f"{_number(ref['baseline'])}")
     if effect is not None:
         line += f"; the change {interval_text(effect['diff'], effect['lo'], effect['hi'])} is not read"
     return line + "."
