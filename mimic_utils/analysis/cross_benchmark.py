@@ -9,7 +9,13 @@
   read. A model that rarely answers with a letter scores near zero for a reason that has nothing to do
   with transfer, so below :data:`PARSE_FLOOR` its reading is "does not answer in the letter format".
 * **Comparisons** of two models on the same questions are paired (:func:`mimic_utils.analysis.stats.difference`,
-  with McNemar's p) and worded by the study's one rule (:func:`mimic_utils.analysis.stats.change_sentence`).
+  with McNemar's p) and worded by the study's one rule (:func:`mimic_utils.analysis.stats.change_sentence`), read
+  only where the first model's accuracy lies above chance (the floor guard).
+* **Claim 10** (:func:`transfer_claim`): the finetuned model against the base on an out-of-distribution
+  multiple-choice benchmark, paired. It reads the **option-likelihood** score (each option's
+  log-probability given the prompt, as lmms-eval's ``loglikelihood`` requests) where both models have one,
+  else the letter in the reply, guarded by the parse rate ("not testable here (format)"); its reference
+  condition is the base model's accuracy against chance.
 
 Multiple-choice prediction rows are the lines ``mimic_utils.evaluation.external_benchmarks.prediction_row`` writes: they hold
 the record's option ``letters`` and the ``parsed`` letter (None when the reply names none). A short-answer
@@ -26,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from mimic_utils.analysis import diagnosis, stats
+from mimic_utils.analysis.claims import claim_entry
 from mimic_utils.evaluation.harness import read_predictions
 
 #: Below this share of replies with a valid letter, an accuracy says nothing about transfer.
@@ -163,14 +170,22 @@ def collect(scores: Mapping[tuple[str, str], Mapping], ids: Mapping[str, set]) -
 # --- paired comparisons --------------------------------------------------------------------------------------
 
 
-def comparison_sentence(benchmark: str, base: str, model: str, diff: Mapping, rates: Mapping[str, float]) -> str:
-    """The paired difference in words by the one rule, or the letter-format refusal for either model."""
+def base_reference(benchmark: str, base: str, rows: Rows) -> dict:
+    """The first model's accuracy on a benchmark as a reference condition, against chance."""
+    cell = stats.estimate(rows, key=None)
+    return stats.reference(f"{base} on {benchmark}", cell["score"], cell["lo"], cell["hi"], chance(rows), "chance")
+
+
+def comparison_sentence(benchmark: str, base: str, model: str, diff: Mapping, rates: Mapping[str, float],
+                        reference: Mapping | None = None) -> str:
+    """The paired difference in words by the one rule; the letter-format refusal for either model; the floor
+    sentence where the first model's accuracy (``reference``) is not above chance."""
     refusing = [m for m in (base, model) if not answers_in_letters(rates[m])]
     if refusing:
         who = "; ".join(f"{m} {NO_LETTERS} (parse rate {rates[m]:.2f})" for m in refusing)
         return f"{benchmark}, {model} vs {base}: {who}, so this is no transfer result."
-    p_value = f" McNemar p = {diff['p_mcnemar']:.3g}." if "p_mcnemar" in diff else ""
-    return stats.change_sentence(f"{benchmark} score", base, model, diff) + p_value
+    p_value = f" McNemar p = {diff['p_mcnemar']:.3g}." if "p_mcnemar" in diff and stats.above_baseline(reference) else ""
+    return stats.change_sentence(f"{benchmark} score", base, model, diff, reference=reference) + p_value
 
 
 def compare(benchmark: str, rows_by_model: Mapping[str, Rows], base: str, key: str | None = None) -> list[dict]:
@@ -184,10 +199,12 @@ def compare(benchmark: str, rows_by_model: Mapping[str, Rows], base: str, key: s
         if model == base:
             continue
         diff = stats.difference(rows_by_model[base], rows, key=key)
+        reference = (diagnosis.reference_of(rows_by_model[base], base) if key else
+                     base_reference(benchmark, base, rows_by_model[base]))
         found.append({"benchmark": benchmark, "base": base, "model": model, "paired": diff["paired"],
                       "n": diff["n_a"], "diff": diff["diff"], "lo": diff["lo"], "hi": diff["hi"],
                       "p_mcnemar": diff.get("p_mcnemar"),
-                      "sentence": comparison_sentence(benchmark, base, model, diff, rates)})
+                      "sentence": comparison_sentence(benchmark, base, model, diff, rates, reference)})
     return found
 
 
@@ -220,9 +237,49 @@ def scoring_comparison(generated: Mapping[tuple[str, str], Sequence[Mapping]],
     return pd.DataFrame(lines)
 
 
+# --- claim 10 --------------------------------------------------------------------------------------------------
+
+
+def transfer_claim(benchmark: str, letter_rows: Mapping[str, Rows], base: str, tuned: str,
+                   likelihood_rows: Mapping[str, Rows] | None = None) -> dict | None:
+    """Claim 10: ``tuned − base`` accuracy on one multiple-choice benchmark, paired on the same questions.
+
+    Scored by option likelihood where ``likelihood_rows`` holds both models' rows (``id`` and a 0/1
+    ``score`` per question: whether the most likely option is the answer), else by the letter in the reply
+    (``letter_rows``, guarded: a model below :data:`PARSE_FLOOR` makes the claim "not testable here
+    (format)"). The reference condition is the base model's accuracy against chance (1 / options, read
+    from the letter rows, which list the options); the other models' lines go in the notebook's findings.
+    None when either model has no rows."""
+    likelihood = likelihood_rows or {}
+    by_likelihood = bool(likelihood.get(base)) and bool(likelihood.get(tuned))
+    scored = likelihood if by_likelihood else letter_rows
+    if not scored.get(base) or not scored.get(tuned):
+        return None
+    rates = {m: parse_rate(letter_rows.get(m, []))["rate"] for m in (base, tuned)}
+    diff = stats.difference(scored[base], scored[tuned], paired=True, key=None)
+    cell = stats.estimate(scored[base], key=None)
+    options = {r["id"]: r for r in letter_rows.get(base, [])}
+    baseline = chance([options.get(r["id"], r) for r in scored[base]])
+    reference = stats.reference(f"{base} on {benchmark}", cell["score"], cell["lo"], cell["hi"], baseline, "chance")
+    refusing = [m for m in (base, tuned) if not answers_in_letters(rates[m])]
+    guard = stats.FORMAT if refusing and not by_likelihood else None
+    how = ("scored by option likelihood (each option's log-probability given the prompt; the letter parse rate "
+           "does not enter)" if by_likelihood else
+           f"scored by the letter in the reply, read only when both models answer with a valid letter in at "
+           f"least {PARSE_FLOOR:.0%} of replies")
+    rate_text = ", ".join(f"{m} {r:.2f}" for m, r in rates.items() if math.isfinite(r))
+    note = f"{how}; letter parse rate {rate_text or 'not measured'}"
+    if guard:
+        note += f"; {', '.join(refusing)} {NO_LETTERS}"
+    return claim_entry("10", diff["diff"], diff["lo"], diff["hi"],
+                       f"{benchmark} accuracy, {tuned} − {base} (same questions, paired; "
+                       f"{'option likelihood' if by_likelihood else 'letter'} scoring)",
+                       n=diff["n_a"], note=note, reference=reference, guard=guard)
+
+
 __all__ = [
-    "MIMIC", "NO_LETTERS", "PARSE_FLOOR", "against_baseline", "answers_in_letters", "benchmark_row",
+    "MIMIC", "NO_LETTERS", "PARSE_FLOOR", "against_baseline", "answers_in_letters", "base_reference", "benchmark_row",
     "benchmark_table", "chance", "collect", "compare", "comparison_sentence",
     "is_multiple_choice", "mimic_table", "parse_rate", "parsed_letter", "reading", "results_table",
-    "scoring_comparison", "sub_task_table", "with_n_options",
+    "scoring_comparison", "sub_task_table", "transfer_claim", "with_n_options",
 ]

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mimic_utils.analysis import stats
-from mimic_utils.analysis.claims import claim_entry
+from mimic_utils.analysis.claims import CLAIMS, claim_entry, part
 from mimic_utils.analysis.sentences import finding
 from mimic_utils.data.mimic_benchmark import SWEEPS
 
@@ -199,21 +199,36 @@ def by_question(rows: Rows) -> list[dict]:
     return [{**row, "id": row["base_id"]} if row.get("base_id") else dict(row) for row in rows]
 
 
-def contrast(rows_a: Rows, rows_b: Rows, subject: str, a_label: str, b_label: str, **extra) -> dict | None:
-    """``b − a`` (:func:`mimic_utils.analysis.stats.difference`; paired when the questions match, padded
-    sweeps by their 1-image question, :func:`by_question`) with the words of its sentence and ``n``, the
-    distinct questions behind it; None when either side is empty."""
+def reference_of(rows: Rows, label: str) -> dict:
+    """A cell as a reference condition (:func:`mimic_utils.analysis.stats.reference`): its score with the 95%
+    interval, against its blind baseline (both averaged over tasks as the headline is)."""
+    found = stats.estimate(rows)
+    return stats.reference(label, found["score"], found["lo"], found["hi"], blind(rows), "blind")
+
+
+def contrast(rows_a: Rows, rows_b: Rows, subject: str, a_label: str, b_label: str,
+             reference: Mapping | None = None, **extra) -> dict | None:
+    """``b − a`` (:func:`mimic_utils.analysis.stats.difference`; paired when the questions match, padded sweeps
+    by their 1-image question (:func:`by_question`), blind-adjusted when they do not) with the words of its
+    sentence, ``n``, the distinct questions behind it, and the ``reference`` condition the floor guard reads (by default side ``a``: the condition before images,
+    distractors or finetuning are added); None when either side is empty."""
     if not rows_a or not rows_b:
         return None
     found = stats.difference(by_question(rows_a), by_question(rows_b))
     questions = len(rows_a) if found["paired"] else len(rows_a) + len(rows_b)
-    return {"subject": subject, "a_label": a_label, "b_label": b_label, "n": questions, **extra, **found}
+    return {"subject": subject, "a_label": a_label, "b_label": b_label, "n": questions, **extra, **found,
+            "reference": dict(reference) if reference is not None else reference_of(rows_a, a_label)}
+
+
+def curve(rows: Rows, knob: str) -> list[dict]:
+    """A sweep's whole curve: per value of ``knob``, ``n, score, lo, hi, blind`` (mean over the rows' tasks)."""
+    return [{knob: key[0], **cell_stats(members)} for key, members in group(rows, (knob,)).items()]
 
 
 def sweep_contrast(rows: Rows, experiment: str, subject: str, tasks: Sequence[str] | None = None,
                    **fixed) -> dict | None:
     """A sweep's largest knob value against its smallest (mean over ``tasks``, each asked at both ends),
-    with other knobs held at ``fixed`` (e.g. ``n_images=1`` for the k sweep)."""
+    with other knobs held at ``fixed`` (e.g. ``n_images=1`` for the k sweep), and the whole curve."""
     knob = SWEEPS[experiment]
     chosen = select(rows, experiment, tasks, **fixed)
     values = complete_values(chosen, knob, tasks or sorted({r["task"] for r in chosen}))
@@ -222,7 +237,8 @@ def sweep_contrast(rows: Rows, experiment: str, subject: str, tasks: Sequence[st
     first, last = values[0], values[-1]
     a, b = select(chosen, **{knob: first}), select(chosen, **{knob: last})
     return contrast(a, b, subject, value_label(knob, first), value_label(knob, last), knob=knob,
-                    a_value=first, b_value=last, fixed=fixed, images=_image_counts(a, b))
+                    a_value=first, b_value=last, fixed=fixed, images=_image_counts(a, b),
+                    curve=curve([r for r in chosen if field(r, knob) in values], knob))
 
 
 def _image_counts(rows_a: Rows, rows_b: Rows) -> list:
@@ -245,6 +261,24 @@ def length_effect(pooled: Mapping[int, Rows], n: int, r: int, subject: str,
             "a": found["first"]["diff"], "b": found["second"]["diff"], "diff": found["diff"], "lo": found["lo"],
             "hi": found["hi"], "n": len(rows["a"]) + len(rows["c"]), "pool": r, "n_images": n,
             "gain_at_n": {k: found["second"][k] for k in ("diff", "lo", "hi")}}
+
+
+def pooling_reference(pooled: Mapping[int, Rows], tasks: Sequence[str] = HEADLINE_TASKS) -> dict | None:
+    """Claim 2's reference condition: the score at 1 image without pooling, the single-image skill that
+    shortening the sequence could recover at many images (None without 1-image questions at r = 1)."""
+    rows = select(pooled.get(1, []), tasks=tasks, n_images=1)
+    return reference_of(rows, "1 image, no pooling") if rows else None
+
+
+def pooling_gain(pooled: Mapping[int, Rows], n: int, r: int, subject: str,
+                 tasks: Sequence[str] = HEADLINE_TASKS) -> dict | None:
+    """What claim 2 says: the pooling gain at ``n`` images, ``score(n, r) − score(n, 1)`` on the same
+    questions (paired), read against :func:`pooling_reference`."""
+    if r == 1 or r not in pooled or 1 not in pooled:
+        return None
+    a, b = (select(pooled[factor], tasks=tasks, n_images=n) for factor in (1, r))
+    return contrast(a, b, subject, "r = 1", f"r = {r}", reference=pooling_reference(pooled, tasks), pool=r,
+                    n_images=n)
 
 
 def tokens_per_image(budget: pd.DataFrame) -> dict[int, float]:
@@ -283,7 +317,7 @@ def _pooling_line(pooled: Mapping[int, Rows], label: str, tasks: Sequence[str], 
         return None
     effect = length_effect(pooled, n, r, label, tasks)
     # where a length effect is formed, its own resample of the gain at n images is the one reported, so the
-    # table and claim 2's note (read from the same effect) give one interval
+    # table and the length effect's line (read from the same effect) give one interval
     gain = effect["gain_at_n"] if effect else (
         stats.difference(select(pooled.get(1, []), tasks=tasks, n_images=n), rows) if 1 in pooled else None)
     return {"task": label, "n_images": n, "pool": r, "vision_tokens": vision_tokens, **cell_stats(rows),
@@ -299,100 +333,166 @@ def _columns(found: Mapping | None, names: tuple[str, str, str]) -> dict:
 # --- contrasts, findings and claims --------------------------------------------------------------------------------
 
 
+def curve_text(points: Sequence[Mapping], knob: str) -> str:
+    """"k = 1 0.08 [0.06, 0.10], k = 2 0.39 […], k = 3 0.10 […] (blind 0.04, 0.05, 0.04; not monotone)"."""
+    cells = ", ".join(f"{value_label(knob, p[knob])} {p['score']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]" for p in points)
+    blinds = ", ".join(f"{p['blind']:.2f}" for p in points)
+    scores = [p["score"] for p in points]
+    steps = [b - a for a, b in zip(scores, scores[1:])]
+    shape = ("" if len(steps) < 2 else "; monotone" if all(d <= 0 for d in steps) or all(d >= 0 for d in steps)
+             else "; not monotone")
+    return f"{cells} (blind {blinds}{shape})"
+
+
 def diagnosis_contrasts(rows: Rows, pooled: Mapping[int, Rows], model: str, pool_factor: int) -> dict:
-    """The contrasts notebook 02 reads its findings and claims 1–5 from, for one model."""
+    """The contrasts notebook 02 reads its findings and claims 1–5 and 11 from, for one model. The k sweep
+    gives one contrast per task (``k_<task>``, and ``k_<task>_at_<n>`` at more images); pooling gives the
+    gain at the most images at ``pool_factor`` (``pooling``) and at r = 2 (``pooling_r2``), and the length
+    effect (``pooling_length``)."""
     pooled_top = max((field(r, "n_images") for rows in pooled.values() for r in rows), default=1)
     k_counts = sorted({field(r, "n_images") for r in select(rows, "k")})
+    gain = f"{model}, pooling gain at {value_label('n_images', pooled_top)}, {MEAN_LABEL}"
+    length = length_effect(pooled, pooled_top, pool_factor,
+                           f"{model}, length effect of pooling (gain at r={pool_factor} at n images − at 1 image), "
+                           f"{MEAN_LABEL}")
     found = {
         "images": sweep_contrast(rows, "images", f"{model}, {MEAN_LABEL}", HEADLINE_TASKS),
         "oddone": sweep_contrast(rows, "images", f"{model}, odd-one accuracy", (ODD_ONE,)),
         "counting_split": contrast(select(rows, "images", ("counting_unbalanced",)),
                                    select(rows, "images", ("counting_balanced",)),
                                    f"{model}, counting accuracy over the images sweep", "Unbalanced", "Balanced"),
-        "pooling": length_effect(pooled, pooled_top, pool_factor,
-                                 f"{model}, pooling gain (r={pool_factor} vs r=1), {MEAN_LABEL}"),
+        "pooling": pooling_gain(pooled, pooled_top, pool_factor, gain),
+        "pooling_r2": pooling_gain(pooled, pooled_top, 2, gain) if pool_factor != 2 else None,
+        "pooling_length": {**length, "reference": pooling_reference(pooled)} if length else None,
         "spread": sweep_contrast(rows, "spread", f"{model}, counting accuracy"),
         "distractors": sweep_contrast(rows, "distractors", f"{model}, counting accuracy"),
         **length_contrasts(rows, model),
     }
     for count in k_counts:
-        name = "k" if count == k_counts[0] else f"k_at_{count}"
-        found[name] = sweep_contrast(rows, "k", f"{model}, mean of counting and listing at "
-                                                f"{value_label('n_images', count)}", n_images=count)
+        for task in sorted({r["task"] for r in select(rows, "k", n_images=count)}):
+            name = f"k_{task}" if count == k_counts[0] else f"k_{task}_at_{count}"
+            found[name] = sweep_contrast(rows, "k", f"{model}, {task} at {value_label('n_images', count)}",
+                                         (task,), n_images=count)
     return {name: value for name, value in found.items() if value is not None}
 
 
 #: Each contrast of :func:`diagnosis_contrasts` and the direction the paper gives it (claim id or None).
-#: ``blank`` is the paper's length thesis ("longer vision sequences alone lower accuracy"); its claim id
-#: is set where the claims table defines the row. ``distraction`` (distractors − blank images at the same
-#: image count) has no stated direction.
+#: Claim 11 (the length thesis) is read on the blank-image control: its mean over the tasks (``blank``) and
+#: each task (``blank_counting``, ``blank_listing``: the same 1-image questions beside blank images), each a
+#: part. ``distraction`` (distractors − blank images at the same image count) has no stated direction.
 DIAGNOSIS_DIRECTIONS = {"images": ("1", -1), "oddone": (None, -1), "counting_split": (None, None),
-                        "pooling": ("2", +1), "spread": ("3", -1), "distractors": ("4", -1), "k": ("5", -1),
-                        "blank": (None, -1), "blank_counting": (None, -1), "blank_listing": (None, -1),
-                        "distraction": (None, None)}
+                        "pooling": ("2", +1), "pooling_r2": ("2", +1), "pooling_length": (None, +1),
+                        "spread": ("3", -1), "distractors": ("4", -1), "blank": ("11", -1),
+                        "blank_counting": ("11", -1), "blank_listing": ("11", -1), "distraction": (None, None)}
+#: Claims read in parts, one per task: reproduced only when every task's part is.
+CLAIMS_IN_PARTS = ("5", "11")
 
 
 def direction(name: str) -> tuple[str | None, int | None]:
-    """The claim and sign of one contrast (the k sweep at more images follows claim 5's direction; None:
-    the paper states no direction, e.g. Balanced vs Unbalanced)."""
-    return DIAGNOSIS_DIRECTIONS.get(name, (None, -1))
+    """The claim and sign of one contrast: the k sweep at one image per task is claim 5, at more images it
+    follows claim 5's direction without being the claim; None: the paper states no direction (e.g.
+    Balanced vs Unbalanced)."""
+    if name in DIAGNOSIS_DIRECTIONS:
+        return DIAGNOSIS_DIRECTIONS[name]
+    if name.startswith("k_") and "_at_" not in name:
+        return ("5", -1)
+    return (None, -1)
 
 
 def diagnosis_findings(contrasts_by_model: Mapping[str, Mapping],
                        names: Iterable[str] | None = None) -> list[str]:
-    """One sentence per model and contrast (all, or those whose name is in ``names`` or starts with one
-    of them followed by ``_at_``), each with the paper's direction and the verdict."""
+    """One sentence per model and contrast (all, or those whose name is in ``names`` or starts with one of
+    them followed by ``_``, e.g. ``k`` → ``k_listing``, ``k_listing_at_4``), each with the paper's
+    direction and the verdict."""
     wanted = None if names is None else tuple(names)
 
     def chosen(name: str) -> bool:
-        return wanted is None or name in wanted or any(name.startswith(f"{w}_at_") for w in wanted)
+        return wanted is None or name in wanted or any(name.startswith(f"{w}_") for w in wanted)
 
     return [finding(found, direction(name)[1]) for contrasts in contrasts_by_model.values()
             for name, found in contrasts.items() if chosen(name)]
 
 
-def _measures(found: Mapping) -> dict[str, str]:
-    """What each of claims 1–5 measured, in words."""
+def _measure(claim: str, found: Mapping) -> str:
+    """What claim ``claim`` measured, in words, from its (first) contrast."""
     held = [" or ".join(map(str, side)) for side in found.get("images") or ([], [])]
+    fixed = (found.get("fixed") or {}).get("n_images")
+    pairing = ("same questions, paired" if found.get("paired") else
+               "different questions, read on score − blind" if found.get("adjusted") else
+               "different questions with the same answer distribution, unpaired")
     return {
         "1": f"{MEAN_LABEL} ({', '.join(HEADLINE_TASKS)}) at {found.get('b_label')} − at {found.get('a_label')} "
-             "(different questions, unpaired)",
-        "2": f"length effect: pooling gain (score at r={found.get('pool')} − at r=1, same questions) at "
-             f"{found.get('b_label')} minus at 1 image, {MEAN_LABEL}; r={found.get('pool')} is the largest factor "
-             f"keeping >= {MIN_TOKENS_PER_IMAGE} vision tokens per image",
+             f"({pairing})",
+        "2": f"pooling gain at {value_label('n_images', found.get('n_images'))} (score at r − at r=1, same "
+             f"questions), {MEAN_LABEL}, at r={found.get('pool')} (the largest factor keeping >= "
+             f"{MIN_TOKENS_PER_IMAGE} vision tokens per image) and at r=2",
         "3": f"counting accuracy at {found.get('b_label')} − at {found.get('a_label')} "
-             + (f"(same image count, {held[0]})" if held[0] == held[1] else f"(image counts {held[0]} vs {held[1]})"),
-        "4": f"counting accuracy with {found.get('b_label')} − with {found.get('a_label')} (target in one image)",
-        "5": f"mean of counting and listing at {found.get('b_label')} − at {found.get('a_label')}, "
-             f"{value_label('n_images', (found.get('fixed') or {}).get('n_images'))}",
-    }
+             + (f"(same image count, {held[0]}; {pairing})" if held[0] == held[1]
+                else f"(image counts {held[0]} vs {held[1]}; {pairing})"),
+        "4": f"counting accuracy with {found.get('b_label')} − with {found.get('a_label')} (target in one image; "
+             f"{pairing})",
+        "5": f"counting and listing, each at {found.get('b_label')} − at {found.get('a_label')}, "
+             f"{value_label('n_images', fixed)} ({pairing})",
+        "11": f"each padded task with {found.get('b_label')} − with {found.get('a_label')}, the target beside "
+              f"blank images ({pairing})",
+    }[claim]
+
+
+def _claim_two(contrasts: Mapping[str, Mapping], note: str) -> dict:
+    """Claim 2 in parts: the pooling gain at the most images at the claim's factor and at r = 2 (both read
+    against the 1-image skill); the length effect as a second line of the note."""
+    found = contrasts["pooling"]
+    gains = [contrasts[name] for name in ("pooling", "pooling_r2") if name in contrasts]
+    parts = [part(f"r = {g['pool']}", g, +1, reference=g["reference"]) for g in gains]
+    length = contrasts.get("pooling_length")
+    if length:
+        note += (f"; second line, not the verdict — the length effect (gain at r={length['pool']} at "
+                 f"{length['b_label']} minus at 1 image): {stats.interval_text(length['diff'], length['lo'], length['hi'])}, "
+                 f"the gain at 1 image being {length['a']:+.2f}")
+    return claim_entry("2", found["diff"], found["lo"], found["hi"], _measure("2", found), n=found["n"], note=note,
+                       reference=found["reference"], parts=parts)
+
+
+def _claim_in_parts(claim: str, contrasts: Mapping[str, Mapping], note: str) -> dict | None:
+    """A claim read per task (5: the k sweep at one image; 11: the blank-image control): each task's
+    contrast a part with its own reference condition (reproduced only if every task is), every curve of
+    the claim's sweep, at one image count and at more, in the note."""
+    names = [name for name in contrasts if direction(name)[0] == claim]
+    if not names:
+        return None
+    parts = [part(contrasts[name]["subject"].split(", ", 1)[-1], contrasts[name], CLAIMS[claim].sign,
+                  reference=contrasts[name]["reference"]) for name in names]
+    experiment = "k_" if claim == "5" else "blank_"
+    curves = [f"{found['subject'].split(', ', 1)[-1]} by {found['knob'].replace('n_images', 'images')}: "
+              f"{curve_text(found['curve'], found['knob'])}"
+              for name, found in contrasts.items() if name.startswith(experiment) and found.get("curve")]
+    first = contrasts[names[0]]
+    note += "".join(f"; {line}" for line in curves)
+    return claim_entry(claim, first["diff"], first["lo"], first["hi"], _measure(claim, first),
+                       n=sum(contrasts[name]["n"] for name in names), note=note, parts=parts)
 
 
 def diagnosis_claims(contrasts: Mapping[str, Mapping], model: str) -> dict[str, dict]:
-    """Claims 1–5 (:func:`mimic_utils.analysis.claims.claim_entry`) from one model's contrasts; a claim whose
-    contrast could not be formed is left out (the claims table marks it missing)."""
+    """Claims 1–5 and 11 (:func:`mimic_utils.analysis.claims.claim_entry`) from one model's contrasts, each with its
+    reference condition and, where the two ends hold different questions, its blind-adjusted effect; a
+    claim whose contrast could not be formed is left out (the claims table marks it missing)."""
+    note = f"model {model}"
     entries = {}
     for name, found in contrasts.items():
         claim = direction(name)[0]
-        if claim is None:
+        if claim is None or claim == "2" or claim in CLAIMS_IN_PARTS:
             continue
-        note = f"model {model}"
-        if max(found["a"], found["b"]) == 0:
-            note += (f"; the score is 0 at both ends ({found['a_label']}, {found['b_label']}): the model is at the "
-                     "floor here, so this design cannot show the effect for it")
-        if claim == "2" and "gain_at_n" in found:
-            gain = found["gain_at_n"]
-            note += (f"; the pooling gain at {found['b_label']} alone: "
-                     f"{stats.interval_text(gain['diff'], gain['lo'], gain['hi'])} "
-                     f"({stats.change_word(gain['lo'], gain['hi'])}), at 1 image: {found['a']:+.2f} — "
-                     "a length effect that comes from losing less at many images than at one is not a gain")
-        if claim == "5":
-            note += "".join(f"; {other['b_label']} − {other['a_label']} at {other['fixed']['n_images']} images: "
-                            f"{stats.interval_text(other['diff'], other['lo'], other['hi'])}"
-                            for key, other in contrasts.items() if key.startswith("k_at_"))
-        entries[claim] = claim_entry(claim, found["diff"], found["lo"], found["hi"], _measures(found)[claim],
-                                     n=found["n"], note=note)
-    return entries
+        curve_line = f"; the curve: {curve_text(found['curve'], found['knob'])}" if found.get("curve") else ""
+        entries[claim] = claim_entry(claim, found["diff"], found["lo"], found["hi"], _measure(claim, found),
+                                     n=found["n"], note=note + curve_line, reference=found["reference"],
+                                     adjusted=found.get("adjusted"))
+    if "pooling" in contrasts:
+        entries["2"] = _claim_two(contrasts, note)
+    for claim in CLAIMS_IN_PARTS:
+        entry = _claim_in_parts(claim, contrasts, note)
+        if entry:
+            entries[claim] = entry
+    return dict(sorted(entries.items(), key=lambda kv: int(kv[0])))
 
 
 # --- the length control: the same questions beside blank images, beside distractors --------------------------
@@ -567,16 +667,18 @@ def answer_findings(summary: pd.DataFrame, model: str) -> list[str]:
 
 
 def paired_table(rows_a: Rows, rows_b: Rows, by: Sequence[str], label: str | None = None) -> pd.DataFrame:
-    """``b − a`` per group of ``by`` on the same questions (paired): a, b, diff, lo, hi, McNemar's p and
-    the word of the rule; ``label`` names the group's task set when the rows span several tasks."""
+    """``b − a`` per group of ``by`` on the same questions (paired): a, b, diff, lo, hi, the blind baseline,
+    McNemar's p and the word of the rule ("not testable here (floor)" where ``a``'s score is not above the
+    blind baseline); ``label`` names the group's task set when the rows span several tasks."""
     other = group(rows_b, by)
     lines = []
     for key, members in group(rows_a, by).items():
         found = stats.difference(members, other.get(key, []), paired=True)
+        testable = stats.above_baseline(reference_of(members, "a"))
         lines.append({**({"task": label} if label else {}), **dict(zip(by, key)), "n": len(members),
-                      **{k: _round(found[k]) for k in ("a", "b", "diff", "lo", "hi")},
+                      **{k: _round(found[k]) for k in ("a", "b", "diff", "lo", "hi")}, "blind": _round(blind(members)),
                       "p_mcnemar": _round(found.get("p_mcnemar", math.nan)),
-                      "change": stats.change_word(found["lo"], found["hi"])})
+                      "change": stats.change_word(found["lo"], found["hi"]) if testable else stats.FLOOR})
     return pd.DataFrame(lines)
 
 
@@ -620,8 +722,8 @@ def comparison_findings(rows_by_model: Mapping[str, Rows], base: str, other: str
 
 
 def comparison_claim(claim: str, rows_by_model: Mapping[str, Rows], base: str, other: str) -> dict | None:
-    """A finetuning claim (7, 8): ``other − base`` over every task of the images sweep, mean over tasks,
-    paired on the same questions."""
+    """A finetuning claim (7): ``other − base`` over every task of the images sweep, mean over tasks,
+    paired on the same questions, read against the base model's score (its reference condition)."""
     found = comparison_contrasts(rows_by_model, base, other).get("mimic")
     if found is None:
         return None
@@ -629,7 +731,28 @@ def comparison_claim(claim: str, rows_by_model: Mapping[str, Rows], base: str, o
                        f"MIMIC mean over the {len({r['task'] for r in select(rows_by_model[base], 'images')})} "
                        f"tasks of the images sweep, {other} − {base} "
                        f"({'same questions, paired' if found.get('paired') else 'different question sets, unpaired'})",
-                       n=found["n"])
+                       n=found["n"], reference={**found["reference"], "label": f"{base}, MIMIC mean over tasks"})
+
+
+def seeded_claim(claim: str, runs_base: Sequence[Rows], runs_other: Sequence[Rows], base: str, other: str,
+                 seeds: Sequence[int], note: str = "", experiment: str = "images") -> dict:
+    """A finetuning claim trained with several seeds (8): ``other − base`` over every task of ``experiment``,
+    paired on the same questions, with the interval of :func:`mimic_utils.analysis.stats.seed_difference` (seeds and
+    questions resampled together); the reference condition is the seed-averaged ``base`` model with its
+    interval from the same resample; each seed's own difference and their SD go into the note."""
+    runs_a, runs_b = ([select(rows, experiment) for rows in runs] for runs in (runs_base, runs_other))
+    found = stats.seed_difference(runs_a, runs_b)
+    per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in zip(seeds, found["per_seed"]))
+    spread = f"SD {found['seed_sd']:.4f}" if math.isfinite(found["seed_sd"]) else "one seed: no SD"
+    note = (f"interval resamples the {found['seeds']} seeds and the {found['n_a']} questions together; per-seed "
+            f"paired differences {per_seed} ({spread})" + (f"; {note}" if note else ""))
+    reference = stats.reference(f"{base}, MIMIC mean over tasks (seed-averaged)", found["a"], found["a_lo"],
+                                found["a_hi"], stats.blind_mean(runs_a[0]))
+    tasks = len({r["task"] for r in runs_a[0]})
+    return claim_entry(claim, found["diff"], found["lo"], found["hi"],
+                       f"MIMIC mean over the {tasks} tasks of the {experiment} sweep, {other} − {base} (same "
+                       f"questions, paired; seed-averaged over {found['seeds']} seeds)", n=found["n_a"], note=note,
+                       reference=reference)
 
 
 # --- metrics.json ----------------------------------------------------------------------------------------

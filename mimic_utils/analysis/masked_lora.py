@@ -1,6 +1,7 @@
 """Notebook 05's tables and claim 8 from the ablation's prediction rows (:mod:`mimic_utils.training.lora_ablation`):
 each run's score, each variant's seed-averaged score with the spread of its seeds, the paired per-seed
-differences, the claim entry and the sentences of the paired comparisons.
+differences, claim 8's entry (its interval resamples seeds and questions together) and the sentences of the
+paired comparisons.
 
 Scores are :func:`mimic_utils.analysis.stats.estimate` (mean over tasks, bootstrap over questions); a
 variant's seed-averaged rows hold each question's score averaged over seeds, so its interval covers the
@@ -42,14 +43,13 @@ def per_seed_differences(run_rows: Mapping[tuple[str, int], Rows], unmasked: str
     return {seed: stats.difference(run_rows[(unmasked, seed)], run_rows[(masked, seed)])["diff"] for seed in seeds}
 
 
-def claim8(rows: Mapping[str, Rows], unmasked: str, masked: str, differences: Mapping[int, float], model: str,
+def claim8(run_rows: Mapping[tuple[str, int], Rows], unmasked: str, masked: str, seeds: Sequence[int], model: str,
            steps: int) -> dict:
-    """Claim 8's entry: the seed-averaged paired difference masked − unmasked, with the per-seed differences
-    in its note."""
-    return {**diagnosis.comparison_claim("8", rows, unmasked, masked),
-            "note": f"per-question scores averaged over {len(differences)} seeds (interval over questions); per-seed "
-                    "paired differences " + ", ".join(f"seed {s} {d:+.3f}" for s, d in differences.items())
-                    + f"; {model}, {steps} steps"}
+    """Claim 8's entry (:func:`mimic_utils.analysis.diagnosis.seeded_claim`): masked − unmasked, paired on the
+    same questions, its interval resampling seeds and questions together; the per-seed differences and
+    their SD in its note."""
+    return diagnosis.seeded_claim("8", [run_rows[(unmasked, s)] for s in seeds], [run_rows[(masked, s)] for s in seeds],
+                                  unmasked, masked, seeds, note=f"{model}, {steps} steps")
 
 
 def mimic_line(rows: Mapping[str, Rows], a: str, b: str, why: str) -> str | None:

@@ -2,9 +2,12 @@
 
 Every sentence is computed from the notebooks' ``metrics.json`` files, so the report cannot drift from the
 results. Its centre is the claims table (:mod:`mimic_utils.analysis.claims`): one row per claim of the paper, in the
-paper's direction, with the measured effect, its 95% interval and a verdict from the one rule of
-:mod:`mimic_utils.analysis.stats`. A claim no notebook measured stays in the table as "missing", and a notebook that
-has not run (or is a placeholder) is reported as such, never skipped silently.
+paper's direction, with the measured effect, its 95% interval (and the blind-adjusted one), its reference
+condition against its baseline, and a verdict re-read from those numbers by the one rule of
+:mod:`mimic_utils.analysis.stats` (reproduced, opposite, inconclusive, not testable here (floor / format), analytic,
+not measured, missing), every verdict counted. A claim no notebook measured stays in the table as
+"missing", and a notebook that has not run (or is a placeholder) is reported as such, never skipped
+silently.
 
 For the README: ``claims_section(profile)`` returns the claims table's Markdown for a profile.
 """
@@ -23,21 +26,37 @@ from mimic_utils.analysis.sentences import claims_sentences
 
 NOTEBOOKS = ("01_data_build", "02_zero_shot_diagnosis", "03_attention_analysis", "04_data_centric_finetune",
              "05_masked_qlora_finetune", "06_cross_benchmark_eval")
+
 #: How to read every number of the report (and of notebook 06): the rule behind each word.
 HOW_TO_READ = [
-    "**Verdicts.** A claim is *reproduced* only when the 95% interval of its effect excludes 0 in the "
-    "paper's direction, *opposite* when it excludes 0 the other way, *inconclusive* when it contains 0, and "
-    "*missing* when no notebook measured it. Trend words (rises / falls / no detectable change) follow the "
-    "same rule.",
+    "**Verdicts.** A claim is read only where its *reference condition* (the condition the claim needs to "
+    "be above what a model ignoring the images scores: the 1-image score before images are added, the base "
+    "model before finetuning; named in each row) lies above its blind baseline, chance or uniform attention, "
+    "its 95% interval excluding it; otherwise it is *not testable here (floor)*, with both numbers. A read "
+    "claim is *reproduced* only when the 95% interval of its effect excludes 0 in the paper's direction, "
+    "*opposite* when it excludes 0 the other way, *inconclusive* when it contains 0. A multiple-choice "
+    "letter score of a model that rarely answers with a letter is *not testable here (format)*; a figure "
+    "from a formula alone is *analytic, not measured* and never counts as reproduced; *missing*: no "
+    "notebook measured it (or its entry lacks a number the rule needs, named). Trend words (rises / falls "
+    "/ no detectable change) follow the same rule and the same floor guard.",
+    "**Blind adjustment.** Where the two ends of a comparison hold different questions whose answers are "
+    "distributed differently (1 vs 10 images, k), the blind baseline changes by itself; the effect on "
+    "score − blind (its interval from the same resample) stands beside the raw one and the verdict is read "
+    "on it. Two models on the same questions share their blind baseline.",
+    "**Parts.** A claim read in parts (claim 2: two pooling factors; claim 5: counting and listing; claim 9: "
+    "FLOPs and time) is reproduced (or opposite) only when every part is; a part not testable makes the "
+    "whole not testable; parts that disagree make it inconclusive.",
     "**Intervals.** 95%: Wilson for an accuracy (a 0/1 score per question); a seeded percentile bootstrap "
     "over questions (resampled within each task) for Listing F1, means over tasks and differences. Two "
     "models on the same questions are compared paired (the same resampled questions for both, plus "
-    "McNemar's exact p).",
+    "McNemar's exact p). A model trained with several seeds: the bootstrap resamples seeds and questions "
+    "together; each seed's own effect and their SD are in the claim's note.",
     "**Baselines.** *blind*: the best constant answer (the most frequent ground truth, officially scored); "
     "*chance*: 1 / options for a multiple-choice question. *above / below baseline* again means the score's "
     "interval excludes the baseline.",
     "**Parse rate.** The share of multiple-choice replies from which a valid option letter was read. Below "
-    "0.5 the reading is \"does not answer in the letter format\", not a transfer result.",
+    "0.5 the reading is \"does not answer in the letter format\", not a transfer result; a score by option "
+    "likelihood needs no letter.",
 ]
 
 

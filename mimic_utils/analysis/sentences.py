@@ -3,8 +3,9 @@ a claim's row, a claim's verdict in words, and the FLOPs saving. Notebooks print
 ``metrics.json`` (``findings``), from which the report is composed.
 
 Words follow the study's one rule (:func:`mimic_utils.analysis.stats.change_sentence`,
-:func:`~mimic_utils.analysis.stats.change_word`): a direction only when the 95% interval excludes 0. This
-module computes nothing: it words numbers computed elsewhere.
+:func:`~mimic_utils.analysis.stats.change_word`): a direction only when the 95% interval excludes 0, and only
+where the reference condition lies above its baseline (otherwise the floor guard's sentence,
+:func:`~mimic_utils.analysis.stats.floor_sentence`). This module computes nothing: it words numbers computed elsewhere.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from mimic_utils.analysis import stats
-from mimic_utils.analysis.stats import change_word, interval_text
+from mimic_utils.analysis.claims import effect_cell, parts_text
+from mimic_utils.analysis.stats import above_baseline, change_word, floor_sentence, interval_text, reference
 
 
 # --- contrasts (notebooks 02, 04, 05) --------------------------------------------------------------------------
@@ -26,22 +28,35 @@ def paper_word(sign: int) -> str:
 
 
 def finding(found: Mapping | None, expected: int | None = None) -> str | None:
-    """One sentence from the one rule for words, with the paper's direction and the verdict if known."""
+    """One sentence from the one rule for words (the floor sentence where the contrast's reference condition
+    is not above its blind baseline), with the paper's direction and the verdict if known."""
     if found is None:
         return None
-    line = stats.change_sentence(found["subject"], found["a_label"], found["b_label"], found)
+    line = stats.change_sentence(found["subject"], found["a_label"], found["b_label"], found,
+                                 reference=found.get("reference"))
     if expected is None:
         return line
-    verdict = stats.verdict(found["lo"], found["hi"], expected)
-    return f"{line[:-1]}; the paper: {paper_word(expected)} (verdict: {verdict})."
+    return f"{line[:-1]}; the paper: {paper_word(expected)} (verdict: {stats.contrast_verdict(found, expected)})."
 
 
 # --- attention with depth (notebook 03) -----------------------------------------------------------------------
 
 
+def fade_reference(effect: Mapping) -> dict:
+    """Claim 6's reference condition from :func:`mimic_utils.analysis.attention.fade_effect`: the ratio to
+    uniform attention in the first third of the layers, which must lie above 1 (uniform) for a fade from it
+    to mean anything."""
+    first, layers = effect["first_interval"], effect["first_layers"]
+    return reference(f"ratio to uniform attention in {_layers(layers)}", effect["first_ratio"], first[0], first[1],
+                     1.0, "uniform attention")
+
+
 def fade_sentence(effect: dict, subject: str = "Image tokens' attention to other images") -> str:
-    """One sentence from :func:`fade_effect` under the study's rule: a direction only when the interval
-    of the change excludes 0."""
+    """One sentence from :func:`mimic_utils.analysis.attention.fade_effect` under the study's rule: a direction
+    only when the interval of the change excludes 0, and only when the first third's ratio lies above
+    uniform attention (the floor guard: :func:`fade_reference`)."""
+    if not above_baseline(fade_reference(effect)):
+        return floor_sentence(subject, fade_reference(effect), {"diff": effect["effect"], **effect})
     word = change_word(effect["lo"], effect["hi"], up="rises", down="fades")
     first, last = effect["first_interval"], effect["last_interval"]
     return (f"{subject}, relative to uniform attention over the keys each token can see: "
@@ -69,28 +84,27 @@ def cell_sentence(row: Mapping) -> str:
 
 # --- the claims table (notebook 06 and the report) ------------------------------------------------------------
 
-VERDICTS = ("reproduced", "opposite", "inconclusive", "missing")
+VERDICTS = stats.VERDICTS
 
 
 def verdict_counts(rows: Sequence[Mapping]) -> str:
-    """"2 reproduced, 1 opposite, 3 inconclusive, 3 missing" (every verdict named, zeros included)."""
+    """"2 reproduced, 1 opposite, 3 inconclusive, 1 not testable here (floor), …, 1 missing" (every verdict
+    named, zeros included)."""
     counts = Counter(row["verdict"] for row in rows)
     return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
 
 
-def _effect_text(row: Mapping) -> str:
-    if row.get("effect") is None:
-        return "no value"
-    return f"{row['effect']:+.3f} [95% CI {row['lo']:+.3f}, {row['hi']:+.3f}]"
-
-
 def claim_sentence(row: Mapping) -> str:
-    """One claim's row in words: its verdict, the effect with interval, and what was measured."""
+    """One claim's row in words: its verdict, the effect with interval (and blind-adjusted), the reference
+    condition against its baseline, its parts, and what was measured."""
     head = f"Claim {row['claim']}, \"{row['statement']}\": **{row['verdict']}**"
-    if row["verdict"] == "missing":
+    if row["verdict"] == stats.MISSING:
         return f"{head}, {row['measure']}."
+    ref = row.get("reference")
+    ref_text = "" if not ref else f"; reference condition {stats.reference_text(ref)}"
+    parts = f"; parts: {parts_text(row['parts'])}" if row.get("parts") else ""
     note = f" ({row['note']})" if row.get("note") else ""
-    return f"{head}; {row['measure']}: {_effect_text(row)}{note}."
+    return f"{head}; {row['measure']}: {effect_cell(row, sentence=True)}{ref_text}{parts}{note}."
 
 
 def claims_sentences(rows: Sequence[Mapping]) -> list[str]:
@@ -102,12 +116,14 @@ def claims_sentences(rows: Sequence[Mapping]) -> list[str]:
 # --- a claim's verdict in words (notebooks 03, 05) ------------------------------------------------------------
 
 #: How a verdict reads in a claim's sentence.
-VERDICT_VERBS = {"reproduced": "reproduced", "opposite": "contradicted", "inconclusive": "not settled"}
+VERDICT_VERBS = {"reproduced": "reproduced", "opposite": "contradicted", "inconclusive": "not settled",
+                 stats.FLOOR: "not testable"}
 
 
 def verdict_sentence(claim: str, verdict: str, where: str, because: Mapping[str, str]) -> str:
     """"Claim 6 is reproduced for organism: <because[verdict]>"; ``where`` is "for …" or "on …" and ``because``
-    says, for each of reproduced / opposite / inconclusive, what that verdict means for this claim."""
+    says, for each of reproduced / opposite / inconclusive / not testable here (floor), what that verdict means
+    for this claim."""
     if verdict not in VERDICT_VERBS:
         raise ValueError(f"claim {claim}: verdict {verdict!r} is none of {list(VERDICT_VERBS)}")
     return f"Claim {claim} is {VERDICT_VERBS[verdict]} {where}: {because[verdict]}"
@@ -121,6 +137,8 @@ def attention_fade_meaning(verdict: str, model: str, samples: int) -> str:
         "opposite": "measured against uniform attention, image tokens look at the other images more in the deep "
                     "layers than in the early ones.",
         "inconclusive": f"the change with depth lies within the uncertainty of {samples} samples.",
+        stats.FLOOR: "in the first third of the layers image tokens attend to the other images no more than uniform "
+                     "attention would, so there is no cross-image attention to fade.",
     })
 
 
@@ -133,6 +151,8 @@ def masked_lora_meaning(verdict: str, model: str, questions: int, seeds: int) ->
                     "with unmasked LoRA.",
         "inconclusive": f"the difference between masked and unmasked LoRA is within the uncertainty of {questions} "
                         f"questions and {seeds} seeds.",
+        stats.FLOOR: "unmasked LoRA does not score above the blind baseline, so there is no multi-image skill for "
+                     "the mask to add to.",
     })
 
 
@@ -140,8 +160,8 @@ def masked_lora_meaning(verdict: str, model: str, questions: int, seeds: int) ->
 
 
 def flops_sentence(row: Mapping, shape: Mapping) -> str:
-    """The analytic FLOPs saving of one row of :func:`mimic_utils.analysis.mask_flops.compute_table` at model
-    size ``shape`` (e.g. :data:`~mimic_utils.analysis.mask_flops.LLAVA_OV_7B`), against the paper's figure."""
+    """The analytic FLOPs saving (the formula beside claim 9's measurements) of one row of
+    :func:`mimic_utils.analysis.mask_flops.compute_table` at model size ``shape`` (e.g. :data:`~mimic_utils.analysis.mask_flops.LLAVA_OV_7B`), against the paper's figure."""
     return (f"At LLaVA-OV-7B size with {int(row['n_images'])} images of {shape['tokens_per_image']} tokens, masking "
             f"layers {shape['layers'] - shape['masked_layers']}–{shape['layers'] - 1} "
             f"saves {row['masked_layer_attention_saving']:.0%} of each masked layer's attention FLOPs, "
@@ -149,8 +169,20 @@ def flops_sentence(row: Mapping, shape: Mapping) -> str:
             f"(the paper: about 81%, counting not stated).")
 
 
-def forward_time_sentence(ratio: float) -> str:
-    """The organism's measured masked / dense forward time, with how far to trust it."""
+def measured_compute_sentence(measured: Mapping, verdict: str) -> str:
+    """Claim 9 as measured (:func:`mimic_utils.analysis.mask_flops.measure_compute`): one masked layer's
+    attention FLOPs counted and its time against the dense causal layer, and the claim's verdict."""
+    counted, timed = measured["attention_flops"], measured["attention_time"]
+    layout = counted["layout"]
+    saving = interval_text(timed["saving"], timed["lo"], timed["hi"])
+    return (f"Measured at {layout['images']} images × {layout['tokens_per_image']} tokens, one masked layer's "
+            f"attention executes {counted['saving']:.0%} fewer FLOPs than the dense causal layer (FlopCounterMode) and "
+            f"takes {timed['masked_over_dense']:.2f}× its time, saving {saving} on this machine; claim 9: {verdict}.")
+
+
+def forward_time_sentence(ratio: float, flops_saving: float) -> str:
+    """The organism's measured masked / dense forward time and its counted FLOPs saving, with how far to
+    trust the time."""
     return (f"On this machine the organism's masked forward took {ratio:.2f}× the dense time (median over image "
-            "counts, one timing run on a shared machine: a rough ratio); at the organism's size attention is a small "
-            "part of each layer's work.")
+            f"counts, one timing run on a shared machine: a rough ratio) for {flops_saving:.1%} fewer FLOPs in all; "
+            "at the organism's size attention is a small part of each layer's work.")

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 from PIL import Image
 
@@ -155,42 +154,6 @@ def _timed(run: Callable[[], object], repeats: int) -> dict:
     return {"min": round(seconds[0], 5), "median": round(seconds[len(seconds) // 2], 5)}
 
 
-def _layer_inputs(images: int, tokens: int, text: int, heads: int, kv_heads: int, dim: int, seed: int,
-                  device: str = "cpu", dtype=None):
-    """Query/key/value of one decoder layer for one sample laid out as LLaVA-OV lays out a multi-image
-    prompt (a few text tokens, the images back to back, the question), with its block ids. Drawn on the
-    CPU (the same numbers whatever the device), then moved to ``device`` and ``dtype``."""
-    import torch
-
-    prefix = min(5, text)
-    block_ids = torch.full((1, images * tokens + text), -1, dtype=torch.long)
-    block_ids[0, prefix : prefix + images * tokens] = torch.arange(images).repeat_interleave(tokens)
-    length = block_ids.shape[1]
-    generator = torch.Generator().manual_seed(seed)
-    query = torch.randn(1, heads, length, dim, generator=generator)
-    key, value = (torch.randn(1, kv_heads, length, dim, generator=generator) for _ in range(2))
-    moved = (tensor.to(device=device, dtype=dtype) for tensor in (query, key, value))
-    return (*moved, block_ids.to(device))
-
-
-def _attention_call(query, key, value, block_ids, mode: str | None) -> Callable[[], object]:
-    """One layer's attention as a decoder layer calls it, output ``[B, S, H, D]``: outside a context
-    (``mode`` None) the registered function is transformers' SDPA; inside, the masked layer in ``mode``."""
-    from mimic_utils.models import masking
-
-    groups = query.shape[1] // key.shape[1]
-    module = SimpleNamespace(layer_idx=0, num_key_value_groups=groups, is_causal=True, training=False)
-    scaling = query.shape[-1] ** -0.5
-
-    def run():
-        if mode is None:
-            return masking.attention_forward(module, query, key, value, None, scaling=scaling)[0]
-        with masking.image_blocks(block_ids, [0], mode=mode):
-            return masking.attention_forward(module, query, key, value, None, scaling=scaling)[0]
-
-    return run
-
-
 def _flops_ratio(images: int, tokens: int, length: int) -> float:
     """Query-key pairs of the masked layer over the dense one (text rows see the whole sequence)."""
     text_rows = length - images * tokens
@@ -201,8 +164,10 @@ def _time_attention_op(args: argparse.Namespace) -> dict:
     """One layer's attention: plain causal SDPA against the image-block masked layer (both modes)."""
     import torch
 
-    inputs = _layer_inputs(args.images, args.tokens, args.text, args.heads, args.kv_heads, args.head_dim, args.seed)
-    runs = {name: _attention_call(*inputs, mode) for name, mode in
+    from mimic_utils.analysis.mask_flops import attention_call, layer_inputs
+
+    inputs = layer_inputs(args.images, args.tokens, args.text, args.heads, args.kv_heads, args.head_dim, args.seed)
+    runs = {name: attention_call(*inputs, mode) for name, mode in
             (("dense_causal", None), ("masked_blockwise", "blockwise"), ("masked_dense", "dense"))}
     with torch.no_grad():
         timings = {name: _timed(run, args.repeats) for name, run in runs.items()}
@@ -715,15 +680,16 @@ def _gpu_attention(args: argparse.Namespace, device: str, dtype) -> dict:
     import torch
 
     from mimic_utils.models import masking, realsize
+    from mimic_utils.analysis.mask_flops import attention_call, layer_inputs
 
     spec = realsize.spec(TRAIN_MODEL, args.tiny)
     heads, kv_heads = spec.text["num_attention_heads"], spec.text["num_key_value_heads"]
     head_dim, tokens = spec.text["hidden_size"] // heads, spec.tokens_per_image
-    inputs = _layer_inputs(args.images, tokens, args.text, heads, kv_heads, head_dim, args.seed, device, dtype)
+    inputs = layer_inputs(args.images, tokens, args.text, heads, kv_heads, head_dim, args.seed, device, dtype)
     modes = (("dense_causal", None), ("masked_blockwise", "blockwise"), ("masked_flex", "flex"),
              ("masked_dense", "dense"))
-    runs = {name: _attention_call(*inputs, mode) for name, mode in modes}
-    reference = _attention_call(*(t.float() if t.is_floating_point() else t for t in inputs), "dense")
+    runs = {name: attention_call(*inputs, mode) for name, mode in modes}
+    reference = attention_call(*(t.float() if t.is_floating_point() else t for t in inputs), "dense")
     with torch.no_grad():
         timings = {name: _timed(run, args.repeats) for name, run in runs.items()}
         block_mask = _timed(lambda: masking.flex_block_mask(inputs[3], None, device), args.repeats)

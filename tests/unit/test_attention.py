@@ -148,14 +148,21 @@ def test_low_cross_layer_reads_the_ratio_against_its_peak():
 
 
 def test_fade_effect_is_late_minus_early_ratio_with_a_sample_bootstrap():
-    frame = synthetic_frame({0: [0.6, 0.4, 0.5], 1: [0.3, 0.3, 0.3], 2: [0.1, 0.2, 0.15]})
+    frame = synthetic_frame({0: [0.6, 0.4, 0.5], 1: [0.3, 0.3, 0.3], 2: [0.1, 0.2, 0.15]}, uniform=0.25)
     effect = attention.fade_effect(frame)
     assert (effect["first_layers"], effect["last_layers"], effect["n"]) == ([0], [2], 3)
-    assert effect["effect"] == pytest.approx((0.15 - 0.5) / 0.5)
+    assert effect["effect"] == pytest.approx((0.15 - 0.5) / 0.25)
     assert effect["lo"] <= effect["effect"] <= effect["hi"] < 0
     assert "fades with depth" in sentences.fade_sentence(effect)
-    level = attention.fade_effect(synthetic_frame({0: [0.2, 0.4], 1: [0.4, 0.2]}))
+    reference = sentences.fade_reference(effect)
+    assert reference["score"] == pytest.approx(2.0) and reference["baseline"] == 1.0
+    level = attention.fade_effect(synthetic_frame({0: [0.2, 0.4], 1: [0.4, 0.2]}, uniform=0.1))
     assert level["lo"] < 0 < level["hi"] and "no detectable change" in sentences.fade_sentence(level)
+    # early layers at uniform attention: there is nothing to fade from (the floor guard)
+    flat = attention.fade_effect(frame.assign(uniform=frame["share"].where(frame["layer"] > 0, 0.5)))
+    assert sentences.fade_sentence(flat).startswith(
+        "Image tokens' attention to other images: not testable here (floor) — the reference condition, ratio to "
+        "uniform attention in layer 0, scores 1.00")
 
 
 def test_versus_uniform_gives_two_lines_for_the_depth_plot():

@@ -8,21 +8,28 @@ import math
 import pandas as pd
 import pytest
 
-from mimic_utils.analysis import diagnosis, sentences
+from mimic_utils.analysis import diagnosis, sentences, stats
 
 
-def rows(task: str, scores: list[float], experiment: str = "images", prefix: str = "q", gt: str = "2",
+#: Ground truths each fixture cell cycles through, so a constant answer is right a quarter of the time.
+ANSWERS = {"counting": ["2", "3", "4", "5"], "listing": ["bus, car", "cat, dog", "cup, fork", "tie, bag"],
+           "common": ["bus", "cat", "cup", "tie"], "oddone": ["bus", "cat", "cup", "tie"]}
+
+
+def rows(task: str, scores: list[float], experiment: str = "images", prefix: str = "q", gt: str | None = None,
          **knobs) -> list[dict]:
-    """Prediction rows of one cell (0/1 scores; Listing rows carry their micro counts)."""
+    """Prediction rows of one cell (0/1 scores; Listing rows carry their micro counts); the ground truths
+    cycle through four answers (blind baseline 0.25) unless ``gt`` fixes one for every question."""
     knobs = {"n_images": 1, "spread": 1, "distractors": 0, "k": 1, **knobs}
     family = task.split("_")[0]
     out = []
     for i, s in enumerate(scores):
+        answer = gt if gt is not None else ANSWERS[family][i % 4]
         row = {"id": f"{prefix}-{task}-{experiment}-{json.dumps(knobs, sort_keys=True)}-{i}", "task": task,
-               "family": family, "scored_as": family, "experiment": experiment, "knobs": dict(knobs), "gt": gt,
+               "family": family, "scored_as": family, "experiment": experiment, "knobs": dict(knobs), "gt": answer,
                "score": float(s)}
         if family == "listing":
-            row.update(gt="bus, car", true_positive=int(2 * s), n_pred=2, n_gt=2)
+            row.update(true_positive=int(2 * s), n_pred=2, n_gt=2)
         out.append(row)
     return out
 
@@ -97,19 +104,28 @@ def test_findings_use_the_rule_and_state_the_paper_direction():
     assert "no detectable change" in sentences.finding(level, -1) and "inconclusive" in sentences.finding(level, -1)
 
 
-def pooled(gain_at_many: int) -> dict[int, list[dict]]:
-    """The same questions at r = 1 and r = 4: pooling changes nothing at 1 image and adds
-    ``gain_at_many`` right answers of 20 per task at 10 images."""
-    base = images_sweep(10, 5)
-    base = [r for r in base if r["task"] != "oddone"]
-    better = []
+def lifted(base: list[dict], n: int, first: int, count: int, score: float) -> list[dict]:
+    """``base`` with the questions ``first .. first + count - 1`` of every task at ``n`` images set to ``score``."""
+    out = []
     for row in base:
-        lifted = dict(row)
+        row = dict(row)
         index = int(row["id"].rsplit("-", 1)[1])
-        if row["knobs"]["n_images"] == 10 and 5 <= index < 5 + gain_at_many:
-            lifted.update(score=1.0, **({"true_positive": 2} if "true_positive" in row else {}))
-        better.append(lifted)
-    return {1: base, 4: better}
+        if row["knobs"]["n_images"] == n and first <= index < first + count:
+            row.update(score=score, **({"true_positive": int(2 * score)} if "true_positive" in row else {}))
+        out.append(row)
+    return out
+
+
+def pooled(gain_at_many: int, gain_r2: int | None = None, loss_at_one: int = 0) -> dict[int, list[dict]]:
+    """The same questions at r = 1, 2 and 4 (10 of 20 right per task at 1 image, 5 at 10 images): pooling
+    adds ``gain_at_many`` right answers per task at 10 images (``gain_r2`` at r = 2, the same by default)
+    and takes ``loss_at_one`` away at 1 image."""
+    base = [r for r in images_sweep(10, 5) if r["task"] != "oddone"]
+
+    def at(gain: int) -> list[dict]:
+        return lifted(lifted(base, 10, 5, gain, 1.0), 1, 0, loss_at_one, 0.0)
+
+    return {1: base, 2: at(gain_at_many if gain_r2 is None else gain_r2), 4: at(gain_at_many)}
 
 
 def test_length_effect_is_the_pooling_gain_at_many_images_minus_at_one():
@@ -120,9 +136,27 @@ def test_length_effect_is_the_pooling_gain_at_many_images_minus_at_one():
     mean = table[(table["task"] == diagnosis.MEAN_LABEL) & (table["pool"] == 4)].set_index("n_images")
     assert mean.loc[10, "gain"] == pytest.approx(0.5) and mean.loc[10, "length_effect"] == pytest.approx(0.5)
     assert mean.loc[1, "gain"] == 0 and math.isnan(mean.loc[1, "length_effect"])
-    # one interval for the gain at 10 images, whether read from the table or from claim 2's effect
+    # one interval for the gain at 10 images, whether read from the table or from the length effect
     assert (mean.loc[10, "gain_lo"], mean.loc[10, "gain_hi"]) == pytest.approx(
         (effect["gain_at_n"]["lo"], effect["gain_at_n"]["hi"]), abs=1e-4)
+
+
+def test_claim_two_is_read_on_the_pooling_gain_at_many_images_not_on_the_length_effect():
+    gain = diagnosis.diagnosis_claims(diagnosis.diagnosis_contrasts([], pooled(10), "m", 4), "m")["2"]
+    assert gain["verdict"] == "reproduced" and gain["effect"] == pytest.approx(0.5)
+    assert [p["name"] for p in gain["parts"]] == ["r = 4", "r = 2"]
+    assert gain["reference"]["label"] == "1 image, no pooling" and gain["reference"]["score"] == pytest.approx(0.5)
+    assert "r=4" in gain["measure"] and "r=2" in gain["measure"] and "not the verdict" in gain["note"]
+    # pooling destroys information at 1 image and changes nothing at 10: a large length effect, no gain
+    losing = diagnosis.diagnosis_contrasts([], pooled(0, loss_at_one=8), "m", 4)
+    assert losing["pooling_length"]["diff"] == pytest.approx(0.4) and losing["pooling_length"]["lo"] > 0
+    claim = diagnosis.diagnosis_claims(losing, "m")["2"]
+    assert claim["effect"] == 0 and claim["verdict"] == "inconclusive"
+    assert "length effect" in claim["note"] and "+0.40" in claim["note"]
+    # the two factors disagree: reproduced only if both are
+    split = diagnosis.diagnosis_claims(diagnosis.diagnosis_contrasts([], pooled(10, gain_r2=0), "m", 4), "m")["2"]
+    assert [p["verdict"] for p in split["parts"]] == ["reproduced", "inconclusive"]
+    assert split["verdict"] == "inconclusive"
 
 
 def test_claim_pool_factor_keeps_four_tokens_per_image():
@@ -133,42 +167,94 @@ def test_claim_pool_factor_keeps_four_tokens_per_image():
     assert diagnosis.claim_pool_factor(per_image) == 4 and diagnosis.claim_pool_factor({1: 16}) == 1
 
 
-def test_diagnosis_claims_one_to_five():
+def k_sweep(counting: tuple[int, int, int], listing: tuple[int, int, int], n_images: int = 1) -> list[dict]:
+    """The k sweep at one image count: right answers of 20 at k = 1, 2, 3 for counting and for listing."""
+    found = []
+    for k, (c, l) in enumerate(zip(counting, listing), start=1):
+        found += rows("counting_unbalanced", [1] * c + [0] * (20 - c), "k", n_images=n_images, k=k)
+        found += rows("listing", [1] * l + [0] * (20 - l), "k", n_images=n_images, k=k)
+    return found
+
+
+def diagnosis_sweep(spread_start: int = 15, counting_k1: int = 15) -> list[dict]:
     sweep = images_sweep(18, 2)
-    sweep += rows("counting_balanced", [1] * 15 + [0] * 5, "spread", n_images=6, spread=1)
+    sweep += rows("counting_balanced", [1] * spread_start + [0] * (20 - spread_start), "spread", n_images=6, spread=1)
     sweep += rows("counting_balanced", [1] * 3 + [0] * 17, "spread", n_images=6, spread=6)
     sweep += rows("counting_unbalanced", [1] * 15 + [0] * 5, "distractors")
     sweep += rows("counting_unbalanced", [1] * 14 + [0] * 6, "distractors", n_images=10, distractors=9)
-    for n in (1, 4):
-        for k, right in ((1, 15), (3, 5)):
-            sweep += rows("counting_unbalanced", [1] * right + [0] * (20 - right), "k", n_images=n, k=k)
-            sweep += rows("listing", [1] * right + [0] * (20 - right), "k", n_images=n, k=k)
-    contrasts = diagnosis.diagnosis_contrasts(sweep, pooled(10), "m", 4)
-    assert {"images", "oddone", "pooling", "spread", "distractors", "k", "k_at_4"} <= set(contrasts)
+    sweep += k_sweep((counting_k1, 10, 5), (15, 18, 5)) + k_sweep((15, 10, 5), (15, 10, 5), n_images=4)
+    return sweep
+
+
+def test_diagnosis_claims_one_to_five():
+    contrasts = diagnosis.diagnosis_contrasts(diagnosis_sweep(), pooled(10), "m", 4)
+    assert {"images", "oddone", "pooling", "pooling_r2", "pooling_length", "spread", "distractors",
+            "k_counting_unbalanced", "k_listing", "k_listing_at_4"} <= set(contrasts)
     claims = diagnosis.diagnosis_claims(contrasts, "m")
-    assert sorted(claims) == ["1", "2", "3", "4", "5"]
+    assert sorted(claims, key=int) == ["1", "2", "3", "4", "5"]
     assert claims["1"]["verdict"] == "reproduced" and claims["2"]["verdict"] == "reproduced"
+    # different questions at the two ends, but the same answer distribution: nothing to adjust
+    assert "adjusted" not in claims["1"] and "same answer distribution" in claims["1"]["measure"]
+    assert claims["1"]["reference"]["label"] == "1 image" and claims["1"]["reference"]["baseline"] == 0.25
     assert claims["3"]["verdict"] == "reproduced" and "same image count, 6" in claims["3"]["measure"]
     assert claims["4"]["verdict"] == "inconclusive"
-    assert claims["5"]["effect"] == pytest.approx(-0.5) and "at 4 images" in claims["5"]["note"]
-    assert "r=4" in claims["2"]["measure"]
+    # claim 5: counting and listing read apart, each k curve on its own
+    five = claims["5"]
+    assert [p["name"] for p in five["parts"]] == ["counting_unbalanced at 1 image", "listing at 1 image"]
+    assert five["verdict"] == "reproduced" and all(p["verdict"] == "reproduced" for p in five["parts"])
+    assert "listing at 1 image by k: k = 1 0.75" in five["note"] and "k = 2 0.90" in five["note"]
+    assert "not monotone" in five["note"] and "listing at 4 images by k" in five["note"]
     lines = diagnosis.diagnosis_findings({"m": contrasts})
     assert len(lines) == len(contrasts) and not any("±" in line for line in lines)
+    assert len(diagnosis.diagnosis_findings({"m": contrasts}, ["k"])) == 4
     json.dumps(diagnosis.jsonable(contrasts), allow_nan=False)
-    assert "floor" not in claims["3"]["note"]
-    floor = [r for r in sweep if r["experiment"] != "spread"]
-    floor += rows("counting_balanced", [0] * 20, "spread", n_images=6, spread=1)
-    floor += rows("counting_balanced", [0] * 20, "spread", n_images=6, spread=6)
-    at_floor = diagnosis.diagnosis_claims(diagnosis.diagnosis_contrasts(floor, pooled(10), "m", 4), "m")
-    assert at_floor["3"]["verdict"] == "inconclusive" and "floor" in at_floor["3"]["note"]
+
+
+def test_claims_at_the_floor_are_not_read():
+    # spread 1 at 0 right (below blind 0.25), counting at k = 1 at the blind baseline (5 of 20)
+    contrasts = diagnosis.diagnosis_contrasts(diagnosis_sweep(spread_start=0, counting_k1=5), pooled(10), "m", 4)
+    claims = diagnosis.diagnosis_claims(contrasts, "m")
+    assert claims["3"]["verdict"] == "not testable here (floor)"
+    assert [p["verdict"] for p in claims["5"]["parts"]] == ["not testable here (floor)", "reproduced"]
+    assert claims["5"]["verdict"] == "not testable here (floor)"
+    line = sentences.finding(contrasts["spread"], -1)
+    assert line.startswith("m, counting accuracy: not testable here (floor) — the reference condition, spread = 1,")
+    assert "scores 0.00" in line and "blind baseline 0.25" in line and line.endswith(
+        "(verdict: not testable here (floor)).")
+
+
+def test_a_knob_that_moves_the_answers_is_read_above_the_blind_baseline():
+    # 1 image: every answer "2" (blind 1.0 for counting) — the model is right 18 of 20 by answering "2"
+    sweep = rows("counting_balanced", [1] * 18 + [0] * 2, gt="2") + rows("counting_balanced", [1] * 5 + [0] * 15,
+                                                                        prefix="z", n_images=10)
+    found = diagnosis.sweep_contrast(sweep, "images", "m", ("counting_balanced",))
+    assert found["reference"]["baseline"] == 1.0 and not stats.above_baseline(found["reference"])
+    assert found["adjusted"]["blind_a"] == 1.0 and found["adjusted"]["blind_b"] == 0.25
+    assert found["adjusted"]["diff"] == pytest.approx((0.25 - 0.25) - (0.9 - 1.0))
+    assert stats.contrast_verdict(found, -1) == "not testable here (floor)"
+
+
+def test_seeded_claim_covers_seeds_and_questions():
+    base = images_sweep(10, 5)
+    runs_a = [base, base, base]
+    runs_b = [lifted(base, 10, 5, gain, 1.0) for gain in (10, 0, 2)]
+    claim = diagnosis.seeded_claim("8", runs_a, runs_b, "LoRA (no mask)", "masked LoRA (late)", [0, 1, 2])
+    assert claim["claim"] == "8" and claim["reference"]["label"].startswith("LoRA (no mask)")
+    per_seed = [stats.difference(a, b)["diff"] for a, b in zip(runs_a, runs_b)]
+    assert per_seed[1] == 0 and per_seed[0] > 5 * per_seed[2] > 0
+    assert (f"per-seed paired differences seed 0 {per_seed[0]:+.3f}, seed 1 +0.000, seed 2 {per_seed[2]:+.3f} "
+            f"(SD {pd.Series(per_seed).std():.4f})") in claim["note"]
+    assert claim["effect"] == pytest.approx(sum(per_seed) / 3)
+    same = diagnosis.seeded_claim("8", runs_a, [lifted(base, 10, 5, 4, 1.0)] * 3, "a", "b", [0, 1, 2])
+    assert (claim["hi"] - claim["lo"]) > (same["hi"] - same["lo"])
 
 
 def test_two_models_are_compared_paired_on_the_same_questions():
-    base = images_sweep(10, 4)
+    base = images_sweep(16, 8)
     tuned = [dict(r, score=1.0) if r["knobs"]["n_images"] == 10 and r["task"] == "common" else r for r in base]
     tables = diagnosis.comparison_tables({"base": base, "tuned": tuned}, "base", "tuned")
     per_task = tables["diff_per_task"].set_index("task")
-    assert per_task.loc["common", "diff"] == pytest.approx(0.4) and per_task.loc["common", "change"] == "rises"
+    assert per_task.loc["common", "diff"] == pytest.approx(0.3) and per_task.loc["common", "change"] == "rises"
     assert per_task.loc["listing", "change"] == "no detectable change"
     by_images = tables["diff_by_images"]
     single = by_images[(by_images["task"] == diagnosis.MEAN_LABEL) & (by_images["n_images"] == 1)].iloc[0]
@@ -177,7 +263,8 @@ def test_two_models_are_compared_paired_on_the_same_questions():
     assert any(line.startswith("common: rises from base") for line in lines)
     assert any("(forgetting check): no detectable change" in line for line in lines)
     claim = diagnosis.comparison_claim("7", {"base": base, "tuned": tuned}, "base", "tuned")
-    assert claim["effect"] == pytest.approx(0.4 / 5) and "paired" in claim["measure"]
+    assert claim["effect"] == pytest.approx(0.3 / 5) and "paired" in claim["measure"]
+    assert claim["reference"]["label"] == "base, MIMIC mean over tasks" and claim["verdict"] == "reproduced"
     assert claim["n"] == len([r for r in base if r["experiment"] == "images"])  # questions, not rows of both
 
 
@@ -186,6 +273,21 @@ def test_jsonable_writes_nan_as_null():
     assert diagnosis.jsonable({"t": frame, "x": (math.inf, 2)}) == {"t": [{"a": 1.0, "b": None}], "x": [None, 2]}
 
 
+
+
+def test_claim_eleven_reads_the_blank_control_per_task():
+    # the same 1-image questions beside 9 blank images (same ids: paired); counting falls, listing does not
+    contrasts = {}
+    for task, name, right in (("counting_balanced", "blank_counting", 6), ("listing", "blank_listing", 15)):
+        one = rows(task, [1] * 16 + [0] * 4, "blank")
+        ten = [dict(r, knobs={**r["knobs"], "n_images": 10}, score=float(i < right),
+                    **({"true_positive": 2 * int(i < right)} if task == "listing" else {})) for i, r in enumerate(one)]
+        contrasts[name] = diagnosis.contrast(one, ten, f"m, {task} beside blank images", "1 image", "10 images",
+                                             knob="n_images")
+    claim = diagnosis.diagnosis_claims(contrasts, "m")["11"]
+    assert all(contrasts[n]["paired"] and "adjusted" not in contrasts[n] for n in contrasts)
+    assert [p["verdict"] for p in claim["parts"]] == ["reproduced", "inconclusive"]
+    assert claim["verdict"] == "inconclusive" and "paired" in claim["measure"]
 
 
 # --- the blank-image control and what the model answers ---------------------------------------------------

@@ -98,7 +98,8 @@ ROOT = Path("/checkout")
 
 
 def common_rows(scores: list[float]) -> list[dict]:
-    return [{"id": f"q{i}", "task": "common", "experiment": "images", "knobs": {"n_images": 2}, "score": s}
+    return [{"id": f"q{i}", "task": "common", "experiment": "images", "knobs": {"n_images": 2}, "family": "common",
+             "gt": ("bus", "cat", "cup", "tie")[i % 4], "score": s}
             for i, s in enumerate(scores)]
 
 
@@ -114,11 +115,13 @@ def test_tables_and_claim_8_read_the_runs_paired_and_per_seed():
     assert summary.loc["late", "score"] == 0.875 and summary.loc["late", "seeds"] == 2
     differences = masked_lora.per_seed_differences(run_rows, "LoRA (no mask)", "late", [0, 1])
     assert differences == {0: pytest.approx(0.5), 1: pytest.approx(0.0)}
-    claim = masked_lora.claim8(rows, "LoRA (no mask)", "late", differences, "organism", 60)
+    claim = masked_lora.claim8(run_rows, "LoRA (no mask)", "late", [0, 1], "organism", 60)
     assert claim["claim"] == "8" and claim["effect"] == pytest.approx(0.25)
-    assert claim["note"].endswith("seed 0 +0.500, seed 1 +0.000; organism, 60 steps")
+    assert "per-seed paired differences seed 0 +0.500, seed 1 +0.000" in claim["note"]
+    assert claim["note"].endswith("; organism, 60 steps") and "reference" in claim
     line = masked_lora.mimic_line(rows, "LoRA (no mask)", "late", "why")
-    assert line.startswith("MIMIC mean over tasks (why)") and "late" in line
+    # four questions: unmasked LoRA's interval reaches the blind baseline (0.25), so the change is not read
+    assert line.startswith("MIMIC mean over tasks (why): not testable here (floor)")
 
 
 def run_rows_of(run_rows: dict, label: str) -> list:
