@@ -50,12 +50,14 @@ unit: $(STAMP)
 # tests/notebooks/: the reference notebooks re-executed and compared by nbval, then test_notebooks.py, which
 # checks that the references, the notebooks and the smoke outputs nbval just wrote agree.
 # nbval's kernels run as quietly as the runner's (runner.QUIET_ENVIRONMENT, kernel_startup.py), so that a
-# checked cell compares like with like
+# checked cell compares like with like; the study's log lines go to a file, as under the runner
 QUIET_KERNELS := TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
-	PYTHONSTARTUP=$(CURDIR)/mimic_utils/kernel_startup.py
+	PYTHONSTARTUP=$(CURDIR)/mimic_utils/kernel_startup.py MIMIC_LOG_FILE=$(CURDIR)/outputs/smoke/logs/nbval.log
 
+# test_notebooks.py runs after the notebooks in the same call, on what they have just written under
+# outputs/smoke/: its absolute-path scan is required here (it fails rather than skips when they are missing)
 nbval: $(STAMP)
-	$(QUIET_KERNELS) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
+	MIMIC_SMOKE_OUTPUTS=required $(QUIET_KERNELS) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
 		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(NBVAL_REFS) \
 		tests/notebooks/test_notebooks.py
 

@@ -201,7 +201,8 @@ def test_make_nbval_starts_kernels_as_quiet_as_the_runner():
     makefile = (ROOT / "Makefile").read_text()
     block = makefile.split("QUIET_KERNELS :=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
     settings = dict(item.split("=", 1) for item in block.split())
-    assert settings == {**runner.QUIET_ENVIRONMENT, "PYTHONSTARTUP": "$(CURDIR)/mimic_utils/kernel_startup.py"}
+    assert settings == {**runner.QUIET_ENVIRONMENT, "PYTHONSTARTUP": "$(CURDIR)/mimic_utils/kernel_startup.py",
+                        runner.LOG_ENV: "$(CURDIR)/outputs/smoke/logs/nbval.log"}
     assert runner.KERNEL_STARTUP == ROOT / "mimic_utils" / "kernel_startup.py"
 
 
