@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL_REFS := $(sort $(wildcard tests/notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install study smoke test unit nbval references organism organism-ov organism-probe bench lab clean-smoke interop \
+.PHONY: help install study smoke test unit nbval references organism organism-ov organism-probe bench lab lab-check clean-smoke interop \
 	colab-venv colab-check
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make references  re-execute the smoke notebooks and store them as nbval references"
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
 	@echo "make lab         open the study in JupyterLab"
+	@echo "make lab-check   open the executed notebooks in JupyterLab in headless Chromium (outputs/bench/lab/)"
 	@echo "make interop     our MIMIC in lmms-eval beside our harness (.venv-interop/, writes outputs/bench/lmms_eval.json)"
 	@echo "make colab-check unit tests + nbval in Colab's environment: CUDA torch + torchvision (.venv-colab/, ~5 GB)"
 
@@ -96,6 +97,16 @@ $(LAB_STAMP): $(STAMP)
 
 lab: $(LAB_STAMP)
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
+
+# every executed notebook of PROFILE (default cpu) opened in JupyterLab in headless Chromium: a screenshot each
+# and lab.json (images rendered, error / stderr outputs, widgets that failed) in outputs/bench/lab/; about a
+# minute, not part of `make test`. Chromium is Debian's package, installed here when missing (root only).
+PROFILE ?= cpu
+lab-check: $(LAB_STAMP)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq chromium; } || \
+		{ echo "lab-check needs Chromium: apt-get install -y chromium (as root)"; exit 2; }
+	$(PY) -m mimic_utils.labcheck --profile $(PROFILE)
 
 clean-smoke:
 	rm -rf outputs/smoke
