@@ -116,6 +116,22 @@ def as_root() -> bool:
 
 
 @contextmanager
+def background(command: list[str], log: Path, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """``command`` running for the block (output to ``log``), then stopped: terminated, killed after 20 s."""
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd)
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
 def jupyterlab(root: Path, work: Path) -> Iterator[tuple[str, str]]:
     """A headless JupyterLab serving ``root`` with fresh settings (notebooks rendered whole), yielding
     ``(base_url, token)``; stopped (its kernels too) when the block ends. Its log goes to ``work/lab.log``."""
@@ -128,19 +144,10 @@ def jupyterlab(root: Path, work: Path) -> Iterator[tuple[str, str]]:
                f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
                f"--LabApp.user_settings_dir={work / 'settings'}", f"--LabApp.workspaces_dir={work / 'workspaces'}",
                "--LabApp.expose_app_in_browser=True"] + (["--allow-root"] if as_root() else [])
-    log = (work / "lab.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
-    try:
+    with background(command, work / "lab.log", cwd=root):
         wait_for(f"{base}/api/status?token={token}", SERVER_TIMEOUT, "JupyterLab")
         yield base, token
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @contextmanager
@@ -150,19 +157,9 @@ def chromium(work: Path) -> Iterator[str]:
     command = [browser_binary(), "--headless=new", f"--remote-debugging-port={port}", "--disable-gpu",
                f"--user-data-dir={work / 'chromium'}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
                "--no-first-run", "--hide-scrollbars", "about:blank"] + (["--no-sandbox"] if as_root() else [])
-    log = (work / "chromium.log").open("w")
-    browser = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with background(command, work / "chromium.log"):
         pages = json.loads(wait_for(f"http://127.0.0.1:{port}/json/list", SERVER_TIMEOUT, "Chromium"))
-        page = next(p for p in pages if p.get("type") == "page")
-        yield page["webSocketDebuggerUrl"]
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-        log.close()
+        yield next(p for p in pages if p.get("type") == "page")["webSocketDebuggerUrl"]
 
 
 class DevTools:
