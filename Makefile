@@ -106,7 +106,7 @@ lab-check: $(LAB_STAMP)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 		{ test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq chromium; } || \
 		{ echo "lab-check needs Chromium: apt-get install -y chromium (as root)"; exit 2; }
-	$(PY) -m mimic_utils.labcheck --profile $(PROFILE)
+	$(PY) -m mimic_utils.bench.labcheck --profile $(PROFILE)
 
 clean-smoke:
 	rm -rf outputs/smoke

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from mimic_utils import labcheck
+from mimic_utils.bench import labcheck
 from mimic_utils.artifacts import repo_root
 
 ROOT = repo_root(Path(__file__).parent)

@@ -1,6 +1,6 @@
 """Open every executed notebook in a real JupyterLab, in headless Chromium, and record what a reader sees.
 
-    python -m mimic_utils.labcheck [--profile cpu] [--out outputs/bench/lab]     (make lab-check)
+    python -m mimic_utils.bench.labcheck [--profile cpu] [--out outputs/bench/lab]     (make lab-check)
 
 Starts JupyterLab headless on a free port (with ``--allow-root`` when run as root, as in Colab and most GPU
 containers), with its own settings and workspace folders (the notebook is rendered whole, not windowed, so
@@ -316,7 +316,7 @@ def run(profile: str = "cpu", out: Path | None = None, root: Path | None = None,
         with jupyterlab(root, work) as (base, token), chromium(work) as ws_url:
             found = asyncio.run(check_notebooks(ws_url, base, token, root, notebooks, out))
     summary = {
-        "command": f"python -m mimic_utils.labcheck --profile {profile}", "profile": profile,
+        "command": f"python -m mimic_utils.bench.labcheck --profile {profile}", "profile": profile,
         "as_root": as_root(), "window": list(WINDOW), **versions(browser), "notebooks": found,
         "all_rendered": all(clean(n) for n in found.values()),
     }
@@ -324,7 +324,7 @@ def run(profile: str = "cpu", out: Path | None = None, root: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mimic_utils.labcheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.bench.labcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu", help="whose outputs/<profile>/executed/ to open (default cpu)")
     parser.add_argument("--out", type=Path, help="where to write (default outputs/bench/lab/)")
     args = parser.parse_args(argv)
