@@ -40,6 +40,7 @@ export MPLBACKEND ?= Agg
 study: $(STAMP)
 	$(PY) -m mimic_utils.organism --profile cpu --if-needed
 	$(PY) -m mimic_utils.runner --profile cpu
+	$(PY) -m mimic_utils.analysis.report --readme --profile cpu
 	@echo "Results: outputs/cpu/ (executed notebooks in outputs/cpu/executed/, report in outputs/cpu/REPORT.md)"
 
 smoke: $(STAMP)
