@@ -196,9 +196,10 @@ def read_jsonl(path: Path | str) -> list[dict]:
     return rows
 
 
-def write_metrics(profile: str, notebook: str, metrics: dict, root: Path | None = None) -> Path:
-    """Write a notebook's ``metrics.json``, the file later notebooks and tests read."""
-    return write_json(output_dir(profile, notebook, root) / "metrics.json", metrics)
+def write_metrics(profile: str, notebook: str, metrics: dict, root: Path | None = None) -> None:
+    """Write a notebook's ``metrics.json``, the file later notebooks and tests read. Returns nothing: a
+    notebook cell that ends with this call shows no path (the file is always ``<output folder>/metrics.json``)."""
+    write_json(output_dir(profile, notebook, root) / "metrics.json", metrics)
 
 
 def read_metrics(profile: str, notebook: str, root: Path | None = None) -> dict:

@@ -37,13 +37,13 @@ def save_figure(fig: plt.Figure, path: Path | str) -> Path:
     return path
 
 
-def save_table(frame: pd.DataFrame, path: Path | str) -> Path:
-    """Save a table as CSV and, beside it, as Markdown (for the report and for GitHub readers)."""
+def save_table(frame: pd.DataFrame, path: Path | str) -> None:
+    """Save a table as CSV and, beside it, as Markdown (for the report and for GitHub readers). Returns
+    nothing, so a notebook cell ending with it shows no path (show the table with :func:`show_table`)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     write_text(path.with_suffix(".md"), frame.to_markdown(index=False) + "\n")
-    return path
 
 
 # --- what a notebook shows -------------------------------------------------------------------------

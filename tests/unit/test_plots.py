@@ -232,3 +232,13 @@ def test_tables_show_rendered_without_empty_columns_or_nan(monkeypatch, capsys):
     html, settings = shown[0]["text/html"], shown[1]["text/plain"]
     assert "<table" in html and "NaN" not in html and "nan" not in html and "—" in html
     assert "prompt.max_new_tokens" in settings and "1, 2" in settings and "{" not in settings
+
+
+def test_saving_a_table_or_metrics_returns_nothing_a_cell_would_show(tmp_path):
+    """A cell that ends by saving must not show ``PosixPath('outputs/…')`` as its value."""
+    from mimic_utils.artifacts import read_metrics, write_metrics
+
+    assert plots.save_table(frame(), tmp_path / "t.csv") is None
+    assert (tmp_path / "t.csv").is_file() and (tmp_path / "t.md").is_file()
+    assert write_metrics("cpu", "01_demo", {"n": 1}, root=tmp_path) is None
+    assert read_metrics("cpu", "01_demo", root=tmp_path) == {"n": 1}
