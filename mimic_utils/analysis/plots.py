@@ -98,7 +98,8 @@ MISSING = "—"
 
 def tidy_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A table as a reader should see it: columns with no value at all dropped, floats rounded to ``digits``
-    (whole-number columns such as ``n`` shown as integers), anything missing as :data:`MISSING`."""
+    (whole-number columns such as ``n`` shown as integers), mappings and lists as text (``layers: 4, 5;
+    mode: blockwise``, not a dict's repr), anything missing as :data:`MISSING`."""
     frame = frame.dropna(axis=1, how="all")
     shown = {}
     for column in frame.columns:
@@ -107,8 +108,19 @@ def tidy_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             present = values.dropna()
             whole = bool(len(present)) and bool((present % 1 == 0).all())
             values = values.round(0 if whole else digits).astype("Int64" if whole else float)
+        elif values.map(lambda v: isinstance(v, (Mapping, list, tuple))).any():
+            values = values.map(_as_text)
         shown[column] = values.astype(object).where(values.notna(), MISSING)
     return pd.DataFrame(shown, index=frame.index)
+
+
+def _as_text(value: object) -> object:
+    """A mapping or list in a table cell, in words: ``layers: 4, 5, 6, 7; mode: blockwise``."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {v}" for k, v in flatten_mapping(value).items()) or MISSING
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or MISSING
+    return value
 
 
 def show_table(frame: pd.DataFrame, digits: int = 3, index: bool = False) -> None:

@@ -222,6 +222,9 @@ def test_tables_show_rendered_without_empty_columns_or_nan(monkeypatch, capsys):
     tidy = plots.tidy_table(table)
     assert list(tidy.columns) == ["question", "n", "score"] and list(tidy["n"]) == [300, 400]
     assert list(tidy["score"]) == [0.703, plots.MISSING]
+    masks = plots.tidy_table(pd.DataFrame({"model": ["base", "masked"],
+                                           "mask": [None, {"layers": [4, 5, 6, 7], "mode": "blockwise"}]}))
+    assert list(masks["mask"]) == [plots.MISSING, "layers: 4, 5, 6, 7; mode: blockwise"]
     plots.show_table(table)  # outside a notebook: printed
     assert "NaN" not in capsys.readouterr().out
     shown = []
