@@ -134,7 +134,7 @@ FIGURE_REPR = re.compile(r"<(?:Figure size|matplotlib\.|Axes|IPython\.core\.disp
 #: A missing value shown as a value in a table: a cell ``NaN`` / ``nan`` (not a word that contains it).
 NAN_CELL = re.compile(r"(?<![\w.'\"])(?:NaN|nan)(?![\w.'\"])")
 #: A line of the study's own machinery (artifacts.note): it belongs in outputs/<profile>/logs/.
-LOG_LINE = re.compile(r"^\[(?:evaluate|train|runner|organism)\] ", re.M)
+LOG_LINE = re.compile(r"^\[(?:evaluate|train|runner|organism|timing)\] ", re.M)
 #: A dict's repr anywhere in an output: ``{'common.jsonl': '3444…', …}``, a settings dict in a table column,
 #: ``counting answers: {1: 1426, …}``: a reader gets a table or a sentence instead.
 DICT_REPR = re.compile(r"\{(?:'[^'\n]*'|\d+): ")

@@ -68,3 +68,36 @@ def test_time_forward_reports_the_median_forward_time_dense_and_masked(tmp_path,
     assert [p for p, _ in state["calls"]] == (["dense"] * 3 + ["masked"] * 3) * 2
     count = masking.num_text_layers(adapter.model)
     assert state["masked_layers"] == [list(range(count // 2, count))] * 2
+
+
+def test_a_rerun_on_the_same_machine_reuses_the_measured_times(tmp_path, single_thread, monkeypatch, capsys):
+    """Under the runner (MIMIC_CACHE_DIR set) a rerun that changes nothing shows the same table; another batch,
+    model or machine measures again."""
+    from eval_worker import make_records, tiny_qwen_adapter
+
+    adapter = tiny_qwen_adapter()
+    records = make_records(tmp_path / "images", 3)
+    layers = masking.resolve_layers("second_half", masking.num_text_layers(adapter.model))
+    clock = {"now": 0.0, "forwards": 0}
+
+    def advance(module, args, output):
+        clock["forwards"] += 1
+        clock["now"] += 0.1 * clock["forwards"]  # every forward slower than the last: no two runs agree
+
+    monkeypatch.setenv("MIMIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MIMIC_LOG_FILE", raising=False)
+    monkeypatch.setattr(mask_flops.time, "perf_counter", lambda: clock["now"])
+    hook = adapter.model.register_forward_hook(advance)
+    try:
+        first = mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=2)
+        measured = clock["forwards"]
+        again = mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=2)
+        assert clock["forwards"] == measured == 4 and again.equals(first)
+        assert "[timing] forward times reused" in capsys.readouterr().out
+        other = mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=1)
+        assert clock["forwards"] == 8 and not other["dense_seconds"].equals(first["dense_seconds"])
+        monkeypatch.setattr(mask_flops, "machine", lambda: {"host": "elsewhere"})
+        mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=2)
+        assert clock["forwards"] == 12
+    finally:
+        hook.remove()
