@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL_REFS := $(sort $(wildcard tests/notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install study smoke test unit nbval references organism organism-ov organism-probe bench lab clean-smoke interop \
+.PHONY: help install study smoke test unit nbval references organism organism-ov organism-probe bench lab lab-check clean-smoke interop \
 	colab-venv colab-check
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make references  re-execute the smoke notebooks and store them as nbval references"
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
 	@echo "make lab         open the study in JupyterLab"
+	@echo "make lab-check   open the executed notebooks in JupyterLab in headless Chromium (outputs/bench/lab/)"
 	@echo "make interop     our MIMIC in lmms-eval beside our harness (.venv-interop/, writes outputs/bench/lmms_eval.json)"
 	@echo "make colab-check unit tests + nbval in Colab's environment: CUDA torch + torchvision (.venv-colab/, ~5 GB)"
 
@@ -39,6 +40,7 @@ export MPLBACKEND ?= Agg
 study: $(STAMP)
 	$(PY) -m mimic_utils.organism --profile cpu --if-needed
 	$(PY) -m mimic_utils.runner --profile cpu
+	$(PY) -m mimic_utils.analysis.report --readme --profile cpu
 	@echo "Results: outputs/cpu/ (executed notebooks in outputs/cpu/executed/, report in outputs/cpu/REPORT.md)"
 
 smoke: $(STAMP)
@@ -50,12 +52,14 @@ unit: $(STAMP)
 # tests/notebooks/: the reference notebooks re-executed and compared by nbval, then test_notebooks.py, which
 # checks that the references, the notebooks and the smoke outputs nbval just wrote agree.
 # nbval's kernels run as quietly as the runner's (runner.QUIET_ENVIRONMENT, kernel_startup.py), so that a
-# checked cell compares like with like
+# checked cell compares like with like; the study's log lines go to a file, as under the runner
 QUIET_KERNELS := TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
-	PYTHONSTARTUP=$(CURDIR)/mimic_utils/kernel_startup.py
+	PYTHONSTARTUP=$(CURDIR)/mimic_utils/kernel_startup.py MIMIC_LOG_FILE=$(CURDIR)/outputs/smoke/logs/nbval.log
 
+# test_notebooks.py runs after the notebooks in the same call, on what they have just written under
+# outputs/smoke/: its absolute-path scan is required here (it fails rather than skips when they are missing)
 nbval: $(STAMP)
-	$(QUIET_KERNELS) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
+	MIMIC_SMOKE_OUTPUTS=required $(QUIET_KERNELS) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 \
 		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(NBVAL_REFS) \
 		tests/notebooks/test_notebooks.py
 
@@ -94,6 +98,16 @@ $(LAB_STAMP): $(STAMP)
 
 lab: $(LAB_STAMP)
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
+
+# every executed notebook of PROFILE (default cpu) opened in JupyterLab in headless Chromium: a screenshot each
+# and lab.json (images rendered, error / stderr outputs, widgets that failed) in outputs/bench/lab/; about a
+# minute, not part of `make test`. Chromium is Debian's package, installed here when missing (root only).
+PROFILE ?= cpu
+lab-check: $(LAB_STAMP)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq chromium; } || \
+		{ echo "lab-check needs Chromium: apt-get install -y chromium (as root)"; exit 2; }
+	$(PY) -m mimic_utils.bench.labcheck --profile $(PROFILE)
 
 clean-smoke:
 	rm -rf outputs/smoke

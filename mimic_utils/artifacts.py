@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,14 +196,36 @@ def read_jsonl(path: Path | str) -> list[dict]:
     return rows
 
 
-def write_metrics(profile: str, notebook: str, metrics: dict, root: Path | None = None) -> Path:
-    """Write a notebook's ``metrics.json``, the file later notebooks and tests read."""
-    return write_json(output_dir(profile, notebook, root) / "metrics.json", metrics)
+def write_metrics(profile: str, notebook: str, metrics: dict, root: Path | None = None) -> None:
+    """Write a notebook's ``metrics.json``, the file later notebooks and tests read. Returns nothing: a
+    notebook cell that ends with this call shows no path (the file is always ``<output folder>/metrics.json``)."""
+    write_json(output_dir(profile, notebook, root) / "metrics.json", metrics)
 
 
 def read_metrics(profile: str, notebook: str, root: Path | None = None) -> dict:
     """Read an earlier notebook's ``metrics.json``."""
     return read_json(profile_dir(profile, root) / notebook / "metrics.json")
+
+
+# --- the study's log lines -------------------------------------------------------------------------
+
+#: The file the study's own log lines go to; ``python -m mimic_utils.runner`` sets it for each notebook's kernel
+#: (``outputs/<profile>/logs/<notebook>.log``). Unset (JupyterLab, a terminal), they are printed.
+LOG_ENV = "MIMIC_LOG_FILE"
+
+
+def note(message: str) -> None:
+    """A line about the machinery rather than the results (predictions of another model discarded, a training
+    run resumed): a reader of an executed notebook does not need it, whoever reruns the study might. Appended
+    to the file named by :data:`LOG_ENV` with the time of day where it is set (the runner's kernels), printed
+    elsewhere, so an interactive user still sees why a run is slow. Read at every call: no state to reset."""
+    target = os.environ.get(LOG_ENV)
+    if not target:
+        print(message, file=sys.stdout, flush=True)
+        return
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
 
 # --- stored records: image paths relative to the checkout, files checked by hash ----------------------

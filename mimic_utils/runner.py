@@ -12,7 +12,12 @@ its name and failing cell.
 A profile is any folder under ``params/`` holding one parameter file per notebook (``smoke``, ``cpu`` and
 ``paper`` ship with the study). The kernels the runner starts run quietly (:func:`kernel_environment`):
 no progress bars or library warnings end up in the executed notebooks; ``--verbose`` keeps them.
-Executed notebooks record paths relative to the checkout, never where it was cloned.
+Executed notebooks record paths relative to the checkout, never where it was cloned, and no execution times
+(:func:`strip_volatile`): a rerun that computes the same results leaves the same files, so ``git diff`` after
+a rerun shows only what changed. Before a notebook runs, its output folder is emptied (:func:`clean_output_folder`,
+keeping only state that checks itself before it is reused), so no file outlives the code that wrote it.
+Lines about the machinery (predictions discarded, a resumed training run) go to
+``outputs/<profile>/logs/<notebook>.log``, not into the executed notebook (:func:`mimic_utils.artifacts.note`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from typing import Iterator
 
 import yaml
 
-from mimic_utils.artifacts import (atomic_path, check_profile, profile_dir, profiles, relative_to_root, repo_root,
-                                   write_text)
+from mimic_utils.artifacts import (LOG_ENV, atomic_path, check_profile, profile_dir, profiles, relative_to_root,
+                                   repo_root, write_text)
 from mimic_utils.models.vision_cache import ENV_DIR
 from mimic_utils.param_schema import ParameterValueError, check_parameters
 
@@ -205,12 +210,40 @@ def environment(values: dict[str, str], force: tuple[str, ...] = ("PYTHONSTARTUP
                 os.environ[name] = value
 
 
-def relativise_executed(path: Path, final: Path, input_path: Path, root: Path) -> None:
-    """Rewrite an executed notebook so it names files relative to the checkout: papermill's
-    ``input_path``/``output_path`` and every text output (a printed path, a ``PosixPath`` result);
-    images are left as they are. A file that is not a readable notebook is left alone."""
+#: Metadata papermill and the kernel record that differ on every run although nothing computed did.
+VOLATILE_KEYS = ("start_time", "end_time", "duration")
+#: Stable ids for the cells papermill inserts (it gives them a random id each run), by their tag.
+INSERTED_CELL_IDS = {"injected-parameters": "injected-parameters", "papermill-error-cell-tag": "papermill-error"}
+
+
+def strip_volatile(nb: dict) -> dict:
+    """``nb`` (an executed notebook as JSON) without what changes on every run: papermill's start and end
+    times and durations (notebook and cells), the kernel's per-cell ``execution`` timestamps, and the random
+    ids of the cells papermill inserts (replaced by :data:`INSERTED_CELL_IDS`). Outputs are left as they are:
+    a printed timing is a result. Returns ``nb``, changed in place."""
+    papermill = nb.get("metadata", {}).get("papermill")
+    for meta in [papermill] + [cell.get("metadata", {}).get("papermill") for cell in nb.get("cells", [])]:
+        for key in VOLATILE_KEYS:
+            if meta is not None:
+                meta.pop(key, None)
+    seen: dict[str, int] = {}
+    for cell in nb.get("cells", []):
+        cell.get("metadata", {}).pop("execution", None)
+        tags = cell.get("metadata", {}).get("tags", [])
+        stable = next((INSERTED_CELL_IDS[tag] for tag in tags if tag in INSERTED_CELL_IDS), None)
+        if stable is not None and "id" in cell:
+            seen[stable] = seen.get(stable, 0) + 1  # papermill inserts two error cells: ids stay unique
+            cell["id"] = stable if seen[stable] == 1 else f"{stable}-{seen[stable]}"
+    return nb
+
+
+def tidy_executed(path: Path, final: Path, input_path: Path, root: Path) -> None:
+    """Rewrite an executed notebook so a rerun that computes the same leaves the same bytes: files named
+    relative to the checkout (papermill's ``input_path``/``output_path`` and every text output, a printed
+    path or a ``PosixPath`` result; images are left as they are) and no execution times
+    (:func:`strip_volatile`). A file that is not a readable notebook is left alone."""
     try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
+        nb = strip_volatile(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return
     meta = nb.get("metadata", {}).get("papermill")
@@ -237,7 +270,7 @@ def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python
 
     On failure the partially executed copy is kept as ``<stem>.FAILED.ipynb`` for inspection and
     :class:`NotebookFailed` names the notebook and the failing cell. Either copy names files relative to
-    the checkout (:func:`relativise_executed`).
+    the checkout and hold no execution times (:func:`tidy_executed`).
     """
     root = root or repo_root()
     import papermill
@@ -254,14 +287,14 @@ def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python
                 kernel_name=kernel, progress_bar=False, log_output=False,
             )
         except PapermillExecutionError as err:
-            relativise_executed(tmp, _relative(failed, root), _relative(nb.path, root), root)
+            tidy_executed(tmp, _relative(failed, root), _relative(nb.path, root), root)
             tmp.replace(failed)
             raise NotebookFailed(
                 f"{nb.stem} failed in cell {err.cell_index} (execution count {err.exec_count}, "
                 f"starting {_first_line(failed, err.exec_count)!r}): {err.ename}: {err.evalue}\n"
                 f"  executed copy: {failed}"
             ) from None
-        relativise_executed(tmp, _relative(final, root), _relative(nb.path, root), root)
+        tidy_executed(tmp, _relative(final, root), _relative(nb.path, root), root)
     if failed.exists():
         failed.unlink()
     return time.perf_counter() - started
@@ -269,7 +302,7 @@ def execute(nb: Notebook, parameters: dict, out_dir: Path, kernel: str = "python
 
 def relativise_outputs(profile: str, root: Path | None = None) -> list[Path]:
     """Rewrite the JSON files and executed notebooks under ``outputs/<profile>/`` that name the checkout by
-    its absolute path, as :func:`relativise_executed` and :func:`mimic_utils.artifacts.write_json` now
+    its absolute path, as :func:`tidy_executed` and :func:`mimic_utils.artifacts.write_json` now
     write them (for outputs written before they did); caches are skipped. Returns the files rewritten."""
     from mimic_utils.artifacts import read_json, write_json
 
@@ -281,7 +314,7 @@ def relativise_outputs(profile: str, root: Path | None = None) -> list[Path]:
         if "cache" in path.relative_to(out).parts or not any(m in path.read_text(encoding="utf-8") for m in marks):
             continue
         if path.suffix == ".ipynb":
-            relativise_executed(path, path.relative_to(root), Path("notebooks") / path.name, root)
+            tidy_executed(path, path.relative_to(root), Path("notebooks") / path.name, root)
         else:
             write_json(path, read_json(path))
         changed.append(path)
@@ -312,6 +345,59 @@ def _first_line(executed: Path, exec_count: int) -> str:
     return lines[0][:80] if lines else ""
 
 
+#: Sub-folders of a notebook's output folder that survive :func:`clean_output_folder`, at any depth: state that
+#: checks itself before it is reused, so it can never be stale. Training checkpoints are keyed by the run's
+#: digest (configuration, starting weights, data: :func:`mimic_utils.finetune.run_digest`); every prediction
+#: row carries its model's fingerprint and rows of another model are discarded (:func:`mimic_utils.evaluate.run`);
+#: hub images are downloads, named by their source. None of them is committed (.gitignore).
+REUSED_FOLDERS = ("checkpoints", "predictions", "hub_images")
+
+
+def clean_output_folder(folder: Path, keep: tuple[str, ...] = REUSED_FOLDERS) -> list[Path]:
+    """Empty a notebook's output folder before it runs, except the sub-folders named in ``keep``: every file
+    left afterwards was written by the code that just ran. Returns the files removed.
+
+    Only a notebook's own folder (``outputs/<profile>/NN_<name>/``) is accepted, so the profile's caches
+    (``cache/``), the committed organism (``models/``), the executed notebooks and the report are never touched.
+    """
+    folder = Path(folder)
+    if not (folder.name[:2].isdigit() and folder.name[2:3] == "_" and folder.parent.parent.name == "outputs"):
+        raise ValueError(f"{folder}: not a notebook's output folder (outputs/<profile>/NN_<name>/); nothing removed")
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+
+    def empty(directory: Path) -> None:
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                if entry.name in keep:
+                    continue
+                empty(entry)
+                if not any(entry.iterdir()):
+                    entry.rmdir()
+            else:
+                entry.unlink()
+                removed.append(entry)
+
+    empty(folder)
+    return removed
+
+
+def log_path(profile: str, stem: str, root: Path | None = None) -> Path:
+    """Where the lines about a notebook's last run go: ``outputs/<profile>/logs/<notebook>.log`` (not committed)."""
+    return profile_dir(profile, root) / "logs" / f"{stem}.log"
+
+
+def start_log(path: Path, stem: str, removed: list[Path], root: Path) -> None:
+    """Begin a notebook's log for this run (an earlier run's log is replaced): what the clean start removed."""
+    lines = [f"[runner] {stem}: started {time.strftime('%Y-%m-%d %H:%M:%S')}",
+             f"[runner] {stem}: clean start, {len(removed)} file(s) of an earlier run removed"]
+    lines += [f"  {_relative(p, root)}" for p in removed[:200]]
+    if len(removed) > 200:
+        lines.append(f"  … and {len(removed) - 200} more")
+    write_text(path, "\n".join(lines) + "\n")
+
+
 def update_timings(path: Path, rows: dict[str, tuple[float, str]]) -> None:
     """Merge ``{notebook: (seconds, status)}`` into ``timings.csv``, keeping rows of notebooks not rerun."""
     current: dict[str, tuple[str, str]] = {}
@@ -333,7 +419,9 @@ def run(profile: str, only: str | None = None, start: str | None = None, check: 
         root: Path | None = None, kernel: str = "python3", quiet: bool = True) -> list[Notebook]:
     """Validate every selected notebook's parameters, then execute them in order (unless ``check``).
 
-    The kernels run with :func:`kernel_environment` (``quiet=False``: progress bars and warnings kept)."""
+    Each notebook starts from an empty output folder (:func:`clean_output_folder`) and its kernel's log lines
+    go to :func:`log_path`. The kernels run with :func:`kernel_environment` (``quiet=False``: progress bars
+    and warnings kept)."""
     root = root or repo_root()
     chosen = select(discover(profile, root), only, start)
     missing = [nb.params_file.name for nb in chosen if not nb.params_file.is_file()]
@@ -347,8 +435,11 @@ def run(profile: str, only: str | None = None, start: str | None = None, check: 
     with environment(kernel_environment(profile, root, quiet)):
         for nb in chosen:
             print(f"[runner] {profile}: {nb.stem} …", flush=True)
+            log = log_path(profile, nb.stem, root)
+            start_log(log, nb.stem, clean_output_folder(out / nb.stem), root)
             try:
-                seconds = execute(nb, parameters[nb.stem], out / "executed", kernel, root)
+                with environment({LOG_ENV: str(log)}, force=(LOG_ENV,)):
+                    seconds = execute(nb, parameters[nb.stem], out / "executed", kernel, root)
             except NotebookFailed:
                 update_timings(out / "timings.csv", {nb.stem: (0.0, "failed")})
                 raise

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -393,6 +393,16 @@ def per_layer_values(aggregated, column: str = "ratio", query_kind: str = "visio
     return rows.groupby("layer")[column].mean().sort_index()
 
 
+def ratio_by_layer(aggregated_by_model: Mapping[str, pd.DataFrame], query_kind: str = "vision",
+                   target: str = "other_images") -> pd.DataFrame:
+    """``model, layer, ratio, ratio_low, ratio_high`` of one (query kind, target) per model (heads averaged):
+    what :func:`mimic_utils.plots.ratio_by_layer` draws. NaN where the uniform reference is 0 (a masked layer)."""
+    columns = ("ratio", "ratio_low", "ratio_high")
+    frames = [pd.concat([per_layer_values(table, c, query_kind, target) for c in columns], axis=1, keys=columns)
+              .reset_index().assign(model=name) for name, table in aggregated_by_model.items()]
+    return pd.concat(frames, ignore_index=True)[["model", "layer", *columns]]
+
+
 def find_low_cross_layer(aggregated, threshold: float = 0.5, column: str = "ratio", query_kind: str = "vision",
                          target: str = "other_images") -> int | None:
     """The layer from which cross-image attention stays low: the first layer ℓ such that in ℓ and every
@@ -474,6 +484,7 @@ __all__ = [
     "layer_records",
     "low_cross_sentence",
     "per_layer_values",
+    "ratio_by_layer",
     "ratio_of_means",
     "reduce_layer",
     "share_records",

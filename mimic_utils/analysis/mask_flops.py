@@ -24,8 +24,13 @@ not measured"):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -35,8 +40,11 @@ import torch
 from mimic_utils.analysis import stats
 from mimic_utils.analysis.claims import claim_entry, part
 from mimic_utils.analysis.sentences import flops_sentence
+from mimic_utils.artifacts import note, read_json, write_json
 from mimic_utils.evaluation.harness import mimic_sample
 from mimic_utils.models.masking import Layers, image_blocks, text_attention
+from mimic_utils.models.vision_cache import ENV_DIR
+from mimic_utils.models.vlm import model_fingerprint
 
 #: The masking benchmark's layout (``python -m mimic_utils.bench masking``): one layer of LLaVA-OV 0.5B's
 #: language model (Qwen2-0.5B: 14 query heads, 2 key/value heads of 64) over 8 images of 730 tokens.
@@ -103,17 +111,50 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+#: The columns of :func:`time_forward`'s table, in order.
+TIMING_COLUMNS = ("n_images", "tokens", "batch", "dense_seconds", "masked_seconds", "masked_over_dense")
+
+
+def machine() -> dict:
+    """What a forward time depends on besides the model and its inputs: this host, its CPUs and threads, the
+    torch build and the GPU, if any."""
+    return {"host": platform.node(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def timing_path(adapter, chosen: Sequence[int], picked: dict[int, dict], repeats: int, batch: int) -> Path | None:
+    """Where a measurement of these forwards on this machine is kept (``$MIMIC_CACHE_DIR/timings/``), or None
+    when no cache directory is configured. The key holds the model (its fingerprint), the masked layers, the
+    questions timed, the batch, the repeats and :func:`machine`: any change measures again."""
+    root = os.environ.get(ENV_DIR)
+    if not root:
+        return None
+    key = json.dumps([model_fingerprint(adapter.settings), list(chosen), {n: r["id"] for n, r in picked.items()},
+                      repeats, batch, machine()], sort_keys=True, default=str)
+    return Path(root) / "timings" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
 @torch.no_grad()
 def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], layers: Layers, repeats: int = 5,
                  batch: int = 8) -> pd.DataFrame:
     """Measured prefill time of the adapter's model, dense vs masked in ``layers``, per image count: the
     median of ``repeats`` forwards of a batch of ``batch`` copies of one benchmark sample with that many
-    images (counts the benchmark lacks are skipped). Times from one run: compare the ratio, not seconds."""
+    images (counts the benchmark lacks are skipped). Times from one run: compare the ratio, not seconds.
+
+    Under the runner (``MIMIC_CACHE_DIR`` set) the measurement is kept and a rerun on the same machine, of the
+    same model and questions, reuses it (saying so in the log, :func:`timing_path`): a study rerun that
+    changes nothing then shows the same table; ``rm -rf outputs/<profile>/cache`` measures again."""
+    chosen = list(layers)
+    picked = {n: r for n in n_images if (r := next((r for r in records if len(r["images"]) == n), None)) is not None}
+    kept = timing_path(adapter, chosen, picked, repeats, batch)
+    if kept is not None and kept.is_file():
+        stored = read_json(kept)
+        note(f"[timing] forward times reused, measured {stored['measured']} on {stored['machine']['host']} "
+             f"({kept.name}); delete the cache folder to measure again")
+        return pd.DataFrame(stored["rows"], columns=TIMING_COLUMNS)
     rows = []
-    for n in n_images:
-        record = next((r for r in records if len(r["images"]) == n), None)
-        if record is None:
-            continue
+    for n, record in picked.items():
         prepared = adapter.prepare([mimic_sample(record)] * batch)
 
         block_ids = adapter.image_block_ids(prepared)
@@ -133,7 +174,9 @@ def time_forward(adapter, records: Sequence[dict], n_images: Sequence[int], laye
             masked = median_seconds()
         rows.append({"n_images": n, "tokens": int(prepared.inputs["input_ids"].shape[1]), "batch": batch,
                      "dense_seconds": dense, "masked_seconds": masked, "masked_over_dense": masked / dense})
-    return pd.DataFrame(rows)
+    if kept is not None:
+        write_json(kept, {"measured": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "rows": rows})
+    return pd.DataFrame(rows, columns=TIMING_COLUMNS)
 
 
 # --- measured: one layer's attention, FLOPs and time -------------------------------------------------------

@@ -445,7 +445,7 @@ def _lm_variant(adapter, seed: int):
         for name, param in variant.model.named_parameters():
             if "language_model" in name and param.dim() == 2:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.02 * param.std())
-    variant.settings = {**adapter.settings, "weights_sha256": f"{adapter.settings.get('weights_sha256')}+lm{seed}"}
+    variant.settings = {**adapter.settings, "weights_fingerprint": f"{adapter.settings.get('weights_fingerprint')}+lm{seed}"}
     return variant
 
 

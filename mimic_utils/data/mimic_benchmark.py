@@ -395,14 +395,20 @@ def design_findings(records: list[dict]) -> list[str]:
         lines.append(f"Spread sweep: {'every' if len(counts) == 1 else 'NOT every'} question has "
                      f"{'/'.join(map(str, counts))} images, and the answer histogram is "
                      f"{'identical' if same else 'NOT identical'} at every spread "
-                     f"({dict(sorted(next(iter(by_s.values())).items()))}), so only how many images hold "
-                     "the target moves.")
+                     f"(questions per answer: {_histogram(next(iter(by_s.values())))}), so only how many images "
+                     "hold the target moves.")
     lines += [padded_finding(records, experiment) for experiment in PADDED_VARIANTS
               if any(r["experiment"] == experiment for r in records)]
     missing = [r["id"] for r in records if r["family"] in ("counting", "listing") and not _names_present(r)]
     lines.append("Every concept a question names has an instance in its images." if not missing else
                  f"{len(missing)} questions name a concept absent from their images (e.g. {missing[:3]}).")
     return lines
+
+
+def _histogram(counts: Counter) -> str:
+    """``4: 100, 5: 100``: answers in numeric order where they are numbers, for a sentence (not a dict's repr)."""
+    order = sorted(counts, key=lambda a: (not str(a).isdigit(), int(a) if str(a).isdigit() else 0, str(a)))
+    return ", ".join(f"{answer}: {counts[answer]}" for answer in order)
 
 
 def _names_present(record: dict) -> bool:

@@ -28,7 +28,7 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mimic_utils.artifacts import repo_root, write_text
+from mimic_utils.artifacts import note, repo_root, write_text
 from mimic_utils.models.vlm import load_adapter, model_fingerprint
 from mimic_utils.evaluation.prediction_cache import generation_context, open_cache, question_key
 from mimic_utils.evaluation.scoring import aggregate, score_sample
@@ -192,12 +192,13 @@ def rewrite_clean(path: Path) -> None:
 
 def discard_stale(path: Path, fingerprint: str, may_delete: bool = True) -> None:
     """Predictions written by another model (other weights, mask, preprocessing or pooling) are never
-    resumed from: the file is set aside as ``<name>.stale.jsonl`` and the run starts over, saying so."""
+    resumed from: the file is set aside as ``<name>.stale.jsonl`` and the run starts over, saying so in the
+    log (:func:`mimic_utils.artifacts.note`)."""
     rows = read_predictions(path)
     stale = [r for r in rows if r.get("fingerprint") != fingerprint]
     if stale and may_delete:
-        print(f"[evaluate] {path.name}: {len(stale)} of {len(rows)} rows come from another model "
-              f"(fingerprint {stale[0].get('fingerprint')} != {fingerprint}); starting over")
+        note(f"[evaluate] {path.name}: {len(stale)} of {len(rows)} rows come from another model "
+             f"(fingerprint {stale[0].get('fingerprint')} != {fingerprint}); starting over")
         path.replace(path.with_suffix(".stale.jsonl"))
 
 

@@ -52,27 +52,36 @@ original LLaVA / Qwen code and lmms-eval with the PIL/numpy processors) and fold
 backend was recorded (all written by this project's CPU environment, which has no torchvision)."""
 
 
-def weights_fingerprint(folder: Path, full_hash_limit: int = 512 * 2**20) -> str:
-    """sha256 over a local checkpoint's safetensors files (for files above ``full_hash_limit``: size and
-    the first and last 16 MB), so predictions and checkpoints of other weights are never reused."""
+def weights_hashes(folder: Path, full_hash_limit: int = 512 * 2**20) -> tuple[str, str | None]:
+    """``(weights_fingerprint, weights_sha256)`` of a local checkpoint, in one read of its files.
+
+    ``weights_fingerprint`` identifies the weights cheaply at any size: sha256 over each safetensors file's
+    name, size and bytes (above ``full_hash_limit``, its first and last 16 MB), so predictions and checkpoints
+    of other weights are never reused. ``weights_sha256`` is what the model card calls it: the sha256 of the
+    weights file itself (``sha256sum model.safetensors``), given for a checkpoint of one file within the limit
+    and ``None`` otherwise (sharded or large weights: the fingerprint still identifies them)."""
     digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
+    files = sorted(folder.glob("*.safetensors"))
+    plain = None
+    for path in files:
         size = path.stat().st_size
         digest.update(f"{path.name}:{size}".encode())
         with path.open("rb") as handle:
             if size <= full_hash_limit:
-                digest.update(handle.read())
+                data = handle.read()
+                digest.update(data)
+                plain = hashlib.sha256(data).hexdigest() if len(files) == 1 else None
             else:
                 digest.update(handle.read(16 * 2**20))
                 handle.seek(size - 16 * 2**20)
                 digest.update(handle.read())
-    return digest.hexdigest()
+    return digest.hexdigest(), plain
 
 
 def model_fingerprint(settings: dict) -> str:
-    """A short hash of what makes a model's answers what they are: its weights (or hub commit, or id),
-    mask, preprocessing, dtype and quantization. Stored with every prediction and checkpoint."""
-    weights = settings.get("weights_sha256") or settings.get("commit") or settings.get("model")
+    """A short hash of what makes a model's answers what they are: its weights (``weights_fingerprint``, or
+    hub commit, or id), mask, preprocessing, dtype and quantization. Stored with every prediction and checkpoint."""
+    weights = settings.get("weights_fingerprint") or settings.get("commit") or settings.get("model")
     facts = {k: settings.get(k) for k in ("mask", "preprocessing", "dtype", "quantization", "pool")}
     if isinstance(facts["preprocessing"], dict) and facts["preprocessing"].get("image_backend") == DEFAULT_IMAGE_BACKEND:
         # every prediction and checkpoint made before the backend was recorded used PIL: their fingerprints
@@ -380,7 +389,8 @@ def _pretrained_options(config, spec: FamilySpec, dtype, device: str, attn_imple
 
 def _loaded_settings(source: str, config, revision: str | None, quantization: str | None,
                      trust_remote_code: bool) -> dict:
-    """What a loaded checkpoint adds to the recorded settings: where it came from, and its weights' hash."""
+    """What a loaded checkpoint adds to the recorded settings: where it came from, and its weights' hashes
+    (:func:`weights_hashes`)."""
     settings = {
         "model": source,
         "revision": revision,
@@ -389,7 +399,10 @@ def _loaded_settings(source: str, config, revision: str | None, quantization: st
         "trust_remote_code": trust_remote_code,
     }
     if Path(source).is_dir():
-        settings["weights_sha256"] = weights_fingerprint(Path(source))
+        fingerprint, sha256 = weights_hashes(Path(source))
+        settings["weights_fingerprint"] = fingerprint
+        if sha256 is not None:
+            settings["weights_sha256"] = sha256
     return settings
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mimic_utils.artifacts import atomic_path, write_json
+from mimic_utils.artifacts import atomic_path, note, write_json
 from mimic_utils.evaluation.harness import load_images
 from mimic_utils.models.vlm import get_family, load_adapter, model_fingerprint, settable_preprocessing
 from mimic_utils.data.prompts import HUB_FAMILY, prompt_family
@@ -170,7 +170,7 @@ def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], nam
     optimizer.load_state_dict(state["optimizer"])
     log[:] = state["log"]
     if state["step"] < steps:
-        print(f"[train] {name}: resuming at step {state['step']}/{steps} from {checkpoint}")
+        note(f"[train] {name}: resuming at step {state['step']}/{steps} from {checkpoint}")
     return state["step"]
 
 

@@ -182,3 +182,17 @@ def test_block_map_rows_sum_to_one_and_masking_keeps_images_apart(tiny_adapter, 
     masked = attention.block_map(adapter, sample, mask_layers=masking.resolve_layers("second_half", masking.num_text_layers(adapter.model)))
     last = masked[(masked["layer"] == masked["layer"].max()) & (masked["query"] == "image 2")]
     assert last.set_index("key")["share"]["image 2"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ratio_by_layer_averages_heads_per_model_and_keeps_masked_layers_missing():
+    def table(ratios: dict[int, list[float]]) -> pd.DataFrame:
+        return pd.DataFrame([{"layer": layer, "query_kind": "vision", "target": "other_images", "head": head,
+                              "ratio": r, "ratio_low": r - 0.1, "ratio_high": r + 0.1}
+                             for layer, per_head in ratios.items() for head, r in enumerate(per_head)])
+
+    found = attention.ratio_by_layer({"base": table({0: [1.0, 2.0], 1: [1.5, 1.5]}),
+                                      "late": table({0: [1.0, 1.0], 1: [float("nan"), float("nan")]})})
+    assert list(found.columns) == ["model", "layer", "ratio", "ratio_low", "ratio_high"]
+    base = found[found["model"] == "base"]
+    assert list(base["ratio"]) == [1.5, 1.5] and list(base["ratio_low"]) == pytest.approx([1.4, 1.4])
+    assert found[found["model"] == "late"]["ratio"].isna().tolist() == [False, True]

@@ -95,7 +95,7 @@ def test_predictions_of_another_model_are_not_resumed(adapter, tmp_path):
     first = harness.run(adapter, records, path, batch_size=2, progress=False)
     assert len({r["fingerprint"] for r in first}) == 1
     other = tiny_qwen_adapter()
-    other.settings["weights_sha256"] = "another model"
+    other.settings["weights_fingerprint"] = "another model"
     rows = harness.run(other, records, path, batch_size=2, progress=False)
     assert {r["fingerprint"] for r in rows} != {r["fingerprint"] for r in first}
     assert (tmp_path / "p.stale.jsonl").is_file()

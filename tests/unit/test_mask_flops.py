@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mimic_utils.analysis import mask_flops
 from mimic_utils.models import masking
 
@@ -23,13 +25,41 @@ def test_compute_table_at_llava_onevision_size_saves_most_masked_attention():
     assert eight["total_saving"] < eight["attention_saving"]
 
 
-def test_time_forward_times_dense_and_masked_per_image_count(tmp_path, single_thread):
+def test_time_forward_reports_the_median_forward_time_dense_and_masked(tmp_path, single_thread, monkeypatch):
+    """A clock that only the model's forward advances, by known durations: the table must report each phase's
+    median forward time, their ratio, the batch it was asked for and the masked layers (the second half)."""
+    from contextlib import contextmanager
+
     from eval_worker import make_records, tiny_qwen_adapter
 
-    records = make_records(tmp_path, 3)  # 1, 2 and 3 images
     adapter = tiny_qwen_adapter()
+    records = make_records(tmp_path, 3)  # 1, 2 and 3 images
     layers = masking.resolve_layers("second_half", masking.num_text_layers(adapter.model))
-    table = mask_flops.time_forward(adapter, records, [2, 3, 7], layers, repeats=1, batch=2)
+    durations = {"dense": [0.5, 0.1, 0.2], "masked": [0.05, 0.4, 0.1]}  # medians 0.2 and 0.1, means not
+    state = {"phase": "dense", "now": 0.0, "calls": [], "masked_layers": []}
+    real_blocks = mask_flops.image_blocks
+
+    @contextmanager
+    def watched_blocks(block_ids, layers, *args, **kwargs):
+        state["phase"] = "masked"
+        state["masked_layers"].append(list(layers))
+        with real_blocks(block_ids, layers, *args, **kwargs) as blocks:
+            yield blocks
+        state["phase"] = "dense"
+
+    def advance(module, args, kwargs, output):
+        phase = state["phase"]
+        done = sum(1 for p, _ in state["calls"] if p == phase) % 3
+        state["now"] += durations[phase][done]
+        state["calls"].append((phase, kwargs["input_ids"].shape[0]))
+
+    monkeypatch.setattr(mask_flops, "image_blocks", watched_blocks)
+    monkeypatch.setattr(mask_flops.time, "perf_counter", lambda: state["now"])
+    hook = adapter.model.register_forward_hook(advance, with_kwargs=True)
+    try:
+        table = mask_flops.time_forward(adapter, records, [2, 3, 7], layers, repeats=3, batch=2)
+    finally:
+        hook.remove()
     assert list(table["n_images"]) == [2, 3]  # 7 images: no such question, skipped
     assert (table["batch"] == 2).all() and (table["masked_over_dense"] > 0).all()
 
@@ -76,3 +106,45 @@ def test_forward_flops_of_the_model_dense_and_masked(tmp_path, single_thread):
     assert found["masked"]["total"] < found["dense"]["total"] and found["masked_layers"] == [1]
     assert 0 < found["total_saving"] < found["attention_saving"] < 1
     assert found["dense"]["total"] - found["masked"]["total"] == found["dense"]["attention"] - found["masked"]["attention"]
+
+
+    assert list(table["dense_seconds"]) == pytest.approx([0.2, 0.2])
+    assert list(table["masked_seconds"]) == pytest.approx([0.1, 0.1])
+    assert list(table["masked_over_dense"]) == pytest.approx([0.5, 0.5])
+    assert (table["batch"] == 2).all() and {size for _, size in state["calls"]} == {2}
+    assert [p for p, _ in state["calls"]] == (["dense"] * 3 + ["masked"] * 3) * 2
+    count = masking.num_text_layers(adapter.model)
+    assert state["masked_layers"] == [list(range(count // 2, count))] * 2
+
+
+def test_a_rerun_on_the_same_machine_reuses_the_measured_times(tmp_path, single_thread, monkeypatch, capsys):
+    """Under the runner (MIMIC_CACHE_DIR set) a rerun that changes nothing shows the same table; another batch,
+    model or machine measures again."""
+    from eval_worker import make_records, tiny_qwen_adapter
+
+    adapter = tiny_qwen_adapter()
+    records = make_records(tmp_path / "images", 3)
+    layers = masking.resolve_layers("second_half", masking.num_text_layers(adapter.model))
+    clock = {"now": 0.0, "forwards": 0}
+
+    def advance(module, args, output):
+        clock["forwards"] += 1
+        clock["now"] += 0.1 * clock["forwards"]  # every forward slower than the last: no two runs agree
+
+    monkeypatch.setenv("MIMIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MIMIC_LOG_FILE", raising=False)
+    monkeypatch.setattr(mask_flops.time, "perf_counter", lambda: clock["now"])
+    hook = adapter.model.register_forward_hook(advance)
+    try:
+        first = mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=2)
+        measured = clock["forwards"]
+        again = mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=2)
+        assert clock["forwards"] == measured == 4 and again.equals(first)
+        assert "[timing] forward times reused" in capsys.readouterr().out
+        other = mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=1)
+        assert clock["forwards"] == 8 and not other["dense_seconds"].equals(first["dense_seconds"])
+        monkeypatch.setattr(mask_flops, "machine", lambda: {"host": "elsewhere"})
+        mask_flops.time_forward(adapter, records, [2, 3], layers, repeats=1, batch=2)
+        assert clock["forwards"] == 12
+    finally:
+        hook.remove()

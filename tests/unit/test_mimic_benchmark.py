@@ -127,6 +127,7 @@ def test_design_findings_check_the_records_themselves():
     lines = design_findings(good)
     assert lines[0] == "4 questions in 2 cells of 2 questions each."
     assert "every question has 4 images" in lines[1] and "identical at every spread" in lines[1]
+    assert "(questions per answer: 4: 1, 5: 1)" in lines[1]  # words, not a dict's repr
     assert lines[2].startswith("Every concept")
     bad = good[:3] + [spread_record(9, 2, 4, n=6)]
     bad[0] = {**bad[0], "targets": ["cat"]}

@@ -9,7 +9,7 @@ class CountingAdapter:
     """A stand-in for the model call only (harness.run's contract): answers '3', counts questions."""
 
     def __init__(self, weights: str = "w1"):
-        self.settings = {"model": "stub", "weights_sha256": weights}
+        self.settings = {"model": "stub", "weights_fingerprint": weights}
         self.asked = 0
 
     def answer(self, samples, pool=1, max_new_tokens=None):

@@ -154,7 +154,10 @@ def test_verbose_keeps_the_progress_bars(tmp_path):
     root = make_study(tmp_path, NOISY_CELLS[:1])
     runner.run("smoke", root=root, quiet=False)
     nb = nbformat.read(root / "outputs" / "smoke" / "executed" / "01_demo.ipynb", as_version=4)
-    assert "%|" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text_bar = "%|" in "".join(o.get("text", "") for o in outputs)
+    widget_bar = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # ipywidgets there
+    assert text_bar or widget_bar
 
 
 @pytest.mark.slow
@@ -198,11 +201,70 @@ def test_make_nbval_starts_kernels_as_quiet_as_the_runner():
     makefile = (ROOT / "Makefile").read_text()
     block = makefile.split("QUIET_KERNELS :=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
     settings = dict(item.split("=", 1) for item in block.split())
-    assert settings == {**runner.QUIET_ENVIRONMENT, "PYTHONSTARTUP": "$(CURDIR)/mimic_utils/kernel_startup.py"}
+    assert settings == {**runner.QUIET_ENVIRONMENT, "PYTHONSTARTUP": "$(CURDIR)/mimic_utils/kernel_startup.py",
+                        runner.LOG_ENV: "$(CURDIR)/outputs/smoke/logs/nbval.log"}
     assert runner.KERNEL_STARTUP == ROOT / "mimic_utils" / "kernel_startup.py"
 
 
-def test_make_lab_passes_allow_root_only_to_root():
-    makefile = (ROOT / "Makefile").read_text()
-    assert "LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)" in makefile
-    assert "jupyter lab $(LAB_FLAGS)" in makefile and "ipywidgets==" in makefile
+
+def test_clean_output_folder_keeps_only_self_checking_state(tmp_path):
+    folder = tmp_path / "outputs" / "cpu" / "04_demo"
+    stale = [folder / "answer_shares.png", folder / "model" / "model.safetensors", folder / "old" / "deep" / "x.csv"]
+    kept = [folder / "model" / "checkpoints" / "abc" / "finetune.pt", folder / "predictions" / "base.jsonl",
+            folder / "hub_images" / "a.png"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    removed = runner.clean_output_folder(folder)
+    assert sorted(removed) == sorted(stale)
+    assert all(p.is_file() for p in kept) and not any(p.exists() for p in stale)
+    assert not (folder / "old").exists()  # emptied folders go too
+    assert runner.clean_output_folder(tmp_path / "outputs" / "cpu" / "09_none") == []  # not there yet: nothing to do
+    for elsewhere in ("cache", "models", "executed"):  # the caches, the committed organism, executed notebooks
+        with pytest.raises(ValueError, match="not a notebook's output folder"):
+            runner.clean_output_folder(tmp_path / "outputs" / "cpu" / elsewhere)
+    with pytest.raises(ValueError, match="not a notebook's output folder"):
+        runner.clean_output_folder(tmp_path / "01_demo")
+
+
+def test_strip_volatile_drops_times_and_gives_inserted_cells_stable_ids():
+    timing = {"start_time": "2026-11-30T20:58:13", "end_time": "2026-11-30T20:58:24", "duration": 11.8}
+    nb = {"metadata": {"papermill": {**timing, "parameters": {"n": 1}, "version": "2.7.0"}},
+          "cells": [{"id": "0bf46fc0", "cell_type": "code", "outputs": [{"output_type": "stream", "text": "0.1 s\n"}],
+                     "metadata": {"tags": ["injected-parameters"], "execution": {"iopub.status.idle": "2026-11-30"},
+                                  "papermill": {**timing, "status": "completed", "exception": False}}},
+                    {"id": "03-01", "cell_type": "code", "metadata": {"tags": []}, "outputs": []}]}
+    stripped = runner.strip_volatile(nb)
+    assert stripped["metadata"]["papermill"] == {"parameters": {"n": 1}, "version": "2.7.0"}
+    first, second = stripped["cells"]
+    assert first["id"] == "injected-parameters" and second["id"] == "03-01"
+    assert first["metadata"] == {"tags": ["injected-parameters"], "papermill": {"status": "completed", "exception": False}}
+    assert first["outputs"] == [{"output_type": "stream", "text": "0.1 s\n"}]  # a printed timing is a result
+
+
+@pytest.mark.slow
+def test_a_rerun_leaves_identical_notebooks_no_stale_files_and_log_lines_in_the_log(tmp_path):
+    """Two runs of the same notebook: byte-identical executed copies; a file the notebook no longer writes is gone
+    after the second; the study's log lines (artifacts.note) are in the notebook's log, not in its outputs."""
+    root = make_study(tmp_path, [
+        "from mimic_utils.artifacts import note, output_dir\nout = output_dir(profile, '01_demo')",
+        "note('[evaluate] x.jsonl: 3 of 3 rows come from another model; starting over')\nprint('score 0.5')",
+        "(out / 'table.csv').write_text('a\\n1\\n')",
+    ])
+    out = root / "outputs" / "smoke"
+    runner.run("smoke", root=root)
+    executed = out / "executed" / "01_demo.ipynb"
+    first = executed.read_bytes()
+    (out / "01_demo" / "from_older_code.png").write_text("stale")
+    (out / "01_demo" / "predictions").mkdir()
+    (out / "01_demo" / "predictions" / "base.jsonl").write_text("{}\n")
+    runner.run("smoke", root=root)
+    assert executed.read_bytes() == first
+    assert sorted(p.name for p in (out / "01_demo").rglob("*") if p.is_file()) == ["base.jsonl", "table.csv"]
+    nb = nbformat.read(executed, as_version=4)
+    shown = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "score 0.5" in shown and "starting over" not in shown
+    assert "injected-parameters" in [c.get("id") for c in nb.cells]
+    assert "start_time" not in executed.read_text() and "iopub" not in executed.read_text()
+    log = (out / "logs" / "01_demo.log").read_text()
+    assert "starting over" in log and "from_older_code.png" in log and log.count("started") == 1

@@ -3,6 +3,7 @@ generation, save/load, errors. Everything is built offline."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -326,6 +327,9 @@ def test_save_and_load_adapter_round_trip(tiny_adapter, two_samples, tmp_path, f
     assert type(loaded.model) is type(adapter.model) and type(loaded.processor) is type(adapter.processor)
     assert loaded.settings["preprocessing"] == adapter.settings["preprocessing"]
     assert loaded.settings["model"] == str(tmp_path)
+    # weights_sha256 means what the model card says it means: `sha256sum model.safetensors`
+    assert loaded.settings["weights_sha256"] == hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    assert loaded.settings["weights_fingerprint"] not in (None, loaded.settings["weights_sha256"])
     original, reloaded = adapter.prepare(two_samples), loaded.prepare(two_samples)
     assert torch.equal(original.inputs["input_ids"], reloaded.inputs["input_ids"])
     with torch.no_grad():
@@ -441,3 +445,16 @@ def test_four_bit_config_is_nf4_with_double_quantisation():
     assert vlm.quantization_config(None) is None
     with pytest.raises(ValueError, match="4bit"):
         vlm.quantization_config("3bit")
+
+
+def test_weights_hashes_give_a_sharded_checkpoint_a_fingerprint_but_no_single_file_sha256(tmp_path):
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"first shard")
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"second shard")
+    fingerprint, sha256 = vlm.weights_hashes(tmp_path)
+    assert sha256 is None and len(fingerprint) == 64
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"other weights")
+    assert vlm.weights_hashes(tmp_path)[0] != fingerprint
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model.safetensors").write_bytes(b"weights")
+    assert vlm.weights_hashes(single)[1] == hashlib.sha256(b"weights").hexdigest()
