@@ -318,6 +318,7 @@ class DataCentricFinetune(Strict):
     """Notebook 04."""
 
     base_model: NamedModelSpec
+    compared_with: NamedModelSpec | None
     finetune_config: FinetuneSpec
     hub_datasets: list[HubDataset]
     max_per_cell: MaxPerCell
