@@ -360,10 +360,11 @@ PANELS_PER_ROW = 3
 
 def loss_by_run(logs: list[pd.DataFrame], path: Path | str, window: int, title: str):
     """Training loss of several runs (loss logs with ``model`` and ``seed`` columns) as its ``window``-step
-    rolling mean per run: one colour per model, one line style per seed."""
+    rolling mean per run: one panel per model, one colour per seed (seeds of one model overlap, so models
+    sharing one axis would hide each other)."""
     loss = pd.concat(logs)
     loss["loss_mean"] = loss.groupby(["model", "seed"])["loss"].transform(lambda s: s.rolling(window, min_periods=1).mean())
-    return metric_lines(loss, "step", "loss_mean", "model", path, style="seed", blind=None, title=title, ylabel="loss",
+    return metric_lines(loss, "step", "loss_mean", "seed", path, facet="model", blind=None, title=title, ylabel="loss",
                         ylim=None)
 
 

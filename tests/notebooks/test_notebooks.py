@@ -196,6 +196,29 @@ def test_reader_problems_finds_paths_figures_nan_dicts_log_lines_and_missing_ima
     assert reader_problems(tmp_path / "y.ipynb") == []  # an image's repr beside the image is fine
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_reference_shows_a_reader_what_it_should(notebook):
+    """The nbval references (executed under smoke): no path, figure repr, NaN, raw dict or log line in sight,
+    and an inline image wherever the notebook draws. `make references` after a notebook or plot change."""
+    findings = reader_problems(REFERENCES / notebook.name)
+    assert not findings, f"{len(findings)} problem(s) a reader would see, e.g.\n" + "\n".join(findings[:8])
+
+
+#: The committed executed notebooks of the cpu study, as a reader opens them in JupyterLab.
+EXECUTED_CPU = ROOT / "outputs" / "cpu" / "executed"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_cpu_notebook_shows_a_reader_what_it_should(notebook):
+    """The same check on the committed cpu run (absent only in a checkout without outputs/cpu/executed)."""
+    if not EXECUTED_CPU.is_dir():
+        pytest.skip(f"{EXECUTED_CPU.relative_to(ROOT)} absent: no committed cpu run here")
+    executed = EXECUTED_CPU / notebook.name
+    assert executed.is_file(), f"{executed.relative_to(ROOT)} missing: rerun `make study`"
+    findings = reader_problems(executed)
+    assert not findings, f"{len(findings)} problem(s) a reader would see, e.g.\n" + "\n".join(findings[:8])
+
+
 def test_smoke_outputs_name_no_absolute_path_of_the_checkout():
     """Everything a smoke run wrote (run one first: `python -m mimic_utils.runner --profile smoke`) names
     files relative to the checkout: manifests, metrics, tables, executed notebooks, task folders."""

@@ -152,6 +152,18 @@ def test_long_curves_have_no_markers_and_neither_has_their_legend(tmp_path):
     assert "o" in {h.get_marker() for h in short.legends[0].legend_handles if hasattr(h, "get_marker")}
 
 
+def test_loss_by_run_gives_each_model_its_panel_and_each_seed_its_colour(tmp_path):
+    """Notebook 05's loss figure: seeds of one model overlap, so models sharing an axis hid each other."""
+    logs = [pd.DataFrame({"model": m, "seed": s, "step": range(1, 5), "loss": [4.0, 2.0, 0.0, 2.0]})
+            for m in ("no mask", "late") for s in (0, 1)]
+    fig = plots.loss_by_run(logs, tmp_path / "loss.png", 2, title="loss").figure
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["no mask", "late"]
+    for ax in panels:
+        assert len({line.get_color() for line in ax.get_lines()}) == 2  # one colour per seed
+        assert list(ax.get_lines()[0].get_ydata()) == [4.0, 3.0, 1.0, 1.0]  # the 2-step rolling mean
+
+
 def test_a_backdrop_model_is_drawn_grey_in_every_other_panel(tmp_path):
     data = pd.concat([frame(("four-task mean",)).assign(model=m) for m in ("base", "tuned", "masked")])
     fig = plots.metric_lines(data, "n_images", "score", "model", tmp_path / "f.png", facet="model",
