@@ -70,7 +70,7 @@ def _unique(values: list) -> list:
 
 
 def _layer_spec(spec: Any) -> Any:
-    """A mask's layers as ``models.masking.parse_layers`` reads them (checked against the model's depth later)."""
+    """A mask's layers as ``models.masking.resolve_layers`` reads them (checked against the model's depth later)."""
     from mimic_utils.models.masking import check_layer_spec
 
     check_layer_spec(spec)

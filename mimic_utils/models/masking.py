@@ -91,7 +91,7 @@ def _spec_layers(spec: LayerSpec, num_layers: int, auto_layer: int | None) -> li
 
 def check_layer_spec(spec: str | int | Sequence[int] | None) -> None:
     """Refuse a spec that no model could read (``"12-2x"``, a backwards range), before any model is
-    loaded: the parameter check runs this. Layer numbers meet the model's depth in :func:`parse_layers`."""
+    loaded: the parameter check runs this. Layer numbers meet the model's depth in :func:`resolve_layers`."""
     if isinstance(spec, str) and spec.strip().lower() not in ("", *LAYER_KEYWORDS):
         _parse_ranges(spec, spec.strip().lower(), None)
 
