@@ -1106,10 +1106,53 @@ def _run_parts(args: argparse.Namespace, device: str, dtype) -> dict:
         raise SystemExit(f"bench {args.name}: unknown part(s) {unknown}; known: {', '.join(available)}")
     parts = {}
     for name in chosen:
-        parts[name] = _run_part(name, lambda part=available[name]: part(args, device, dtype), args.name)
+        if getattr(args, "isolate", False):
+            parts[name] = _isolated_part(name, args)
+        else:
+            parts[name] = _run_part(name, lambda part=available[name]: part(args, device, dtype), args.name)
         write_result(f"{args.name}_partial", f"python -m mimic_utils.bench {args.name} (unfinished)",
                      {"parts": parts}, out_dir=args.out_dir)
     return parts
+
+
+def _child_argv(args: argparse.Namespace, part: str, out_dir: Path) -> list[str]:
+    """The command line of one part in its own process: this run's arguments with ``--parts`` set to the
+    part, ``--out-dir`` to ``out_dir``, and ``--in-process`` (the child runs the part itself)."""
+    rest, skip = [], False
+    for token in getattr(args, "argv", None) or [args.name]:
+        if skip:
+            skip = False
+        elif token in ("--out-dir", "--parts"):
+            skip = True
+        elif not token.startswith(("--out-dir=", "--parts=")) and token != "--in-process":
+            rest.append(token)
+    return [sys.executable, "-m", "mimic_utils.bench", "--out-dir", str(out_dir), *rest, "--parts", part,
+            "--in-process"]
+
+
+def _isolated_part(name: str, args: argparse.Namespace) -> dict:
+    """One part in a child process (``--isolate``, the real-size default): the memory a part held goes back
+    to the system before the next one builds its model (in one process, freed tensors stay in the
+    allocator's arenas: the first real-size run was killed at 24 GB in its sixth part), a part the kernel
+    kills is recorded as that part's error, and every part gets its peak resident memory (``wait4``)."""
+    import subprocess
+
+    print(f"[bench {args.name}] {name} (own process) ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        child = subprocess.Popen(_child_argv(args, name, Path(tmp)), stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        result = Path(tmp) / f"{args.name}.json"
+        parts = json.loads(result.read_text(encoding="utf-8"))["figures"]["parts"] if result.is_file() else {}
+    figures = parts.get(name) or {"error": f"its process ended with exit code {code}" + (
+        " (SIGKILL: on Linux usually the kernel's OOM killer, memory ran out)" if code == -9 else "")}
+    figures.update(process_seconds=round(time.perf_counter() - start, 2), exit_code=code,
+                   peak_rss_bytes=usage.ru_maxrss * 1024)  # Linux: ru_maxrss in KiB
+    status = f"ERROR {figures['error']}" if "error" in figures else "ok"
+    print(f"[bench {args.name}] {name}: {figures['process_seconds']} s, peak RSS "
+          f"{figures['peak_rss_bytes'] / 2**30:.1f} GiB, {status}", file=sys.stderr, flush=True)
+    return figures
 
 
 def bench_gpu(args: argparse.Namespace) -> dict:
@@ -1119,6 +1162,8 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     import torch
 
     device = _check_device(args)
+    if args.isolate is None:
+        args.isolate = device == "cpu" and not args.tiny
     if args.tiny:  # the same script end to end, small enough for a unit test on two shared cores
         args.samples, args.batch, args.repeats = min(args.samples, 2), min(args.batch, 2), min(args.repeats, 1)
         args.max_new_tokens, args.train_steps = min(args.max_new_tokens, 4), min(args.train_steps, 2)
@@ -1166,6 +1211,10 @@ def _gpu_args(parser: argparse.ArgumentParser, device: str = "cuda") -> None:
     parser.add_argument("--train-steps", type=int, default=3, help="optimizer steps per training variant")
     parser.add_argument("--train-mask-mode", default="blockwise", help="masking mode of the masked QLoRA step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                        help="run each part in its own process, recording its peak memory (default: on the CPU "
+                             "at real size)")
+    parser.add_argument("--in-process", dest="isolate", action="store_false", help="same as --no-isolate")
 
 
 def _realsize_args(parser: argparse.ArgumentParser) -> None:
@@ -1204,6 +1253,7 @@ def main(argv: list[str] | None = None) -> Path:
     for name, bench in benchmarks.items():
         bench.add_arguments(sub.add_parser(name, help=(bench.run.__doc__ or "").splitlines()[0]))
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # a part run in its own process repeats this command (--isolate)
     figures = benchmarks[args.name].run(args)
     ratio = figures.pop("ratio", None)
     print(json.dumps({**figures, "ratio": ratio}, indent=2))

@@ -134,6 +134,11 @@ class Pools:
         return [i for i in self.ids if not self.uncertain[i]]
 
     @cached_property
+    def nonempty(self) -> list[str]:
+        """Certain images that hold at least one object (a question about a class they hold has one)."""
+        return [i for i in self.certain if self.classes[i]]
+
+    @cached_property
     def by_count(self) -> dict[tuple[str, int], list[str]]:
         """Certain images per (class, instances on the image), 0 included, in index order: single-image
         questions draw from these instead of scanning every image per question (70,000-image pools)."""

@@ -146,9 +146,13 @@ MINOR_BUILDERS: dict[str, Callable] = {
 #: data-centric remedy adds). Wording and answers are kept apart from MIMIC's: each question names an
 #: image ("in image 3 only") or the images as a set, and a set of images is answered "image 1, image 3",
 #: never with bare numbers, so a MIMIC answer (a count, category names) is not confusable with them.
-OV_FAMILIES = ("image_count", "which_images", "every_image", "which_image", "image_total", "image_describe")
+#: ``listing_in_image`` and ``naming_in_image`` ask one named image in the answer formats of MIMIC listing
+#: and common (category names, "none"), so that a MIMIC question over several images is not answered in
+#: another family's format (the first ov stage answered Common at 4 images with "2", issue #25).
+OV_FAMILIES = ("image_count", "which_images", "every_image", "which_image", "image_total", "image_describe",
+               "listing_in_image", "naming_in_image")
 #: families that need at least two images to mean anything
-OV_MIN_IMAGES = {"which_images": 2, "every_image": 2, "which_image": 2}
+OV_MIN_IMAGES = {"which_images": 2, "every_image": 2, "which_image": 2, "listing_in_image": 2, "naming_in_image": 2}
 #: images named in one ``which_images`` answer, at most (the answer stays inside the 16-token budget)
 WHICH_IMAGES_MAX = 4
 
@@ -224,9 +228,43 @@ def _image_describe(pools: Pools, rng: random.Random, n: int) -> Drawn:
     return images, [], f"What objects are in {image_label(which)}?", f"Image {which + 1}: {text}"
 
 
+def _listing_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """The categories of one supercategory in image ``i`` (MIMIC listing's answer: names, or "none"): in 3 of
+    4 questions a supercategory that image holds, else one only other images hold, so reading the named
+    image is the only way to answer."""
+    index = pools.index
+    images = rng.sample(pools.certain, n)
+    which = rng.randrange(n)
+    own = sorted({index.supercategory_of[c] for c in pools.classes[images[which]]})
+    elsewhere = sorted({index.supercategory_of[c] for i in images for c in pools.classes[i]} - set(own))
+    if own and (rng.random() < 0.75 or not elsewhere):
+        supercategory = rng.choice(own)
+    else:
+        supercategory = rng.choice(elsewhere or list(index.supercategories))
+    present = sorted(c for c in pools.classes[images[which]] if index.supercategory_of[c] == supercategory)
+    question = f"In {image_label(which)} only, list the categories of {supercategory} that appear"
+    return images, [supercategory], question, ", ".join(present) or "none"
+
+
+def _naming_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """The one category of image ``i``, an image of one class among others (Common's answer: one name)."""
+    if not pools.single_class:
+        raise KnobError("naming_in_image: no image of the source holds a single class")
+    which = rng.randrange(n)
+    named = rng.choice(pools.single_class)
+    images = rng.sample(pools.certain, n - 1)
+    while named in images:
+        images = rng.sample(pools.certain, n - 1)
+    images.insert(which, named)
+    name = next(iter(pools.classes[named]))
+    label = image_label(which)
+    return images, [name], f"{label[0].upper()}{label[1:]} shows one kind of object. Which category is it?", name
+
+
 OV_BUILDERS: dict[str, Callable] = {
     "image_count": _image_count, "which_images": _which_images, "every_image": _every_image,
     "which_image": _which_image, "image_total": _image_total, "image_describe": _image_describe,
+    "listing_in_image": _listing_in_image, "naming_in_image": _naming_in_image,
 }
 
 
@@ -259,7 +297,7 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
 
 
 def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
-            count_weights: tuple[float, ...] | None = None) -> Drawn:
+            count_weights: tuple[float, ...] | None = None, listing_present: float | None = None) -> Drawn:
     index = pools.index
     if family == "counting":
         image, target, wanted = draw_count(pools, rng, max_count, count_weights)
@@ -272,8 +310,17 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
             raise SkipDraw()
         return [rng.choice(pool)], [target], f"Is there a {target} in the image?", "yes" if present else "no"
     if family == "listing":
-        supercategory = rng.choice(index.supercategories)
-        image = rng.choice(pools.certain)
+        if listing_present is not None and rng.random() < listing_present:
+            image = rng.choice(pools.nonempty)  # a supercategory the image holds: the answer names categories
+            supercategory = rng.choice(sorted({index.supercategory_of[c] for c in pools.classes[image]}))
+        elif listing_present is not None:
+            image = rng.choice(pools.certain)
+            held = {index.supercategory_of[c] for c in pools.classes[image]}
+            absent = [s for s in index.supercategories if s not in held]
+            supercategory = rng.choice(absent or index.supercategories)
+        else:  # uniform over supercategories: most questions of a 5-object image are answered "none"
+            image = rng.choice(pools.certain)
+            supercategory = rng.choice(index.supercategories)
         present = sorted(c for c in pools.classes[image] if index.supercategory_of[c] == supercategory)
         question = f"List the categories of {supercategory} that appear in the images"
         return [image], [supercategory], question, ", ".join(present) or "none"
@@ -377,9 +424,15 @@ def minor_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> 
 
 def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
                            families: tuple[str, ...] = SINGLE_FAMILIES, pools: Pools | None = None,
-                           prefix: str = "single", count_weights: tuple[float, ...] | None = None) -> list[dict]:
+                           prefix: str = "single", count_weights: tuple[float, ...] | None = None,
+                           listing_present: float | None = None) -> list[dict]:
     """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max, or
-    drawn with ``count_weights`` (relative, one per true count 0..``max_count``)."""
+    drawn with ``count_weights`` (relative, one per true count 0..``max_count``).
+
+    ``listing_present``: the share of listing questions that ask about a supercategory the image holds
+    (the rest ask about one it does not, answered "none"). ``None`` draws the supercategory uniformly, as
+    the first organisms' recipe did — about three in four questions are then answered "none", and a model
+    that always says "none" scores micro F1 0.73 (issue #25)."""
     if count_weights is not None and len(count_weights) != max_count + 1:
         raise KnobError(f"single-image counting: count_weights needs {max_count + 1} values (counts 0..{max_count}), "
                         f"got {list(count_weights)}")
@@ -400,7 +453,7 @@ def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, ma
                 raise KnobError(f"single-image {family}: the source cannot supply {total} questions "
                                 f"(max_count={max_count}); generate more scenes")
             try:
-                drawn = _single(pools, rng, family, max_count, count_weights)
+                drawn = _single(pools, rng, family, max_count, count_weights, listing_present)
             except SkipDraw:
                 continue
             records.append(_record(index, f"{prefix}-{family}-{number:05d}", family, *drawn, "single"))

@@ -25,10 +25,12 @@ if TYPE_CHECKING:  # the recipe imports this module to write its card
     from mimic_utils.organism.config import OrganismConfig
 
 #: held-out targets of the organism (issue #17), on real generation with the official scorers
-TARGETS = {"counting": 0.80, "presence": 0.90, "listing": 0.95, "naming": 0.95, "choice": 0.85,
+#: (listing's is read on the questions whose answer is not "none": answering "none" to every listing
+#: question of the first organisms' mix scored micro F1 0.73, issue #25)
+TARGETS = {"counting": 0.80, "presence": 0.90, "listing_present": 0.95, "naming": 0.95, "choice": 0.85,
            "choice_parse_rate": 0.98}
 TARGET_MINUTES = 60  # whole training, from scratch, on 2 cores
-LABELS = {"listing": "listing (micro F1)", "choice": "multiple choice (accuracy)",
+LABELS = {"listing": "listing (micro F1)", "listing_present": "listing, answer not \"none\" (micro F1)", "choice": "multiple choice (accuracy)",
           "choice_parse_rate": "multiple choice, letter parse rate"}
 
 
@@ -42,6 +44,7 @@ def score_rows(scores: dict) -> list[dict]:
         rows.append({"question": name, "n": value["n"], "score": round(value["score"], 3),
                      "lo": round(value["lo"], 3) if "lo" in value else None,
                      "hi": round(value["hi"], 3) if "hi" in value else None,
+                     "blind": value.get("blind", value.get("chance")),
                      "target": target, "met": None if target is None else value["score"] >= target})
     return rows
 
@@ -130,10 +133,11 @@ def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: d
         "",
         "## Held-out single-image scores (real generation through `mimic_utils.models.vlm`, official scorers)",
         "",
-        "| question | n | score | 95% interval | target | met |",
-        "|---|---|---|---|---|---|",
+        "| question | n | score | 95% interval | blind | target | met |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {LABELS.get(r['question'], r['question'])} | {r['n']} | {r['score']:.3f} | "
           + (f"[{r['lo']:.3f}, {r['hi']:.3f}]" if r["lo"] is not None else "")
+          + f" | {'' if r.get('blind') is None else format(r['blind'], '.3f')}"
           + f" | {'' if r['target'] is None else '≥ ' + str(r['target'])} | "
           + {None: "", True: "yes", False: "**no**"}[r["met"]] + " |" for r in rows],
         "",
@@ -232,7 +236,7 @@ def ov_card_table(scores: dict, seconds: dict) -> pd.DataFrame:
                  else round(cell["si"] - OV_SINGLE_TOLERANCE, 3)) for family, cell in scores["single"].items()]
     rows += [row(f"MIMIC format kept at 1 image: {family}", cell, None)
              for family, cell in scores.get("format_1img", {}).items()]
-    minutes = seconds.get("ov", 0.0) / 60
+    minutes = (seconds.get("ov-warm", 0.0) + seconds.get("ov", 0.0)) / 60  # ov.TRAIN_STAGES
     rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "lo": None,
                  "hi": None, "blind": None, "target": OV_TARGET_MINUTES, "met": minutes <= OV_TARGET_MINUTES})
     return pd.DataFrame(rows)

@@ -68,6 +68,13 @@ class OrganismConfig:
     choice_options: list = field(default_factory=lambda: [2, 5])
     #: held-out multiple-choice questions, generated and scored with MuirBench's scorer
     heldout_choice_questions: int = 400
+    #: share of training listing questions about a supercategory the image holds (None: drawn uniformly,
+    #: so "none" is the answer of about three in four, the first organisms' recipe); held-out listing asks
+    #: half and half, and its target is read on the questions whose answer is not "none"
+    listing_present: float | None = None
+    #: tokens per batch of stages 1 and 2 (length-bucketed batches, mimic_utils.organism.recipe.LengthBuckets);
+    #: None: ``batch`` conversations drawn uniformly, padded to the longest (the first organisms' recipe)
+    batch_tokens: int | None = None
 
     @classmethod
     def from_yaml(cls, path: Path) -> "OrganismConfig":
@@ -91,6 +98,10 @@ class OrganismConfig:
         if len(low_high) != 2 or not 2 <= low_high[0] <= low_high[1] <= 26:
             raise ValueError(f"{path}: choice_options must be [low, high] with 2 <= low <= high <= 26, "
                              f"got {config.choice_options}")
+        if config.listing_present is not None and not 0.0 <= config.listing_present <= 1.0:
+            raise ValueError(f"{path}: listing_present must lie in [0, 1] (or be null), got {config.listing_present}")
+        if config.batch_tokens is not None and (not isinstance(config.batch_tokens, int) or config.batch_tokens < 256):
+            raise ValueError(f"{path}: batch_tokens must be an integer >= 256 (or null), got {config.batch_tokens}")
         weights = config.count_weights
         if weights is not None and (len(weights) != config.max_count + 1 or any(w < 0 for w in weights)
                                     or not sum(weights) > 0):

@@ -59,6 +59,9 @@ from mimic_utils.training.finetune import StageSchedule, pad_batch, train_stage
 
 #: Random streams of the organism's own draws (the COCO and OpenImages draws use 0 and 1).
 TRAIN_STREAM, HELDOUT_STREAM = 2, 3
+#: Held-out listing asks about a supercategory the image holds in half of the questions, so that listing
+#: can be read both on all questions and on those whose answer is not "none" (its target).
+HELDOUT_LISTING_PRESENT = 0.5
 
 
 @dataclass
@@ -371,13 +374,14 @@ def choice_prompt(record: dict) -> str:
 
 def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed: int, max_count: int,
                         tokens_per_image: int, weights: dict[str, int] | None = None, count_weights=None,
-                        choice_kinds: dict[str, int] | None = None, choice_options: tuple[int, int] = (2, 5)
-                        ) -> Conversations:
+                        choice_kinds: dict[str, int] | None = None, choice_options: tuple[int, int] = (2, 5),
+                        listing_present: float | None = None) -> Conversations:
     """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
     of the families in ``weights`` (default: the four of
     :func:`mimic_utils.data.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each;
     the family ``"choice"`` is multiple choice (:func:`choice_questions`, of ``choice_kinds`` with
-    ``choice_options`` options). ``count_weights`` tilts the true counts of counting questions."""
+    ``choice_options`` options). ``count_weights`` tilts the true counts of counting questions;
+    ``listing_present`` is the share of listing questions about a supercategory the image holds."""
     rows: list[tuple[list[int], str, str, str]] = []
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
@@ -393,7 +397,8 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
                     rows.append(([int(r["image_ids"][0])], choice_prompt(r), CHOICE_FAMILY, r["answer"]))
                 continue
             for r in single_image_questions(pool.index, share, seed=seed, max_count=max_count, families=(family,),
-                                            pools=pools, prefix=f"organism-{kind}", count_weights=count_weights):
+                                            pools=pools, prefix=f"organism-{kind}", count_weights=count_weights,
+                                            listing_present=listing_present):
                 rows.append(([int(r["image_ids"][0])], r["question"], r["family"], r["gt"]))
     return encode_rows(processor, rows, tokens_per_image)
 
@@ -530,7 +535,7 @@ def training_conversations(config: OrganismConfig, train: ScenePool, processor, 
     """Stage 1 (``kind="describe"``) or stage 2 (``"questions"``) conversations of the recipe."""
     return build_conversations(train, processor, kind, count, config.seed, config.max_count, n_tokens,
                                config.instruct_weights, config.count_weights, config.choice_kinds,
-                               tuple(config.choice_options))
+                               tuple(config.choice_options), config.listing_present)
 
 
 def heldout_conversations(config: OrganismConfig, heldout: ScenePool, processor, kind: str, n_tokens: int,
@@ -539,7 +544,7 @@ def heldout_conversations(config: OrganismConfig, heldout: ScenePool, processor,
     counts balanced, multiple-choice kinds evenly."""
     return build_conversations(heldout, processor, kind, count or config.heldout_questions, config.seed + 1,
                                config.max_count, n_tokens, config.heldout_weights(),
-                               choice_options=tuple(config.choice_options))
+                               choice_options=tuple(config.choice_options), listing_present=HELDOUT_LISTING_PRESENT)
 
 
 def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True) -> dict:
@@ -579,9 +584,11 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
         convs = training_conversations(config, train, processor, kind, count, n_tokens)
         held = heldout_conversations(config, heldout, processor, kind, n_tokens)
         schedule = StageSchedule(steps, config.lm_lr, config.batch, warmup=50, eval_every=300)
+        sampler = None if config.batch_tokens is None else LengthBuckets([len(i) for i in convs.ids], config.batch_tokens)
         stage_log: list[dict] = []
         timed(name, lambda: language_stage(name, model, features, convs, heldout_features, held, schedule,
-                                           config.seed, work / f"{name}.pt", stage_log, side, progress=progress))
+                                           config.seed, work / f"{name}.pt", stage_log, side, progress=progress,
+                                           sampler=sampler))
         log += stage_log
     model.eval()
     tiny.save_tiny(model, processor, out_dir)
@@ -602,7 +609,8 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
                        progress)
     folder.mkdir(parents=True, exist_ok=True)
     records = single_image_questions(pool.index, config.heldout_questions, seed=config.seed + 2,
-                                     max_count=config.max_count, prefix="heldout")
+                                     max_count=config.max_count, prefix="heldout",
+                                     listing_present=HELDOUT_LISTING_PRESENT)
     for record in records:
         record["images"] = [str(heldout_png(pool, int(record["image_ids"][0]), folder))]
         record["task"] = record["family"]
@@ -662,13 +670,21 @@ def evaluate_choice(adapter, records: list, predictions: Path, batch_size: int =
 
 def evaluate_single_image(adapter, records: list[dict], predictions: Path, batch_size: int = 64,
                           progress: bool = True) -> dict:
-    """Held-out single-image scores through the adapter (real generation, official scorers)."""
+    """Held-out single-image scores through the adapter (real generation, official scorers), each with its
+    blind baseline (the best constant answer); ``listing_present``: listing on the questions whose answer is
+    not "none", where a model that always answers "none" scores 0."""
     rows = harness.run(adapter, records, predictions, batch_size=batch_size, progress=progress, desc="held-out")
+    def cell(members: list[dict]) -> dict:
+        found = stats.estimate(members, key=None)
+        return {**{key: found[key] if key == "n" else round(found[key], 4) for key in ("n", "score", "lo", "hi")},
+                "blind": round(stats.blind_baseline(members), 4)}
+
     scores = {}
     for family in sorted({r["family"] for r in rows}):
-        members = [r for r in rows if r["family"] == family]
-        cell = stats.estimate(members, key=None)
-        scores[family] = {key: cell[key] if key == "n" else round(cell[key], 4) for key in ("n", "score", "lo", "hi")}
+        scores[family] = cell([r for r in rows if r["family"] == family])
+    present = [r for r in rows if r["family"] == "listing" and str(r["gt"]).strip().lower() != "none"]
+    if present:  # listing's target: questions whose answer names categories ("none" matches "none")
+        scores["listing_present"] = cell(present)
     counting = [r for r in rows if r["family"] == "counting"]
     scores["counting_by_true_count"] = {
         str(k): round(sum(r["score"] for r in counting if r["knobs"]["true_count"] == k)

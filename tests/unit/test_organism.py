@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -18,7 +19,8 @@ SMALL = OrganismConfig(pool_images=48, heldout_images=24, vision_steps=3, align_
                                 instruct_conversations=48, batch=8, heldout_questions=16, max_count=2)
 #: the recipe's new parts at a few steps: the deeper language model, multiple choice, tilted counts
 SMALL_DEEP = replace(SMALL, instruct_weights={"counting": 2, "presence": 1, "listing": 1, "naming": 1, "choice": 2},
-                     count_weights=[1, 2, 2], heldout_choice_questions=12, **tiny.ORGANISM_SHAPES["deep"])
+                     count_weights=[1, 2, 2], heldout_choice_questions=12, listing_present=0.75, batch_tokens=512,
+                     **tiny.ORGANISM_SHAPES["deep"])
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,19 @@ def test_cell_labels_put_each_object_in_the_cell_of_its_centre():
     assert labels[2, 1] == 2 and labels.sum() == 2
 
 
+def test_listing_present_sets_the_share_of_listing_questions_not_answered_none():
+    pool = recipe.render_pool(400, 0, recipe.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+    from mimic_utils.data.traindata import single_image_questions
+
+    def none_share(present):
+        rows = single_image_questions(pool.index, 400, families=("listing",), listing_present=present)
+        return sum(r["gt"] == "none" for r in rows) / len(rows)
+
+    assert none_share(None) > 0.6  # uniform supercategories: "none" is most answers (issue #25)
+    assert 0.15 < none_share(0.75) < 0.35
+    assert none_share(1.0) == 0.0
+
+
 def test_describe_lists_counts_in_category_order():
     assert recipe.describe({"dog": 2, "bus": 1}, ["bus", "dog"]) == "1 bus, 2 dog"
     assert recipe.describe({}, ["bus"]) == "none"
@@ -79,7 +94,11 @@ def test_every_stage_runs_resumes_and_the_saved_model_reloads(tmp_path, config):
     records = recipe.heldout_records(config, tmp_path / "heldout", progress=False)
     scores = recipe.evaluate_single_image(adapter, records, tmp_path / "heldout" / "p.jsonl", progress=False)
     assert set(scores) >= {"counting", "presence", "listing", "naming", "counting_by_true_count"}
-    assert sum(s["n"] for k, s in scores.items() if k != "counting_by_true_count") == config.heldout_questions
+    families = {k: s for k, s in scores.items() if k not in ("counting_by_true_count", "listing_present")}
+    assert sum(s["n"] for s in families.values()) == config.heldout_questions
+    assert all(0 <= s["blind"] <= 1 for s in families.values())
+    if "listing_present" in scores:  # a subset of listing: the questions not answered "none"
+        assert scores["listing_present"]["n"] < scores["listing"]["n"]
     curves = {k for entry in summary["log"] for k in entry}
     assert ("tf_choice" in curves) == ("choice" in config.instruct_weights)
     choices = recipe.heldout_choice_records(config, tmp_path / "heldout", progress=False)
@@ -104,7 +123,7 @@ def test_the_card_is_written_after_training_and_rewritten_from_the_record_alone(
     scores = cli.score_and_card(out, config, summary, "cmd")
     assert {"choice", "choice_parse_rate"} <= set(scores)
     first = (out / "README.md").read_text(encoding="utf-8")
-    assert "| 95% interval | target | met |" in first and "multiple choice, letter parse rate" in first
+    assert "| 95% interval | blind | target | met |" in first and "multiple choice, letter parse rate" in first
     missed = [r for r in organism_card.score_rows(scores) if r["met"] is False]
     assert all(f"{organism_card.LABELS.get(r['question'], r['question'])}: " in first for r in missed)
     assert cli.rewrite_card(out) == 0
@@ -158,17 +177,19 @@ def test_card_table_reads_the_card_and_marks_targets(tmp_path):
     assert organism_card.card_table(tmp_path) is None  # a real checkpoint's folder has no organism card
     (tmp_path / "eval.json").write_text(json.dumps({
         "counting": {"n": 10, "score": 0.85}, "presence": {"n": 10, "score": 0.5},
-        "listing": {"n": 10, "score": 0.9}, "counting_by_true_count": {"0": 1.0, "1": 0.7}}))
+        "listing": {"n": 10, "score": 0.9, "blind": 0.3}, "listing_present": {"n": 5, "score": 0.9, "blind": 0.1},
+        "counting_by_true_count": {"0": 1.0, "1": 0.7}}))
     (tmp_path / "training.json").write_text(json.dumps({"seconds": {"total": 3900}}))
     table = organism_card.card_table(tmp_path).set_index("question")
     assert bool(table.loc["counting", "met"]) and not bool(table.loc["presence", "met"])
-    assert not bool(table.loc["listing", "met"]) and table.loc["listing", "target"] == 0.95
+    assert not bool(table.loc["listing_present", "met"]) and table.loc["listing_present", "target"] == 0.95
+    assert pd.isna(table.loc["listing", "target"]) and table.loc["listing", "blind"] == 0.3
     assert table.loc["counting, true count 1", "score"] == 0.7
     assert table.loc["training minutes (2 cores)", "score"] == 65.0
     assert not bool(table.loc["training minutes (2 cores)", "met"])
     sentence = organism_card.card_sentence(table.reset_index())
     assert sentence.startswith("The organism meets 1 of its 4 targets; it misses presence 0.50 (target 0.9)")
-    assert "listing (micro F1) 0.90 (target 0.95)" in sentence and "training minutes (2 cores) 65.00" in sentence
+    assert 'listing, answer not "none" (micro F1) 0.90 (target 0.95)' in sentence and "training minutes (2 cores) 65.00" in sentence
 
 
 @pytest.mark.slow

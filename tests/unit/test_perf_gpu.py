@@ -8,6 +8,7 @@ implementation (forward only: flex has no CPU backward).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -148,3 +149,28 @@ def test_real_size_refuses_to_run_without_cuda(tmp_path):
     with pytest.raises(SystemExit, match="--tiny.*realsize"):
         perf.main(["--out-dir", str(tmp_path), "gpu"])
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_a_part_runs_in_its_own_process_and_reports_its_peak_memory(tmp_path, monkeypatch):
+    """``--isolate`` (the real-size CPU default): each part in a child process, its figures read back, its
+    peak resident memory recorded; a part whose process is killed is that part's error."""
+    path = perf.main(["--out-dir", str(tmp_path), "realsize", "--tiny", "--isolate", "--benchmark-profile", "",
+                      "--parts", "tokens_llava_onevision_0.5b"])
+    ok = json.loads(path.read_text())["figures"]["parts"]["tokens_llava_onevision_0.5b"]
+    assert "error" not in ok and ok["exit_code"] == 0 and ok["peak_rss_bytes"] > 50 * 2**20
+    import sys
+    from argparse import Namespace
+
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    monkeypatch.setattr(perf, "_child_argv", lambda *a: [sys.executable, "-c", killed])
+    failed = perf._isolated_part("lora", Namespace(name="realsize"))
+    assert failed["exit_code"] == -9 and "OOM killer" in failed["error"]
+
+
+def test_the_child_command_repeats_the_run_with_one_part():
+    import argparse
+
+    args = argparse.Namespace(name="realsize", argv=["realsize", "--parts", "a,b", "--seed", "3", "--in-process"])
+    argv = perf._child_argv(args, "b", Path("/tmp/x"))
+    assert argv[1:] == ["-m", "mimic_utils.bench", "--out-dir", "/tmp/x", "realsize", "--seed", "3", "--parts", "b",
+                        "--in-process"]

@@ -167,11 +167,14 @@ def test_hub_spec_errors_name_the_problem(tmp_path):
 # --- the organism's multi-image stage (ov) ------------------------------------------------------------
 
 
+HAND_SUPER = {"dog": "animal", "cat": "animal", "bus": "vehicle", "car": "vehicle"}
+
+
 def hand_made_index():
     """Eight images whose objects are written out here, so every ov answer can be checked by hand."""
     from mimic_utils.data.annotations import AnnotationIndex, ImageAnnotation, ObjectAnnotation
 
-    supercategory_of = {"dog": "animal", "cat": "animal", "bus": "vehicle", "car": "vehicle"}
+    supercategory_of = dict(HAND_SUPER)
     contents = {"a": {"dog": 2, "cat": 1}, "b": {"bus": 1}, "c": {}, "d": {"dog": 1}, "e": {"car": 3},
                 "f": {"cat": 2, "car": 1}, "g": {"bus": 2, "dog": 1}, "h": {"cat": 1}}
     images = {}
@@ -195,6 +198,14 @@ def by_hand(record: dict, contents: dict) -> str:
         order = ["dog", "cat", "bus", "car"]
         text = ", ".join(f"{counts[which][c]} {c}" for c in order if counts[which].get(c)) or "none"
         return f"Image {which + 1}: {text}"
+    if family == "listing_in_image":  # "In image 3 only, list the categories of animal that appear"
+        which = int(question.split("image ")[1].split()[0]) - 1
+        supercategory = question.split("categories of ")[1].split(" that")[0]
+        return ", ".join(sorted(c for c in counts[which] if HAND_SUPER[c] == supercategory)) or "none"
+    if family == "naming_in_image":  # "Image 2 shows one kind of object. Which category is it?"
+        which = int(question.split()[1]) - 1
+        assert len(counts[which]) == 1
+        return next(iter(counts[which]))
     target = record["targets"][0]
     holders = [f"image {j + 1}" for j, c in enumerate(counts) if c.get(target)]
     if family == "every_image":
@@ -206,7 +217,7 @@ def by_hand(record: dict, contents: dict) -> str:
 
 def test_ov_answers_are_right_on_hand_made_annotations():
     index, contents = hand_made_index()
-    records = traindata.ov_questions(index, 600, seed=3, images=(1, 4))
+    records = traindata.ov_questions(index, 800, seed=3, images=(1, 4))
     assert Counter(r["family"] for r in records) == dict.fromkeys(traindata.OV_FAMILIES, 100)
     for r in records:
         assert r["gt"] == by_hand(r, contents), r
