@@ -770,3 +770,59 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# --- is the model under study above the floor where the claims are read? ------------------------------
+
+#: How far above its blind baseline the four-task mean at 4 images must be for the images claims to be read
+#: on a model that reads several images (issue #25), rather than on the floor.
+MEAN_MARGIN_AT_4 = 0.10
+
+
+def floor_check(tables: Mapping[str, pd.DataFrame], model: str) -> pd.DataFrame:
+    """The conditions under which notebook 02's claims are read above the floor, for one model: every task
+    at 1 image, the four-task mean at 4 (by :data:`MEAN_MARGIN_AT_4`) and at the most images, and counting
+    with the target in one of the spread sweep's images (claim 3's reference) — each as ``score, lo, hi,
+    blind, needed`` and ``met`` (the interval's lower end above ``needed``: the blind baseline, plus the
+    margin at 4 images). A condition whose cell was not asked is left out."""
+    lines = []
+
+    def add(condition: str, cell: Mapping, margin: float = 0.0) -> None:
+        needed = round(float(cell["blind"]) + margin, 4)
+        lines.append({"condition": condition, "n": int(cell["n"]), "score": cell["score"], "lo": cell["lo"],
+                      "hi": cell["hi"], "blind": cell["blind"], "needed": needed, "met": bool(cell["lo"] > needed)})
+
+    def of(frame_name: str) -> pd.DataFrame:
+        frame = tables.get(frame_name, pd.DataFrame())
+        return frame[frame["model"] == model] if len(frame) else frame
+
+    images = of("images")
+    if len(images):
+        for _, cell in images[images["n_images"] == 1].iterrows():
+            add(f"{cell['task']} at 1 image", cell)
+    headline = of("headline")
+    if len(headline):
+        mean = headline[headline["task"] == MEAN_LABEL]
+        counts = sorted(mean["n_images"].unique())
+        for n in [c for c in (4, counts[-1] if counts else None) if c in counts and c != 1]:
+            add(f"four-task mean at {n} images", mean[mean["n_images"] == n].iloc[0],
+                MEAN_MARGIN_AT_4 if n == 4 else 0.0)
+    spread = of("spread")
+    if len(spread):
+        for _, cell in spread[spread["spread"] == 1].iterrows():
+            add(f"{cell['task']}, target in 1 of {cell['n_images']} images (spread 1)", cell)
+    return pd.DataFrame(lines)
+
+
+def floor_sentence(check: pd.DataFrame, model: str) -> str:
+    """One generated sentence on :func:`floor_check`: how many conditions hold, and which do not."""
+    if check.empty:
+        return f"{model}: no cell of the floor check was asked."
+    missed = check[~check["met"]]
+    said = f"{model} is above the floor in {len(check) - len(missed)} of {len(check)} conditions"
+    if missed.empty:
+        return said + ": the claims below are read on a model that answers above its blind baseline."
+    listed = "; ".join(f"{row['condition']} {row['score']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}] against "
+                       f"{row['needed']:.2f} needed" for _, row in missed.iterrows())
+    return (said + f"; not in: {listed}. A claim read on those cells is read on the floor, and the verdict "
+            "rule says so (\"not testable here\").")

@@ -380,9 +380,14 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         "The single-image organism `si` (`" + si_info["path"] + "`) trained further by `mimic_utils.organism.ov` on",
         "1-10-image samples of its own rendered training stream (never the benchmark's images): per-image",
         "questions that need it to keep images apart (how many X in image i, which images contain X, does each",
-        "image contain X, which image is the only one with X, how many images, what is in image i) and the",
-        "single-image questions of its stage 2 (MIMIC-format counting, listing and naming, presence, multiple",
-        "choice). Never one of the four MIMIC aggregation questions. Our stand-in for LLaVA-OneVision's `-ov`.",
+        "image contain X, which image is the only one with X, how many images, what is in image i, the",
+        "categories of one supercategory in image i, the one category of image i) and the single-image",
+        "questions of its stage 2 (MIMIC-format counting, listing and naming, presence, multiple choice). Never",
+        "one of the four MIMIC aggregation questions. Our stand-in for LLaVA-OneVision's `-ov`.",
+        "",
+        (f"A curriculum: {ov.warm_steps} steps on samples of {ov.warm_images[0]}-{ov.warm_images[1]} images "
+         f"(`ov-warm`, lr {ov.warm_lr:g}), then {ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (`ov`, "
+         f"lr {ov.lr:g})." if ov.warm_steps else f"{ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (lr {ov.lr:g})."),
         "",
         f"- command: `{command}`",
         f"- seed: {ov.seed}",

@@ -395,3 +395,32 @@ def test_count_confusions_cover_each_counting_task_at_the_image_counts_asked():
     assert list(found) == [("counting_balanced", 4), ("counting_balanced", 10), ("counting_unbalanced", 4),
                            ("counting_unbalanced", 10)]
     assert found[("counting_balanced", 10)].loc[2, diagnosis.UNPARSED] == 1
+
+
+def test_floor_check_reads_each_condition_against_its_blind_baseline():
+    import pandas as pd
+
+    def cell(task, n, score, lo, hi, blind, **knobs):
+        return {"model": "m", "task": task, "n_images": n, "n": 200, "score": score, "lo": lo, "hi": hi,
+                "blind": blind, **knobs}
+
+    tables = {
+        "images": pd.DataFrame([cell("common", 1, 0.9, 0.85, 0.95, 0.05), cell("listing", 1, 0.07, 0.04, 0.1, 0.06),
+                                cell("common", 4, 0.3, 0.2, 0.4, 0.05)]),
+        "headline": pd.DataFrame([cell(diagnosis.MEAN_LABEL, 4, 0.25, 0.22, 0.28, 0.11),
+                                  cell(diagnosis.MEAN_LABEL, 10, 0.15, 0.12, 0.18, 0.10),
+                                  cell("oddone", 4, 0.5, 0.4, 0.6, 0.06)]),
+        "spread": pd.DataFrame([cell("counting_balanced", 4, 0.2, 0.15, 0.25, 0.5, spread=1),
+                                cell("counting_balanced", 4, 0.1, 0.05, 0.15, 0.5, spread=2)]),
+    }
+    check = diagnosis.floor_check(tables, "m").set_index("condition")
+    assert list(check.index) == ["common at 1 image", "listing at 1 image", "four-task mean at 4 images",
+                                 "four-task mean at 10 images",
+                                 "counting_balanced, target in 1 of 4 images (spread 1)"]
+    assert check.loc["common at 1 image", "met"] and not check.loc["listing at 1 image", "met"]  # lo 0.04 < 0.06
+    assert check.loc["four-task mean at 4 images", "needed"] == 0.21 and check.loc["four-task mean at 4 images", "met"]
+    assert check.loc["four-task mean at 10 images", "needed"] == 0.10
+    assert not check.loc["counting_balanced, target in 1 of 4 images (spread 1)", "met"]
+    sentence = diagnosis.floor_sentence(check.reset_index(), "m")
+    assert sentence.startswith("m is above the floor in 3 of 5 conditions; not in: listing at 1 image 0.07")
+    assert diagnosis.floor_check({}, "m").empty

@@ -239,3 +239,23 @@ def test_notebook_01s_ov_mix_is_validated_naming_the_file_and_key(tmp_path):
     copy.write_text(yaml.safe_dump(values))
     with pytest.raises(runner.ParameterError, match=r"01_data_build\.yaml.*ov_weights.*total_count"):
         runner.load_parameters(runner.Notebook(nb.stem, nb.path, copy), "cpu")
+
+
+@pytest.mark.slow
+def test_the_ov_stage_runs_its_warm_phase_then_the_main_one_and_resumes(tmp_path):
+    """The whole ov stage at a few steps from a tiny si: a 2-3-image warm phase, then 1-10 images, each with
+    its own checkpoint and curve rows; a second call resumes both and saves the same weights."""
+    from tests.unit.test_organism import SMALL
+
+    si_dir = tmp_path / "si"
+    organism.train_organism(replace(SMALL, pool_images=64), si_dir, progress=False)
+    (si_dir / "training.json").write_text(json.dumps({"config": asdict(replace(SMALL, pool_images=64))}))
+    ov = organism_ov.OvConfig(pool_images=64, conversations=60, images=[1, 4], steps=2, warm_steps=2,
+                              warm_conversations=30, warm_images=[2, 3], eval_every=2, batch_tokens=1024,
+                              heldout_questions=20, eval_questions=16, format_questions=3)
+    summary = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
+    assert [(e["stage"], e["step"]) for e in summary["log"]] == [("ov-warm", 1), ("ov-warm", 2), ("ov", 1), ("ov", 2)]
+    assert "gen_format_1img" in summary["log"][1] and {"ov-warm", "ov"} <= set(summary["seconds"])
+    first = (tmp_path / "ov" / "model.safetensors").read_bytes()
+    again = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
+    assert again["log"] == summary["log"] and (tmp_path / "ov" / "model.safetensors").read_bytes() == first
