@@ -123,7 +123,7 @@ def sentences(table: pd.DataFrame, profile: str, published: Published | None = N
     lines = []
     for row in table.to_dict(orient="records"):
         source = published.sources[row["source"]]
-        cited = f"{source.title}, {source.where}" + ("" if row["verified"] else "; as quoted in issue 29, not re-verified")
+        cited = f"{source.title}, {source.where}" + ("" if row["verified"] else "; not verified against the source itself")
         if isinstance(row.get("ours"), float) and math.isfinite(row["ours"]):
             lines.append(f"{row['benchmark']}, {row['model']}: ours {row['ours']:.1f} [95% CI {row['lo']:.1f}, "
                          f"{row['hi']:.1f}] vs published {row['published']:.1f} ({cited}; {row['note']}): "
