@@ -72,8 +72,8 @@ class OrganismConfig:
     #: so "none" is the answer of about three in four, the first organisms' recipe); held-out listing asks
     #: half and half, and its target is read on the questions whose answer is not "none"
     listing_present: float | None = None
-    #: tokens per batch of stages 1 and 2 (length-bucketed batches, mimic_utils.organism.recipe.LengthBuckets);
-    #: None: ``batch`` conversations drawn uniformly, padded to the longest (the first organisms' recipe)
+    #: tokens per batch of stages 1 and 2 (conversations drawn uniformly while they fit, padded to the
+    #: longest: mimic_utils.organism.recipe.TokenBudget); None: ``batch`` conversations (the first recipes)
     batch_tokens: int | None = None
 
     @classmethod

@@ -66,6 +66,42 @@ def test_the_cached_forward_of_several_images_equals_the_pixel_forward(built, po
     assert torch.allclose(cached, direct, atol=1e-4)
 
 
+def test_token_budget_batches_mix_lengths_and_fit_the_budget_padded():
+    """si's batches: uniform draws (so one-image families, whose lengths differ, mix in a batch), as many
+    as fit the budget once padded to the longest."""
+    lengths = [70] * 500 + [110] * 500
+    budget = organism.TokenBudget(lengths, tokens=2000)
+    rng = random.Random(0)
+    mixed = 0
+    for _ in range(300):
+        picks = budget(rng)
+        assert max(lengths[i] for i in picks) * len(picks) <= 2000
+        assert max(lengths[i] for i in picks) * (len(picks) + 1) > 2000 - 110  # filled up to the last draw
+        mixed += len({lengths[i] for i in picks}) == 2
+    assert mixed > 290
+    with pytest.raises(ValueError, match="does not fit"):
+        organism.TokenBudget([3000], tokens=2000)
+
+
+def test_the_unmasked_forward_of_a_right_padded_batch_has_the_masked_loss(built, pool):
+    """language_forward passes no attention mask: right padding under causal attention leaves every real
+    token's context and position as they were, so the loss equals the masked forward's."""
+    model, processor = built
+    side, n_tokens = 8, 16
+    rows = [([1], "How many dog objects are there?", "counting", "2"),
+            ([2, 5], "Which images contain a cat? Answer with each image.", "which_images", "image 2"),
+            ([4], "What objects are in the image?", "describe", "1 dog, 2 cat, 1 bus")]
+    convs = organism.encode_rows(processor, rows, n_tokens)
+    features = organism.cache_vision(model, processor, pool, progress=False)[:8]
+    pad = model.config.text_config.pad_token_id
+    with torch.no_grad():
+        unmasked = organism.language_forward(model, features, convs, [0, 1, 2], side, pad).loss
+        masked = torch.stack([organism.language_forward(model, features, convs, [i], side, pad).loss
+                              for i in range(3)])
+    labelled = torch.tensor([sum(t != -100 for t in convs.labels[i][1:]) for i in range(3)], dtype=torch.float)
+    assert torch.allclose(unmasked, (masked * labelled).sum() / labelled.sum(), atol=1e-5)
+
+
 def test_length_buckets_fill_a_token_budget_and_draw_every_conversation_alike():
     lengths = [40] * 600 + [200] * 400
     buckets = organism.LengthBuckets(lengths, tokens=1000, buckets=5)  # groups of 200: 3 short, 2 long
