@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, if_needed: bool) -> int:
     """Train the si checkpoint, or with ``if_needed`` reuse it when its recorded recipe is ``config``.
 
-    ``--if-needed`` never retrains a committed si checkpoint (about 80 minutes, and every notebook's
+    ``--if-needed`` never retrains a committed si checkpoint (about 55 minutes, and every notebook's
     results with it): when its recorded recipe differs from the profile's it stops, naming the keys."""
     recorded = trained_config(si_dir)
     if if_needed and recorded == asdict(config):
@@ -114,10 +114,10 @@ def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, 
         changed = sorted(k for k, v in asdict(config).items() if recorded.get(k) != v)
         print(f"[organism] the si checkpoint in {si_dir} was trained with another recipe than {params} (keys "
               f"{changed}); --if-needed does not retrain si: run `python -m mimic_utils.organism --profile {profile} "
-              "--stage si` (about 80 minutes on 2 cores, then the ov stage again), or restore the recipe")
+              "--stage si` (about 55 minutes on 2 cores, then the ov stage again), or restore the recipe")
         return 2
     if if_needed:
-        print("[organism] training the si checkpoint first: none found (about 80 minutes on 2 cores)")
+        print("[organism] training the si checkpoint first: none found (about 55 minutes on 2 cores)")
     summary = train_organism(config, si_dir)
     write_curves(si_dir, summary["log"])
     command = f"python -m mimic_utils.organism --profile {profile} --stage si"
@@ -141,7 +141,7 @@ def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_need
         print(f"[organism] reusing the ov checkpoint in {ov_dir} ({why})")
         return 0
     if if_needed:
-        print(f"[organism] training the ov stage: {why} (about 30 minutes on 2 cores)")
+        print(f"[organism] training the ov stage: {why} (about 21 minutes on 2 cores)")
     organism_ov.run(ov, si_dir, ov_dir, f"python -m mimic_utils.organism --profile {profile} --stage ov")
     return 0
 
