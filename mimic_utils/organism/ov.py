@@ -42,7 +42,8 @@ from mimic_utils.evaluation.scoring import parse_count, score_sample
 from mimic_utils.models import tiny
 from mimic_utils.models.vlm import adapter_from_model, load_adapter, load_processor
 from mimic_utils.organism import recipe as organism
-from mimic_utils.organism.card import OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, recorded_config, write_curves
+from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, recorded_config,
+                                      write_curves)
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
 from mimic_utils.training.finetune import StageSchedule
 
@@ -55,8 +56,7 @@ SINGLE_TOLERANCE = OV_SINGLE_TOLERANCE
 TARGET_MINUTES = OV_TARGET_MINUTES  # training of the stage, on 2 cores
 #: the card's time line, in the order the steps run
 TIME_ORDER = ("render", "cache", "conversations", "ov-warm", "ov", "total")
-#: the stages whose time is the stage's training time (the card's target)
-TRAIN_STAGES = ("ov-warm", "ov")
+TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training time
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
