@@ -1059,12 +1059,23 @@ def replace_namespace(args: argparse.Namespace, **changes) -> argparse.Namespace
     return argparse.Namespace(**{**vars(args), **changes})
 
 
+#: The dtype of Qwen2-VL-2B's LoRA step on the CPU: bf16 weights with fp32 masters for what is trained and a
+#: bf16 autocast forward, the GPU recipe. In float32 its 8.8 GB of weights, the fp32 adapter's optimizer
+#: state and the activations of a 2 x 729-token conversation passed 24 GB (the part was killed by the OOM
+#: killer at 23.1 GiB resident, docs/gpu_check.md); this CPU has AMX/AVX-512 bf16 kernels.
+CPU_DTYPE_2B_TRAINING = "bfloat16"
+
+
 def _gpu_masked_lora_qwen(args: argparse.Namespace, device: str, dtype) -> dict:
     """One masked LoRA step on Qwen2-VL-2B (second half masked) with a 2-image conversation, with the checks
-    of :func:`_train_steps`."""
+    of :func:`_train_steps` (on the CPU in :data:`CPU_DTYPE_2B_TRAINING`)."""
+    import torch
+
     from mimic_utils.models import realsize, vlm
     from mimic_utils.training import finetune
 
+    if torch.device(device).type == "cpu":
+        dtype = getattr(torch, CPU_DTYPE_2B_TRAINING)
     key = "qwen2_vl_2b"
     model, processor = realsize.build(key, args.tiny, device, dtype, args.seed)
     adapter = vlm.adapter_from_model(model, processor, "qwen2_vl")
@@ -1072,7 +1083,8 @@ def _gpu_masked_lora_qwen(args: argparse.Namespace, device: str, dtype) -> dict:
     finetune.apply_lora(adapter)
     with tempfile.TemporaryDirectory() as tmp:
         figures = _train_steps(adapter, replace_namespace(args, images=2, train_steps=1), device, Path(tmp), key)
-    return {**figures, "quantization": None, "mask_layers": list(layers), "mask_mode": args.train_mask_mode}
+    return {**figures, "quantization": None, "mask_layers": list(layers), "mask_mode": args.train_mask_mode,
+            "dtype": str(dtype).removeprefix("torch.")}
 
 
 def _check_parts(args: argparse.Namespace) -> dict[str, Callable]:

@@ -126,6 +126,7 @@ def test_the_realsize_check_runs_the_gpu_checks_parts_on_the_cpu_with_its_checks
     assert parts["masked_qlora"]["images_per_sample"] == 4 and "needs CUDA" in parts["masked_qlora"]["skipped_4bit"]
     assert parts["masked_qlora"]["mask_blocks"]["equal_to_spans"] and parts["masked_qlora"]["mask_blocks"]["images"] == 4
     assert parts["masked_lora_qwen2_vl_2b"]["mask_blocks"]["equal_to_spans"] and parts["lora"]["mask_blocks"] is None
+    assert parts["masked_lora_qwen2_vl_2b"]["dtype"] == "bfloat16"  # float32 does not fit 24 GB at real size
     streaming = parts["streaming_memory"]
     assert streaming["images_per_sample"] == 10 and streaming["full_attention_maps_bytes"] > 0
 
