@@ -228,6 +228,7 @@ class TrainMixSpec(Strict):
     ov: NonNegativeInt = OMITTED
     ov_images: Pair = OMITTED
     ov_weights: dict[str, NonNegativeInt] | None = OMITTED  # names checked by TrainMix against OV_FAMILIES
+    ov_image_labels: Fraction = OMITTED  # share asked with "Image k: " before each image
 
     @model_validator(mode="after")
     def _mix(self) -> "TrainMixSpec":

@@ -83,15 +83,27 @@ def image_layout(model_family: str) -> tuple[str, str]:
     return IMAGE_LAYOUT[model_family]
 
 
-def build_messages(question: str, n_images: int, task_family: str, model_family: str) -> list[dict]:
+IMAGE_LABEL = "Image {}: "
+"""The text put before image *k* when a prompt labels its images (``image_labels``): our wording of what
+Qwen2-VL's chat template writes with ``add_vision_id`` (``"Picture 1: "``), matching the "image 3" the
+per-image training questions say. The MIMIC benchmark's prompt never labels its images."""
+
+
+def build_messages(question: str, n_images: int, task_family: str, model_family: str,
+                   image_labels: bool = False) -> list[dict]:
     """One user message in HF multimodal chat format carrying the official MIMIC prompt.
 
     Pass it to ``processor.apply_chat_template(messages, add_generation_prompt=True)``; the images
     themselves go to the processor call in the same order. For a task that is not one of the MIMIC
     families (a public benchmark), ``question`` is that benchmark's fully formatted prompt text and is
-    placed after the images verbatim, with the same image layout.
+    placed after the images verbatim, with the same image layout. ``image_labels`` puts
+    :data:`IMAGE_LABEL` before each image (the organism's ov stage trains part of its per-image questions
+    so, to learn which image is image *k*; evaluation of the benchmark never does).
     """
     layout, separator = image_layout(model_family)
+    if image_labels and layout != "interleaved":
+        raise ValueError(f"image_labels: the {model_family} chat template renders all images before any text, "
+                         "so a label cannot stand before its image")
     if is_mimic_task(task_family):
         text = f"Question: {mimic_question_text(question, task_family)}\nAnswer:"
     else:
@@ -100,6 +112,8 @@ def build_messages(question: str, n_images: int, task_family: str, model_family:
     for index in range(n_images):
         if layout == "interleaved" and index > 0 and separator:
             content.append({"type": "text", "text": separator})
+        if image_labels:
+            content.append({"type": "text", "text": IMAGE_LABEL.format(index + 1)})
         content.append({"type": "image"})
     if layout == "interleaved":
         text = "\n" + text

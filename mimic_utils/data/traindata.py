@@ -52,10 +52,12 @@ MIMIC_FAMILIES = ("counting", "listing", "common", "oddone")
 
 
 
-def conversation(images: list[str], question: str, answer: str, family: str) -> list[dict]:
+def conversation(images: list[str], question: str, answer: str, family: str,
+                 image_labels: bool = False) -> list[dict]:
     """User turn in the official MIMIC layout (images first, space-separated, then
-    ``"\nQuestion: …\nAnswer:"``, exactly what evaluation sends) and the assistant's answer, HF chat format."""
-    user = build_messages(question, len(images), prompt_family(family), "qwen2_vl")
+    ``"\nQuestion: …\nAnswer:"``, exactly what evaluation sends; with ``image_labels`` each image
+    preceded by ``"Image k: "``) and the assistant's answer, HF chat format."""
+    user = build_messages(question, len(images), prompt_family(family), "qwen2_vl", image_labels)
     return user + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
 
 
@@ -172,6 +174,13 @@ def family_shares(count: int, weights: dict[str, int]) -> dict[str, int]:
     return shares
 
 
+def with_labels(record: dict) -> dict:
+    """``record`` asked with ``"Image k: "`` before each image (its messages rebuilt, ``image_labels`` set)."""
+    record["image_labels"] = True
+    record["messages"] = conversation(record["images"], record["question"], record["gt"], record["family"], True)
+    return record
+
+
 def image_label(position: int) -> str:
     """How ov answers name an image: ``"image 3"`` for the third (``position`` counts from 0)."""
     return f"image {position + 1}"
@@ -269,14 +278,21 @@ OV_BUILDERS: dict[str, Callable] = {
 
 
 def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tuple[int, int] = (1, 10),
-                 weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov") -> list[dict]:
+                 weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov",
+                 image_labels: float = 0.0) -> list[dict]:
     """The multi-image stage's per-image questions (:data:`OV_FAMILIES`), ``count * weight / sum`` of each
     family of ``weights`` (default: evenly), images per sample uniform over ``images`` (at least
     :data:`OV_MIN_IMAGES` where a family needs two). Records as the other builders' (origin ``"ov"``),
-    with ``knobs["n_images"]``. Every image comes from ``index``: the training source, never the benchmark."""
+    with ``knobs["n_images"]``. Every image comes from ``index``: the training source, never the benchmark.
+
+    ``image_labels`` is the share of questions whose prompt puts ``"Image k: "`` before each image
+    (``record["image_labels"]``), drawn from a stream of its own so the questions are the same at any share.
+    """
     low, high = images
     if not 1 <= low <= high <= MAX_IMAGES:
         raise KnobError(f"ov questions: need 1 <= images[0] <= images[1] <= {MAX_IMAGES}, got {list(images)}")
+    if not 0.0 <= image_labels <= 1.0:
+        raise KnobError(f"ov questions: image_labels is a share in [0, 1], got {image_labels}")
     weights = weights or dict.fromkeys(OV_FAMILIES, 1)
     unknown = sorted(set(weights) - set(OV_FAMILIES))
     if unknown:
@@ -285,10 +301,13 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
     records = []
     for family, share in family_shares(count, weights).items():
         rng = _rng(seed, f"{prefix}-{family}")
+        labelled = _rng(seed, f"{prefix}-{family}-labels")
         for number in range(share):
             n = rng.randint(max(low, OV_MIN_IMAGES.get(family, 1)), max(high, OV_MIN_IMAGES.get(family, 1)))
             record = _record(index, f"{prefix}-{family}-{number:05d}", family, *OV_BUILDERS[family](pools, rng, n), "ov")
             record["knobs"] = {"n_images": n}
+            if labelled.random() < image_labels:
+                with_labels(record)
             records.append(record)
     return records
 
@@ -375,6 +394,8 @@ class TrainMix:
     ov: int = 0
     ov_images: tuple[int, int] = (1, 10)
     ov_weights: dict | None = None
+    #: share of the ov questions asked with "Image k: " before each image (as the ov stage is trained)
+    ov_image_labels: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
@@ -385,6 +406,8 @@ class TrainMix:
         unknown = sorted(set(self.ov_weights or {}) - set(OV_FAMILIES))
         if unknown:
             raise KnobError(f"TrainMix: ov_weights names unknown families {unknown}; known: {list(OV_FAMILIES)}")
+        if not 0.0 <= self.ov_image_labels <= 1.0:
+            raise KnobError(f"TrainMix: ov_image_labels is a share in [0, 1], got {self.ov_image_labels}")
         for name in ("mimic", "minor", "single", "ov"):
             if getattr(self, name) < 0:
                 raise KnobError(f"TrainMix: {name} must be >= 0")
@@ -468,7 +491,8 @@ def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[
         ("mimic", lambda: mimic_conversations(index, mix, pools)),
         ("minor", lambda: minor_conversations(index, mix, pools)),
         ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
-        ("ov", lambda: ov_questions(index, mix.ov, mix.seed, tuple(mix.ov_images), mix.ov_weights, pools, "train-ov")),
+        ("ov", lambda: ov_questions(index, mix.ov, mix.seed, tuple(mix.ov_images), mix.ov_weights, pools, "train-ov",
+                                    mix.ov_image_labels)),
     ]
     records: list[dict] = []
     for _, make in tqdm(parts, desc="training conversations", disable=not progress):

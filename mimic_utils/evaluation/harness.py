@@ -100,6 +100,7 @@ def prediction_row(record: dict, output: str, settings: dict, pool: int) -> dict
         "id": record["id"], "family": record["family"], "task": record.get("task", record["family"]),
         "experiment": record.get("experiment"), "knobs": record.get("knobs", {}), "gt": record["gt"],
         **({"base_id": record["base_id"]} if record.get("base_id") else {}),
+        **({"image_labels": True} if record.get("image_labels") else {}),
         "output": output, **scored, "scored_as": family, "pool": pool, "model": settings,
     }
 
@@ -107,7 +108,7 @@ def prediction_row(record: dict, output: str, settings: dict, pool: int) -> dict
 def mimic_sample(record: dict) -> dict:
     """What the adapter is asked for a MIMIC record: its images, bare question and task family."""
     return {"images": load_images(record["images"]), "question": record["question"],
-            "task_family": scoring_family(record)}
+            "task_family": scoring_family(record), "image_labels": bool(record.get("image_labels", False))}
 
 
 def process_state():

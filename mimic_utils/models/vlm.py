@@ -601,12 +601,21 @@ class Sample:
     images: list
     question: str
     task_family: str
+    #: "Image k: " before each image (prompts.IMAGE_LABEL); only the organism's per-image questions use it
+    image_labels: bool = False
 
 
 def _sample_fields(sample) -> tuple[list, str, str]:
     if isinstance(sample, dict):
         return list(sample["images"]), sample["question"], sample["task_family"]
     return list(sample.images), sample.question, sample.task_family
+
+
+def _image_labels(sample) -> bool:
+    """Whether a sample's prompt labels its images (absent: no, the benchmark's layout)."""
+    if isinstance(sample, dict):
+        return bool(sample.get("image_labels", False))
+    return bool(getattr(sample, "image_labels", False))
 
 
 @dataclass
@@ -717,9 +726,9 @@ class VLMAdapter:
     def image_token_id(self) -> int:
         return int(self.processor.image_token_id)
 
-    def render_prompt(self, question: str, n_images: int, task_family: str) -> str:
+    def render_prompt(self, question: str, n_images: int, task_family: str, image_labels: bool = False) -> str:
         """The chat-template text of one sample (placeholders not yet expanded)."""
-        messages = build_messages(question, n_images, task_family, self.family)
+        messages = build_messages(question, n_images, task_family, self.family, image_labels)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     @property
@@ -744,9 +753,11 @@ class VLMAdapter:
         when the model is called (:meth:`model_inputs`) and enters it through ``mm_encoder_outputs``, the
         route pooling takes; ``batch.inputs`` stay the processor's own outputs.
         """
+        labels = [_image_labels(s) for s in samples]
         samples = [_sample_fields(s) for s in samples]
         families = [normalize_task_family(task) if is_mimic_task(task) else task for _, _, task in samples]
-        prompts = [self.render_prompt(q, len(images), task) for images, q, task in samples]
+        prompts = [self.render_prompt(q, len(images), task, label)
+                   for (images, q, task), label in zip(samples, labels, strict=True)]
         if answers is not None:
             prompts = [prompt + answer + self.end_of_turn for prompt, answer in zip(prompts, answers, strict=True)]
         images = [[image.convert("RGB") for image in sample_images] for sample_images, _, _ in samples]

@@ -35,7 +35,7 @@ import yaml
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
 from mimic_utils.data.prompts import prompt_family
-from mimic_utils.data.traindata import OV_FAMILIES, SINGLE_FAMILIES, ov_questions, single_image_questions
+from mimic_utils.data.traindata import OV_FAMILIES, SINGLE_FAMILIES, ov_questions, single_image_questions, with_labels
 from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.harness import read_predictions
 from mimic_utils.evaluation.scoring import parse_count, score_sample
@@ -59,6 +59,8 @@ TIME_ORDER = ("render", "cache", "conversations", "ov-warm", "ov", "total")
 TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training time
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
+#: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
+LATER_KEYS = ("bucket_by", "image_labels", "label_targets")
 #: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
 OV_MAX_NEW_TOKENS = 24
 
@@ -92,6 +94,15 @@ class OvConfig:
     #: tokens per batch (length-bucketed batches, ``buckets`` length groups)
     batch_tokens: int = 3072
     buckets: int = 16
+    #: what the buckets sort by: "length" (exact token length; one-image conversations then fall into
+    #: one-family buckets) or "images" (number of images, random order inside one count)
+    bucket_by: str = "length"
+    #: share of the per-image questions asked with "Image k: " before each image (prompts.IMAGE_LABEL),
+    #: in training and in the teacher-forced curves; > 0 also scores the held-out questions in that layout
+    image_labels: float = 0.0
+    #: in training, the number of every "Image k: " label is a target too (one signal per image boundary
+    #: about how many images came before); the teacher-forced curves and the evaluation score answers only
+    label_targets: bool = False
     eval_every: int = 200
     #: teacher-forced held-out questions of the curves (every family evenly; per-image ones at eval_images)
     heldout_questions: int = 1100
@@ -114,6 +125,10 @@ class OvConfig:
         if bad or any(not isinstance(w, int) or w < 0 for w in config.weights.values()):
             raise ValueError(f"{path}: weights must map families of {list(STAGE_FAMILIES)} to non-negative "
                              f"integers, got {config.weights}")
+        if config.bucket_by not in ("length", "images"):
+            raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
+        if not 0.0 <= config.image_labels <= 1.0:
+            raise ValueError(f"{path}: image_labels is a share in [0, 1], got {config.image_labels!r}")
         for key in ("images", "eval_images", "warm_images"):
             low, high = getattr(config, key)
             if not 1 <= low <= high <= 10:
@@ -143,26 +158,35 @@ def si_config(si_dir: Path) -> OrganismConfig:
     return OrganismConfig(**{**asdict(OrganismConfig()), **recorded})
 
 
+def heldout_pool(si: OrganismConfig, progress: bool = True) -> organism.ScenePool:
+    """si's held-out scene stream (never trained on): the images of every held-out score and curve."""
+    return organism.render_pool(si.heldout_images, si.seed, organism.HELDOUT_STREAM, si.scene_params(), si.cell_px,
+                                progress)
+
+
 def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: dict[str, int],
-            prefix: str) -> list[tuple[list[int], str, str, str]]:
-    """(pool images, question, family, answer) rows of the per-image families."""
+            prefix: str, image_labels: float = 0.0) -> list[tuple[list[int], str, str, str, bool]]:
+    """(pool images, question, family, answer, labelled) rows of the per-image families."""
     if count <= 0 or not weights:
         return []
-    records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix)
-    return [([int(i) for i in r["image_ids"]], r["question"], r["family"], r["gt"]) for r in records]
+    records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix, image_labels=image_labels)
+    return [([int(i) for i in r["image_ids"]], r["question"], r["family"], r["gt"], bool(r.get("image_labels")))
+            for r in records]
 
 
 def stage_conversations(si: OrganismConfig, pool, processor, count: int,
                         seed: int, weights: dict[str, int], images, n_tokens: int, prefix: str,
-                        count_weights=None) -> organism.Conversations:
-    """Conversations of the stage's families: the per-image ones (:func:`ov_rows`) and the single-image
-    ones with si's own builders (counting tilted by ``count_weights``, multiple choice in si's option range)."""
+                        count_weights=None, image_labels: float = 0.0,
+                        label_targets: bool = False) -> organism.Conversations:
+    """Conversations of the stage's families: the per-image ones (:func:`ov_rows`, ``image_labels`` of
+    them with labelled images) and the single-image ones with si's own builders (counting tilted by
+    ``count_weights``, multiple choice in si's option range)."""
     per_image = {f: w for f, w in weights.items() if f in OV_FAMILIES}
     single = {f: w for f, w in weights.items() if f not in OV_FAMILIES}
     total = sum(weights.values())
     n_ov = count * sum(per_image.values()) // total
-    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix)
-    convs = organism.encode_rows(processor, rows, n_tokens)
+    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels)
+    convs = organism.encode_rows(processor, rows, n_tokens, label_targets)
     if single:
         convs = convs + organism.build_conversations(
             pool, processor, "questions", count - n_ov, seed, si.max_count, n_tokens, single, count_weights,
@@ -226,7 +250,7 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     processor = load_processor(str(si_dir), "qwen2_vl")
     world = si.scene_params()
     train = organism.render_pool(ov.pool_images, si.seed, organism.TRAIN_STREAM, world, si.cell_px, progress)
-    heldout = organism.render_pool(si.heldout_images, si.seed, organism.HELDOUT_STREAM, world, si.cell_px, progress)
+    heldout = heldout_pool(si, progress)
     seconds: dict[str, float] = {"render": time.time() - started}
     begin = time.time()
     features = organism.cache_vision(model, processor, train, progress=progress)
@@ -235,22 +259,25 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     side, n_tokens = organism.tokens_per_image(si, processor)
     begin = time.time()
     convs = stage_conversations(si, train, processor, ov.conversations, ov.seed + 10, ov.weights, ov.images,
-                                n_tokens, "ov-train", si.count_weights)
+                                n_tokens, "ov-train", si.count_weights, ov.image_labels, ov.label_targets)
     even = dict.fromkeys([f for f, w in ov.weights.items() if w > 0], 1)
     held = stage_conversations(si, heldout, processor, ov.heldout_questions, ov.seed + 11, even,
-                               ov.eval_images, n_tokens, "ov-heldout")
+                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels)
     seconds["conversations"] = time.time() - begin
     phases = [("ov", convs, ov.steps, ov.lr)]
     if ov.warm_steps > 0:
         begin = time.time()
         warm = stage_conversations(si, train, processor, ov.warm_conversations, ov.seed + 14, ov.weights,
-                                   ov.warm_images, n_tokens, "ov-warm", si.count_weights)
+                                   ov.warm_images, n_tokens, "ov-warm", si.count_weights, ov.image_labels,
+                                   ov.label_targets)
         seconds["conversations"] += time.time() - begin
         phases.insert(0, ("ov-warm", warm, ov.warm_steps, ov.warm_lr))
     log: list[dict] = []
     probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13)
     for name, phase_convs, steps, lr in phases:
-        sampler = organism.LengthBuckets([len(ids) for ids in phase_convs.ids], ov.batch_tokens, ov.buckets)
+        keys = [len(images) for images in phase_convs.images] if ov.bucket_by == "images" else None
+        sampler = organism.LengthBuckets([len(ids) for ids in phase_convs.ids], ov.batch_tokens, ov.buckets,
+                                         keys, ov.seed)
         schedule = StageSchedule(steps, lr, ov.batch_tokens, warmup=ov.warmup, eval_every=ov.eval_every,
                                  checkpoint_every=50)
         begin = time.time()
@@ -280,7 +307,7 @@ def exact(output: str, gt: str) -> bool:
 def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
     """A predictions line of a per-image question, scored by :func:`exact`."""
     return {"id": record["id"], "family": record["family"], "task": record["family"], "knobs": record["knobs"],
-            "gt": record["gt"], "output": output, "parsed": output.strip(), "score": float(exact(output, record["gt"])),
+            **({"image_labels": True} if record.get("image_labels") else {}), "gt": record["gt"], "output": output, "parsed": output.strip(), "score": float(exact(output, record["gt"])),
             "scored_as": "exact", "pool": pool, "model": settings}
 
 
@@ -291,12 +318,13 @@ def _exact_scorer(_family: str, output: str, gt) -> dict:
 def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True) -> list[dict]:
     """Held-out per-image questions in samples of ``ov.eval_images`` images, from si's held-out scene
     stream (never trained on), images written as PNG files; families evenly."""
-    pool = organism.render_pool(si.heldout_images, si.seed, organism.HELDOUT_STREAM, si.scene_params(), si.cell_px,
-                                progress)
+    pool = heldout_pool(si, progress)
     records = ov_questions(pool.index, ov.eval_questions, ov.seed + 12, tuple(ov.eval_images),
                            dict.fromkeys(OV_FAMILIES, 1), prefix="heldout-ov")
     for record in records:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
+    if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
+        records += [with_labels({**r, "id": r["id"] + "-labelled"}) for r in records]
     return records
 
 
@@ -305,6 +333,44 @@ def cell(rows: list[dict], scorer=None) -> dict:
     found = stats.estimate(rows, key=None)
     return {"n": found["n"], **{k: round(float(found[k]), 4) for k in ("score", "lo", "hi")},
             "blind": round(stats.blind_baseline(rows, scorer), 4)}
+
+
+def per_image_scores(rows: list[dict]) -> dict:
+    """Score, interval, blind baseline, target and score per image count of each per-image family."""
+    scores = {}
+    for family in OV_FAMILIES:
+        members = [r for r in rows if r["family"] == family]
+        by_n = {str(n): round(sum(r["score"] for r in members if r["knobs"]["n_images"] == n)
+                              / max(1, sum(r["knobs"]["n_images"] == n for r in members)), 4)
+                for n in sorted({r["knobs"]["n_images"] for r in members})}
+        scores[family] = {**cell(members, _exact_scorer), "target": TARGETS.get(family), "by_n_images": by_n}
+    return scores
+
+
+@torch.no_grad()
+def label_number_accuracy(model, processor, si: OrganismConfig, ov: OvConfig, questions: int = 300) -> dict[str, float]:
+    """Per label number k, the share of held-out labelled questions (``ov.eval_images`` images) where the
+    model's most likely next token after "Image" is k — what ``label_targets`` trains, read teacher-forced.
+    Predicting k needs only the previous label plus one, not a count of images: a model can pass this and
+    still not find image k (docs/organism.md)."""
+    pool = heldout_pool(si, False)
+    features = organism.cache_vision(model, processor, pool, progress=False)
+    side, n_tokens = organism.tokens_per_image(si, processor)
+    convs = stage_conversations(si, pool, processor, questions, ov.seed + 15,
+                                {"image_count": 1, "which_image": 1, "image_total": 1}, ov.eval_images, n_tokens,
+                                "label-numbers", image_labels=1.0)
+    pad = model.config.text_config.pad_token_id
+    hits: dict[int, list[int]] = {}
+    model.eval()
+    for start in range(0, len(convs), 32):
+        picks = list(range(start, min(start + 32, len(convs))))
+        logits = organism.language_forward(model, features, convs, picks, side, pad).logits
+        for row, i in enumerate(picks):
+            prompt = next(j for j, label in enumerate(convs.labels[i]) if label != -100)  # the answer starts
+            positions = organism.label_number_positions(processor.tokenizer, convs.ids[i][:prompt])
+            for k, position in enumerate(positions, 1):
+                hits.setdefault(k, []).append(int(logits[row, position - 1].argmax().item() == convs.ids[i][position]))
+    return {str(k): round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
 
 
 def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scores: dict,
@@ -316,13 +382,12 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
     records = heldout_ov_records(si, ov, folder, progress)
     rows = harness.run(adapter, records, folder / "ov.jsonl", batch_size=32, progress=progress, desc="held-out ov",
                         to_row=exact_row, max_new_tokens=OV_MAX_NEW_TOKENS)
-    scores: dict = {"ov": {}}
-    for family in OV_FAMILIES:
-        members = [r for r in rows if r["family"] == family]
-        by_n = {str(n): round(sum(r["score"] for r in members if r["knobs"]["n_images"] == n)
-                              / max(1, sum(r["knobs"]["n_images"] == n for r in members)), 4)
-                for n in sorted({r["knobs"]["n_images"] for r in members})}
-        scores["ov"][family] = {**cell(members, _exact_scorer), "target": TARGETS.get(family), "by_n_images": by_n}
+    scores: dict = {"ov": per_image_scores([r for r in rows if not r.get("image_labels")])}
+    labelled = [r for r in rows if r.get("image_labels")]
+    if labelled:
+        scores["ov_labelled"] = per_image_scores(labelled)
+    if ov.label_targets:
+        scores["label_numbers"] = label_number_accuracy(adapter.model, adapter.processor, si, ov)
     single = organism.heldout_records(si, folder, progress)
     organism.evaluate_single_image(adapter, single, folder / "predictions.jsonl", progress=progress)
     single_rows = read_predictions(folder / "predictions.jsonl")
@@ -355,7 +420,7 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
 def target_lines(scores: dict) -> list[str]:
     """One line per target: met or missed, with the figure."""
     lines = []
-    for family, target in TARGETS.items():
+    for family, target in TARGETS.items():  # in the benchmark's layout; labelled scores are in the table only
         row = scores["ov"][family]
         verdict = "met" if row["score"] >= target else "**not met**"
         lines.append(f"- {family} (4-10 images): {row['score']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}] against "
@@ -367,6 +432,22 @@ def target_lines(scores: dict) -> list[str]:
         lines.append(f"- single-image {family}: {row['score']:.3f} vs si {row['si']:.3f} (change {row['delta']:+.3f}, "
                      f"within {SINGLE_TOLERANCE} below si: {verdict})")
     return lines
+
+
+def per_image_table(rows: dict, heading: str) -> list[str]:
+    """Markdown lines of one layout's per-image scores: a table and the score per image count."""
+    return [
+        heading,
+        "",
+        "| question | n | score | 95% interval | blind | target |",
+        "|---|---|---|---|---|---|",
+        *[f"| {family} | {row['n']} | {row['score']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] | {row['blind']:.3f} | "
+          + ("" if row["target"] is None else f"≥ {row['target']}") + " |" for family, row in rows.items()],
+        "",
+        "Per image count: " + "; ".join(f"{family} " + ", ".join(f"{n}: {v:.2f}" for n, v in row["by_n_images"].items())
+                                        for family, row in rows.items()),
+        "",
+    ]
 
 
 def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, command: str, si_info: dict) -> Path:
@@ -400,14 +481,14 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         "",
         "## Held-out per-image questions, 4-10 images per sample (generated, exact answers)",
         "",
-        "| question | n | score | 95% interval | blind | target |",
-        "|---|---|---|---|---|---|",
-        *[f"| {family} | {row['n']} | {row['score']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] | {row['blind']:.3f} | "
-          + ("" if row["target"] is None else f"≥ {row['target']}") + " |" for family, row in scores["ov"].items()],
-        "",
-        "Per image count: " + "; ".join(f"{family} " + ", ".join(f"{n}: {v:.2f}" for n, v in row["by_n_images"].items())
-                                        for family, row in scores["ov"].items()),
-        "",
+        *per_image_table(scores["ov"], "In the benchmark's layout (images unlabelled, as every MIMIC prompt):"),
+        *(per_image_table(scores["ov_labelled"], "The same questions with `Image k: ` before each image (the "
+                          f"layout {ov.image_labels:.0%} of the stage's per-image questions are trained in):")
+          if "ov_labelled" in scores else []),
+        *([f"The number after each `Image` of a labelled prompt, predicted teacher-forced (what `label_targets` "
+           "trains; the previous label plus one, no count of images needed), per k: "
+           + ", ".join(f"{k}: {v:.2f}" for k, v in scores["label_numbers"].items()), ""]
+          if "label_numbers" in scores else []),
         "## Held-out single-image questions (the ones si was scored on, official scorers)",
         "",
         "| question | n | score | 95% interval | blind | si | change |",
@@ -474,8 +555,11 @@ def reusable(out_dir: Path, ov: OvConfig, si_dir: Path) -> tuple[bool, str]:
     recorded = trained_ov(out_dir)
     if recorded is None:
         return False, "no trained ov checkpoint found"
-    if recorded.get("config") != asdict(ov):
-        changed = sorted(k for k in asdict(ov) if recorded.get("config", {}).get(k) != asdict(ov)[k])
+    # keys added after checkpoints were recorded; their defaults are the older recipe
+    later = {k: v for k, v in asdict(OvConfig()).items() if k in LATER_KEYS}
+    config = {**later, **recorded.get("config", {})}
+    if config != asdict(ov):
+        changed = sorted(k for k in asdict(ov) if config.get(k) != asdict(ov)[k])
         return False, f"its recorded configuration differs in {changed}"
     if recorded.get("si", {}).get("sha256") != weights_sha256(si_dir):
         return False, "it was trained from other si weights than the ones now in " + str(si_dir)

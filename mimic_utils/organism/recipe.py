@@ -224,25 +224,47 @@ def vision_stage(model, processor, train: ScenePool, heldout: ScenePool, schedul
 # --- stages 1 and 2: merger + language model on cached vision features --------------------------------
 
 
+def label_number_positions(tokenizer, ids: list[int]) -> list[int]:
+    """Positions of the image numbers in a labelled prompt (pass the prompt's ids, not the answer's): the
+    token after each "Image" of :data:`mimic_utils.data.prompts.IMAGE_LABEL` (the questions say "image",
+    lower case, and never match). The organism's tokenizer holds every number up to 20 as one token; a
+    tokenizer that splits " 1" into a space and a digit is refused rather than trained on the space."""
+    marks = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text)[0]) for text in ("Image", " Image")}
+    positions = [j + 1 for j, token in enumerate(ids[:-1]) if token in marks]
+    for position in positions:
+        if not tokenizer.decode([ids[position]]).strip().isdigit():
+            raise ValueError(f"label_targets: the token after 'Image' is {tokenizer.decode([ids[position]])!r}, "
+                             "not a whole number: this tokenizer splits the label's number")
+    return positions
+
+
 def encode_conversation(processor, question: str, family: str, n_images: int, answer: str,
-                        tokens_per_image: int) -> tuple[list[int], list[int]]:
+                        tokens_per_image: int, image_labels: bool = False,
+                        label_targets: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 outside the assistant's answer) of one Qwen2-VL conversation.
 
     The prompt goes through the processor's own chat template with the official MIMIC layout (multiple
     choice, ``family="choice"``: ``question`` is the whole MuirBench-format prompt, placed after the image
     as evaluation places a public benchmark's prompt); each image
     placeholder is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a
-    fixed-size image (tested against it), so no pixels are needed here.
+    fixed-size image (tested against it), so no pixels are needed here. ``image_labels``: "Image k: "
+    before each image (:data:`mimic_utils.data.prompts.IMAGE_LABEL`); with ``label_targets`` the number
+    of every label is a target too (:func:`label_number_positions`): predicting "k" before it is read
+    needs the number of images seen so far, a signal at every image boundary rather than one per answer.
     """
     task = CHOICE_TASK if family == CHOICE_FAMILY else prompt_family(family)
-    messages = build_messages(question, n_images, task, "qwen2_vl")
+    messages = build_messages(question, n_images, task, "qwen2_vl", image_labels)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     image_token = processor.image_token
     prompt = prompt.replace(image_token, image_token * tokens_per_image)
     tokenizer = processor.tokenizer
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
-    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+    prompt_labels = [-100] * len(prompt_ids)
+    if image_labels and label_targets:
+        for position in label_number_positions(tokenizer, prompt_ids):
+            prompt_labels[position] = prompt_ids[position]
+    return prompt_ids + answer_ids, prompt_labels + answer_ids
 
 
 @dataclass
@@ -403,9 +425,11 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
     return encode_rows(processor, rows, tokens_per_image)
 
 
-def encode_rows(processor, rows: list[tuple[list[int], str, str, str]], tokens_per_image: int) -> Conversations:
-    """(pool images, question, family, answer) rows encoded as :class:`Conversations`."""
-    encoded = [encode_conversation(processor, q, fam, len(images), a, tokens_per_image) for images, q, fam, a in rows]
+def encode_rows(processor, rows: list[tuple], tokens_per_image: int, label_targets: bool = False) -> Conversations:
+    """(pool images, question, family, answer[, image_labels]) rows encoded as :class:`Conversations`
+    (``label_targets``: see :func:`encode_conversation`)."""
+    encoded = [encode_conversation(processor, row[1], row[2], len(row[0]), row[3], tokens_per_image,
+                                   bool(row[4]) if len(row) > 4 else False, label_targets) for row in rows]
     return Conversations([e[0] for e in encoded], [e[1] for e in encoded], [r[0] for r in rows],
                          [r[2] for r in rows], [r[3] for r in rows])
 
@@ -529,10 +553,20 @@ class LengthBuckets:
     bucket with probability proportional to its tokens and takes ``tokens // longest`` conversations of it
     (at most the bucket): each conversation is then drawn about equally often whatever its length, so the
     family mix of the data is the mix trained on, while short samples come many to a batch.
+
+    With ``keys`` (e.g. each conversation's number of images) conversations are sorted by key, and in
+    random order inside one key, instead of by exact length: where the length is set by the question's
+    wording (one-image conversations) exact-length buckets would again be one family each.
     """
 
-    def __init__(self, lengths: list[int], tokens: int, buckets: int = 16) -> None:
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    def __init__(self, lengths: list[int], tokens: int, buckets: int = 16, keys: list[int] | None = None,
+                 seed: int = 0) -> None:
+        if keys is None:
+            order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        else:
+            rank = list(range(len(lengths)))
+            random.Random(seed).shuffle(rank)
+            order = sorted(range(len(lengths)), key=lambda i: (keys[i], rank[i]))
         size = -(-len(order) // buckets)
         self.groups = [order[k:k + size] for k in range(0, len(order), size)]
         self.longest = [max(lengths[i] for i in group) for group in self.groups]

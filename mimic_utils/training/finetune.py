@@ -277,8 +277,8 @@ def apply_lora(adapter, r: int = 128, alpha: int = 32, dropout: float = 0.05, kb
 def sft_loss(adapter, records: list[dict], model: nn.Module | None = None) -> torch.Tensor:
     """Cross-entropy on the answer and end-of-turn tokens of a batch of conversations (left-padded),
     the forward run through ``model`` (the accelerator-prepared wrapper) when given."""
-    samples = [{"images": load_images(r["images"]), "question": r["question"], "task_family": prompt_family(r["family"])}
-               for r in records]
+    samples = [{"images": load_images(r["images"]), "question": r["question"], "task_family": prompt_family(r["family"]),
+                "image_labels": bool(r.get("image_labels", False))} for r in records]
     # the vision cache runs the live projector outside ``model``'s forward, which a DDP/FSDP wrapper
     # would not see: it is used only when ``model`` is the adapter's own module
     batch = adapter.prepare(samples, answers=[r["gt"] for r in records],

@@ -116,6 +116,64 @@ def test_length_buckets_fill_a_token_budget_and_draw_every_conversation_alike():
     assert abs(short / long - 1) < 0.1  # the mix of the data is the mix trained on
 
 
+def test_length_buckets_by_image_count_mix_the_families_of_one_count():
+    """Keyed by the number of images, one-image conversations of different lengths (families) share
+    buckets instead of making one bucket per family."""
+    lengths = [40] * 300 + [60] * 300 + [200] * 400
+    keys = [1] * 600 + [10] * 400
+    buckets = organism.LengthBuckets(lengths, tokens=1000, buckets=5, keys=keys, seed=0)
+    assert all(len({keys[i] for i in group}) == 1 for group in buckets.groups)
+    assert all(len({lengths[i] for i in group}) == 2 for group in buckets.groups[:3])
+    assert buckets.longest[:3] == [60, 60, 60]
+    by_length = organism.LengthBuckets(lengths, tokens=1000, buckets=5)
+    assert sum(len({lengths[i] for i in group}) == 1 for group in by_length.groups) >= 4
+
+
+def test_labelled_conversations_carry_image_k_before_each_image(built, pool):
+    _, processor = built
+    weights = {"image_count": 1, "counting": 1}
+    convs = organism_ov.stage_conversations(OrganismConfig(max_count=5), pool, processor, 200, 0, weights, [2, 4], 16,
+                                            "t", image_labels=0.5)
+    text = [processor.tokenizer.decode(ids) for ids in convs.ids]
+    labelled = [t for t, f in zip(text, convs.family) if "Image 1: <|vision_start|>" in t]
+    assert 30 < len(labelled) < 70 and all(f == "image_count" for t, f in zip(text, convs.family) if t in labelled)
+    assert all(t.count("Image ") == len(images) for t, images in zip(text, convs.images) if t in labelled)
+
+
+def test_label_targets_are_the_number_of_every_image_label_and_nothing_else(built):
+    """With label_targets, the token after each "Image" of a labelled prompt is a target (the image's number)
+    besides the answer; an unlabelled prompt, or label_targets off, keeps only the answer."""
+    _, processor = built
+    tokenizer = processor.tokenizer
+    question = "In image 3 only, how many dog objects can you see?"
+    ids, labels = organism.encode_conversation(processor, question, "image_count", 4, "1", 16, True, True)
+    targets = [tokenizer.decode([t]) for t in labels if t != -100]
+    assert targets == [" 1", " 2", " 3", " 4", "1", "<|im_end|>"]
+    for labelled, dense in ((True, False), (False, True)):
+        _, only_answer = organism.encode_conversation(processor, question, "image_count", 4, "1", 16, labelled, dense)
+        assert tokenizer.decode([t for t in only_answer if t != -100]) == "1<|im_end|>"
+
+
+def test_label_number_accuracy_reads_each_label_position(built, monkeypatch):
+    """The probe scores the token after each "Image" against the label's number, per k: a model whose
+    logits always favour " 2" is right at k = 2 and nowhere else."""
+    from tests.unit.test_organism import SMALL
+
+    model, processor = built
+    two = processor.tokenizer(" 2", add_special_tokens=False).input_ids[0]
+
+    def forward(model, features, convs, picks, side, pad):
+        width = max(len(convs.ids[i]) for i in picks)
+        logits = torch.zeros(len(picks), width, len(processor.tokenizer))
+        logits[..., two] = 1.0
+        return type("Out", (), {"logits": logits})()
+
+    monkeypatch.setattr(organism, "language_forward", forward)
+    found = organism_ov.label_number_accuracy(model, processor, SMALL,
+                                              organism_ov.OvConfig(eval_images=[2, 4]), questions=12)
+    assert found["2"] == 1.0 and found["1"] == found["3"] == 0.0 and set(found) == {"1", "2", "3", "4"}
+
+
 def test_stage_conversations_follow_the_weights_and_hold_no_aggregation_family(built, pool):
     _, processor = built
     si = OrganismConfig(max_count=5, instruct_weights={"counting": 1, "choice": 1})
@@ -131,10 +189,22 @@ def test_stage_conversations_follow_the_weights_and_hold_no_aggregation_family(b
 def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
     path = tmp_path / "organism_ov.yaml"
     for text, message in {"colour: 1\n": "unknown key", "weights: {total_count: 1}\n": "weights",
-                          "eval_images: [0, 4]\n": "eval_images"}.items():
+                          "eval_images: [0, 4]\n": "eval_images", "bucket_by: family\n": "bucket_by",
+                          "image_labels: 2\n": "image_labels"}.items():
         path.write_text(text)
         with pytest.raises(ValueError, match=rf"organism_ov\.yaml.*{message}"):
             organism_ov.OvConfig.from_yaml(path)
+
+
+def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
+    """A recipe key added later (bucket_by, image_labels, label_targets) defaults to the older recipe: a
+    checkpoint whose training.json lacks it still matches a recipe at that default, and not one that sets it."""
+    older = {k: v for k, v in asdict(organism_ov.OvConfig()).items()
+             if k not in ("bucket_by", "image_labels", "label_targets")}
+    si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
+    assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
+    ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(image_labels=0.5), si)
+    assert not ok and "image_labels" in why
 
 
 def test_format_kept_tells_mimic_answers_from_image_references():
@@ -254,6 +324,7 @@ def test_the_ov_card_table_reads_targets_blind_baselines_and_si(tmp_path):
     cell = {"n": 200, "lo": 0.6, "hi": 0.8, "blind": 0.4}
     (tmp_path / "eval.json").write_text(json.dumps({
         "ov": {"image_count": {**cell, "score": 0.72, "target": 0.7}, "image_describe": {**cell, "score": 0.3, "target": None}},
+        "ov_labelled": {"image_count": {**cell, "score": 0.5, "target": 0.7}},
         "single": {"counting": {**cell, "score": 0.62, "si": 0.70}},
         "format_1img": {"counting": {**cell, "score": 1.0}}}))
     (tmp_path / "training.json").write_text(json.dumps({"seconds": {"ov": 1800, "total": 2400}}))
@@ -261,6 +332,8 @@ def test_the_ov_card_table_reads_targets_blind_baselines_and_si(tmp_path):
     assert bool(table.loc["image_count (4-10 images)", "met"]) and table.loc["image_count (4-10 images)", "blind"] == 0.4
     assert table.loc["single-image counting", "target"] == 0.65 and not bool(table.loc["single-image counting", "met"])
     assert table.loc["training minutes (2 cores)", "score"] == 30.0 and not bool(table.loc["training minutes (2 cores)", "met"])
+    labelled = table.loc["image_count (4-10 images, labelled)"]
+    assert labelled["score"] == 0.5 and labelled.isna()["target"] and labelled.isna()["met"]  # shown, not a target
     assert card.card_sentence(table.reset_index()).startswith("The organism meets 1 of its 3 targets")
 
 
@@ -288,10 +361,30 @@ def test_the_ov_stage_runs_its_warm_phase_then_the_main_one_and_resumes(tmp_path
     (si_dir / "training.json").write_text(json.dumps({"config": asdict(replace(SMALL, pool_images=64))}))
     ov = organism_ov.OvConfig(pool_images=64, conversations=60, images=[1, 4], steps=2, warm_steps=2,
                               warm_conversations=30, warm_images=[2, 3], eval_every=2, batch_tokens=1024,
-                              heldout_questions=20, eval_questions=16, format_questions=3)
+                              heldout_questions=20, eval_questions=16, format_questions=3, bucket_by="images",
+                              image_labels=0.5, label_targets=True)
     summary = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
     assert [(e["stage"], e["step"]) for e in summary["log"]] == [("ov-warm", 1), ("ov-warm", 2), ("ov", 1), ("ov", 2)]
     assert "gen_format_1img" in summary["log"][1] and {"ov-warm", "ov"} <= set(summary["seconds"])
     first = (tmp_path / "ov" / "model.safetensors").read_bytes()
     again = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
     assert again["log"] == summary["log"] and (tmp_path / "ov" / "model.safetensors").read_bytes() == first
+
+
+def test_held_out_questions_are_asked_in_both_layouts_when_the_stage_labels_images(tmp_path):
+    """With image_labels > 0 every held-out per-image question is asked twice, unlabelled (the benchmark's
+    layout) and labelled, and scored apart."""
+    from tests.unit.test_organism import SMALL
+
+    ov = organism_ov.OvConfig(eval_questions=16, eval_images=[4, 6], image_labels=0.5)
+    records = organism_ov.heldout_ov_records(SMALL, ov, tmp_path, progress=False)
+    plain = [r for r in records if not r.get("image_labels")]
+    labelled = [r for r in records if r.get("image_labels")]
+    assert len(plain) == len(labelled) == 16
+    assert [r["id"] + "-labelled" for r in plain] == [r["id"] for r in labelled]
+    assert [r["question"] for r in plain] == [r["question"] for r in labelled]
+    assert len(organism_ov.heldout_ov_records(SMALL, replace(ov, image_labels=0.0), tmp_path, progress=False)) == 16
+    rows = [organism_ov.exact_row(r, r["gt"] if r.get("image_labels") else "no", {}, 1) for r in records]
+    assert all(r.get("image_labels", False) == ("labelled" in r["id"]) for r in rows)
+    scores = organism_ov.per_image_scores([r for r in rows if r.get("image_labels")])
+    assert {f: s["score"] for f, s in scores.items() if s["n"]} == {f: 1.0 for f, s in scores.items() if s["n"]}

@@ -261,3 +261,21 @@ def test_the_ov_share_of_a_training_mix_is_written_beside_the_aggregation_data(i
         TrainMix(ov=10, ov_weights={"counting": 1})
     with pytest.raises(KnobError, match="ov_images"):
         TrainMix(ov=10, ov_images=(0, 11))
+
+
+def test_a_share_of_ov_questions_labels_its_images_and_the_questions_stay_the_same(index):
+    """``image_labels`` only changes how a drawn question is laid out: the same questions at any share,
+    about that share of them with "Image k: " before each image, in the record and its messages."""
+    plain = traindata.ov_questions(index, 400, seed=3, images=(2, 6))
+    mixed = traindata.ov_questions(index, 400, seed=3, images=(2, 6), image_labels=0.5)
+    assert [(r["id"], r["question"], r["gt"], r["image_ids"]) for r in plain] == \
+        [(r["id"], r["question"], r["gt"], r["image_ids"]) for r in mixed]
+    labelled = [r for r in mixed if r.get("image_labels")]
+    assert 150 < len(labelled) < 250 and not any(r.get("image_labels") for r in plain)
+    for r in labelled:
+        texts = [c["text"] for c in r["messages"][0]["content"] if c["type"] == "text"]
+        assert [t for t in texts if t.startswith("Image ")] == [f"Image {k}: " for k in range(1, len(r["images"]) + 1)]
+    mix = TrainMix(mimic=0, minor=0, single=0, ov=40, ov_image_labels=1.0, seed=2)
+    assert all(r["image_labels"] for r in build(index, mix, progress=False))
+    with pytest.raises(KnobError, match="ov_image_labels"):
+        TrainMix(ov=10, ov_image_labels=1.5)

@@ -43,6 +43,22 @@ def test_messages_put_images_first_with_each_familys_separator():
         prompts.build_messages("Q?", 2, "counting", "gpt")
 
 
+def test_labelled_images_get_image_k_before_each_image_and_the_default_has_none(tiny_adapter, make_image):
+    """The ov stage's labelled layout ("Image k: " before image k); the benchmark's prompt never has it."""
+    qwen = prompts.build_messages("Q?", 3, "counting", "qwen2_vl", image_labels=True)[0]["content"]
+    assert [item.get("text", "<img>") for item in qwen] == [
+        "Image 1: ", "<img>", " ", "Image 2: ", "<img>", " ", "Image 3: ", "<img>", "\nQuestion: Q?\nAnswer:"]
+    assert "Image 1" not in str(prompts.build_messages("Q?", 3, "counting", "qwen2_vl"))
+    with pytest.raises(ValueError, match="llava_onevision chat template renders all images before any text"):
+        prompts.build_messages("Q?", 2, "counting", "llava_onevision", image_labels=True)
+    adapter = tiny_adapter("qwen2_vl")
+    images = [make_image(56, 56, 0), make_image(56, 56, 1)]
+    plain, labelled = adapter.prepare([{"images": images, "question": "Q?", "task_family": "counting"},
+                                       {"images": images, "question": "Q?", "task_family": "counting",
+                                        "image_labels": True}]).prompts
+    assert "Image" not in plain and "Image 1: <|vision_start|>" in labelled and " Image 2: <|vision_start|>" in labelled
+
+
 @pytest.mark.parametrize(
     "family, user_turn",
     [
