@@ -373,19 +373,28 @@ def label_number_accuracy(model, processor, si: OrganismConfig, ov: OvConfig, qu
     return {str(k): round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
 
 
+def score_per_image(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True) -> dict:
+    """Generated answers to the held-out per-image questions of ``ov.eval_images`` images (``ov.eval_questions``,
+    families evenly), scored exactly: ``{"ov": …}`` in the benchmark's layout and, when ``ov.image_labels``
+    is above 0, ``"ov_labelled"`` for the same questions with labelled images. With another ``eval_images``
+    (e.g. ``[2, 3]``) it reads a checkpoint on fewer images than its card does."""
+    records = heldout_ov_records(si, ov, folder, progress)
+    rows = harness.run(adapter, records, Path(folder) / "ov.jsonl", batch_size=32, progress=progress,
+                       desc="held-out ov", to_row=exact_row, max_new_tokens=OV_MAX_NEW_TOKENS)
+    scores = {"ov": per_image_scores([r for r in rows if not r.get("image_labels")])}
+    labelled = [r for r in rows if r.get("image_labels")]
+    if labelled:
+        scores["ov_labelled"] = per_image_scores(labelled)
+    return scores
+
+
 def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scores: dict,
                 progress: bool = True) -> dict:
     """Held-out scores of an ov checkpoint (generation through the adapter): the per-image families in
     4-10-image samples (exact answers) with their blind baselines and per image count; the single-image
     questions si was scored on, beside si's scores; the MIMIC answer format kept at 1 image."""
     folder = Path(folder)
-    records = heldout_ov_records(si, ov, folder, progress)
-    rows = harness.run(adapter, records, folder / "ov.jsonl", batch_size=32, progress=progress, desc="held-out ov",
-                        to_row=exact_row, max_new_tokens=OV_MAX_NEW_TOKENS)
-    scores: dict = {"ov": per_image_scores([r for r in rows if not r.get("image_labels")])}
-    labelled = [r for r in rows if r.get("image_labels")]
-    if labelled:
-        scores["ov_labelled"] = per_image_scores(labelled)
+    scores: dict = score_per_image(adapter, si, ov, folder, progress)
     if ov.label_targets:
         scores["label_numbers"] = label_number_accuracy(adapter.model, adapter.processor, si, ov)
     single = organism.heldout_records(si, folder, progress)
