@@ -605,17 +605,13 @@ class Sample:
     image_labels: bool = False
 
 
-def _sample_fields(sample) -> tuple[list, str, str]:
+def _sample_fields(sample) -> tuple[list, str, str, bool]:
+    """Images, question, task family and whether the prompt labels its images (absent: no, the
+    benchmark's layout), from a :class:`Sample` or a dict."""
     if isinstance(sample, dict):
-        return list(sample["images"]), sample["question"], sample["task_family"]
-    return list(sample.images), sample.question, sample.task_family
-
-
-def _image_labels(sample) -> bool:
-    """Whether a sample's prompt labels its images (absent: no, the benchmark's layout)."""
-    if isinstance(sample, dict):
-        return bool(sample.get("image_labels", False))
-    return bool(getattr(sample, "image_labels", False))
+        return (list(sample["images"]), sample["question"], sample["task_family"],
+                bool(sample.get("image_labels", False)))
+    return list(sample.images), sample.question, sample.task_family, bool(getattr(sample, "image_labels", False))
 
 
 @dataclass
@@ -753,14 +749,12 @@ class VLMAdapter:
         when the model is called (:meth:`model_inputs`) and enters it through ``mm_encoder_outputs``, the
         route pooling takes; ``batch.inputs`` stay the processor's own outputs.
         """
-        labels = [_image_labels(s) for s in samples]
         samples = [_sample_fields(s) for s in samples]
-        families = [normalize_task_family(task) if is_mimic_task(task) else task for _, _, task in samples]
-        prompts = [self.render_prompt(q, len(images), task, label)
-                   for (images, q, task), label in zip(samples, labels, strict=True)]
+        families = [normalize_task_family(task) if is_mimic_task(task) else task for _, _, task, _ in samples]
+        prompts = [self.render_prompt(q, len(images), task, labelled) for images, q, task, labelled in samples]
         if answers is not None:
             prompts = [prompt + answer + self.end_of_turn for prompt, answer in zip(prompts, answers, strict=True)]
-        images = [[image.convert("RGB") for image in sample_images] for sample_images, _, _ in samples]
+        images = [[image.convert("RGB") for image in sample_images] for sample_images, *_ in samples]
         if self.settings.get("preprocessing", {}).get("multi_image") == "anyres":
             # LLaVA-OV decides pad vs anyres by the nesting: a flat list makes every image a 1-image sample
             images = [image for sample_images in images for image in sample_images]

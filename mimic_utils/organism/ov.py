@@ -307,7 +307,8 @@ def exact(output: str, gt: str) -> bool:
 def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
     """A predictions line of a per-image question, scored by :func:`exact`."""
     return {"id": record["id"], "family": record["family"], "task": record["family"], "knobs": record["knobs"],
-            **({"image_labels": True} if record.get("image_labels") else {}), "gt": record["gt"], "output": output, "parsed": output.strip(), "score": float(exact(output, record["gt"])),
+            **({"image_labels": True} if record.get("image_labels") else {}),
+            "gt": record["gt"], "output": output, "parsed": output.strip(), "score": float(exact(output, record["gt"])),
             "scored_as": "exact", "pool": pool, "model": settings}
 
 
