@@ -28,6 +28,22 @@ def single_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def organism_deep():
+    """A fresh (untrained) organism of the recipe's shape, 192 x 8, and its processor; one per module,
+    since some modules train it."""
+    return tiny.build_organism(**tiny.ORGANISM_SHAPES["deep"])
+
+
+@pytest.fixture(scope="module")
+def organism_pool():
+    """300 rendered scenes of the organism's training stream (seed 0, 28 px cells)."""
+    from mimic_utils.data import scenes
+    from mimic_utils.organism import recipe
+
+    return recipe.render_pool(300, 0, recipe.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+
+
 @pytest.fixture(scope="session")
 def make_image():
     return noise_image

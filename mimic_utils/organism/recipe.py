@@ -452,10 +452,13 @@ def cache_vision(model, processor, pool: ScenePool, batch: int = 256, progress: 
 def language_forward(model, features: torch.Tensor, convs: Conversations, picks: list[int], patch_grid: int,
                      pad_id: int):
     """Forward a batch of conversations, the merger applied to cached block outputs of their images (every
-    image of every conversation, in order, as the processor would have passed their pixels)."""
+    image of every conversation, in order, as the processor would have passed their pixels). A batch with
+    no image at all runs as text (``features`` may then be None)."""
     ids = pad_batch([convs.ids[i] for i in picks], pad_id)
     labels = pad_batch([convs.labels[i] for i in picks], -100)
     shown = [image for i in picks for image in convs.images[i]]
+    if not shown:  # conversations without an image (the binding probe's text twins) run as plain text
+        return model(input_ids=ids, attention_mask=None, labels=labels)
     blocks = features[torch.tensor(shown)]
     merged = model.model.visual.merger(blocks.flatten(0, 1))
     per_image = merged.view(len(shown), -1, merged.shape[-1]).unbind(0)

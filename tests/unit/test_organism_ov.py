@@ -14,7 +14,6 @@ import yaml
 
 from mimic_utils.artifacts import repo_root
 from mimic_utils.data import scenes
-from mimic_utils.models import tiny
 from mimic_utils.models.vlm import load_adapter
 from mimic_utils.organism import cli, ov as organism_ov, recipe as organism
 from mimic_utils.organism.config import OrganismConfig
@@ -25,13 +24,13 @@ OV = ROOT / "outputs" / "cpu" / "models" / "ov"
 
 
 @pytest.fixture(scope="module")
-def built():
-    return tiny.build_organism(**tiny.ORGANISM_SHAPES["deep"])
+def built(organism_deep):
+    return organism_deep
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return organism.render_pool(300, 0, organism.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+def pool(organism_pool):
+    return organism_pool
 
 
 def test_a_multi_image_conversation_is_encoded_as_the_processor_expands_it(built):
