@@ -85,6 +85,11 @@ def block_text(pool, image: int) -> str:
     return describe(dict(pool.index.images[str(image)].counts()), pool.categories)
 
 
+def _categories(pool, image: int) -> set[str]:
+    """The categories an image holds."""
+    return set(dict(pool.index.images[str(image)].counts()))
+
+
 def twin_prompt(processor, question: str, descriptions: list[str], question_first: bool = False) -> str:
     """The official which-image prompt with each image placeholder replaced, in order, by its description:
     the delimiters, separators and question stay exactly where the model sees them with images.
@@ -106,7 +111,7 @@ def twin_prompt(processor, question: str, descriptions: list[str], question_firs
 
 def _unique_categories(pool, images: list[int]) -> list[tuple[str, int]]:
     """(category, block) for every category that exactly one block holds."""
-    held = [set(dict(pool.index.images[str(i)].counts())) for i in images]
+    held = [_categories(pool, i) for i in images]
     return [(c, k) for k, cats in enumerate(held) for c in sorted(cats) if sum(c in other for other in held) == 1]
 
 
@@ -116,13 +121,17 @@ def balanced_rows(pool, count: int, seed: int, images: list[int], prefix: str) -
     ``traindata`` draws the other images among those *without* the category, which hold fewer categories
     on average, so "name the fullest block" is right more often than a guess; here it is not."""
     rng = random.Random(f"{seed}:{prefix}:binding-balanced")
-    held = {i: set(dict(pool.index.images[str(i)].counts())) for i in range(len(pool))}
+    held = {i: _categories(pool, i) for i in range(len(pool))}
     by_size: dict[int, list[int]] = defaultdict(list)
     for image, cats in held.items():
         by_size[len(cats)].append(image)
     nonempty = [i for i, cats in held.items() if cats]
-    rows = []
+    rows, attempts = [], 0
     while len(rows) < count:
+        attempts += 1
+        if attempts > 20 * count + 100:
+            raise ValueError(f"balanced_rows: {len(pool)} scenes cannot supply {count} questions of {images} blocks "
+                             f"with equal numbers of categories ({len(rows)} found); render more scenes")
         n = rng.randint(*images)
         holder = rng.choice(nonempty)
         target = rng.choice(sorted(held[holder]))

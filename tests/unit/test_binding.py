@@ -141,3 +141,12 @@ def test_balanced_rows_leave_no_fullest_block_to_follow(organism_pool):
     assert positions == {1, 2, 3, 4}
     table = binding.failure_table(rows, [binding.fullest_block(organism_pool, r[0]) for r in rows], organism_pool)
     assert table["fullest_block_rule_accuracy"] < 0.6  # the first block on every tie: right at position 1 only
+
+
+def test_balanced_rows_say_when_the_scenes_cannot_supply_them():
+    from mimic_utils.data import scenes
+    from mimic_utils.organism import recipe
+
+    few = recipe.render_pool(6, 0, recipe.TRAIN_STREAM, scenes.SceneParams(), 28, progress=False)
+    with pytest.raises(ValueError, match="6 scenes cannot supply 5 questions"):
+        binding.balanced_rows(few, 5, 0, [8, 8], "test")  # 8 distinct images from 6
