@@ -1,4 +1,4 @@
-"""Shared, session-scoped fixtures: tiny models of the real classes, built once per test session."""
+"""Shared fixtures: tiny models of the real classes, built once per test session (or per module, where a module trains them)."""
 
 from __future__ import annotations
 

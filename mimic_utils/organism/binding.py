@@ -19,8 +19,9 @@ blocks in one conversation, a denser signal) with the stages' own loop (:func:`r
 The held-out twins come from si's held-out scene stream. Besides the teacher-forced curve the probe
 records what the model does instead when it fails: its accuracy by the number of items in the block that
 holds the category and in the other blocks, and how often it agrees with the rule "name the block with
-the most items" (a shortcut that needs no lookup: the other blocks are drawn without the category, so
-they hold fewer items on average).
+the most items" where that rule names one (a shortcut that needs no lookup: the other blocks are drawn
+without the category, so they hold fewer items on average), with every pick, so the table can be
+recomputed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import argparse
 import hashlib
 import json
 import random
+import re
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -56,7 +59,7 @@ class BindingProbe:
     name: str = "deep-si"
     #: start from a freshly initialised language model (of ``shape``, default the recipe's) instead of si's
     fresh: bool = False
-    shape: dict = field(default_factory=dict)
+    shape: dict[str, int] = field(default_factory=dict)
     steps: int = 400
     lr: float = 1e-3
     #: questions per conversation (1: the ov stage's single question)
@@ -67,7 +70,7 @@ class BindingProbe:
     #: in training and held out: the fullest-block shortcut then scores no better than a guess
     balanced: bool = False
     #: blocks (images) per question
-    images: list = field(default_factory=lambda: [2, 2])
+    images: list[int] = field(default_factory=lambda: [2, 2])
     conversations: int = 20000
     pool_images: int = 30000
     heldout_questions: int = 400
@@ -107,6 +110,14 @@ def twin_prompt(processor, question: str, descriptions: list[str], question_firs
             raise ValueError(f"twin_prompt: the question is not where question_first expects it: {prompt!r}")
         prompt = prompt.replace(asked, "\n").replace("user\n", f"user\nQuestion: {question}\n", 1)
     return prompt
+
+
+def asked_category(question: str) -> str:
+    """The category a which-image question asks about (the inverse of :data:`QUESTION`)."""
+    found = re.fullmatch(QUESTION.replace(".", r"\.").replace("?", r"\?").format("(.+)"), question)
+    if found is None:
+        raise ValueError(f"not a which-image question of the probe: {question!r}")
+    return found.group(1)
 
 
 def _unique_categories(pool, images: list[int]) -> list[tuple[str, int]]:
@@ -170,7 +181,7 @@ def twin_conversations(processor, rows: list[tuple], pool, turns: int = 1, seed:
         targets = [-100] * len(sequence)
         asked = [(question, answer)]
         if turns > 1:
-            first = question.split("contains a ", 1)[1].split(". Which", 1)[0]
+            first = asked_category(question)
             more = [(c, k) for c, k in _unique_categories(pool, images) if c != first]
             rng.shuffle(more)
             asked += [(QUESTION.format(c), f"image {k + 1}") for c, k in more[: turns - 1]]
@@ -199,43 +210,71 @@ def predicted_blocks(model, processor, rows: list[tuple], pool, question_first: 
     for images, question, *_ in rows:
         prompt = twin_prompt(processor, question, [block_text(pool, i) for i in images], question_first) + "image"
         logits = model(input_ids=torch.tensor([tokenizer(prompt, add_special_tokens=False).input_ids])).logits[0, -1]
-        numbers = [tokenizer(f" {k}", add_special_tokens=False).input_ids[0] for k in range(1, len(images) + 1)]
+        numbers = number_tokens(tokenizer, len(images))
         picks.append(int(torch.stack([logits[t] for t in numbers]).argmax()) + 1)
     return picks
 
 
+def number_tokens(tokenizer, blocks: int) -> list[int]:
+    """The token of " k" after "image" for k = 1..blocks, as the answers are tokenized in training; refused
+    unless each is one token of its own (a tokenizer that splits " 10" into " 1" and "0" would make block
+    10 and block 1 the same pick)."""
+    tokens = []
+    for k in range(1, blocks + 1):
+        answer = tokenizer(f"image {k}", add_special_tokens=False).input_ids
+        if answer[:-1] != tokenizer("image", add_special_tokens=False).input_ids:
+            raise ValueError(f"the tokenizer does not give ' {k}' after 'image' one token of its own: {answer}")
+        tokens.append(answer[-1])
+    if len(set(tokens)) != blocks:
+        raise ValueError(f"the block numbers 1..{blocks} do not have distinct tokens: {tokens}")
+    return tokens
+
+
 def _items(text: str) -> int:
+    """Items of a description: the categories it lists ("2 dog, 1 cat" holds 2; "none" 0)."""
     return 0 if text == "none" else len(text.split(", "))
 
 
-def fullest_block(pool, images: list[int]) -> int:
-    """The shortcut: the block (1-based) whose description has the most items, the first on a tie."""
+def fullest_block(pool, images: list[int]) -> int | None:
+    """The shortcut: the block (1-based) whose description has the most items; None on a tie (the rule
+    then names no block — in balanced rows every question is a tie)."""
     counts = [_items(block_text(pool, i)) for i in images]
+    if counts.count(max(counts)) > 1:
+        return None
     return counts.index(max(counts)) + 1
 
 
+def _rate(hits: list[int]) -> float | None:
+    return round(sum(hits) / len(hits), 3) if hits else None
+
+
 def failure_table(rows: list[tuple], picks: list[int], pool) -> dict:
-    """Accuracy by the items of the block holding the category and of the other blocks, and agreement
-    with :func:`fullest_block` — what the model answers from when it does not look the category up."""
+    """Accuracy by the items of the block holding the category and of the other blocks (4 or more in one
+    cell), and how the model relates to :func:`fullest_block` on the questions where the rule names a
+    block (``ties``: the share where it names none) — what the model answers from when it does not look
+    the category up. ``picks`` are stored too, so the table can be recomputed."""
     cells: dict[str, list[int]] = defaultdict(list)
-    agree, shortcut_right = [], []
-    for (images, _question, _family, answer, *_), pick in zip(rows, picks):
+    hits, agree, shortcut_right = [], [], []
+    for (images, _question, _family, answer, *_), pick in zip(rows, picks, strict=True):
         right = int(answer.split()[-1])
         hit = int(pick == right)
+        hits.append(hit)
         cells[f"answer image {right}"].append(hit)
         cells[f"items in its block: {_items(block_text(pool, images[right - 1]))}"].append(hit)
         others = sum(_items(block_text(pool, i)) for k, i in enumerate(images) if k != right - 1)
         cells[f"items in the other blocks: {min(others, 4)}{'+' if others >= 4 else ''}"].append(hit)
         rule = fullest_block(pool, images)
-        agree.append(int(pick == rule))
-        shortcut_right.append(int(rule == right))
-    rate = lambda v: round(sum(v) / len(v), 3)  # noqa: E731
-    return {"n": len(picks), "accuracy": rate([int(p == int(r[3].split()[-1])) for r, p in zip(rows, picks)]),
-            "fullest_block_rule_accuracy": rate(shortcut_right), "agrees_with_fullest_block_rule": rate(agree),
-            "by": {k: {"n": len(v), "accuracy": rate(v)} for k, v in sorted(cells.items())}}
+        if rule is not None:
+            agree.append(int(pick == rule))
+            shortcut_right.append(int(rule == right))
+    return {"n": len(picks), "accuracy": _rate(hits), "picks": list(picks),
+            "ties": round(1 - len(agree) / len(picks), 3),
+            "fullest_block_rule_accuracy_untied": _rate(shortcut_right),
+            "agrees_with_fullest_block_rule_untied": _rate(agree),
+            "by": {k: {"n": len(v), "accuracy": _rate(v)} for k, v in sorted(cells.items())}}
 
 
-def probe_model(probe: BindingProbe, si_dir: Path):
+def probe_model(probe: BindingProbe, si_dir: Path) -> tuple:
     """The si checkpoint's model and processor, or (``fresh``) a new language model of ``probe.shape``."""
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -274,13 +313,14 @@ def run(probe: BindingProbe, si_dir: Path, work: Path, progress: bool = True) ->
                              eval_every=probe.eval_every, checkpoint_every=50)
     log: list[dict] = []
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / f"{probe.name}-{probe.digest()}.pt"
+    si_sha = ov.weights_sha256(si_dir)
+    checkpoint = work / f"{probe.name}-{probe.digest()}-{si_sha[:8]}.pt"  # another si never resumes it
     organism.language_stage("binding", model, None, convs, None, held, schedule, probe.seed, checkpoint, log,
                             patch_grid=0, progress=progress, sampler=sampler)
     picks = predicted_blocks(model, processor, held_rows, heldout, probe.question_first)
     curve = [{"step": e["step"], "loss": round(e["loss"], 4), "tf_which_block": round(e[f"tf_twin_{FAMILY}"], 3)}
              for e in log if f"tf_twin_{FAMILY}" in e]
-    return {"probe": asdict(probe), "parameters": tiny.count_parameters(model),
+    return {"probe": asdict(probe), "si_weights_sha256": si_sha, "parameters": tiny.count_parameters(model),
             "minutes": round((time.time() - started) / 60, 1),
             "chance": round(sum(1 / len(row[0]) for row in held_rows) / len(held_rows), 3),
             "curve": curve, "heldout": failure_table(held_rows, picks, heldout)}
@@ -308,22 +348,34 @@ def main(argv: list[str] | None = None) -> int:
         shape = json.loads(args.shape)
     except json.JSONDecodeError as err:
         parser.error(f"--shape: not JSON ({err}): {args.shape!r}")
-    if args.turns < 1 or args.steps < 1 or not 2 <= args.images[0] <= args.images[1] <= 10:
-        parser.error(f"--turns and --steps must be >= 1 and --images within 2..10, got {args.turns}, {args.steps}, "
-                     f"{args.images}")
+    if not isinstance(shape, dict) or any(not isinstance(v, int) for v in shape.values()):
+        parser.error(f"--shape: a JSON object of integers, got {args.shape!r}")
+    if shape and not args.fresh:
+        parser.error("--shape needs --fresh: si's language model has its own shape")
+    low, high = args.images
+    if min(args.turns, args.steps, args.eval_every) < 1 or args.lr <= 0 or not 2 <= low <= high <= 10:
+        parser.error(f"--turns, --steps and --eval-every must be >= 1, --lr > 0 and --images within 2..10, got "
+                     f"{args.turns}, {args.steps}, {args.eval_every}, {args.lr}, {args.images}")
+    if args.question_first and args.turns > 1:
+        parser.error("--question-first asks one question before the blocks; the further turns of --turns would "
+                     "come after them")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
+        parser.error(f"--name names a file: letters, digits, '.', '_' and '-' only, got {args.name!r}")
     root = repo_root()
     si_dir = Path(args.si) if args.si else root / "outputs" / "cpu" / "models" / "si"
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "binding"
     probe = BindingProbe(name=args.name, fresh=args.fresh, shape=shape, steps=args.steps, lr=args.lr,
                          turns=args.turns, question_first=args.question_first, balanced=args.balanced,
-                         images=list(args.images),
-                         eval_every=args.eval_every)
+                         images=list(args.images), eval_every=args.eval_every)
     record = run(probe, si_dir, out / "checkpoints", progress=sys.stderr.isatty())  # git-ignored
-    record["command"] = "python -m mimic_utils.organism.binding " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    record["command"] = "python -m mimic_utils.organism.binding " + shlex.join(given)
     path = out / f"{args.name}.json"
     write_json(path, record)
-    print(f"[binding] {path}: held-out which block {record['heldout']['accuracy']} (chance {record['chance']}), "
-          f"agrees with the fullest-block rule {record['heldout']['agrees_with_fullest_block_rule']}")
+    table = record["heldout"]
+    print(f"[binding] {path}: held-out which block {table['accuracy']} (chance {record['chance']}); where the "
+          f"fullest-block rule names a block ({1 - table['ties']:.0%}), the model agrees with it "
+          f"{table['agrees_with_fullest_block_rule_untied']}")
     return 0
 
 

@@ -44,7 +44,7 @@ def test_the_answer_is_the_only_target_and_names_the_block_holding_the_category(
     for (images, question, _f, answer, *_), ids, labels in zip(rows, convs.ids, convs.labels):
         (span,) = _spans(ids, labels)
         assert processor.tokenizer.decode(span) == answer + "<|im_end|>"
-        category = question.split("contains a ")[1].split(". Which")[0]
+        category = binding.asked_category(question)
         holders = [n + 1 for n, i in enumerate(images) if category in dict(organism_pool.index.images[str(i)].counts())]
         assert holders == [int(answer.split()[-1])]
 
@@ -58,10 +58,10 @@ def test_more_turns_ask_about_other_categories_each_answer_a_target(organism_dee
         spans = [tokenizer.decode(s) for s in _spans(ids, labels)]
         text = tokenizer.decode(ids)
         questions = [q.split("\n")[0] for q in text.split("Question: ")[1:]]
-        assert 1 <= len(spans) == len(questions) <= 4
+        assert 1 <= len(spans) == len(questions) <= 4 and len(set(questions)) == len(questions)
         several += len(spans) > 1
         for q, said in zip(questions, spans):
-            category = q.split("contains a ")[1].split(". Which")[0]
+            category = binding.asked_category(q)
             k = int(said.removesuffix("<|im_end|>").split()[-1])
             holders = [n + 1 for n, i in enumerate(images)
                        if category in dict(organism_pool.index.images[str(i)].counts())]
@@ -90,24 +90,79 @@ def test_a_batch_without_images_runs_as_text_with_the_same_loss(organism_deep, o
     assert torch.allclose(batched, expected, atol=1e-5)
 
 
-def test_the_failure_table_says_when_the_model_follows_the_fullest_block(organism_pool, rows):
-    rule = [binding.fullest_block(organism_pool, images) for images, *_ in rows]
-    table = binding.failure_table(rows, rule, organism_pool)
-    assert table["agrees_with_fullest_block_rule"] == 1.0
-    assert table["accuracy"] == table["fullest_block_rule_accuracy"]
-    right = [int(row[3].split()[-1]) for row in rows]
-    table = binding.failure_table(rows, right, organism_pool)
-    assert table["accuracy"] == 1.0
-    assert sum(cell["n"] for key, cell in table["by"].items() if key.startswith("answer")) == len(rows)
+class _Pool:
+    """A pool stand-in whose images hold the given categories (one object each)."""
+
+    categories = ["cat", "dog", "bird", "cup", "car", "bus"]
+
+    def __init__(self, held: list[list[str]]):
+        class _Image:
+            def __init__(self, names):
+                self.names = names
+
+            def counts(self):
+                return [(name, 1) for name in self.names]
+
+        self.index = type("Index", (), {"images": {str(i): _Image(n) for i, n in enumerate(held)}})()
+
+    def __len__(self):
+        return len(self.index.images)
+
+
+def test_the_failure_table_counts_items_ties_and_the_rule_exactly():
+    pool = _Pool([["dog"], ["cat", "cup"], ["bird"], ["dog", "car", "bus"], ["cup"], ["cat"]])
+    question = binding.QUESTION.format
+    rows = [([0, 1], question("dog"), "which_image", "image 1"),    # rule: block 2 (2 items vs 1)
+            ([2, 5], question("bird"), "which_image", "image 1"),   # 1 vs 1: a tie, no rule
+            ([4, 3], question("car"), "which_image", "image 2")]    # rule: block 2, right
+    table = binding.failure_table(rows, [2, 1, 2], pool)  # the model: rule, right, rule (and right)
+    assert table["accuracy"] == round(2 / 3, 3) and table["picks"] == [2, 1, 2]
+    assert table["ties"] == round(1 / 3, 3)
+    assert table["agrees_with_fullest_block_rule_untied"] == 1.0
+    assert table["fullest_block_rule_accuracy_untied"] == 0.5
+    assert table["by"]["items in its block: 1"] == {"n": 2, "accuracy": 0.5}
+    assert table["by"]["items in its block: 3"] == {"n": 1, "accuracy": 1.0}
+    assert table["by"]["items in the other blocks: 2"] == {"n": 1, "accuracy": 0.0}
+    assert table["by"]["answer image 2"] == {"n": 1, "accuracy": 1.0}
+    assert binding.fullest_block(pool, [2, 5]) is None and binding.fullest_block(pool, [0, 3]) == 2
+    with pytest.raises(ValueError):
+        binding.failure_table(rows, [1, 1], pool)  # a pick missing
 
 
 def test_the_command_line_refuses_bad_values_before_any_work(capsys):
-    for argv in (["--name", "x", "--shape", "{not json"], ["--name", "x", "--turns", "0"],
-                 ["--name", "x", "--images", "1", "2"]):
+    expected = {("--shape", "{not json", "--fresh"): "--shape: not JSON", ("--shape", "[1]", "--fresh"): "JSON object",
+                ("--shape", '{"text_hidden": 256}'): "needs --fresh", ("--turns", "0"): "must be >= 1",
+                ("--eval-every", "0"): "must be >= 1", ("--lr", "0"): "--lr > 0", ("--images", "1", "2"): "2..10",
+                ("--question-first", "--turns", "3"): "further turns", ("--out", "x", "--name", "../y"): "names a file"}
+    for extra, message in expected.items():
         with pytest.raises(SystemExit) as exit_:
-            binding.main(argv)
+            binding.main(["--name", "x", *extra])
         assert exit_.value.code == 2
-    assert "--shape: not JSON" in capsys.readouterr().err
+        assert message in capsys.readouterr().err, extra
+
+
+def test_block_numbers_are_the_tokens_training_answers_with(organism_deep, organism_pool, rows):
+    model, processor = organism_deep
+    tokenizer = processor.tokenizer
+    numbers = binding.number_tokens(tokenizer, 10)
+    assert len(set(numbers)) == 10
+    for k, token in enumerate(numbers, 1):
+        assert tokenizer(f"image {k}<|im_end|>", add_special_tokens=False).input_ids[-2] == token
+    picks = binding.predicted_blocks(model, processor, rows, organism_pool)
+    assert len(picks) == len(rows) and all(1 <= p <= len(r[0]) for p, r in zip(picks, rows))
+
+    class Splitting:  # a tokenizer that spells every number digit by digit
+        def __call__(self, text, add_special_tokens=False):
+            return type("Encoded", (), {"input_ids": [ord(c) for c in text.replace("image ", "image _")]})()
+
+    with pytest.raises(ValueError, match="one token of its own"):
+        binding.number_tokens(Splitting(), 10)
+
+
+def test_the_asked_category_is_read_back_from_the_question():
+    assert binding.asked_category(binding.QUESTION.format("teddy bear")) == "teddy bear"
+    with pytest.raises(ValueError, match="not a which-image question"):
+        binding.asked_category("How many images are shown?")
 
 
 def test_a_shape_without_fresh_is_refused_before_loading_anything(tmp_path):
@@ -134,13 +189,14 @@ def test_balanced_rows_leave_no_fullest_block_to_follow(organism_pool):
     positions = set()
     for images, question, family, answer in rows:
         held = [set(dict(organism_pool.index.images[str(i)].counts())) for i in images]
-        category = question.split("contains a ")[1].split(". Which")[0]
+        category = binding.asked_category(question)
         assert family == binding.FAMILY and len(set(map(len, held))) == 1 and len(set(images)) == len(images)
         assert [n + 1 for n, cats in enumerate(held) if category in cats] == [int(answer.split()[-1])]
         positions.add(int(answer.split()[-1]))
     assert positions == {1, 2, 3, 4}
-    table = binding.failure_table(rows, [binding.fullest_block(organism_pool, r[0]) for r in rows], organism_pool)
-    assert table["fullest_block_rule_accuracy"] < 0.6  # the first block on every tie: right at position 1 only
+    assert all(binding.fullest_block(organism_pool, images) is None for images, *_ in rows)  # every one a tie
+    table = binding.failure_table(rows, [1] * len(rows), organism_pool)
+    assert table["ties"] == 1.0 and table["agrees_with_fullest_block_rule_untied"] is None
 
 
 def test_balanced_rows_say_when_the_scenes_cannot_supply_them():
