@@ -42,7 +42,7 @@ import torch
 
 from mimic_utils.artifacts import repo_root, write_json
 from mimic_utils.data.prompts import build_messages, prompt_family
-from mimic_utils.data.traindata import describe
+from mimic_utils.data.traindata import Pools
 from mimic_utils.models import tiny
 from mimic_utils.organism import ov, recipe as organism
 from mimic_utils.training.finetune import StageSchedule
@@ -83,14 +83,8 @@ class BindingProbe:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def block_text(pool, image: int) -> str:
-    """An image's text twin: the alignment stage's description of it ("2 dog, 1 cat"; "none")."""
-    return describe(dict(pool.index.images[str(image)].counts()), pool.categories)
-
-
-def _categories(pool, image: int) -> set[str]:
-    """The categories an image holds."""
-    return set(dict(pool.index.images[str(image)].counts()))
+#: an image's text twin: the alignment stage's description of it ("2 dog, 1 cat"; "none")
+block_text = organism.description
 
 
 def twin_prompt(processor, question: str, descriptions: list[str], question_first: bool = False) -> str:
@@ -120,9 +114,9 @@ def asked_category(question: str) -> str:
     return found.group(1)
 
 
-def _unique_categories(pool, images: list[int]) -> list[tuple[str, int]]:
+def _unique_categories(pools: Pools, images: list[int]) -> list[tuple[str, int]]:
     """(category, block) for every category that exactly one block holds."""
-    held = [_categories(pool, i) for i in images]
+    held = [pools.classes[str(i)] for i in images]
     return [(c, k) for k, cats in enumerate(held) for c in sorted(cats) if sum(c in other for other in held) == 1]
 
 
@@ -132,11 +126,11 @@ def balanced_rows(pool, count: int, seed: int, images: list[int], prefix: str) -
     ``traindata`` draws the other images among those *without* the category, which hold fewer categories
     on average, so "name the fullest block" is right more often than a guess; here it is not."""
     rng = random.Random(f"{seed}:{prefix}:binding-balanced")
-    held = {i: _categories(pool, i) for i in range(len(pool))}
-    by_size: dict[int, list[int]] = defaultdict(list)
-    for image, cats in held.items():
-        by_size[len(cats)].append(image)
-    nonempty = [i for i, cats in held.items() if cats]
+    pools = Pools(pool.index)
+    held = pools.classes
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for image in pools.certain:
+        by_size[len(held[image])].append(image)
     rows, attempts = [], 0
     while len(rows) < count:
         attempts += 1
@@ -144,10 +138,10 @@ def balanced_rows(pool, count: int, seed: int, images: list[int], prefix: str) -
             raise ValueError(f"balanced_rows: {len(pool)} scenes cannot supply {count} questions of {images} blocks "
                              f"with equal numbers of categories ({len(rows)} found); render more scenes")
         n = rng.randint(*images)
-        holder = rng.choice(nonempty)
+        holder = rng.choice(pools.nonempty)
         target = rng.choice(sorted(held[holder]))
         same = by_size[len(held[holder])]
-        others: list[int] = []
+        others: list[str] = []
         for _ in range(50 * n):
             pick = rng.choice(same)
             if target not in held[pick] and pick != holder and pick not in others:
@@ -157,8 +151,8 @@ def balanced_rows(pool, count: int, seed: int, images: list[int], prefix: str) -
         if len(others) < n - 1:
             continue
         position = rng.randrange(n)
-        rows.append((others[:position] + [holder] + others[position:], QUESTION.format(target), FAMILY,
-                     f"image {position + 1}"))
+        rows.append(([int(i) for i in others[:position] + [holder] + others[position:]], QUESTION.format(target),
+                     FAMILY, f"image {position + 1}"))
     return rows
 
 
@@ -172,6 +166,7 @@ def twin_conversations(processor, rows: list[tuple], pool, turns: int = 1, seed:
     conversations hold no image (``images`` empty), so :func:`recipe.language_forward` runs them as text."""
     tokenizer = processor.tokenizer
     rng = random.Random(f"{seed}:binding-turns")
+    pools = Pools(pool.index) if turns > 1 else None  # built once: the categories of every image
     ids, labels, family, answers = [], [], [], []
     for images, question, row_family, answer, *_ in rows:
         if row_family != FAMILY:
@@ -182,7 +177,7 @@ def twin_conversations(processor, rows: list[tuple], pool, turns: int = 1, seed:
         asked = [(question, answer)]
         if turns > 1:
             first = asked_category(question)
-            more = [(c, k) for c, k in _unique_categories(pool, images) if c != first]
+            more = [(c, k) for c, k in _unique_categories(pools, images) if c != first]
             rng.shuffle(more)
             asked += [(QUESTION.format(c), f"image {k + 1}") for c, k in more[: turns - 1]]
         for turn, (_, said) in enumerate(asked):

@@ -288,6 +288,11 @@ class Conversations:
 DESCRIBE_QUESTION = "What objects are in the image?"
 
 
+def description(pool: ScenePool, image: int) -> str:
+    """The alignment stage's answer for one pool image ("2 dog, 1 cat"; "none" when empty)."""
+    return describe(dict(pool.index.images[str(image)].counts()), pool.categories)
+
+
 # --- single-image multiple choice, in the public benchmarks' format ---------------------------------
 
 CHOICE_QUESTIONS = {
@@ -408,8 +413,7 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
         for i in order:
-            counts = dict(pool.index.images[str(i)].counts())
-            rows.append(([i], DESCRIBE_QUESTION, "describe", describe(counts, pool.categories)))
+            rows.append(([i], DESCRIBE_QUESTION, "describe", description(pool, i)))
     else:
         pools = Pools(pool.index)
         for family, share in family_shares(count, weights or dict.fromkeys(SINGLE_FAMILIES, 1)).items():
