@@ -66,6 +66,8 @@ class BindingProbe:
     turns: int = 1
     #: the question before the blocks (a diagnostic layout, :func:`twin_prompt`)
     question_first: bool = False
+    #: "Image k: " before block k (a diagnostic layout, :func:`twin_prompt`)
+    labelled: bool = False
     #: every block holds as many categories as the one holding the asked category (:func:`balanced_rows`),
     #: in training and held out: the fullest-block shortcut then scores no better than a guess
     balanced: bool = False
@@ -87,14 +89,17 @@ class BindingProbe:
 block_text = organism.description
 
 
-def twin_prompt(processor, question: str, descriptions: list[str], question_first: bool = False) -> str:
+def twin_prompt(processor, question: str, descriptions: list[str], question_first: bool = False,
+                labelled: bool = False) -> str:
     """The official which-image prompt with each image placeholder replaced, in order, by its description:
     the delimiters, separators and question stay exactly where the model sees them with images.
 
     ``question_first`` (a diagnostic, never the benchmark's layout): the question moves before the blocks,
     so the model knows what to look for while it reads them — the lookup then needs no retrieval of an
-    earlier block by a query formed after it."""
-    messages = build_messages(question, len(descriptions), prompt_family(FAMILY), "qwen2_vl")
+    earlier block by a query formed after it. ``labelled`` (a diagnostic too): "Image k: " before block k, as
+    the ov stage's labelled layout writes it, so a block's number is a token in it instead of a position
+    the model must count."""
+    messages = build_messages(question, len(descriptions), prompt_family(FAMILY), "qwen2_vl", image_labels=labelled)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     for text in descriptions:
         prompt = prompt.replace(processor.image_token, text, 1)
@@ -157,7 +162,7 @@ def balanced_rows(pool, count: int, seed: int, images: list[int], prefix: str) -
 
 
 def twin_conversations(processor, rows: list[tuple], pool, turns: int = 1, seed: int = 0,
-                       question_first: bool = False) -> organism.Conversations:
+                       question_first: bool = False, labelled: bool = False) -> organism.Conversations:
     """Text-twin conversations of which-image rows ``(pool images, question, family, answer, ...)``.
 
     ``turns == 1``: the row's own question and answer. ``turns > 1``: the row's question first, then up to
@@ -171,7 +176,7 @@ def twin_conversations(processor, rows: list[tuple], pool, turns: int = 1, seed:
     for images, question, row_family, answer, *_ in rows:
         if row_family != FAMILY:
             raise ValueError(f"twin_conversations: a {row_family!r} row; the probe asks {FAMILY!r} questions only")
-        prompt = twin_prompt(processor, question, [block_text(pool, i) for i in images], question_first)
+        prompt = twin_prompt(processor, question, [block_text(pool, i) for i in images], question_first, labelled)
         sequence = tokenizer(prompt, add_special_tokens=False).input_ids
         targets = [-100] * len(sequence)
         asked = [(question, answer)]
@@ -196,14 +201,16 @@ def twin_conversations(processor, rows: list[tuple], pool, turns: int = 1, seed:
 
 
 @torch.no_grad()
-def predicted_blocks(model, processor, rows: list[tuple], pool, question_first: bool = False) -> list[int]:
+def predicted_blocks(model, processor, rows: list[tuple], pool, question_first: bool = False,
+                     labelled: bool = False) -> list[int]:
     """The block (1-based) each held-out twin question is answered with: the model's most likely number
     token after "image", over the numbers of the blocks shown (teacher-forced, one forward each)."""
     tokenizer = processor.tokenizer
     model.eval()
     picks = []
     for images, question, *_ in rows:
-        prompt = twin_prompt(processor, question, [block_text(pool, i) for i in images], question_first) + "image"
+        blocks = [block_text(pool, i) for i in images]
+        prompt = twin_prompt(processor, question, blocks, question_first, labelled) + "image"
         logits = model(input_ids=torch.tensor([tokenizer(prompt, add_special_tokens=False).input_ids])).logits[0, -1]
         numbers = number_tokens(tokenizer, len(images))
         picks.append(int(torch.stack([logits[t] for t in numbers]).argmax()) + 1)
@@ -301,8 +308,9 @@ def run(probe: BindingProbe, si_dir: Path, work: Path, progress: bool = True) ->
         rows = ov.ov_rows(train, probe.conversations, probe.seed + 10, probe.images, {FAMILY: 1}, "ov-train")
         held_rows = ov.ov_rows(heldout, probe.heldout_questions, probe.seed + 11, probe.images, {FAMILY: 1},
                                "ov-heldout")
-    convs = twin_conversations(processor, rows, train, probe.turns, probe.seed, probe.question_first)
-    held = twin_conversations(processor, held_rows, heldout, question_first=probe.question_first)
+    convs = twin_conversations(processor, rows, train, probe.turns, probe.seed, probe.question_first, probe.labelled)
+    held = twin_conversations(processor, held_rows, heldout, question_first=probe.question_first,
+                              labelled=probe.labelled)
     sampler = organism.LengthBuckets([len(i) for i in convs.ids], probe.batch_tokens, 16, None, probe.seed)
     schedule = StageSchedule(probe.steps, probe.lr, probe.batch_tokens, warmup=min(50, probe.steps),
                              eval_every=probe.eval_every, checkpoint_every=50)
@@ -312,7 +320,7 @@ def run(probe: BindingProbe, si_dir: Path, work: Path, progress: bool = True) ->
     checkpoint = work / f"{probe.name}-{probe.digest()}-{si_sha[:8]}.pt"  # another si never resumes it
     organism.language_stage("binding", model, None, convs, None, held, schedule, probe.seed, checkpoint, log,
                             patch_grid=0, progress=progress, sampler=sampler)
-    picks = predicted_blocks(model, processor, held_rows, heldout, probe.question_first)
+    picks = predicted_blocks(model, processor, held_rows, heldout, probe.question_first, probe.labelled)
     curve = [{"step": e["step"], "loss": round(e["loss"], 4), "tf_which_block": round(e[f"tf_twin_{FAMILY}"], 3)}
              for e in log if f"tf_twin_{FAMILY}" in e]
     return {"probe": asdict(probe), "si_weights_sha256": si_sha, "parameters": tiny.count_parameters(model),
@@ -332,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=1)
     parser.add_argument("--question-first", action="store_true",
                         help="a diagnostic layout: the question before the blocks")
+    parser.add_argument("--labels", action="store_true",
+                        help='a diagnostic layout: "Image k: " before block k, as the ov stage\'s labelled prompts')
     parser.add_argument("--balanced", action="store_true",
                         help="every block holds as many categories as the one holding the asked category")
     parser.add_argument("--images", type=int, nargs=2, default=[2, 2])
@@ -360,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     si_dir = Path(args.si) if args.si else root / "outputs" / "cpu" / "models" / "si"
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "binding"
     probe = BindingProbe(name=args.name, fresh=args.fresh, shape=shape, steps=args.steps, lr=args.lr,
-                         turns=args.turns, question_first=args.question_first, balanced=args.balanced,
-                         images=list(args.images), eval_every=args.eval_every)
+                         turns=args.turns, question_first=args.question_first, labelled=args.labels,
+                         balanced=args.balanced, images=list(args.images), eval_every=args.eval_every)
     record = run(probe, si_dir, out / "checkpoints", progress=sys.stderr.isatty())  # git-ignored
     given = argv if argv is not None else sys.argv[1:]
     record["command"] = "python -m mimic_utils.organism.binding " + shlex.join(given)

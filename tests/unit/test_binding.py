@@ -183,6 +183,23 @@ def test_question_first_moves_only_the_question_before_the_blocks(organism_deep,
     assert sorted(first) == sorted(usual)  # the same characters, rearranged
 
 
+def test_labels_put_each_blocks_number_before_it_and_change_nothing_else(organism_deep, organism_pool, rows):
+    _, processor = organism_deep
+    images, question, *_ = rows[0]
+    blocks = [binding.block_text(organism_pool, i) for i in images]
+    usual = binding.twin_prompt(processor, question, blocks)
+    labelled = binding.twin_prompt(processor, question, blocks, labelled=True)
+    for k, text in enumerate(blocks, start=1):
+        assert f"Image {k}: <|vision_start|>{text}<|vision_end|>" in labelled
+    assert labelled.count("Image ") == len(blocks)
+    stripped = labelled
+    for k in range(1, len(blocks) + 1):
+        stripped = stripped.replace(f"Image {k}: ", "", 1)
+    assert stripped == usual
+    convs = binding.twin_conversations(processor, rows[:3], organism_pool, labelled=True)
+    assert all("Image 1:" in processor.tokenizer.decode(ids) for ids in convs.ids)
+
+
 def test_balanced_rows_leave_no_fullest_block_to_follow(organism_pool):
     rows = binding.balanced_rows(organism_pool, 40, 3, [2, 4], "test")
     assert len(rows) == 40

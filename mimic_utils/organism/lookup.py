@@ -1,0 +1,264 @@
+"""Probe: the smallest which-block lookup, on raw tokens — and what keeps it from forming.
+
+    python -m mimic_utils.organism.lookup --name gap-0 --gap 0
+    python -m mimic_utils.organism.lookup --name gap-18 --gap 18
+    # each writes outputs/cpu/models/tried/lookup/<name>.json (the command, every setting, the curve)
+
+The binding probe (:mod:`mimic_utils.organism.binding`) showed that the organism's language model does not
+learn "Only one image contains a dog. Which image is it?" even when every image is given as its text twin.
+This probe strips that question to its core. A sequence holds ``blocks`` blocks between the vision
+delimiters, each with ``items`` categories written as the twins write them ("2 dog, 1 cat": a count before
+each, " 1" after a comma being the same token as the answer " 1"); no category is in two blocks, so every
+block is as full as the others. Then ``queries`` queries: a newline, a category, ``gap`` filler tokens and
+the number of the block that holds it — the only targets. Each query's block is drawn uniformly and its
+category among that block's categories not asked yet, so an answer can neither be copied from an earlier
+query nor inferred from the earlier answers. The filler is the last ``gap`` tokens of what stands between
+the asked category and the answer's number in the binding probe's real prompt (:func:`real_filler`:
+". Which image is it?" … "assistant\nimage", 18 tokens in the organism's tokenizer), so ``gap=0`` asks for
+the number right after the category and ``gap=18`` at the real distance. A prediction is the most likely of
+the block numbers (as :func:`binding.predicted_blocks` scores), so chance is ``1 / blocks``.
+
+A fresh language model of the recipe's shape is trained on fresh sequences every step (nothing to
+memorise); the held-out sequences are asked at ``gap``. Two curricula: ``no_gap_share`` asks that share of
+the training queries with no filler at all (can the lookup learned at distance 0 be carried to the real
+distance?), and ``min_train_gap`` draws the filler length of the other training queries uniformly from
+``min_train_gap..gap`` (no fixed distance to learn, only "the category asked last").
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mimic_utils.artifacts import repo_root, write_json
+from mimic_utils.data.scenes import CATEGORIES
+from mimic_utils.models import tiny
+from mimic_utils.organism.binding import QUESTION, twin_prompt
+from mimic_utils.training.finetune import pad_batch
+
+
+@dataclass(frozen=True)
+class LookupTask:
+    """Every value that shapes one run (recorded in its JSON)."""
+
+    name: str = "gap-0"
+    blocks: int = 2
+    items: int = 4
+    gap: int = 0
+    #: share of training queries asked with no filler (a curriculum); held-out queries always use ``gap``
+    no_gap_share: float = 0.0
+    #: the other training queries draw their filler's length uniformly from ``min_train_gap..gap`` (None: ``gap``)
+    min_train_gap: int | None = None
+    queries: int = 4
+    steps: int = 600
+    lr: float = 1e-3
+    batch: int = 64
+    heldout: int = 256
+    eval_every: int = 100
+    seed: int = 0
+
+
+def real_filler(processor) -> list[int]:
+    """The tokens between the asked category and the answer's number in the binding probe's twin prompt
+    and answer ("image 1"), read off a real prompt rather than written out, so a change of wording shows."""
+    tokenizer = processor.tokenizer
+    asked = tokenizer(" dog", add_special_tokens=False).input_ids
+    prompt = twin_prompt(processor, QUESTION.format("dog"), ["1 cat", "2 bus"]) + "image"
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    if len(asked) != 1 or asked[0] not in ids:
+        raise ValueError(f"lookup probe: ' dog' is not one token of the twin prompt: {asked}")
+    last = len(ids) - 1 - ids[::-1].index(asked[0])
+    return ids[last + 1:]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The token ids a sequence is made of, from the organism's tokenizer."""
+
+    categories: list[int]
+    counts: list[int]  # "1".."5", the first count of a block
+    later_counts: list[int]  # " 1".." 5", a count after a comma (" 1" is also the answer for block 1)
+    numbers: list[int]  # the answer tokens " 1", " 2", ... (as the twins' "image 1" ends)
+    filler: list[int]
+    comma: int
+    newline: int
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, processor, blocks: int) -> Vocabulary:
+        """Refuses a tokenizer that does not give every count and block number one token; categories that
+        are not one token are left out (the twins' lookup of a multi-token name is another question)."""
+        tokenizer = processor.tokenizer
+
+        def one(text: str) -> int:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                raise ValueError(f"lookup probe: {text!r} is not one token in this tokenizer: {ids}")
+            return ids[0]
+
+        names = [" " + c.name for c in CATEGORIES]
+        singles = [tokenizer(n, add_special_tokens=False).input_ids for n in names]
+        return cls([ids[0] for ids in singles if len(ids) == 1], [one(str(n)) for n in range(1, 6)],
+                   [one(f" {n}") for n in range(1, 6)], [one(f" {k}") for k in range(1, blocks + 1)],
+                   real_filler(processor), one(","), one("\n"), tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+                   tokenizer.convert_tokens_to_ids("<|vision_end|>"))
+
+
+def check(task: LookupTask, vocab: Vocabulary) -> None:
+    """Refuses a task the vocabulary cannot supply, before any model is built."""
+    problems = []
+    if not 0 <= task.gap <= len(vocab.filler):
+        problems.append(f"gap {task.gap} is outside 0..{len(vocab.filler)} (the real filler's length)")
+    if task.min_train_gap is not None and not 0 <= task.min_train_gap <= task.gap:
+        problems.append(f"min_train_gap {task.min_train_gap} is outside 0..gap ({task.gap})")
+    if task.queries > task.items:
+        problems.append(f"queries ({task.queries}) exceed items ({task.items}): a block could run out of "
+                        "categories not asked yet")
+    if task.blocks * task.items > len(vocab.categories):
+        problems.append(f"{task.blocks} blocks of {task.items} items need {task.blocks * task.items} categories; "
+                        f"the tokenizer has {len(vocab.categories)} one-token ones")
+    if not 0.0 <= task.no_gap_share <= 1.0:
+        problems.append(f"no_gap_share {task.no_gap_share} is outside [0, 1]")
+    if problems:
+        raise ValueError(f"lookup probe {task.name}: " + "; ".join(problems))
+
+
+def sample(task: LookupTask, vocab: Vocabulary, rng: random.Random,
+           gap: int | None = None) -> tuple[list[int], list[int]]:
+    """One sequence and its targets (-100 everywhere but the answers' numbers). ``gap=None``: the training
+    draw (no filler on a ``no_gap_share`` of the queries; on the rest ``task.gap`` tokens, or a length drawn
+    from ``task.min_train_gap..task.gap``)."""
+    drawn = rng.sample(vocab.categories, task.blocks * task.items)
+    blocks = [drawn[k * task.items:(k + 1) * task.items] for k in range(task.blocks)]
+    ids: list[int] = []
+    for held in blocks:
+        ids.append(vocab.start)
+        for j, category in enumerate(held):
+            ids += [vocab.comma, rng.choice(vocab.later_counts)] if j else [rng.choice(vocab.counts)]
+            ids.append(category)
+        ids.append(vocab.end)
+    labels = [-100] * len(ids)
+    unasked = [list(held) for held in blocks]
+    for _ in range(task.queries):
+        k = rng.randrange(task.blocks)
+        category = unasked[k].pop(rng.randrange(len(unasked[k])))
+        width = gap if gap is not None else _train_width(task, rng)
+        query = [vocab.newline, category] + (vocab.filler[-width:] if width else [])
+        ids += query + [vocab.numbers[k]]
+        labels += [-100] * len(query) + [vocab.numbers[k]]
+    return ids, labels
+
+
+def _train_width(task: LookupTask, rng: random.Random) -> int:
+    """The filler length of one training query."""
+    if rng.random() < task.no_gap_share:
+        return 0
+    return task.gap if task.min_train_gap is None else rng.randint(task.min_train_gap, task.gap)
+
+
+def batch(task: LookupTask, vocab: Vocabulary, rng: random.Random, n: int, pad: int,
+          gap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` sequences, right-padded (attention is causal, so no real token sees a pad)."""
+    drawn = [sample(task, vocab, rng, gap) for _ in range(n)]
+    return pad_batch([ids for ids, _ in drawn], pad), pad_batch([labels for _, labels in drawn], -100)
+
+
+@torch.no_grad()
+def accuracy(model, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of answers whose block number is the most likely of the block numbers (leaves ``model`` in
+    eval mode, as :func:`binding.predicted_blocks` does)."""
+    model.eval()
+    numbers = torch.tensor(vocab.numbers)
+    logits = model(input_ids=ids).logits[:, :-1]
+    targets = labels[:, 1:]
+    asked = targets != -100
+    picked = numbers[logits[asked][:, numbers].argmax(-1)]
+    return float((picked == targets[asked]).float().mean())
+
+
+def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = True) -> dict:
+    """Train a fresh language model of ``shape`` on fresh sequences; the held-out curve at ``task.gap``."""
+    vocab = Vocabulary.of(processor, task.blocks)
+    check(task, vocab)
+    started = time.time()
+    torch.manual_seed(task.seed)
+    model = tiny.build_organism(tokenizer=processor.tokenizer, seed=task.seed, **shape)[0]
+    pad = model.config.text_config.pad_token_id
+    held = batch(task, vocab, random.Random(f"{task.seed}:heldout"), task.heldout, pad, task.gap)
+    rng = random.Random(f"{task.seed}:train")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.01)
+    curve = []
+    for step in tqdm(range(1, task.steps + 1), desc=f"lookup {task.name}", disable=not progress):
+        model.train()
+        ids, labels = batch(task, vocab, rng, task.batch, pad)
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % task.eval_every == 0 or step == task.steps:
+            curve.append({"step": step, "loss": round(loss.item(), 4),
+                          "heldout": round(accuracy(model, vocab, *held), 3)})
+    return {"task": asdict(task), "shape": shape, "parameters": tiny.count_parameters(model),
+            "filler": processor.tokenizer.decode(vocab.filler[-task.gap:]) if task.gap else "",
+            "chance": round(1 / task.blocks, 3), "minutes": round((time.time() - started) / 60, 1), "curve": curve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mimic_utils.models.vlm import load_processor
+    from mimic_utils.organism import ov
+
+    parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism.lookup",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--name", required=True, help="names the JSON written into --out")
+    parser.add_argument("--gap", type=int, default=0, help="filler tokens between the category and the number")
+    parser.add_argument("--no-gap-share", type=float, default=0.0,
+                        help="share of training queries asked with no filler (held-out ones use --gap)")
+    parser.add_argument("--min-train-gap", type=int, default=None,
+                        help="training fillers drawn uniformly from this length to --gap (default: all --gap)")
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--items", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=4, help="at most --items")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--si", default=None, help="si checkpoint folder: its tokenizer and shape")
+    parser.add_argument("--out", default=None, help="folder of the JSON (default outputs/cpu/models/tried/lookup)")
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
+        parser.error(f"--name names a file: letters, digits, '.', '_' and '-' only, got {args.name!r}")
+    if min(args.steps, args.queries, args.items) < 1 or not 2 <= args.blocks <= 10 or args.lr <= 0:
+        parser.error(f"--steps, --queries and --items must be >= 1, --blocks within 2..10 and --lr > 0, got "
+                     f"{args.steps}, {args.queries}, {args.items}, {args.blocks}, {args.lr}")
+    root = repo_root()
+    si_dir = Path(args.si) if args.si else root / "outputs" / "cpu" / "models" / "si"
+    out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "lookup"
+    task = LookupTask(name=args.name, blocks=args.blocks, items=args.items, gap=args.gap,
+                      no_gap_share=args.no_gap_share, min_train_gap=args.min_train_gap, queries=args.queries,
+                      steps=args.steps, lr=args.lr)
+    processor = load_processor(str(si_dir), "qwen2_vl")
+    try:
+        check(task, Vocabulary.of(processor, task.blocks))
+    except ValueError as err:
+        parser.error(str(err))
+    record = run(task, processor, ov.si_config(si_dir).text_shape(), progress=sys.stderr.isatty())
+    given = argv if argv is not None else sys.argv[1:]
+    record["command"] = "python -m mimic_utils.organism.lookup " + shlex.join(given)
+    path = out / f"{args.name}.json"
+    write_json(path, record)
+    last = record["curve"][-1]
+    print(f"[lookup] {path}: held-out {last['heldout']} at step {last['step']} (chance {record['chance']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""The minimal lookup probe: its sequences, targets and filler, a short run, the command line."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from mimic_utils.organism import binding, lookup
+
+
+@pytest.fixture(scope="module")
+def processor(organism_deep):
+    return organism_deep[1]
+
+
+def _blocks(ids, vocab):
+    """The categories of each block of a sequence."""
+    blocks, current = [], None
+    for token in ids:
+        if token == vocab.start:
+            current = []
+        elif token == vocab.end:
+            blocks.append(current)
+            current = None
+        elif current is not None and token in vocab.categories:
+            current.append(token)
+    return blocks
+
+
+def _answers(labels):
+    return [i for i, label in enumerate(labels) if label != -100]
+
+
+def test_every_target_is_the_number_of_the_block_holding_a_category_not_asked_before(processor):
+    task = lookup.LookupTask(blocks=3, items=4, gap=5, queries=4)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    for seed in range(20):
+        ids, labels = lookup.sample(task, vocab, random.Random(seed), gap=task.gap)
+        blocks = _blocks(ids, vocab)
+        assert [len(b) for b in blocks] == [4, 4, 4] and len({c for b in blocks for c in b}) == 12
+        answers = _answers(labels)
+        asked = [ids[i - 1 - task.gap] for i in answers]
+        assert len(answers) == task.queries and len(set(asked)) == task.queries
+        for i, category in zip(answers, asked):
+            assert ids[i - task.gap:i] == vocab.filler[-task.gap:]
+            (holder,) = [k for k, b in enumerate(blocks) if category in b]
+            assert labels[i] == ids[i] == vocab.numbers[holder]
+
+
+def test_blocks_are_written_as_the_twins_write_them(processor):
+    task = lookup.LookupTask(items=3, queries=1)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    ids, _ = lookup.sample(task, vocab, random.Random(3))
+    text = processor.tokenizer.decode(ids)
+    for block in text.split("<|vision_start|>")[1:]:
+        assert re.fullmatch(r"[1-5] [a-z ]+(, [1-5] [a-z ]+){2}", block.split("<|vision_end|>")[0])
+    assert vocab.later_counts[0] == vocab.numbers[0]  # " 1" after a comma is the answer token for block 1
+
+
+def test_the_filler_is_read_off_the_real_twin_prompt(processor):
+    vocab = lookup.Vocabulary.of(processor, 2)
+    tokenizer = processor.tokenizer
+    prompt = binding.twin_prompt(processor, binding.QUESTION.format("cat"), ["2 dog", "1 cat"]) + "image"
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    assert ids[-len(vocab.filler):] == vocab.filler
+    assert tokenizer.decode(ids[-len(vocab.filler) - 1:-len(vocab.filler)]) == " cat"
+    assert tokenizer.decode(vocab.filler).startswith(". Which image is it?") and len(vocab.filler) == 18
+
+
+def test_the_no_gap_share_drops_the_filler_in_training_draws_only(processor):
+    task = lookup.LookupTask(gap=6, no_gap_share=1.0, queries=3)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    train, train_labels = lookup.sample(task, vocab, random.Random(1))
+    held, _ = lookup.sample(task, vocab, random.Random(1), gap=task.gap)
+    assert vocab.filler[-1] not in train and len(held) == len(train) + 3 * 6
+    assert all(train[i - 1] in vocab.categories for i in _answers(train_labels))
+
+
+def test_training_fillers_vary_between_min_train_gap_and_gap(processor):
+    task = lookup.LookupTask(gap=6, min_train_gap=2, queries=1)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    rng = random.Random(2)
+    widths = set()
+    for _ in range(60):
+        ids, labels = lookup.sample(task, vocab, rng)
+        (answer,) = _answers(labels)
+        asked = max(i for i in range(answer) if ids[i] in vocab.categories)
+        width = answer - asked - 1
+        widths.add(width)
+        assert ids[asked + 1:answer] == vocab.filler[len(vocab.filler) - width:]
+    assert widths == {2, 3, 4, 5, 6}
+
+
+def test_accuracy_picks_among_the_block_numbers_only(processor):
+    vocab = lookup.Vocabulary.of(processor, 2)
+
+    class Prefers:
+        """Puts the most weight on a word token, then on block 2's number."""
+
+        def eval(self):
+            pass
+
+        def __call__(self, input_ids):
+            import torch
+
+            logits = torch.zeros(*input_ids.shape, len(processor.tokenizer))
+            logits[..., vocab.categories[0]] = 9.0
+            logits[..., vocab.numbers[1]] = 5.0
+            return type("Out", (), {"logits": logits})()
+
+    import torch
+
+    ids = torch.tensor([[vocab.start, vocab.end, vocab.numbers[1], vocab.numbers[0]]])
+    labels = torch.tensor([[-100, -100, vocab.numbers[1], vocab.numbers[0]]])
+    assert lookup.accuracy(Prefers(), vocab, ids, labels) == 0.5
+
+
+def test_a_tokenizer_that_splits_a_number_is_refused(processor):
+    tokenizer = processor.tokenizer
+
+    class Splitting:
+        def __call__(self, text, add_special_tokens=False):
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            return type("Encoded", (), {"input_ids": ids + ids if text == " 2" else ids})()
+
+        def convert_tokens_to_ids(self, token):
+            return tokenizer.convert_tokens_to_ids(token)
+
+    splitting = type("Processor", (), {"tokenizer": Splitting(), "image_token": processor.image_token,
+                                       "apply_chat_template": processor.apply_chat_template})()
+    with pytest.raises(ValueError, match="' 2' is not one token"):
+        lookup.Vocabulary.of(splitting, 2)
+
+
+@pytest.mark.parametrize(("task", "message"), [
+    (lookup.LookupTask(gap=19), "gap 19 is outside 0..18"),
+    (lookup.LookupTask(gap=3, min_train_gap=4), "min_train_gap 4 is outside 0..gap"),
+    (lookup.LookupTask(items=2, queries=3), "queries \\(3\\) exceed items \\(2\\)"),
+    (lookup.LookupTask(blocks=10, items=9, queries=1), "need 90 categories"),
+    (lookup.LookupTask(no_gap_share=1.5), "no_gap_share 1.5"),
+])
+def test_a_task_the_vocabulary_cannot_supply_is_refused_before_any_model(processor, task, message, monkeypatch):
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(lookup.tiny, "build_organism", no_model)
+    with pytest.raises(ValueError, match=message):
+        lookup.run(task, processor, {})
+
+
+def test_a_short_run_records_its_curve(processor):
+    shape = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_intermediate": 64}
+    record = lookup.run(lookup.LookupTask(steps=3, batch=4, heldout=8, eval_every=2), processor, shape,
+                        progress=False)
+    assert [e["step"] for e in record["curve"]] == [2, 3]
+    assert all(0.0 <= e["heldout"] <= 1.0 for e in record["curve"]) and record["chance"] == 0.5
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--name", "a b"], "--name names a file"),
+    (["--name", "x", "--blocks", "1"], "--blocks within 2..10"),
+    (["--name", "x", "--steps", "0"], "must be >= 1"),
+    (["--name", "x", "--gap", "-1"], "gap -1 is outside"),
+    (["--name", "x", "--gap", "3", "--min-train-gap", "4"], "min_train_gap 4 is outside"),
+    (["--name", "x", "--no-gap-share", "1.5"], "no_gap_share 1.5"),
+])
+def test_the_command_line_refuses_bad_values_before_any_training(argv, message, capsys, monkeypatch):
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(lookup, "run", no_training)
+    with pytest.raises(SystemExit) as stopped:
+        lookup.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
