@@ -22,7 +22,8 @@ A fresh language model of the recipe's shape is trained on fresh sequences every
 memorise); the held-out sequences are asked at ``gap``. Two curricula: ``no_gap_share`` asks that share of
 the training queries with no filler at all (can the lookup learned at distance 0 be carried to the real
 distance?), and ``min_train_gap`` draws the filler length of the other training queries uniformly from
-``min_train_gap..gap`` (no fixed distance to learn, only "the category asked last").
+``min_train_gap..gap`` (no fixed distance to learn, only "the category asked last"). ``warm_steps`` stages
+the curriculum in time instead: distance 0 alone first, then the task's distances, in one model.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class LookupTask:
     no_gap_share: float = 0.0
     #: the other training queries draw their filler's length uniformly from ``min_train_gap..gap`` (None: ``gap``)
     min_train_gap: int | None = None
+    #: a curriculum staged in time: the first ``warm_steps`` training steps ask every query at distance 0
+    warm_steps: int = 0
     queries: int = 4
     steps: int = 600
     lr: float = 1e-3
@@ -127,6 +130,8 @@ def check(task: LookupTask, vocab: Vocabulary) -> None:
     if task.blocks * task.items > len(vocab.categories):
         problems.append(f"{task.blocks} blocks of {task.items} items need {task.blocks * task.items} categories; "
                         f"the tokenizer has {len(vocab.categories)} one-token ones")
+    if not 0 <= task.warm_steps < task.steps:
+        problems.append(f"warm_steps {task.warm_steps} is outside 0..steps - 1 ({task.steps - 1})")
     if not 0.0 <= task.no_gap_share <= 1.0:
         problems.append(f"no_gap_share {task.no_gap_share} is outside [0, 1]")
     if problems:
@@ -200,7 +205,7 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
     curve = []
     for step in tqdm(range(1, task.steps + 1), desc=f"lookup {task.name}", disable=not progress):
         model.train()
-        ids, labels = batch(task, vocab, rng, task.batch, pad)
+        ids, labels = batch(task, vocab, rng, task.batch, pad, 0 if step <= task.warm_steps else None)
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of training queries asked with no filler (held-out ones use --gap)")
     parser.add_argument("--min-train-gap", type=int, default=None,
                         help="training fillers drawn uniformly from this length to --gap (default: all --gap)")
+    parser.add_argument("--warm-steps", type=int, default=0,
+                        help="first training steps with every query at distance 0 (a curriculum staged in time)")
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--items", type=int, default=4)
     parser.add_argument("--queries", type=int, default=4, help="at most --items")
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "lookup"
     task = LookupTask(name=args.name, blocks=args.blocks, items=args.items, gap=args.gap,
                       no_gap_share=args.no_gap_share, min_train_gap=args.min_train_gap, queries=args.queries,
+                      warm_steps=args.warm_steps,
                       steps=args.steps, lr=args.lr)
     processor = load_processor(str(si_dir), "qwen2_vl")
     try:

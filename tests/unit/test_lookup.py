@@ -140,6 +140,7 @@ def test_a_tokenizer_that_splits_a_number_is_refused(processor):
     (lookup.LookupTask(items=2, queries=3), "queries \\(3\\) exceed items \\(2\\)"),
     (lookup.LookupTask(blocks=10, items=9, queries=1), "need 90 categories"),
     (lookup.LookupTask(no_gap_share=1.5), "no_gap_share 1.5"),
+    (lookup.LookupTask(steps=10, warm_steps=10), "warm_steps 10 is outside 0..steps - 1"),
 ])
 def test_a_task_the_vocabulary_cannot_supply_is_refused_before_any_model(processor, task, message, monkeypatch):
     def no_model(*_args, **_kwargs):
@@ -148,6 +149,22 @@ def test_a_task_the_vocabulary_cannot_supply_is_refused_before_any_model(process
     monkeypatch.setattr(lookup.tiny, "build_organism", no_model)
     with pytest.raises(ValueError, match=message):
         lookup.run(task, processor, {})
+
+
+def test_warm_steps_ask_every_query_at_distance_zero_first(processor, monkeypatch):
+    gaps = []
+    real = lookup.batch
+
+    def recording(task, vocab, rng, n, pad, gap=None):
+        if n == task.batch:
+            gaps.append(gap)
+        return real(task, vocab, rng, n, pad, gap)
+
+    monkeypatch.setattr(lookup, "batch", recording)
+    shape = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_intermediate": 64}
+    lookup.run(lookup.LookupTask(gap=3, steps=5, warm_steps=2, batch=4, heldout=8, eval_every=5), processor, shape,
+               progress=False)
+    assert gaps == [0, 0, None, None, None]
 
 
 def test_a_short_run_records_its_curve(processor):
@@ -165,6 +182,7 @@ def test_a_short_run_records_its_curve(processor):
     (["--name", "x", "--gap", "-1"], "gap -1 is outside"),
     (["--name", "x", "--gap", "3", "--min-train-gap", "4"], "min_train_gap 4 is outside"),
     (["--name", "x", "--no-gap-share", "1.5"], "no_gap_share 1.5"),
+    (["--name", "x", "--steps", "5", "--warm-steps", "5"], "warm_steps 5 is outside"),
 ])
 def test_the_command_line_refuses_bad_values_before_any_training(argv, message, capsys, monkeypatch):
     def no_training(*_args, **_kwargs):
