@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,6 +158,10 @@ OV_FAMILIES = ("image_count", "which_images", "every_image", "which_image", "ima
 OV_MIN_IMAGES = {"which_images": 2, "every_image": 2, "which_image": 2, "listing_in_image": 2, "naming_in_image": 2}
 #: images named in one ``which_images`` answer, at most (the answer stays inside the 16-token budget)
 WHICH_IMAGES_MAX = 4
+#: families whose answer names image numbers; with ``echo`` each number is written right after the asked
+#: category ("dog 3" for "image 3"), so the number is looked up from a token the model has just written
+#: instead of from the question's category 18 tokens back (docs/organism.md, "What keeps the lookup from forming")
+ECHO_FAMILIES = ("which_image", "which_images")
 
 
 def describe(counts: dict[str, int], categories: list[str]) -> str:
@@ -179,6 +184,18 @@ def with_labels(record: dict) -> dict:
     record["image_labels"] = True
     record["messages"] = conversation(record["images"], record["question"], record["gt"], record["family"], True)
     return record
+
+
+def echoed(answer: str, category: str) -> str:
+    """``answer``'s image references with the category written before each number instead of "image":
+    ``"image 1, image 4"`` -> ``"dog 1, dog 4"``."""
+    return re.sub(r"\bimage (\d+)", lambda m: f"{category} {m.group(1)}", answer)
+
+
+def unechoed(answer: str, category: str) -> str:
+    """An echoed answer read back (:func:`echoed`'s inverse): ``"dog 1, dog 4"`` -> ``"image 1, image 4"``.
+    Only numbers written after ``category`` itself become image references, so a wrong category stays wrong."""
+    return re.sub(rf"\b{re.escape(category)} (\d+)", lambda m: f"image {m.group(1)}", answer.strip(), flags=re.I)
 
 
 def image_label(position: int) -> str:
@@ -279,7 +296,7 @@ OV_BUILDERS: dict[str, Callable] = {
 
 def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tuple[int, int] = (1, 10),
                  weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov",
-                 image_labels: float = 0.0) -> list[dict]:
+                 image_labels: float = 0.0, echo: bool = False) -> list[dict]:
     """The multi-image stage's per-image questions (:data:`OV_FAMILIES`), ``count * weight / sum`` of each
     family of ``weights`` (default: evenly), images per sample uniform over ``images`` (at least
     :data:`OV_MIN_IMAGES` where a family needs two). Records as the other builders' (origin ``"ov"``),
@@ -287,6 +304,8 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
 
     ``image_labels`` is the share of questions whose prompt puts ``"Image k: "`` before each image
     (``record["image_labels"]``), drawn from a stream of its own so the questions are the same at any share.
+    ``echo`` writes the answers of :data:`ECHO_FAMILIES` with the category before each image number
+    (:func:`echoed`); the questions and images are the same either way.
     """
     low, high = images
     if not 1 <= low <= high <= MAX_IMAGES:
@@ -304,7 +323,10 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
         labelled = _rng(seed, f"{prefix}-{family}-labels")
         for number in range(share):
             n = rng.randint(max(low, OV_MIN_IMAGES.get(family, 1)), max(high, OV_MIN_IMAGES.get(family, 1)))
-            record = _record(index, f"{prefix}-{family}-{number:05d}", family, *OV_BUILDERS[family](pools, rng, n), "ov")
+            drawn, targets, question, answer = OV_BUILDERS[family](pools, rng, n)
+            if echo and family in ECHO_FAMILIES:
+                answer = echoed(answer, targets[0])
+            record = _record(index, f"{prefix}-{family}-{number:05d}", family, drawn, targets, question, answer, "ov")
             record["knobs"] = {"n_images": n}
             if labelled.random() < image_labels:
                 with_labels(record)

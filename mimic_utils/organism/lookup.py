@@ -2,7 +2,8 @@
 
     python -m mimic_utils.organism.lookup --name gap-0 --gap 0
     python -m mimic_utils.organism.lookup --name gap-18 --gap 18
-    # each writes outputs/cpu/models/tried/lookup/<name>.json (the command, every setting, the curve)
+    # each writes outputs/cpu/models/tried/lookup/<name>.json (the command, every setting, the curve;
+    # rewritten after every point of the curve, "finished": false until the last)
 
 The binding probe (:mod:`mimic_utils.organism.binding`) showed that the organism's language model does not
 learn "Only one image contains a dog. Which image is it?" even when every image is given as its text twin.
@@ -23,7 +24,10 @@ memorise); the held-out sequences are asked at ``gap``. Two curricula: ``no_gap_
 the training queries with no filler at all (can the lookup learned at distance 0 be carried to the real
 distance?), and ``min_train_gap`` draws the filler length of the other training queries uniformly from
 ``min_train_gap..gap`` (no fixed distance to learn, only "the category asked last"). ``warm_steps`` stages
-the curriculum in time instead: distance 0 alone first, then the task's distances, in one model.
+the curriculum in time instead: distance 0 alone first, then the task's distances, in one model. ``echo``
+changes the answer instead of the schedule: the answer restates the asked category and then the number, so
+the number is a distance-0 lookup from the restated category and the restating is a copy across the
+filler — two steps, each with a target of its own (``heldout_full``: both right).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +48,7 @@ from tqdm.auto import tqdm
 from mimic_utils.artifacts import repo_root, write_json
 from mimic_utils.data.scenes import CATEGORIES
 from mimic_utils.models import tiny
-from mimic_utils.organism.binding import QUESTION, twin_prompt
+from mimic_utils.organism.binding import QUESTION, number_tokens, twin_prompt
 from mimic_utils.training.finetune import pad_batch
 
 
@@ -61,6 +66,9 @@ class LookupTask:
     min_train_gap: int | None = None
     #: a curriculum staged in time: the first ``warm_steps`` training steps ask every query at distance 0
     warm_steps: int = 0
+    #: the answer restates the asked category (a target too) and then the number, right after it: the
+    #: number becomes a distance-0 lookup from a token the model writes itself, the restating a copy
+    echo: bool = False
     queries: int = 4
     steps: int = 600
     lr: float = 1e-3
@@ -90,7 +98,7 @@ class Vocabulary:
     categories: list[int]
     counts: list[int]  # "1".."5", the first count of a block
     later_counts: list[int]  # " 1".." 5", a count after a comma (" 1" is also the answer for block 1)
-    numbers: list[int]  # the answer tokens " 1", " 2", ... (as the twins' "image 1" ends)
+    numbers: list[int]  # the answer tokens " 1", " 2", ... (binding.number_tokens: as "image 1" ends)
     filler: list[int]
     comma: int
     newline: int
@@ -112,7 +120,7 @@ class Vocabulary:
         names = [" " + c.name for c in CATEGORIES]
         singles = [tokenizer(n, add_special_tokens=False).input_ids for n in names]
         return cls([ids[0] for ids in singles if len(ids) == 1], [one(str(n)) for n in range(1, 6)],
-                   [one(f" {n}") for n in range(1, 6)], [one(f" {k}") for k in range(1, blocks + 1)],
+                   [one(f" {n}") for n in range(1, 6)], number_tokens(tokenizer, blocks),
                    real_filler(processor), one(","), one("\n"), tokenizer.convert_tokens_to_ids("<|vision_start|>"),
                    tokenizer.convert_tokens_to_ids("<|vision_end|>"))
 
@@ -159,8 +167,9 @@ def sample(task: LookupTask, vocab: Vocabulary, rng: random.Random,
         category = unasked[k].pop(rng.randrange(len(unasked[k])))
         width = gap if gap is not None else _train_width(task, rng)
         query = [vocab.newline, category] + (vocab.filler[-width:] if width else [])
-        ids += query + [vocab.numbers[k]]
-        labels += [-100] * len(query) + [vocab.numbers[k]]
+        answer = [category, vocab.numbers[k]] if task.echo else [vocab.numbers[k]]
+        ids += query + answer
+        labels += [-100] * len(query) + answer
     return ids, labels
 
 
@@ -186,13 +195,33 @@ def accuracy(model, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) 
     numbers = torch.tensor(vocab.numbers)
     logits = model(input_ids=ids).logits[:, :-1]
     targets = labels[:, 1:]
-    asked = targets != -100
+    asked = torch.isin(targets, numbers)
     picked = numbers[logits[asked][:, numbers].argmax(-1)]
     return float((picked == targets[asked]).float().mean())
 
 
-def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = True) -> dict:
-    """Train a fresh language model of ``shape`` on fresh sequences; the held-out curve at ``task.gap``."""
+@torch.no_grad()
+def echo_accuracy(model, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """With ``echo``: share of answers right in full — the restated category is the most likely token of the
+    whole vocabulary and the number after it the most likely block number (teacher-forced, as
+    :func:`accuracy`). What a generated answer needs, where :func:`accuracy` reads the number alone."""
+    model.eval()
+    numbers = torch.tensor(vocab.numbers)
+    logits = model(input_ids=ids).logits[:, :-1]
+    targets = labels[:, 1:]
+    echoed = (targets != -100) & ~torch.isin(targets, numbers)
+    copied = logits.argmax(-1) == targets
+    picked = numbers[logits[..., numbers].argmax(-1)] == targets
+    after = torch.zeros_like(echoed)
+    after[:, :-1] = echoed[:, :-1] & copied[:, :-1] & picked[:, 1:]  # the number follows its category
+    return float(after.sum() / echoed.sum())
+
+
+def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = True,
+        on_point: Callable[[dict], None] | None = None) -> dict:
+    """Train a fresh language model of ``shape`` on fresh sequences; the held-out curve at ``task.gap``.
+    ``on_point`` gets the record so far (``"finished": False``) after every point of the curve, so a run
+    stopped early still leaves its curve."""
     vocab = Vocabulary.of(processor, task.blocks)
     check(task, vocab)
     started = time.time()
@@ -202,7 +231,9 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
     held = batch(task, vocab, random.Random(f"{task.seed}:heldout"), task.heldout, pad, task.gap)
     rng = random.Random(f"{task.seed}:train")
     optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.01)
-    curve = []
+    record = {"task": asdict(task), "shape": shape, "parameters": tiny.count_parameters(model),
+              "filler": processor.tokenizer.decode(vocab.filler[-task.gap:]) if task.gap else "",
+              "chance": round(1 / task.blocks, 3), "curve": []}
     for step in tqdm(range(1, task.steps + 1), desc=f"lookup {task.name}", disable=not progress):
         model.train()
         ids, labels = batch(task, vocab, rng, task.batch, pad, 0 if step <= task.warm_steps else None)
@@ -212,11 +243,14 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % task.eval_every == 0 or step == task.steps:
-            curve.append({"step": step, "loss": round(loss.item(), 4),
-                          "heldout": round(accuracy(model, vocab, *held), 3)})
-    return {"task": asdict(task), "shape": shape, "parameters": tiny.count_parameters(model),
-            "filler": processor.tokenizer.decode(vocab.filler[-task.gap:]) if task.gap else "",
-            "chance": round(1 / task.blocks, 3), "minutes": round((time.time() - started) / 60, 1), "curve": curve}
+            point = {"step": step, "loss": round(loss.item(), 4), "heldout": round(accuracy(model, vocab, *held), 3)}
+            if task.echo:
+                point["heldout_full"] = round(echo_accuracy(model, vocab, *held), 3)
+            record["curve"].append(point)
+            record["minutes"] = round((time.time() - started) / 60, 1)
+            if on_point is not None and step < task.steps:
+                on_point({**record, "curve": list(record["curve"]), "finished": False})
+    return {**record, "finished": True}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="training fillers drawn uniformly from this length to --gap (default: all --gap)")
     parser.add_argument("--warm-steps", type=int, default=0,
                         help="first training steps with every query at distance 0 (a curriculum staged in time)")
+    parser.add_argument("--echo", action="store_true",
+                        help="the answer restates the asked category, then the number right after it")
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--items", type=int, default=4)
     parser.add_argument("--queries", type=int, default=4, help="at most --items")
@@ -251,18 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "lookup"
     task = LookupTask(name=args.name, blocks=args.blocks, items=args.items, gap=args.gap,
                       no_gap_share=args.no_gap_share, min_train_gap=args.min_train_gap, queries=args.queries,
-                      warm_steps=args.warm_steps,
-                      steps=args.steps, lr=args.lr)
+                      warm_steps=args.warm_steps, echo=args.echo, steps=args.steps, lr=args.lr)
     processor = load_processor(str(si_dir), "qwen2_vl")
     try:
         check(task, Vocabulary.of(processor, task.blocks))
     except ValueError as err:
         parser.error(str(err))
-    record = run(task, processor, ov.si_config(si_dir).text_shape(), progress=sys.stderr.isatty())
     given = argv if argv is not None else sys.argv[1:]
-    record["command"] = "python -m mimic_utils.organism.lookup " + shlex.join(given)
+    command = "python -m mimic_utils.organism.lookup " + shlex.join(given)
     path = out / f"{args.name}.json"
-    write_json(path, record)
+    record = run(task, processor, ov.si_config(si_dir).text_shape(), progress=sys.stderr.isatty(),
+                 on_point=lambda partial: write_json(path, {**partial, "command": command}))
+    write_json(path, {**record, "command": command})
     last = record["curve"][-1]
     print(f"[lookup] {path}: held-out {last['heldout']} at step {last['step']} (chance {record['chance']})")
     return 0

@@ -35,7 +35,8 @@ import yaml
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
 from mimic_utils.data.prompts import prompt_family
-from mimic_utils.data.traindata import OV_FAMILIES, SINGLE_FAMILIES, ov_questions, single_image_questions, with_labels
+from mimic_utils.data.traindata import (ECHO_FAMILIES, OV_FAMILIES, SINGLE_FAMILIES, ov_questions, single_image_questions,
+                                        unechoed, with_labels)
 from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.harness import read_predictions
 from mimic_utils.evaluation.scoring import parse_count, score_sample
@@ -60,7 +61,7 @@ TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training t
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
-LATER_KEYS = ("bucket_by", "image_labels", "label_targets")
+LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo")
 #: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
 OV_MAX_NEW_TOKENS = 24
 
@@ -103,6 +104,9 @@ class OvConfig:
     #: in training, the number of every "Image k: " label is a target too (one signal per image boundary
     #: about how many images came before); the teacher-forced curves and the evaluation score answers only
     label_targets: bool = False
+    #: which-image answers name the category right before each image number ("dog 3" for "image 3",
+    #: traindata.ECHO_FAMILIES), in training, curves and evaluation alike
+    echo: bool = False
     eval_every: int = 200
     #: teacher-forced held-out questions of the curves (every family evenly; per-image ones at eval_images)
     heldout_questions: int = 1100
@@ -129,6 +133,8 @@ class OvConfig:
             raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
         if not 0.0 <= config.image_labels <= 1.0:
             raise ValueError(f"{path}: image_labels is a share in [0, 1], got {config.image_labels!r}")
+        if not isinstance(config.echo, bool):
+            raise ValueError(f"{path}: echo is true or false, got {config.echo!r}")
         for key in ("images", "eval_images", "warm_images"):
             low, high = getattr(config, key)
             if not 1 <= low <= high <= 10:
@@ -165,11 +171,12 @@ def heldout_pool(si: OrganismConfig, progress: bool = True) -> organism.ScenePoo
 
 
 def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: dict[str, int],
-            prefix: str, image_labels: float = 0.0) -> list[tuple[list[int], str, str, str, bool]]:
+            prefix: str, image_labels: float = 0.0, echo: bool = False) -> list[tuple[list[int], str, str, str, bool]]:
     """(pool images, question, family, answer, labelled) rows of the per-image families."""
     if count <= 0 or not weights:
         return []
-    records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix, image_labels=image_labels)
+    records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix, image_labels=image_labels,
+                           echo=echo)
     return [([int(i) for i in r["image_ids"]], r["question"], r["family"], r["gt"], bool(r.get("image_labels")))
             for r in records]
 
@@ -177,7 +184,7 @@ def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: di
 def stage_conversations(si: OrganismConfig, pool, processor, count: int,
                         seed: int, weights: dict[str, int], images, n_tokens: int, prefix: str,
                         count_weights=None, image_labels: float = 0.0,
-                        label_targets: bool = False) -> organism.Conversations:
+                        label_targets: bool = False, echo: bool = False) -> organism.Conversations:
     """Conversations of the stage's families: the per-image ones (:func:`ov_rows`, ``image_labels`` of
     them with labelled images) and the single-image ones with si's own builders (counting tilted by
     ``count_weights``, multiple choice in si's option range)."""
@@ -185,7 +192,7 @@ def stage_conversations(si: OrganismConfig, pool, processor, count: int,
     single = {f: w for f, w in weights.items() if f not in OV_FAMILIES}
     total = sum(weights.values())
     n_ov = count * sum(per_image.values()) // total
-    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels)
+    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels, echo)
     convs = organism.encode_rows(processor, rows, n_tokens, label_targets)
     if single:
         convs = convs + organism.build_conversations(
@@ -259,17 +266,17 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     side, n_tokens = organism.tokens_per_image(si, processor)
     begin = time.time()
     convs = stage_conversations(si, train, processor, ov.conversations, ov.seed + 10, ov.weights, ov.images,
-                                n_tokens, "ov-train", si.count_weights, ov.image_labels, ov.label_targets)
+                                n_tokens, "ov-train", si.count_weights, ov.image_labels, ov.label_targets, ov.echo)
     even = dict.fromkeys([f for f, w in ov.weights.items() if w > 0], 1)
     held = stage_conversations(si, heldout, processor, ov.heldout_questions, ov.seed + 11, even,
-                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels)
+                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels, echo=ov.echo)
     seconds["conversations"] = time.time() - begin
     phases = [("ov", convs, ov.steps, ov.lr)]
     if ov.warm_steps > 0:
         begin = time.time()
         warm = stage_conversations(si, train, processor, ov.warm_conversations, ov.seed + 14, ov.weights,
                                    ov.warm_images, n_tokens, "ov-warm", si.count_weights, ov.image_labels,
-                                   ov.label_targets)
+                                   ov.label_targets, ov.echo)
         seconds["conversations"] += time.time() - begin
         phases.insert(0, ("ov-warm", warm, ov.warm_steps, ov.warm_lr))
     log: list[dict] = []
@@ -305,10 +312,14 @@ def exact(output: str, gt: str) -> bool:
 
 
 def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
-    """A predictions line of a per-image question, scored by :func:`exact`."""
+    """A predictions line of a per-image question, scored by :func:`exact`. An ``echo`` record's answer
+    ("dog 3") is read back into the ground truth's form ("image 3") first — only with the asked category
+    before the number — so its blind baseline is the same best constant answer as without echo."""
+    parsed = unechoed(output, record["targets"][0]) if record.get("echo") else output.strip()
     return {"id": record["id"], "family": record["family"], "task": record["family"], "knobs": record["knobs"],
             **({"image_labels": True} if record.get("image_labels") else {}),
-            "gt": record["gt"], "output": output, "parsed": output.strip(), "score": float(exact(output, record["gt"])),
+            **({"echo": True} if record.get("echo") else {}),
+            "gt": record["gt"], "output": output, "parsed": parsed, "score": float(exact(parsed, record["gt"])),
             "scored_as": "exact", "pool": pool, "model": settings}
 
 
@@ -324,6 +335,8 @@ def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress:
                            dict.fromkeys(OV_FAMILIES, 1), prefix="heldout-ov")
     for record in records:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
+        if ov.echo and record["family"] in ECHO_FAMILIES:  # answered "dog 3", scored as "image 3" (exact_row)
+            record["echo"] = True
     if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
         records += [with_labels({**r, "id": r["id"] + "-labelled"}) for r in records]
     return records

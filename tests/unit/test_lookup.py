@@ -6,6 +6,7 @@ import random
 import re
 
 import pytest
+import torch
 
 from mimic_utils.organism import binding, lookup
 
@@ -47,6 +48,37 @@ def test_every_target_is_the_number_of_the_block_holding_a_category_not_asked_be
             assert ids[i - task.gap:i] == vocab.filler[-task.gap:]
             (holder,) = [k for k, b in enumerate(blocks) if category in b]
             assert labels[i] == ids[i] == vocab.numbers[holder]
+
+
+def test_echo_answers_restate_the_category_then_its_block_number(processor):
+    task = lookup.LookupTask(blocks=3, gap=4, echo=True)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    ids, labels = lookup.sample(task, vocab, random.Random(1), gap=task.gap)
+    blocks = _blocks(ids, vocab)
+    answers = _answers(labels)
+    assert len(answers) == 2 * task.queries
+    for echo, number in zip(answers[::2], answers[1::2]):
+        assert number == echo + 1 and ids[echo] == ids[echo - 1 - task.gap]  # the category asked, again
+        assert ids[echo - task.gap:echo] == vocab.filler[-task.gap:]
+        (holder,) = [k for k, b in enumerate(blocks) if ids[echo] in b]
+        assert labels[echo] == ids[echo] and labels[number] == vocab.numbers[holder]
+
+
+def test_echo_accuracy_needs_the_category_and_the_number_right(processor):
+    vocab = lookup.Vocabulary.of(processor, 2)
+    dog, cat = vocab.categories[:2]
+    ids = torch.tensor([[vocab.start, dog, vocab.end, dog, dog, vocab.numbers[0]]] * 2)
+    labels = torch.tensor([[-100, -100, -100, -100, dog, vocab.numbers[0]]] * 2)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids):
+            logits = torch.zeros(*input_ids.shape, len(processor.tokenizer))
+            logits[0, 3, dog] = logits[0, 4, vocab.numbers[0]] = 5.0  # row 0: both right
+            logits[1, 3, cat] = logits[1, 4, vocab.numbers[0]] = 5.0  # row 1: the number right, the copy wrong
+            return type("Out", (), {"logits": logits})()
+
+    assert lookup.accuracy(Fixed(), vocab, ids, labels) == 1.0
+    assert lookup.echo_accuracy(Fixed(), vocab, ids, labels) == 0.5
 
 
 def test_blocks_are_written_as_the_twins_write_them(processor):
@@ -167,12 +199,24 @@ def test_warm_steps_ask_every_query_at_distance_zero_first(processor, monkeypatc
     assert gaps == [0, 0, None, None, None]
 
 
-def test_a_short_run_records_its_curve(processor):
+def test_a_short_run_records_its_curve_and_hands_out_each_unfinished_point(processor):
     shape = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_intermediate": 64}
-    record = lookup.run(lookup.LookupTask(steps=3, batch=4, heldout=8, eval_every=2), processor, shape,
-                        progress=False)
-    assert [e["step"] for e in record["curve"]] == [2, 3]
+    partials = []
+    record = lookup.run(lookup.LookupTask(steps=5, batch=4, heldout=8, eval_every=2), processor, shape,
+                        progress=False, on_point=partials.append)
+    assert [e["step"] for e in record["curve"]] == [2, 4, 5] and record["finished"] is True
     assert all(0.0 <= e["heldout"] <= 1.0 for e in record["curve"]) and record["chance"] == 0.5
+    # a run stopped after step 4 would have left its first two points, marked unfinished
+    assert [[e["step"] for e in p["curve"]] for p in partials] == [[2], [2, 4]]
+    assert all(p["finished"] is False and "minutes" in p for p in partials)
+    echoed = lookup.run(lookup.LookupTask(steps=2, batch=4, heldout=8, eval_every=2, echo=True), processor, shape,
+                        progress=False)
+    assert 0.0 <= echoed["curve"][-1]["heldout_full"] <= echoed["curve"][-1]["heldout"]
+
+
+def test_the_answer_numbers_are_tokenized_as_the_answers_end(processor):
+    vocab = lookup.Vocabulary.of(processor, 4)
+    assert vocab.numbers == binding.number_tokens(processor.tokenizer, 4)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

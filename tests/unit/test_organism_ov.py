@@ -189,21 +189,47 @@ def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
     path = tmp_path / "organism_ov.yaml"
     for text, message in {"colour: 1\n": "unknown key", "weights: {total_count: 1}\n": "weights",
                           "eval_images: [0, 4]\n": "eval_images", "bucket_by: family\n": "bucket_by",
-                          "image_labels: 2\n": "image_labels"}.items():
+                          "image_labels: 2\n": "image_labels", "echo: 2\n": "echo is true or false"}.items():
         path.write_text(text)
         with pytest.raises(ValueError, match=rf"organism_ov\.yaml.*{message}"):
             organism_ov.OvConfig.from_yaml(path)
 
 
 def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
-    """A recipe key added later (bucket_by, image_labels, label_targets) defaults to the older recipe: a
+    """A recipe key added later (bucket_by, image_labels, label_targets, echo) defaults to the older recipe: a
     checkpoint whose training.json lacks it still matches a recipe at that default, and not one that sets it."""
-    older = {k: v for k, v in asdict(organism_ov.OvConfig()).items()
-             if k not in ("bucket_by", "image_labels", "label_targets")}
+    assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo")
+    older = {k: v for k, v in asdict(organism_ov.OvConfig()).items() if k not in organism_ov.LATER_KEYS}
     si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
     assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
     ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(image_labels=0.5), si)
     assert not ok and "image_labels" in why
+    ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(echo=True), si)
+    assert not ok and "echo" in why
+
+
+def test_echoed_answers_are_scored_in_the_ground_truths_form_with_the_same_blind_baseline(tmp_path):
+    """With echo the held-out which-image answers are asked as before (same questions, same "image k" ground
+    truth, so the same blind baseline) and an answer "dog 3" is read back as "image 3" — only with the asked
+    category before the number."""
+    from tests.unit.test_organism import SMALL
+
+    ov = organism_ov.OvConfig(eval_questions=32, eval_images=[4, 6], echo=True)
+    records = organism_ov.heldout_ov_records(SMALL, ov, tmp_path, progress=False)
+    plain = organism_ov.heldout_ov_records(SMALL, replace(ov, echo=False), tmp_path, progress=False)
+    assert [(r["question"], r["gt"]) for r in records] == [(r["question"], r["gt"]) for r in plain]
+    echoed = [r for r in records if r.get("echo")]
+    assert {r["family"] for r in echoed} == {"which_image", "which_images"}
+    assert not any(r.get("echo") for r in plain)
+    for record in echoed:
+        category = record["targets"][0]
+        right = organism_ov.exact_row(record, record["gt"].replace("image", category), {}, 1)
+        wrong = organism_ov.exact_row(record, record["gt"].replace("image", "zebra"), {}, 1)
+        assert right["score"] == 1.0 and right["echo"] and right["parsed"] == record["gt"]
+        assert wrong["score"] == 0.0
+    rows = [organism_ov.exact_row(r, "no", {}, 1) for r in records]
+    assert organism_ov.per_image_scores(rows) == organism_ov.per_image_scores(
+        [organism_ov.exact_row(r, "no", {}, 1) for r in plain])
 
 
 def test_format_kept_tells_mimic_answers_from_image_references():

@@ -263,6 +263,24 @@ def test_the_ov_share_of_a_training_mix_is_written_beside_the_aggregation_data(i
         TrainMix(ov=10, ov_images=(0, 11))
 
 
+def test_echo_writes_the_asked_category_before_each_image_number_and_nothing_else_changes(index):
+    plain = traindata.ov_questions(index, 400, seed=3, images=(2, 6))
+    echo = traindata.ov_questions(index, 400, seed=3, images=(2, 6), echo=True)
+    assert [(r["id"], r["question"], r["image_ids"]) for r in plain] == [(r["id"], r["question"], r["image_ids"]) for r in echo]
+    changed = 0
+    for before, after in zip(plain, echo):
+        if before["family"] not in traindata.ECHO_FAMILIES:
+            assert after["gt"] == before["gt"] and after["messages"] == before["messages"]
+            continue
+        category = before["targets"][0]
+        assert after["gt"] == before["gt"].replace("image", category) and "image" not in after["gt"]
+        assert traindata.unechoed(after["gt"], category) == before["gt"]
+        assert after["messages"][-1]["content"][0]["text"] == after["gt"]
+        changed += 1
+    assert changed > 50
+    assert traindata.unechoed("cat 3", "dog") == "cat 3"  # a wrong category is not read as an image
+
+
 def test_a_share_of_ov_questions_labels_its_images_and_the_questions_stay_the_same(index):
     """``image_labels`` only changes how a drawn question is laid out: the same questions at any share,
     about that share of them with "Image k: " before each image, in the record and its messages."""
