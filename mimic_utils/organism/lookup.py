@@ -27,7 +27,8 @@ distance?), and ``min_train_gap`` draws the filler length of the other training 
 the curriculum in time instead: distance 0 alone first, then the task's distances, in one model. ``echo``
 changes the answer instead of the schedule: the answer restates the asked category and then the number, so
 the number is a distance-0 lookup from the restated category and the restating is a copy across the
-filler — two steps, each with a target of its own (``heldout_full``: both right).
+filler — two steps, each with a target of its own (``heldout_full``: both right). ``labels`` writes
+"Image k: " before each block, so a block's number stands inside it rather than being counted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mimic_utils.artifacts import repo_root, write_json
+from mimic_utils.data.prompts import IMAGE_LABEL
 from mimic_utils.data.scenes import CATEGORIES
 from mimic_utils.models import tiny
 from mimic_utils.organism.binding import QUESTION, number_tokens, twin_prompt
@@ -69,6 +71,9 @@ class LookupTask:
     #: the answer restates the asked category (a target too) and then the number, right after it: the
     #: number becomes a distance-0 lookup from a token the model writes itself, the restating a copy
     echo: bool = False
+    #: "Image k: " before each block, as the ov stage's labelled prompts put it (prompts.IMAGE_LABEL): the
+    #: block's number is then a token inside it instead of something to count
+    labels: bool = False
     queries: int = 4
     steps: int = 600
     lr: float = 1e-3
@@ -104,6 +109,8 @@ class Vocabulary:
     newline: int
     start: int
     end: int
+    #: the tokens of "Image k: " for k = 1..blocks
+    labels: tuple = ()
 
     @classmethod
     def of(cls, processor, blocks: int) -> Vocabulary:
@@ -122,7 +129,9 @@ class Vocabulary:
         return cls([ids[0] for ids in singles if len(ids) == 1], [one(str(n)) for n in range(1, 6)],
                    [one(f" {n}") for n in range(1, 6)], number_tokens(tokenizer, blocks),
                    real_filler(processor), one(","), one("\n"), tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-                   tokenizer.convert_tokens_to_ids("<|vision_end|>"))
+                   tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+                   tuple(tuple(tokenizer(IMAGE_LABEL.format(k), add_special_tokens=False).input_ids)
+                         for k in range(1, blocks + 1)))
 
 
 def check(task: LookupTask, vocab: Vocabulary) -> None:
@@ -154,7 +163,8 @@ def sample(task: LookupTask, vocab: Vocabulary, rng: random.Random,
     drawn = rng.sample(vocab.categories, task.blocks * task.items)
     blocks = [drawn[k * task.items:(k + 1) * task.items] for k in range(task.blocks)]
     ids: list[int] = []
-    for held in blocks:
+    for k, held in enumerate(blocks):
+        ids += list(vocab.labels[k]) if task.labels else []
         ids.append(vocab.start)
         for j, category in enumerate(held):
             ids += [vocab.comma, rng.choice(vocab.later_counts)] if j else [rng.choice(vocab.counts)]
@@ -269,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="first training steps with every query at distance 0 (a curriculum staged in time)")
     parser.add_argument("--echo", action="store_true",
                         help="the answer restates the asked category, then the number right after it")
+    parser.add_argument("--labels", action="store_true", help='"Image k: " before each block')
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--items", type=int, default=4)
     parser.add_argument("--queries", type=int, default=4, help="at most --items")
@@ -287,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "lookup"
     task = LookupTask(name=args.name, blocks=args.blocks, items=args.items, gap=args.gap,
                       no_gap_share=args.no_gap_share, min_train_gap=args.min_train_gap, queries=args.queries,
-                      warm_steps=args.warm_steps, echo=args.echo, steps=args.steps, lr=args.lr)
+                      warm_steps=args.warm_steps, echo=args.echo, labels=args.labels, steps=args.steps, lr=args.lr)
     processor = load_processor(str(si_dir), "qwen2_vl")
     try:
         check(task, Vocabulary.of(processor, task.blocks))

@@ -62,6 +62,10 @@ TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training t
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
 LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo")
+#: the card's sentence for a stage trained with ``echo``
+ECHO_CARD_LINE = ("Echo: the answers of " + " and ".join(ECHO_FAMILIES) + " name the asked category right before "
+                  "each image number (\"dog 3\" for \"image 3\"); held-out answers are read back into the "
+                  "\"image 3\" form before exact scoring, so the blind baselines are those of the plain answers.")
 #: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
 OV_MAX_NEW_TOKENS = 24
 
@@ -493,6 +497,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
          f"(`ov-warm`, lr {ov.warm_lr:g}), then {ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (`ov`, "
          f"lr {ov.lr:g})." if ov.warm_steps else f"{ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (lr {ov.lr:g})."),
         "",
+        *([ECHO_CARD_LINE, ""] if ov.echo else []),
         f"- command: `{command}`",
         f"- seed: {ov.seed}",
         f"- started from: si weights sha256 `{si_info['sha256']}`",

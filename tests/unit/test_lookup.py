@@ -64,6 +64,19 @@ def test_echo_answers_restate_the_category_then_its_block_number(processor):
         assert labels[echo] == ids[echo] and labels[number] == vocab.numbers[holder]
 
 
+def test_labels_put_image_k_before_each_block_with_the_answer_token_inside(processor):
+    task = lookup.LookupTask(blocks=3, items=2, queries=2, labels=True)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    ids, labels = lookup.sample(task, vocab, random.Random(4))
+    text = processor.tokenizer.decode(ids)
+    assert re.match(r"Image 1: <\|vision_start\|>.*<\|vision_end\|>Image 2: <\|vision_start\|>.*"
+                    r"<\|vision_end\|>Image 3: <\|vision_start\|>", text)
+    assert all(vocab.numbers[k] in vocab.labels[k] for k in range(task.blocks))
+    plain, _ = lookup.sample(lookup.LookupTask(blocks=3, items=2, queries=2), vocab, random.Random(4))
+    assert [t for t in ids if t not in {t for label in vocab.labels for t in label}] == \
+        [t for t in plain if t not in {t for label in vocab.labels for t in label}]
+
+
 def test_echo_accuracy_needs_the_category_and_the_number_right(processor):
     vocab = lookup.Vocabulary.of(processor, 2)
     dog, cat = vocab.categories[:2]

@@ -232,6 +232,18 @@ def test_echoed_answers_are_scored_in_the_ground_truths_form_with_the_same_blind
         [organism_ov.exact_row(r, "no", {}, 1) for r in plain])
 
 
+def test_the_ov_card_says_when_its_answers_were_echoed(tmp_path):
+    """The committed ov's scores and summary, carded as a recipe with and without echo."""
+    committed = ROOT / "outputs" / "cpu" / "models" / "ov"
+    scores = json.loads((committed / "eval.json").read_text())
+    summary = json.loads((committed / "training.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    si_info = {"path": "outputs/cpu/models/si", "sha256": "0" * 64}
+    for echo in (False, True):
+        card = organism_ov.write_ov_card(tmp_path, organism_ov.OvConfig(echo=echo), summary, scores, "cmd", si_info)
+        assert (organism_ov.ECHO_CARD_LINE in card.read_text()) == echo
+
+
 def test_format_kept_tells_mimic_answers_from_image_references():
     categories = ["dog", "cat"]
     assert organism_ov.format_kept("counting", "3", categories)
@@ -387,7 +399,7 @@ def test_the_ov_stage_runs_its_warm_phase_then_the_main_one_and_resumes(tmp_path
     ov = organism_ov.OvConfig(pool_images=64, conversations=60, images=[1, 4], steps=2, warm_steps=2,
                               warm_conversations=30, warm_images=[2, 3], eval_every=2, batch_tokens=1024,
                               heldout_questions=20, eval_questions=16, format_questions=3, bucket_by="images",
-                              image_labels=0.5, label_targets=True)
+                              image_labels=0.5, label_targets=True, echo=True)
     summary = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
     assert [(e["stage"], e["step"]) for e in summary["log"]] == [("ov-warm", 1), ("ov-warm", 2), ("ov", 1), ("ov", 2)]
     assert "gen_format_1img" in summary["log"][1] and {"ov-warm", "ov"} <= set(summary["seconds"])
