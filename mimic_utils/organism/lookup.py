@@ -24,7 +24,8 @@ memorise); the held-out sequences are asked at ``gap``. Two curricula: ``no_gap_
 the training queries with no filler at all (can the lookup learned at distance 0 be carried to the real
 distance?), and ``min_train_gap`` draws the filler length of the other training queries uniformly from
 ``min_train_gap..gap`` (no fixed distance to learn, only "the category asked last"). ``warm_steps`` stages
-the curriculum in time instead: distance 0 alone first, then the task's distances, in one model. ``echo``
+the curriculum in time instead: distance 0 alone first, then the task's distances, in one model (and with
+``warm_blocks``, fewer blocks first). ``echo``
 changes the answer instead of the schedule: the answer restates the asked category and then the number, so
 the number is a distance-0 lookup from the restated category and the restating is a copy across the
 filler — two steps, each with a target of its own (``heldout_full``: both right). ``labels`` writes
@@ -39,7 +40,7 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -68,6 +69,9 @@ class LookupTask:
     min_train_gap: int | None = None
     #: a curriculum staged in time: the first ``warm_steps`` training steps ask every query at distance 0
     warm_steps: int = 0
+    #: those warm steps also show only ``warm_blocks`` blocks (None: ``blocks``) — the number of blocks grown
+    #: in time, as the distance is
+    warm_blocks: int | None = None
     #: the answer restates the asked category (a target too) and then the number, right after it: the
     #: number becomes a distance-0 lookup from a token the model writes itself, the restating a copy
     echo: bool = False
@@ -149,6 +153,8 @@ def check(task: LookupTask, vocab: Vocabulary) -> None:
                         f"the tokenizer has {len(vocab.categories)} one-token ones")
     if not 0 <= task.warm_steps < task.steps:
         problems.append(f"warm_steps {task.warm_steps} is outside 0..steps - 1 ({task.steps - 1})")
+    if task.warm_blocks is not None and not (2 <= task.warm_blocks <= task.blocks and task.warm_steps > 0):
+        problems.append(f"warm_blocks {task.warm_blocks} needs warm_steps > 0 and to lie within 2..blocks ({task.blocks})")
     if not 0.0 <= task.no_gap_share <= 1.0:
         problems.append(f"no_gap_share {task.no_gap_share} is outside [0, 1]")
     if problems:
@@ -240,13 +246,17 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
     pad = model.config.text_config.pad_token_id
     held = batch(task, vocab, random.Random(f"{task.seed}:heldout"), task.heldout, pad, task.gap)
     rng = random.Random(f"{task.seed}:train")
+    warm = replace(task, blocks=task.warm_blocks) if task.warm_blocks else task
     optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.01)
     record = {"task": asdict(task), "shape": shape, "parameters": tiny.count_parameters(model),
               "filler": processor.tokenizer.decode(vocab.filler[-task.gap:]) if task.gap else "",
               "chance": round(1 / task.blocks, 3), "curve": []}
     for step in tqdm(range(1, task.steps + 1), desc=f"lookup {task.name}", disable=not progress):
         model.train()
-        ids, labels = batch(task, vocab, rng, task.batch, pad, 0 if step <= task.warm_steps else None)
+        if step <= task.warm_steps:
+            ids, labels = batch(warm, vocab, rng, task.batch, pad, 0)
+        else:
+            ids, labels = batch(task, vocab, rng, task.batch, pad)
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -277,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="training fillers drawn uniformly from this length to --gap (default: all --gap)")
     parser.add_argument("--warm-steps", type=int, default=0,
                         help="first training steps with every query at distance 0 (a curriculum staged in time)")
+    parser.add_argument("--warm-blocks", type=int, default=None,
+                        help="blocks shown in the warm steps (the number of blocks grown in time)")
     parser.add_argument("--echo", action="store_true",
                         help="the answer restates the asked category, then the number right after it")
     parser.add_argument("--labels", action="store_true", help='"Image k: " before each block')
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "lookup"
     task = LookupTask(name=args.name, blocks=args.blocks, items=args.items, gap=args.gap,
                       no_gap_share=args.no_gap_share, min_train_gap=args.min_train_gap, queries=args.queries,
-                      warm_steps=args.warm_steps, echo=args.echo, labels=args.labels, steps=args.steps, lr=args.lr)
+                      warm_steps=args.warm_steps, warm_blocks=args.warm_blocks, echo=args.echo, labels=args.labels, steps=args.steps, lr=args.lr)
     processor = load_processor(str(si_dir), "qwen2_vl")
     try:
         check(task, Vocabulary.of(processor, task.blocks))

@@ -212,6 +212,23 @@ def test_warm_steps_ask_every_query_at_distance_zero_first(processor, monkeypatc
     assert gaps == [0, 0, None, None, None]
 
 
+def test_warm_blocks_show_fewer_blocks_in_the_warm_steps_only(processor, monkeypatch):
+    shown = []
+    real = lookup.batch
+
+    def recording(task, vocab, rng, n, pad, gap=None):
+        if n == task.batch:
+            shown.append(task.blocks)
+        return real(task, vocab, rng, n, pad, gap)
+
+    monkeypatch.setattr(lookup, "batch", recording)
+    shape = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_intermediate": 64}
+    task = lookup.LookupTask(blocks=3, items=2, queries=2, steps=4, warm_steps=2, warm_blocks=2, batch=4, heldout=8,
+                             eval_every=4)
+    record = lookup.run(task, processor, shape, progress=False)
+    assert shown == [2, 2, 3, 3] and record["chance"] == 0.333
+
+
 def test_a_short_run_records_its_curve_and_hands_out_each_unfinished_point(processor):
     shape = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_intermediate": 64}
     partials = []
@@ -240,6 +257,8 @@ def test_the_answer_numbers_are_tokenized_as_the_answers_end(processor):
     (["--name", "x", "--gap", "3", "--min-train-gap", "4"], "min_train_gap 4 is outside"),
     (["--name", "x", "--no-gap-share", "1.5"], "no_gap_share 1.5"),
     (["--name", "x", "--steps", "5", "--warm-steps", "5"], "warm_steps 5 is outside"),
+    (["--name", "x", "--blocks", "3", "--warm-blocks", "2"], "warm_blocks 2 needs warm_steps > 0"),
+    (["--name", "x", "--blocks", "3", "--warm-steps", "2", "--warm-blocks", "4"], "warm_blocks 4 needs"),
 ])
 def test_the_command_line_refuses_bad_values_before_any_training(argv, message, capsys, monkeypatch):
     def no_training(*_args, **_kwargs):
