@@ -204,26 +204,27 @@ def batch(task: LookupTask, vocab: Vocabulary, rng: random.Random, n: int, pad: 
 
 
 @torch.no_grad()
-def accuracy(model, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of answers whose block number is the most likely of the block numbers (leaves ``model`` in
-    eval mode, as :func:`binding.predicted_blocks` does)."""
+def answer_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """The logits that predict each next token of ``ids`` (one forward; leaves ``model`` in eval mode, as
+    :func:`binding.predicted_blocks` does): what :func:`accuracy` and :func:`echo_accuracy` both read."""
     model.eval()
+    return model(input_ids=ids).logits[:, :-1]
+
+
+def accuracy(logits: torch.Tensor, vocab: Vocabulary, labels: torch.Tensor) -> float:
+    """Share of answers whose block number is the most likely of the block numbers."""
     numbers = torch.tensor(vocab.numbers)
-    logits = model(input_ids=ids).logits[:, :-1]
     targets = labels[:, 1:]
     asked = torch.isin(targets, numbers)
     picked = numbers[logits[asked][:, numbers].argmax(-1)]
     return float((picked == targets[asked]).float().mean())
 
 
-@torch.no_grad()
-def echo_accuracy(model, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) -> float:
+def echo_accuracy(logits: torch.Tensor, vocab: Vocabulary, labels: torch.Tensor) -> float:
     """With ``echo``: share of answers right in full — the restated category is the most likely token of the
     whole vocabulary and the number after it the most likely block number (teacher-forced, as
     :func:`accuracy`). What a generated answer needs, where :func:`accuracy` reads the number alone."""
-    model.eval()
     numbers = torch.tensor(vocab.numbers)
-    logits = model(input_ids=ids).logits[:, :-1]
     targets = labels[:, 1:]
     echoed = (targets != -100) & ~torch.isin(targets, numbers)
     copied = logits.argmax(-1) == targets
@@ -263,9 +264,10 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % task.eval_every == 0 or step == task.steps:
-            point = {"step": step, "loss": round(loss.item(), 4), "heldout": round(accuracy(model, vocab, *held), 3)}
+            logits = answer_logits(model, held[0])
+            point = {"step": step, "loss": round(loss.item(), 4), "heldout": round(accuracy(logits, vocab, held[1]), 3)}
             if task.echo:
-                point["heldout_full"] = round(echo_accuracy(model, vocab, *held), 3)
+                point["heldout_full"] = round(echo_accuracy(logits, vocab, held[1]), 3)
             record["curve"].append(point)
             record["minutes"] = round((time.time() - started) / 60, 1)
             if on_point is not None and step < task.steps:

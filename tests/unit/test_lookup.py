@@ -90,8 +90,8 @@ def test_echo_accuracy_needs_the_category_and_the_number_right(processor):
             logits[1, 3, cat] = logits[1, 4, vocab.numbers[0]] = 5.0  # row 1: the number right, the copy wrong
             return type("Out", (), {"logits": logits})()
 
-    assert lookup.accuracy(Fixed(), vocab, ids, labels) == 1.0
-    assert lookup.echo_accuracy(Fixed(), vocab, ids, labels) == 0.5
+    assert lookup.accuracy(lookup.answer_logits(Fixed(), ids), vocab, labels) == 1.0
+    assert lookup.echo_accuracy(lookup.answer_logits(Fixed(), ids), vocab, labels) == 0.5
 
 
 def test_blocks_are_written_as_the_twins_write_them(processor):
@@ -148,18 +148,14 @@ def test_accuracy_picks_among_the_block_numbers_only(processor):
             pass
 
         def __call__(self, input_ids):
-            import torch
-
             logits = torch.zeros(*input_ids.shape, len(processor.tokenizer))
             logits[..., vocab.categories[0]] = 9.0
             logits[..., vocab.numbers[1]] = 5.0
             return type("Out", (), {"logits": logits})()
 
-    import torch
-
     ids = torch.tensor([[vocab.start, vocab.end, vocab.numbers[1], vocab.numbers[0]]])
     labels = torch.tensor([[-100, -100, vocab.numbers[1], vocab.numbers[0]]])
-    assert lookup.accuracy(Prefers(), vocab, ids, labels) == 0.5
+    assert lookup.accuracy(lookup.answer_logits(Prefers(), ids), vocab, labels) == 0.5
 
 
 def test_a_tokenizer_that_splits_a_number_is_refused(processor):
