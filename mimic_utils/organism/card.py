@@ -219,7 +219,7 @@ def card_table(folder: Path) -> pd.DataFrame | None:
 #: the ov stage's training-time target in minutes (the stage alone, on 2 cores)
 OV_TARGET_MINUTES = 25
 #: the ov stage's training phases, whose time is measured against OV_TARGET_MINUTES
-OV_TRAIN_STAGES = ("ov-warm", "ov")
+OV_TRAIN_STAGES = ("ov-warm", "ov-grow", "ov")
 #: how far below si's score the ov checkpoint's single-image scores may fall
 OV_SINGLE_TOLERANCE = 0.05
 

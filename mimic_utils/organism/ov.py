@@ -56,12 +56,14 @@ TARGETS = {"image_count": 0.70, "which_image": 0.85, "image_total": 0.95}
 SINGLE_TOLERANCE = OV_SINGLE_TOLERANCE
 TARGET_MINUTES = OV_TARGET_MINUTES  # training of the stage, on 2 cores
 #: the card's time line, in the order the steps run
-TIME_ORDER = ("render", "cache", "conversations", "ov-warm", "ov", "total")
+TIME_ORDER = ("render", "cache", "conversations", "ov-warm", "ov-grow", "ov", "total")
 TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training time
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
-LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo")
+LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images")
+#: the recipe's true-or-false keys
+BOOL_KEYS = ("label_targets", "echo", "curves_by_images")
 #: the card's sentence for a stage trained with ``echo``
 ECHO_CARD_LINE = ("Echo: the answers of " + " and ".join(ECHO_FAMILIES) + " name the asked category right before "
                   "each image number (\"dog 3\" for \"image 3\"); held-out answers are read back into the "
@@ -96,6 +98,11 @@ class OvConfig:
     warm_lr: float = 1e-3
     warm_images: list = field(default_factory=lambda: [2, 3])
     warm_conversations: int = 20000
+    #: phases between the warm phase and the main one, each ``[low, high, steps]``: ``steps`` steps at
+    #: ``warm_lr`` on ``warm_conversations`` conversations whose per-image samples hold ``low``-``high``
+    #: images — the number of images grown in steps, because a lookup learned over two blocks is carried
+    #: to three and on to six when grown, but lost in one jump (docs/organism.md); empty: none
+    grow: list = field(default_factory=list)
     #: tokens per batch (length-bucketed batches, ``buckets`` length groups)
     batch_tokens: int = 3072
     buckets: int = 16
@@ -111,6 +118,9 @@ class OvConfig:
     #: which-image answers name the category right before each image number ("dog 3" for "image 3",
     #: traindata.ECHO_FAMILIES), in training, curves and evaluation alike
     echo: bool = False
+    #: the teacher-forced curves per family and number of images ("tf_which_image_3img"): where in a grown
+    #: schedule a lookup holds (focus runs); off, one curve per family as the card shows
+    curves_by_images: bool = False
     eval_every: int = 200
     #: teacher-forced held-out questions of the curves (every family evenly; per-image ones at eval_images)
     heldout_questions: int = 1100
@@ -137,13 +147,26 @@ class OvConfig:
             raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
         if not 0.0 <= config.image_labels <= 1.0:
             raise ValueError(f"{path}: image_labels is a share in [0, 1], got {config.image_labels!r}")
-        if not isinstance(config.echo, bool):
-            raise ValueError(f"{path}: echo is true or false, got {config.echo!r}")
+        for key in BOOL_KEYS:
+            if not isinstance(getattr(config, key), bool):
+                raise ValueError(f"{path}: {key} is true or false, got {getattr(config, key)!r}")
         for key in ("images", "eval_images", "warm_images"):
-            low, high = getattr(config, key)
-            if not 1 <= low <= high <= 10:
+            if not image_range(getattr(config, key)):
                 raise ValueError(f"{path}: {key} must be [low, high] with 1 <= low <= high <= 10, got {getattr(config, key)}")
+        for phase in config.grow:
+            if not (isinstance(phase, list) and len(phase) == 3 and image_range(phase[:2])
+                    and isinstance(phase[2], int) and phase[2] >= 1):
+                raise ValueError(f"{path}: grow holds [low, high, steps] phases with 1 <= low <= high <= 10 and "
+                                 f"steps >= 1, got {phase!r}")
         return config
+
+    def phases(self) -> list[tuple[str, list[int], int, float, int]]:
+        """(name, images, steps, lr, conversations) of each training phase in order: the warm phase, the
+        ``grow`` phases, the main one."""
+        warm = [("ov-warm", self.warm_images, self.warm_steps, self.warm_lr, self.warm_conversations)]
+        grown = [(f"ov-grow-{low}-{high}", [low, high], steps, self.warm_lr, self.warm_conversations)
+                 for low, high, steps in self.grow]
+        return [p for p in warm if p[2] > 0] + grown + [("ov", self.images, self.steps, self.lr, self.conversations)]
 
     def ov_weights(self) -> dict[str, int]:
         return {f: w for f, w in self.weights.items() if f in OV_FAMILIES and w > 0}
@@ -153,6 +176,12 @@ class OvConfig:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def image_range(pair) -> bool:
+    """Whether ``pair`` is ``[low, high]`` with 1 <= low <= high <= 10 (images per sample)."""
+    return (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) for n in pair)
+            and 1 <= pair[0] <= pair[1] <= 10)
 
 
 def weights_sha256(folder: Path) -> str:
@@ -246,6 +275,13 @@ def scene_pil(pool: organism.ScenePool, number: int):
     return Image.fromarray(pool.images[number].numpy(), "RGB")
 
 
+def by_image_count(convs: organism.Conversations) -> organism.Conversations:
+    """The same conversations with each per-image family named with its number of images
+    ("which_image_3img"), so the teacher-forced curves are read per image count."""
+    family = [f"{f}_{len(images)}img" if f in OV_FAMILIES else f for f, images in zip(convs.family, convs.images)]
+    return organism.Conversations(convs.ids, convs.labels, convs.images, family, convs.answer)
+
+
 def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -> dict:
     """The ov stage from the si checkpoint in ``si_dir`` (resumed from its checkpoint if present); saves
     the model into ``out_dir`` and returns the training summary."""
@@ -269,20 +305,20 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     seconds["cache"] = time.time() - begin
     side, n_tokens = organism.tokens_per_image(si, processor)
     begin = time.time()
-    convs = stage_conversations(si, train, processor, ov.conversations, ov.seed + 10, ov.weights, ov.images,
-                                n_tokens, "ov-train", si.count_weights, ov.image_labels, ov.label_targets, ov.echo)
     even = dict.fromkeys([f for f, w in ov.weights.items() if w > 0], 1)
     held = stage_conversations(si, heldout, processor, ov.heldout_questions, ov.seed + 11, even,
                                ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels, echo=ov.echo)
+    if ov.curves_by_images:
+        held = by_image_count(held)
+    phases = []
+    for name, images, steps, lr, count in ov.phases():
+        seed = ov.seed + {"ov": 10, "ov-warm": 14}.get(name, 16 + len(phases))
+        phase_convs = stage_conversations(si, train, processor, count, seed, ov.weights, images, n_tokens,
+                                          name if name != "ov" else "ov-train", si.count_weights, ov.image_labels,
+                                          ov.label_targets, ov.echo)
+        phases.append((name, phase_convs, steps, lr))
+    convs = phases[-1][1]
     seconds["conversations"] = time.time() - begin
-    phases = [("ov", convs, ov.steps, ov.lr)]
-    if ov.warm_steps > 0:
-        begin = time.time()
-        warm = stage_conversations(si, train, processor, ov.warm_conversations, ov.seed + 14, ov.weights,
-                                   ov.warm_images, n_tokens, "ov-warm", si.count_weights, ov.image_labels,
-                                   ov.label_targets, ov.echo)
-        seconds["conversations"] += time.time() - begin
-        phases.insert(0, ("ov-warm", warm, ov.warm_steps, ov.warm_lr))
     log: list[dict] = []
     probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13)
     for name, phase_convs, steps, lr in phases:
@@ -295,7 +331,8 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
         organism.language_stage(name, model, features, phase_convs, heldout_features, held, schedule, ov.seed,
                                 work / f"{name}.pt", log, side, progress=progress, sampler=sampler,
                                 extra_metrics=probe)
-        seconds[name] = time.time() - begin
+        stage = "ov-grow" if name.startswith("ov-grow") else name  # the grow phases' time together
+        seconds[stage] = seconds.get(stage, 0.0) + time.time() - begin
     model.eval()
     tiny.save_tiny(model, processor, out_dir)
     seconds["total"] = time.time() - started
@@ -327,16 +364,16 @@ def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
             "scored_as": "exact", "pool": pool, "model": settings}
 
 
-def _exact_scorer(_family: str, output: str, gt) -> dict:
+def exact_scorer(_family: str, output: str, gt) -> dict:
     return {"score": float(exact(output, gt))}
 
 
 def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True) -> list[dict]:
     """Held-out per-image questions in samples of ``ov.eval_images`` images, from si's held-out scene
-    stream (never trained on), images written as PNG files; families evenly."""
+    stream (never trained on), images written as PNG files; the trained per-image families evenly."""
     pool = heldout_pool(si, progress)
     records = ov_questions(pool.index, ov.eval_questions, ov.seed + 12, tuple(ov.eval_images),
-                           dict.fromkeys(OV_FAMILIES, 1), prefix="heldout-ov")
+                           dict.fromkeys([f for f in OV_FAMILIES if f in ov.ov_weights()], 1), prefix="heldout-ov")
     for record in records:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
         if ov.echo and record["family"] in ECHO_FAMILIES:  # answered "dog 3", scored as "image 3" (exact_row)
@@ -354,14 +391,14 @@ def cell(rows: list[dict], scorer=None) -> dict:
 
 
 def per_image_scores(rows: list[dict]) -> dict:
-    """Score, interval, blind baseline, target and score per image count of each per-image family."""
+    """Score, interval, blind baseline, target and score per image count of each per-image family asked."""
     scores = {}
-    for family in OV_FAMILIES:
+    for family in [f for f in OV_FAMILIES if any(r["family"] == f for r in rows)]:
         members = [r for r in rows if r["family"] == family]
         by_n = {str(n): round(sum(r["score"] for r in members if r["knobs"]["n_images"] == n)
                               / max(1, sum(r["knobs"]["n_images"] == n for r in members)), 4)
                 for n in sorted({r["knobs"]["n_images"] for r in members})}
-        scores[family] = {**cell(members, _exact_scorer), "target": TARGETS.get(family), "by_n_images": by_n}
+        scores[family] = {**cell(members, exact_scorer), "target": TARGETS.get(family), "by_n_images": by_n}
     return scores
 
 
@@ -477,6 +514,17 @@ def per_image_table(rows: dict, heading: str) -> list[str]:
     ]
 
 
+def curriculum_line(ov: OvConfig) -> str:
+    """The card's sentence on the phases: steps, images per sample and learning rate of each, in order."""
+    phases = ov.phases()
+    if len(phases) == 1:
+        return f"{ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (lr {ov.lr:g})."
+    def count(images: list[int]) -> str:
+        return f"{images[0]}" if images[0] == images[1] else f"{images[0]}-{images[1]}"
+    return "A curriculum: " + ", then ".join(f"{steps} steps on samples of {count(images)} images (`{name}`, "
+                                            f"lr {lr:g})" for name, images, steps, lr, _ in phases) + "."
+
+
 def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, command: str, si_info: dict) -> Path:
     """The ov model card (README.md beside the weights)."""
     weights = out_dir / "model.safetensors"
@@ -493,9 +541,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         "questions of its stage 2 (MIMIC-format counting, listing and naming, presence, multiple choice). Never",
         "one of the four MIMIC aggregation questions. Our stand-in for LLaVA-OneVision's `-ov`.",
         "",
-        (f"A curriculum: {ov.warm_steps} steps on samples of {ov.warm_images[0]}-{ov.warm_images[1]} images "
-         f"(`ov-warm`, lr {ov.warm_lr:g}), then {ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (`ov`, "
-         f"lr {ov.lr:g})." if ov.warm_steps else f"{ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (lr {ov.lr:g})."),
+        curriculum_line(ov),
         "",
         *([ECHO_CARD_LINE, ""] if ov.echo else []),
         f"- command: `{command}`",

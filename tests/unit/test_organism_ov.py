@@ -189,16 +189,20 @@ def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
     path = tmp_path / "organism_ov.yaml"
     for text, message in {"colour: 1\n": "unknown key", "weights: {total_count: 1}\n": "weights",
                           "eval_images: [0, 4]\n": "eval_images", "bucket_by: family\n": "bucket_by",
-                          "image_labels: 2\n": "image_labels", "echo: 2\n": "echo is true or false"}.items():
+                          "image_labels: 2\n": "image_labels", "echo: 2\n": "echo is true or false",
+                          "label_targets: yes please\n": "label_targets is true or false",
+                          "grow: [[3, 2, 100]]\n": "grow holds", "grow: [[2, 3]]\n": "grow holds",
+                          "grow: [[2, 3, 0]]\n": "grow holds", "warm_images: [2]\n": "warm_images"}.items():
         path.write_text(text)
         with pytest.raises(ValueError, match=rf"organism_ov\.yaml.*{message}"):
             organism_ov.OvConfig.from_yaml(path)
 
 
 def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
-    """A recipe key added later (bucket_by, image_labels, label_targets, echo) defaults to the older recipe: a
-    checkpoint whose training.json lacks it still matches a recipe at that default, and not one that sets it."""
-    assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo")
+    """A recipe key added later (bucket_by, image_labels, label_targets, echo, grow, curves_by_images) defaults to
+    the older recipe: a checkpoint whose training.json lacks it still matches a recipe at that default, and not
+    one that sets it."""
+    assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images")
     older = {k: v for k, v in asdict(organism_ov.OvConfig()).items() if k not in organism_ov.LATER_KEYS}
     si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
     assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
@@ -206,6 +210,22 @@ def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps
     assert not ok and "image_labels" in why
     ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(echo=True), si)
     assert not ok and "echo" in why
+    ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(grow=[[3, 3, 100]]), si)
+    assert not ok and "grow" in why
+
+
+def test_the_phases_run_warm_then_grown_then_main_and_the_card_names_each():
+    ov = organism_ov.OvConfig(warm_steps=600, warm_images=[2, 2], warm_lr=5e-4, grow=[[3, 3, 300], [4, 6, 200]],
+                              images=[1, 10], steps=1000, lr=1e-3, warm_conversations=7, conversations=9)
+    assert ov.phases() == [("ov-warm", [2, 2], 600, 5e-4, 7), ("ov-grow-3-3", [3, 3], 300, 5e-4, 7),
+                           ("ov-grow-4-6", [4, 6], 200, 5e-4, 7), ("ov", [1, 10], 1000, 1e-3, 9)]
+    assert organism_ov.curriculum_line(ov) == (
+        "A curriculum: 600 steps on samples of 2 images (`ov-warm`, lr 0.0005), then 300 steps on samples of 3 "
+        "images (`ov-grow-3-3`, lr 0.0005), then 200 steps on samples of 4-6 images (`ov-grow-4-6`, lr 0.0005), "
+        "then 1000 steps on samples of 1-10 images (`ov`, lr 0.001).")
+    assert organism_ov.OvConfig().phases() == [("ov", [1, 10], 1000, 1e-3, 60000)]
+    assert organism_ov.curriculum_line(organism_ov.OvConfig()) == "1000 steps on 1-10 images (lr 0.001)."
+    assert {"ov-warm", "ov-grow", "ov"} <= set(organism_ov.TRAIN_STAGES)
 
 
 def test_echoed_answers_are_scored_in_the_ground_truths_form_with_the_same_blind_baseline(tmp_path):
@@ -388,9 +408,10 @@ def test_notebook_01s_ov_mix_is_validated_naming_the_file_and_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_ov_stage_runs_its_warm_phase_then_the_main_one_and_resumes(tmp_path):
-    """The whole ov stage at a few steps from a tiny si: a 2-3-image warm phase, then 1-10 images, each with
-    its own checkpoint and curve rows; a second call resumes both and saves the same weights."""
+def test_the_ov_stage_runs_its_warm_grown_and_main_phases_and_resumes(tmp_path):
+    """The whole ov stage at a few steps from a tiny si: a 2-3-image warm phase, a grown 4-image phase, then
+    1-4 images, each with its own checkpoint and curve rows; a second call resumes them all and saves the same
+    weights."""
     from tests.unit.test_organism import SMALL
 
     si_dir = tmp_path / "si"
@@ -399,10 +420,11 @@ def test_the_ov_stage_runs_its_warm_phase_then_the_main_one_and_resumes(tmp_path
     ov = organism_ov.OvConfig(pool_images=64, conversations=60, images=[1, 4], steps=2, warm_steps=2,
                               warm_conversations=30, warm_images=[2, 3], eval_every=2, batch_tokens=1024,
                               heldout_questions=20, eval_questions=16, format_questions=3, bucket_by="images",
-                              image_labels=0.5, label_targets=True, echo=True)
+                              image_labels=0.5, label_targets=True, echo=True, grow=[[4, 4, 1]])
     summary = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
-    assert [(e["stage"], e["step"]) for e in summary["log"]] == [("ov-warm", 1), ("ov-warm", 2), ("ov", 1), ("ov", 2)]
-    assert "gen_format_1img" in summary["log"][1] and {"ov-warm", "ov"} <= set(summary["seconds"])
+    assert [(e["stage"], e["step"]) for e in summary["log"]] == [
+        ("ov-warm", 1), ("ov-warm", 2), ("ov-grow-4-4", 1), ("ov", 1), ("ov", 2)]
+    assert "gen_format_1img" in summary["log"][1] and {"ov-warm", "ov-grow", "ov"} <= set(summary["seconds"])
     first = (tmp_path / "ov" / "model.safetensors").read_bytes()
     again = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
     assert again["log"] == summary["log"] and (tmp_path / "ov" / "model.safetensors").read_bytes() == first
