@@ -27,7 +27,6 @@ from pathlib import Path
 
 from mimic_utils.artifacts import repo_root, write_json
 from mimic_utils.data.traindata import OV_FAMILIES
-from mimic_utils.evaluation.harness import read_predictions
 
 #: what a focus run keeps of the ov stage's data sizes (smaller than the stage: a family or two, minutes), and
 #: its teacher-forced curves per number of images (about 50 held-out questions per count over 2-10 images)
@@ -77,16 +76,6 @@ def curve(log: list[dict]) -> list[dict]:
             for entry in log if any(k.startswith("tf_") for k in entry)]
 
 
-def per_count(family: str, rows: list[dict]) -> dict[str, dict]:
-    """Per image count: n, score, interval and blind baseline of ``family``'s scored held-out rows —
-    the blind baseline falls with the number of images, so each count is read against its own."""
-    from mimic_utils.organism.ov import exact_scorer, cell
-
-    counts = sorted({r["knobs"]["n_images"] for r in rows if r["family"] == family})
-    return {str(n): cell([r for r in rows if r["family"] == family and r["knobs"]["n_images"] == n], exact_scorer)
-            for n in counts}
-
-
 def run(config, si_dir: Path, work: Path, progress: bool = True) -> dict:
     """Train the focus configuration from ``si_dir`` into ``work`` and score its held-out per-image
     questions by generation; returns the record (without the command)."""
@@ -100,9 +89,6 @@ def run(config, si_dir: Path, work: Path, progress: bool = True) -> dict:
     adapter = load_adapter(work, family="qwen2_vl", dtype="float32")
     scores = ov.score_per_image(adapter, ov.si_config(si_dir), config, work / "heldout", progress=progress)["ov"]
     families = [f for f, w in config.weights.items() if w > 0]
-    rows = read_predictions(work / "heldout" / "ov.jsonl")
-    for family in families:
-        scores[family]["per_image_count"] = per_count(family, rows)
     return {"config": asdict(config), "si": ov.si_record(si_dir), "minutes": round((time.time() - started) / 60, 1),
             "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()}, "curve": curve(summary["log"]),
             "generated": {f: scores[f] for f in families}}

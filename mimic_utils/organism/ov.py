@@ -61,7 +61,7 @@ TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training t
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
-LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images")
+LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images", "warm_weights")
 #: the recipe's true-or-false keys
 BOOL_KEYS = ("label_targets", "echo", "curves_by_images")
 #: the card's sentence for a stage trained with ``echo``
@@ -103,6 +103,10 @@ class OvConfig:
     #: images — the number of images grown in steps, because a lookup learned over two blocks is carried
     #: to three and on to six when grown, but lost in one jump (docs/organism.md); empty: none
     grow: list = field(default_factory=list)
+    #: the families and shares of the warm and ``grow`` phases; empty: ``weights``. One family alone there
+    #: is a focus run's schedule inside the stage (the which-image lookup, learned alone on grown images,
+    #: then kept by the main phase's mix)
+    warm_weights: dict = field(default_factory=dict)
     #: tokens per batch (length-bucketed batches, ``buckets`` length groups)
     batch_tokens: int = 3072
     buckets: int = 16
@@ -139,10 +143,12 @@ class OvConfig:
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
         config = cls(**values)
-        bad = set(config.weights) - set(STAGE_FAMILIES)
-        if bad or any(not isinstance(w, int) or w < 0 for w in config.weights.values()):
-            raise ValueError(f"{path}: weights must map families of {list(STAGE_FAMILIES)} to non-negative "
-                             f"integers, got {config.weights}")
+        for key in ("weights", "warm_weights"):
+            shares = getattr(config, key)
+            if (not isinstance(shares, dict) or set(shares) - set(STAGE_FAMILIES)
+                    or any(not isinstance(w, int) or isinstance(w, bool) or w < 0 for w in shares.values())):
+                raise ValueError(f"{path}: {key} must map families of {list(STAGE_FAMILIES)} to non-negative "
+                                 f"integers, got {shares!r}")
         if config.bucket_by not in ("length", "images"):
             raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
         if not 0.0 <= config.image_labels <= 1.0:
@@ -167,6 +173,10 @@ class OvConfig:
         grown = [(f"ov-grow-{low}-{high}", [low, high], steps, self.warm_lr, self.warm_conversations)
                  for low, high, steps in self.grow]
         return [p for p in warm if p[2] > 0] + grown + [("ov", self.images, self.steps, self.lr, self.conversations)]
+
+    def phase_weights(self, name: str) -> dict[str, int]:
+        """The family shares of phase ``name``: ``warm_weights`` in the warm and grow phases when set."""
+        return self.warm_weights if name != "ov" and self.warm_weights else self.weights
 
     def ov_weights(self) -> dict[str, int]:
         return {f: w for f, w in self.weights.items() if f in OV_FAMILIES and w > 0}
@@ -313,7 +323,7 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     phases = []
     for name, images, steps, lr, count in ov.phases():
         seed = ov.seed + {"ov": 10, "ov-warm": 14}.get(name, 16 + len(phases))
-        phase_convs = stage_conversations(si, train, processor, count, seed, ov.weights, images, n_tokens,
+        phase_convs = stage_conversations(si, train, processor, count, seed, ov.phase_weights(name), images, n_tokens,
                                           name if name != "ov" else "ov-train", si.count_weights, ov.image_labels,
                                           ov.label_targets, ov.echo)
         phases.append((name, phase_convs, steps, lr))
@@ -391,14 +401,15 @@ def cell(rows: list[dict], scorer=None) -> dict:
 
 
 def per_image_scores(rows: list[dict]) -> dict:
-    """Score, interval, blind baseline, target and score per image count of each per-image family asked."""
+    """Score, interval, blind baseline and target of each per-image family asked, and the same cell per
+    image count (``per_image_count``): the blind baseline falls as images are added, so each count is read
+    against its own."""
     scores = {}
     for family in [f for f in OV_FAMILIES if any(r["family"] == f for r in rows)]:
         members = [r for r in rows if r["family"] == family]
-        by_n = {str(n): round(sum(r["score"] for r in members if r["knobs"]["n_images"] == n)
-                              / max(1, sum(r["knobs"]["n_images"] == n for r in members)), 4)
-                for n in sorted({r["knobs"]["n_images"] for r in members})}
-        scores[family] = {**cell(members, exact_scorer), "target": TARGETS.get(family), "by_n_images": by_n}
+        per_count = {str(n): cell([r for r in members if r["knobs"]["n_images"] == n], exact_scorer)
+                     for n in sorted({r["knobs"]["n_images"] for r in members})}
+        scores[family] = {**cell(members, exact_scorer), "target": TARGETS.get(family), "per_image_count": per_count}
     return scores
 
 
@@ -508,8 +519,9 @@ def per_image_table(rows: dict, heading: str) -> list[str]:
         *[f"| {family} | {row['n']} | {row['score']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] | {row['blind']:.3f} | "
           + ("" if row["target"] is None else f"≥ {row['target']}") + " |" for family, row in rows.items()],
         "",
-        "Per image count: " + "; ".join(f"{family} " + ", ".join(f"{n}: {v:.2f}" for n, v in row["by_n_images"].items())
-                                        for family, row in rows.items()),
+        "Per image count, score (blind): " + "; ".join(
+            f"{family} " + ", ".join(f"{n}: {c['score']:.2f} ({c['blind']:.2f})" for n, c in row["per_image_count"].items())
+            for family, row in rows.items()),
         "",
     ]
 
@@ -521,8 +533,12 @@ def curriculum_line(ov: OvConfig) -> str:
         return f"{ov.steps} steps on {ov.images[0]}-{ov.images[1]} images (lr {ov.lr:g})."
     def count(images: list[int]) -> str:
         return f"{images[0]}" if images[0] == images[1] else f"{images[0]}-{images[1]}"
-    return "A curriculum: " + ", then ".join(f"{steps} steps on samples of {count(images)} images (`{name}`, "
+    line = "A curriculum: " + ", then ".join(f"{steps} steps on samples of {count(images)} images (`{name}`, "
                                             f"lr {lr:g})" for name, images, steps, lr, _ in phases) + "."
+    if ov.warm_weights:
+        line += (" Before `ov` only " + ", ".join(f"{f} ({w})" for f, w in ov.warm_weights.items() if w > 0)
+                 + " (the other phases' shares are those of `weights`).")
+    return line
 
 
 def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, command: str, si_info: dict) -> Path:

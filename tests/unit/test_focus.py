@@ -49,7 +49,7 @@ def test_each_image_count_is_read_against_its_own_blind_baseline():
         return {"family": "which_image", "knobs": {"n_images": n}, "gt": gt, "output": "image 1", "score": score}
     rows = ([row(2, "image 1", 1.0)] * 3 + [row(2, "image 2", 0.0)]
             + [row(4, f"image {k}", float(k == 1)) for k in (1, 2, 3, 4)] + [{**row(2, "x", 1.0), "family": "image_total"}])
-    cells = focus.per_count("which_image", rows)
+    cells = organism_ov.per_image_scores(rows)["which_image"]["per_image_count"]
     assert list(cells) == ["2", "4"]
     assert (cells["2"]["n"], cells["2"]["score"], cells["2"]["blind"]) == (4, 0.75, 0.75)
     assert (cells["4"]["n"], cells["4"]["score"], cells["4"]["blind"]) == (4, 0.25, 0.25)
@@ -105,5 +105,5 @@ def test_only_the_trained_per_image_families_are_asked_held_out(tmp_path):
 
 
 def test_per_count_reads_the_ov_stages_own_exact_scorer():
-    assert focus.per_count("which_image", []) == {}
+    assert organism_ov.per_image_scores([]) == {}
     assert organism_ov.exact_scorer("which_image", "Image 2.", "image 2") == {"score": 1.0}

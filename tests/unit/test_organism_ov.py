@@ -199,10 +199,12 @@ def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
 
 
 def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
-    """A recipe key added later (bucket_by, image_labels, label_targets, echo, grow, curves_by_images) defaults to
+    """A recipe key added later (bucket_by, image_labels, label_targets, echo, grow, curves_by_images,
+    warm_weights) defaults to
     the older recipe: a checkpoint whose training.json lacks it still matches a recipe at that default, and not
     one that sets it."""
-    assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images")
+    assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images",
+                                      "warm_weights")
     older = {k: v for k, v in asdict(organism_ov.OvConfig()).items() if k not in organism_ov.LATER_KEYS}
     si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
     assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
@@ -212,6 +214,8 @@ def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps
     assert not ok and "echo" in why
     ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(grow=[[3, 3, 100]]), si)
     assert not ok and "grow" in why
+    ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(warm_weights={"which_image": 1}), si)
+    assert not ok and "warm_weights" in why
 
 
 def test_the_phases_run_warm_then_grown_then_main_and_the_card_names_each():
@@ -226,6 +230,19 @@ def test_the_phases_run_warm_then_grown_then_main_and_the_card_names_each():
     assert organism_ov.OvConfig().phases() == [("ov", [1, 10], 1000, 1e-3, 60000)]
     assert organism_ov.curriculum_line(organism_ov.OvConfig()) == "1000 steps on 1-10 images (lr 0.001)."
     assert {"ov-warm", "ov-grow", "ov"} <= set(organism_ov.TRAIN_STAGES)
+
+
+def test_warm_weights_shape_the_warm_and_grow_phases_only(tmp_path):
+    """A focus run's schedule inside the stage: one family alone before the main phase, the mix in it."""
+    ov = organism_ov.OvConfig(warm_steps=10, grow=[[2, 3, 5]], warm_weights={"which_image": 1, "image_count": 0})
+    assert [ov.phase_weights(name) for name, *_ in ov.phases()] == [ov.warm_weights, ov.warm_weights, ov.weights]
+    assert organism_ov.OvConfig(warm_steps=10).phase_weights("ov-warm") == organism_ov.OvConfig().weights
+    assert organism_ov.curriculum_line(ov).endswith(
+        "Before `ov` only which_image (1) (the other phases' shares are those of `weights`).")
+    for bad in ("{dog: 1}", "{which_image: -1}", "{which_image: true}", "[which_image]"):
+        (tmp_path / "ov.yaml").write_text(f"warm_weights: {bad}\n")
+        with pytest.raises(ValueError, match=r"ov\.yaml: warm_weights must map families"):
+            organism_ov.OvConfig.from_yaml(tmp_path / "ov.yaml")
 
 
 def test_echoed_answers_are_scored_in_the_ground_truths_form_with_the_same_blind_baseline(tmp_path):
