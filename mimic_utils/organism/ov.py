@@ -149,6 +149,9 @@ class OvConfig:
                     or any(not isinstance(w, int) or isinstance(w, bool) or w < 0 for w in shares.values())):
                 raise ValueError(f"{path}: {key} must map families of {list(STAGE_FAMILIES)} to non-negative "
                                  f"integers, got {shares!r}")
+            if key == "warm_weights" and shares and not any(shares.values()):
+                raise ValueError(f"{path}: warm_weights gives every family a share of 0 ({shares!r}): leave it "
+                                 "empty ({}) to train the warm and grow phases on weights, or give a family a share")
         if config.bucket_by not in ("length", "images"):
             raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
         if not 0.0 <= config.image_labels <= 1.0:
@@ -537,7 +540,7 @@ def curriculum_line(ov: OvConfig) -> str:
                                             f"lr {lr:g})" for name, images, steps, lr, _ in phases) + "."
     if ov.warm_weights:
         line += (" Before `ov` only " + ", ".join(f"{f} ({w})" for f, w in ov.warm_weights.items() if w > 0)
-                 + " (the other phases' shares are those of `weights`).")
+                 + " (the `ov` phase's shares are those of `weights`).")
     return line
 
 

@@ -238,7 +238,10 @@ def test_warm_weights_shape_the_warm_and_grow_phases_only(tmp_path):
     assert [ov.phase_weights(name) for name, *_ in ov.phases()] == [ov.warm_weights, ov.warm_weights, ov.weights]
     assert organism_ov.OvConfig(warm_steps=10).phase_weights("ov-warm") == organism_ov.OvConfig().weights
     assert organism_ov.curriculum_line(ov).endswith(
-        "Before `ov` only which_image (1) (the other phases' shares are those of `weights`).")
+        "Before `ov` only which_image (1) (the `ov` phase's shares are those of `weights`).")
+    (tmp_path / "ov.yaml").write_text("warm_weights: {which_image: 0}\n")
+    with pytest.raises(ValueError, match=r"ov\.yaml: warm_weights gives every family a share of 0"):
+        organism_ov.OvConfig.from_yaml(tmp_path / "ov.yaml")
     for bad in ("{dog: 1}", "{which_image: -1}", "{which_image: true}", "[which_image]"):
         (tmp_path / "ov.yaml").write_text(f"warm_weights: {bad}\n")
         with pytest.raises(ValueError, match=r"ov\.yaml: warm_weights must map families"):
