@@ -149,9 +149,9 @@ class OvConfig:
                     or any(not isinstance(w, int) or isinstance(w, bool) or w < 0 for w in shares.values())):
                 raise ValueError(f"{path}: {key} must map families of {list(STAGE_FAMILIES)} to non-negative "
                                  f"integers, got {shares!r}")
-            if key == "warm_weights" and shares and not any(shares.values()):
-                raise ValueError(f"{path}: warm_weights gives every family a share of 0 ({shares!r}): leave it "
-                                 "empty ({}) to train the warm and grow phases on weights, or give a family a share")
+        if config.warm_weights and not any(config.warm_weights.values()):
+            raise ValueError(f"{path}: warm_weights gives every family a share of 0 ({config.warm_weights!r}): leave "
+                             "it empty ({}) to train the warm and grow phases on weights, or give a family a share")
         if config.bucket_by not in ("length", "images"):
             raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
         if not 0.0 <= config.image_labels <= 1.0:

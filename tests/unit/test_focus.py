@@ -104,6 +104,6 @@ def test_only_the_trained_per_image_families_are_asked_held_out(tmp_path):
     assert {len(r["images"]) for r in records} <= {2, 3}
 
 
-def test_per_count_reads_the_ov_stages_own_exact_scorer():
+def test_per_image_scores_read_the_ov_stages_own_exact_scorer():
     assert organism_ov.per_image_scores([]) == {}
     assert organism_ov.exact_scorer("which_image", "Image 2.", "image 2") == {"score": 1.0}
