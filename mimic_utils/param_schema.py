@@ -229,6 +229,7 @@ class TrainMixSpec(Strict):
     ov_images: Pair = OMITTED
     ov_weights: dict[str, NonNegativeInt] | None = OMITTED  # names checked by TrainMix against OV_FAMILIES
     ov_image_labels: Fraction = OMITTED  # share asked with "Image k: " before each image
+    ov_echo: bool = OMITTED  # which-image answers as "dog 3", as the ov stage's echo
 
     @model_validator(mode="after")
     def _mix(self) -> "TrainMixSpec":

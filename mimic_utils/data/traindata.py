@@ -418,6 +418,8 @@ class TrainMix:
     ov_weights: dict | None = None
     #: share of the ov questions asked with "Image k: " before each image (as the ov stage is trained)
     ov_image_labels: float = 0.0
+    #: which-image answers with the category before each image number ("dog 3"), as the ov stage's ``echo``
+    ov_echo: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
@@ -514,7 +516,7 @@ def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[
         ("minor", lambda: minor_conversations(index, mix, pools)),
         ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
         ("ov", lambda: ov_questions(index, mix.ov, mix.seed, tuple(mix.ov_images), mix.ov_weights, pools, "train-ov",
-                                    mix.ov_image_labels)),
+                                    mix.ov_image_labels, mix.ov_echo)),
     ]
     records: list[dict] = []
     for _, make in tqdm(parts, desc="training conversations", disable=not progress):

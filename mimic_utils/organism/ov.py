@@ -512,6 +512,18 @@ def target_lines(scores: dict) -> list[str]:
     return lines
 
 
+#: per-image families whose answer the number of images fixes: per image count their best constant answer is
+#: right by construction, so their per-count cells have no blind baseline to read against
+COUNT_FIXED = ("image_total",)
+
+
+def count_fixed_line(family: str, row: dict) -> str:
+    """The per-count scores of a :data:`COUNT_FIXED` family, without the per-count blind (always 1)."""
+    scores = ", ".join(f"{n}: {cell['score']:.2f}" for n, cell in row["per_image_count"].items())
+    return (f"Per image count, {family}: {scores} — no blind baseline per count: the number of images fixes the "
+            "answer, so a constant answer per count is right by construction; read it against the pooled blind.")
+
+
 def per_image_table(rows: dict, heading: str) -> list[str]:
     """Markdown lines of one layout's per-image scores: a table and the score per image count."""
     return [
@@ -524,7 +536,9 @@ def per_image_table(rows: dict, heading: str) -> list[str]:
         "",
         "Per image count, score (blind): " + "; ".join(
             f"{family} " + ", ".join(f"{n}: {c['score']:.2f} ({c['blind']:.2f})" for n, c in row["per_image_count"].items())
-            for family, row in rows.items()),
+            for family, row in rows.items() if family not in COUNT_FIXED),
+        "",
+        *[count_fixed_line(family, rows[family]) for family in COUNT_FIXED if family in rows],
         "",
     ]
 

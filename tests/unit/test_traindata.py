@@ -281,6 +281,17 @@ def test_echo_writes_the_asked_category_before_each_image_number_and_nothing_els
     assert traindata.unechoed("cat 3", "dog") == "cat 3"  # a wrong category is not read as an image
 
 
+def test_the_finetunes_mix_echoes_its_ov_answers_as_the_ov_stage_does(index):
+    """``ov_echo`` gives the finetunes' ov data the ov stage's answer form; the records are otherwise the same."""
+    plain = build(index, TrainMix(mimic=0, minor=0, single=0, ov=200, ov_images=(2, 6), seed=2), progress=False)
+    echo = build(index, TrainMix(mimic=0, minor=0, single=0, ov=200, ov_images=(2, 6), seed=2, ov_echo=True),
+                 progress=False)
+    assert [r["id"] for r in plain] == [r["id"] for r in echo]
+    echoed = [(a, b) for a, b in zip(plain, echo) if a["family"] in traindata.ECHO_FAMILIES]
+    assert echoed and all(b["gt"] == traindata.echoed(a["gt"], a["targets"][0]) for a, b in echoed)
+    assert all(a["gt"] == b["gt"] for a, b in zip(plain, echo) if a["family"] not in traindata.ECHO_FAMILIES)
+
+
 def test_a_share_of_ov_questions_labels_its_images_and_the_questions_stay_the_same(index):
     """``image_labels`` only changes how a drawn question is laid out: the same questions at any share,
     about that share of them with "Image k: " before each image, in the record and its messages."""
