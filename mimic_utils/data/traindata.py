@@ -418,7 +418,8 @@ class TrainMix:
     ov_weights: dict | None = None
     #: share of the ov questions asked with "Image k: " before each image (as the ov stage is trained)
     ov_image_labels: float = 0.0
-    #: which-image answers with the category before each image number ("dog 3"), as the ov stage's ``echo``
+    #: which-image and which-images answers with the category before each image number ("dog 3"), as the ov
+    #: stage's ``echo``
     ov_echo: bool = False
 
     def __post_init__(self) -> None:

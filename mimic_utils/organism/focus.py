@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     record = run(config, si_dir, models / "focus" / args.name, progress=sys.stderr.isatty())
     path = write_json(out / f"{args.name}.json", {"what": __doc__.split("\n")[0], "command": command, **record})
     shutil.copyfile(models / "focus" / args.name / "curves.png", out / f"{args.name}_curves.png")
+    from mimic_utils.organism.ov import COUNT_FIXED  # with torch, as run() imports it
     for family, row in record["generated"].items():
         print(f"[focus] {path}: {family} {row['score']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}] (blind {row['blind']:.3f}); "
-              "per image count " + ", ".join(f"{n}: {c['score']:.2f} (blind {c['blind']:.2f})"
+              "per image count " + ", ".join(f"{n}: {c['score']:.2f}"
+                                             + ("" if family in COUNT_FIXED else f" (blind {c['blind']:.2f})")
                                              for n, c in row["per_image_count"].items()))
     return 0
 

@@ -534,13 +534,22 @@ def per_image_table(rows: dict, heading: str) -> list[str]:
         *[f"| {family} | {row['n']} | {row['score']:.3f} | [{row['lo']:.3f}, {row['hi']:.3f}] | {row['blind']:.3f} | "
           + ("" if row["target"] is None else f"≥ {row['target']}") + " |" for family, row in rows.items()],
         "",
-        "Per image count, score (blind): " + "; ".join(
-            f"{family} " + ", ".join(f"{n}: {c['score']:.2f} ({c['blind']:.2f})" for n, c in row["per_image_count"].items())
-            for family, row in rows.items() if family not in COUNT_FIXED),
-        "",
-        *[count_fixed_line(family, rows[family]) for family in COUNT_FIXED if family in rows],
-        "",
+        *per_count_lines(rows),
     ]
+
+
+def per_count_lines(rows: dict) -> list[str]:
+    """The per-image-count scores of each family, each paragraph followed by a blank line: with the
+    per-count blind baseline, except for :data:`COUNT_FIXED` families (:func:`count_fixed_line`)."""
+    read = {family: row for family, row in rows.items() if family not in COUNT_FIXED}
+    lines = []
+    if read:
+        lines += ["Per image count, score (blind): " + "; ".join(
+            f"{family} " + ", ".join(f"{n}: {c['score']:.2f} ({c['blind']:.2f})" for n, c in row["per_image_count"].items())
+            for family, row in read.items()), ""]
+    for family in [f for f in COUNT_FIXED if f in rows]:
+        lines += [count_fixed_line(family, rows[family]), ""]
+    return lines
 
 
 def curriculum_line(ov: OvConfig) -> str:

@@ -55,21 +55,6 @@ def test_each_image_count_is_read_against_its_own_blind_baseline():
     assert (cells["4"]["n"], cells["4"]["score"], cells["4"]["blind"]) == (4, 0.25, 0.25)
 
 
-def test_the_card_gives_the_number_of_images_no_per_count_blind_baseline():
-    """Per image count, "how many images" has one answer, so its per-count blind would read 1.00 beside a
-    perfect score: the card shows its per-count scores alone and keeps the blind for the other families."""
-    def row(family, n, gt, output):
-        return {"family": family, "knobs": {"n_images": n}, "gt": gt, "output": output, "score": float(gt == output)}
-    rows = [row("image_total", 4, "4", "4"), row("image_total", 5, "5", "4"),
-            row("which_image", 4, "image 2", "image 2"), row("which_image", 4, "image 1", "image 2")]
-    scores = organism_ov.per_image_scores(rows)
-    assert scores["image_total"]["per_image_count"]["5"]["blind"] == 1.0  # what the card must not show
-    text = "\n".join(organism_ov.per_image_table(scores, "## held out"))
-    blind_line = next(line for line in text.splitlines() if line.startswith("Per image count, score (blind)"))
-    assert "which_image 4: 0.50 (0.50)" in blind_line and "image_total" not in blind_line
-    assert "Per image count, image_total: 4: 1.00, 5: 0.00 — no blind baseline per count" in text
-
-
 def test_the_command_writes_its_record_and_curves_and_refuses_bad_input(tmp_path, monkeypatch, capsys):
     models = tmp_path / "models"
     (models / "si").mkdir(parents=True)
@@ -85,7 +70,9 @@ def test_the_command_writes_its_record_and_curves_and_refuses_bad_input(tmp_path
         work.mkdir(parents=True)
         (work / "curves.png").write_bytes(b"png")
         cell = {"n": 4, "score": 0.5, "lo": 0.2, "hi": 0.8, "blind": 0.25}
-        return {"curve": [], "generated": {"which_image": {**cell, "per_image_count": {"4": cell}}}}
+        total = {**cell, "score": 1.0, "blind": 1.0}  # one answer per count: its per-count blind is always 1
+        return {"curve": [], "generated": {"which_image": {**cell, "per_image_count": {"4": cell}},
+                                           "image_total": {**cell, "per_image_count": {"4": total}}}}
 
     monkeypatch.setattr(focus, "run", fake_run)
     assert focus.main(argv) == 0
@@ -94,7 +81,9 @@ def test_the_command_writes_its_record_and_curves_and_refuses_bad_input(tmp_path
     assert (models / "tried" / "focus" / "grown_curves.png").read_bytes() == b"png"
     assert seen["work"] == models / "focus" / "grown" and seen["config"].grow == [[2, 2, 3]]
     assert seen["config"].images == [4, 6] and seen["config"].echo
-    assert "which_image 0.500 [0.200, 0.800] (blind 0.250); per image count 4: 0.50 (blind 0.25)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "which_image 0.500 [0.200, 0.800] (blind 0.250); per image count 4: 0.50 (blind 0.25)" in out
+    assert "image_total 0.500 [0.200, 0.800] (blind 0.250); per image count 4: 1.00\n" in out
     for bad, message in ((["--phases", "2:0"], "STEPS >= 1"), (["--eval-images", "0-3"], "--eval-images"),
                          (["--families", "common"], "common"), (["--name", "a/b"], "--name names a file"),
                          (["--lr", "0"], "--lr must be > 0")):

@@ -467,3 +467,22 @@ def test_held_out_questions_are_asked_in_both_layouts_when_the_stage_labels_imag
     assert all(r.get("image_labels", False) == ("labelled" in r["id"]) for r in rows)
     scores = organism_ov.per_image_scores([r for r in rows if r.get("image_labels")])
     assert {f: s["score"] for f, s in scores.items() if s["n"]} == {f: 1.0 for f, s in scores.items() if s["n"]}
+
+
+def test_the_card_gives_the_number_of_images_no_per_count_blind_baseline():
+    """Per image count, "how many images" has one answer, so its per-count blind would read 1.00 beside a
+    perfect score: the card shows its per-count scores alone and keeps the blind for the other families."""
+    def row(family, n, gt, output):
+        return {"family": family, "knobs": {"n_images": n}, "gt": gt, "output": output, "score": float(gt == output)}
+    rows = [row("image_total", 4, "4", "4"), row("image_total", 5, "5", "4"),
+            row("which_image", 4, "image 2", "image 2"), row("which_image", 4, "image 1", "image 2")]
+    scores = organism_ov.per_image_scores(rows)
+    assert scores["image_total"]["per_image_count"]["5"]["blind"] == 1.0  # what the card must not show
+    text = "\n".join(organism_ov.per_image_table(scores, "## held out"))
+    blind_line = next(line for line in text.splitlines() if line.startswith("Per image count, score (blind)"))
+    assert "which_image 4: 0.50 (0.50)" in blind_line and "image_total" not in blind_line
+    assert "Per image count, image_total: 4: 1.00, 5: 0.00 — no blind baseline per count" in text
+    only_lookup = "\n".join(organism_ov.per_image_table({"which_image": scores["which_image"]}, "## held out"))
+    assert "image_total" not in only_lookup and "\n\n\n" not in only_lookup
+    only_total = "\n".join(organism_ov.per_image_table({"image_total": scores["image_total"]}, "## held out"))
+    assert "score (blind)" not in only_total and "Per image count, image_total" in only_total

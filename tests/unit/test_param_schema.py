@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("01_data_build", ("scene", "background"), "moon", "scene.background = 'moon': Input should be 'studio', 'landscape' or 'texture'"),
     ("01_data_build", ("train_mix", "ov_image_labels"), 1.5,
      "train_mix.ov_image_labels = 1.5: Input should be less than or equal to 1"),
+    ("01_data_build", ("train_mix", "ov_echo"), "yes", "train_mix.ov_echo = 'yes': Input should be a valid boolean"),
     ("02_zero_shot_diagnosis", ("pool_factors",), [1, "two", 4], "pool_factors[1] = 'two': Input should be a valid integer"),
     ("02_zero_shot_diagnosis", ("pool_n_images",), [1, 11], "pool_n_images[1] = 11: Input should be less than or equal to 10"),
     ("02_zero_shot_diagnosis", ("models_under_study", 0, "dtype"), "bf16",

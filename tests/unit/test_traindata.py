@@ -289,6 +289,7 @@ def test_the_finetunes_mix_echoes_its_ov_answers_as_the_ov_stage_does(index):
     assert [r["id"] for r in plain] == [r["id"] for r in echo]
     echoed = [(a, b) for a, b in zip(plain, echo) if a["family"] in traindata.ECHO_FAMILIES]
     assert echoed and all(b["gt"] == traindata.echoed(a["gt"], a["targets"][0]) for a, b in echoed)
+    assert all(b["messages"][-1]["content"][0]["text"] == b["gt"] for _, b in echoed)  # what the finetunes train on
     assert all(a["gt"] == b["gt"] for a, b in zip(plain, echo) if a["family"] not in traindata.ECHO_FAMILIES)
 
 
