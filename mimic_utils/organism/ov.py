@@ -519,7 +519,7 @@ COUNT_FIXED = ("image_total",)
 
 def count_fixed_line(family: str, row: dict) -> str:
     """The per-count scores of a :data:`COUNT_FIXED` family, without the per-count blind (always 1)."""
-    scores = ", ".join(f"{n}: {cell['score']:.2f}" for n, cell in row["per_image_count"].items())
+    scores = ", ".join(f"{n}: {count_cell['score']:.2f}" for n, count_cell in row["per_image_count"].items())
     return (f"Per image count, {family}: {scores} — no blind baseline per count: the number of images fixes the "
             "answer, so a constant answer per count is right by construction; read it against the pooled blind.")
 
