@@ -203,9 +203,10 @@ def card_table(folder: Path) -> pd.DataFrame | None:
     if not ((folder / "eval.json").is_file() and (folder / "training.json").is_file()):
         return None
     scores = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
-    seconds = json.loads((folder / "training.json").read_text(encoding="utf-8"))["seconds"]
+    training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    seconds = training["seconds"]
     if "ov" in scores:
-        return ov_card_table(scores, seconds)
+        return ov_card_table(scores, training)
     minutes = seconds["total"] / 60
     rows = score_rows(scores)
     rows += [{"question": f"counting, true count {count}", "n": None, "score": round(score, 3), "lo": None,
@@ -224,10 +225,44 @@ OV_TRAIN_STAGES = ("ov-warm", "ov-grow", "ov")
 OV_SINGLE_TOLERANCE = 0.05
 
 
-def ov_card_table(scores: dict, seconds: dict) -> pd.DataFrame:
+def ov_training_minutes(training: dict) -> float:
+    """The ov stage's training time from scratch, in minutes: this run's phases (``seconds``) plus the
+    time that phases resumed from an earlier run's checkpoints (``resumed``) took in that run
+    (``resumed_seconds``, when recorded). A resumed run's own clock would undercount the recipe."""
+    seconds = training.get("seconds", {})
+    return (sum(seconds.get(stage, 0.0) for stage in OV_TRAIN_STAGES)
+            + sum(training.get("resumed_seconds", {}).values())) / 60
+
+
+def ov_time_met(training: dict) -> bool | None:
+    """Whether the stage's training time from scratch meets :data:`OV_TARGET_MINUTES`; ``None`` when it
+    cannot be known (phases were resumed and their earlier time is not recorded, and the part on this
+    run's clock is within the target)."""
+    met = ov_training_minutes(training) <= OV_TARGET_MINUTES
+    lower_bound = bool(training.get("resumed")) and not training.get("resumed_seconds")
+    return None if lower_bound and met else met
+
+
+def resumed_line(training: dict) -> str | None:
+    """The card's line on phases resumed from checkpoints (``None`` when the run trained every step):
+    which, and whether their earlier time is counted or the training time is a lower bound."""
+    resumed = training.get("resumed") or {}
+    if not resumed:
+        return None
+    said = "- resumed from checkpoints: " + ", ".join(f"{name} at step {step}" for name, step in resumed.items())
+    earlier = training.get("resumed_seconds")
+    if earlier:
+        return (said + f"; the {sum(earlier.values()) / 60:.1f} min those steps took where they were trained "
+                + (f"({training['resumed_from']}) " if training.get("resumed_from") else "")
+                + "are counted in the training time")
+    return said + "; their earlier time is not recorded, so the training time is a lower bound"
+
+
+def ov_card_table(scores: dict, training: dict) -> pd.DataFrame:
     """:func:`card_table` of the ov checkpoint (``eval.json`` of :mod:`mimic_utils.organism.ov`): the per-image
     questions in 4-10-image samples against their targets, the single-image ones against si's score less
-    :data:`OV_SINGLE_TOLERANCE`, and the stage's training time; every row with its blind baseline."""
+    :data:`OV_SINGLE_TOLERANCE`, and the stage's training time from scratch (``training.json``:
+    :func:`ov_training_minutes`); every row with its blind baseline."""
     def row(question: str, cell: dict, target: float | None) -> dict:
         return {"question": question, "n": cell["n"], "score": round(cell["score"], 3), "lo": round(cell["lo"], 3),
                 "hi": round(cell["hi"], 3), "blind": cell.get("blind"), "target": target,
@@ -240,9 +275,8 @@ def ov_card_table(scores: dict, seconds: dict) -> pd.DataFrame:
                  else round(cell["si"] - OV_SINGLE_TOLERANCE, 3)) for family, cell in scores["single"].items()]
     rows += [row(f"MIMIC format kept at 1 image: {family}", cell, None)
              for family, cell in scores.get("format_1img", {}).items()]
-    minutes = sum(seconds.get(stage, 0.0) for stage in OV_TRAIN_STAGES) / 60
-    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(minutes, 1), "lo": None,
-                 "hi": None, "blind": None, "target": OV_TARGET_MINUTES, "met": minutes <= OV_TARGET_MINUTES})
+    rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(ov_training_minutes(training), 1),
+                 "lo": None, "hi": None, "blind": None, "target": OV_TARGET_MINUTES, "met": ov_time_met(training)})
     return pd.DataFrame(rows)
 
 

@@ -159,6 +159,12 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a stage's checkpoint was saved at, 0 when there is none: what :func:`train_stage` resumes
+    from. A caller timing its stages reads it first, since a resumed stage's clock misses the steps before."""
+    return int(load_checkpoint(Path(path))["step"]) if Path(path).is_file() else 0
+
+
 def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], name: str, steps: int) -> int:
     """Load a checkpoint if there is one (safely: :func:`load_checkpoint`); returns the step to continue from."""
     if not checkpoint.is_file():

@@ -238,3 +238,13 @@ def test_qlora_style_merge_into_a_reloaded_base_equals_the_in_place_merge(tmp_pa
     assert set(merged["in_place"]) == set(merged["reload"])
     for name, value in merged["in_place"].items():
         assert torch.allclose(value, merged["reload"][name], atol=1e-6), name
+
+
+def test_checkpoint_step_reads_the_step_a_stage_would_resume_from(tmp_path):
+    """0 without a checkpoint; else the step it was saved at (callers timing a stage need it first)."""
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(module.parameters())
+    path = tmp_path / "stage.pt"
+    assert finetune.checkpoint_step(path) == 0
+    finetune.save_checkpoint(path, module, optimizer, 7, [{"stage": "s", "step": 7, "loss": 0.5}])
+    assert finetune.checkpoint_step(path) == 7

@@ -414,6 +414,29 @@ def test_the_ov_card_table_reads_targets_blind_baselines_and_si(tmp_path):
     assert card.card_sentence(table.reset_index()).startswith("The organism meets 1 of its 3 targets")
 
 
+def test_a_resumed_ov_run_counts_the_resumed_phases_time_or_says_its_time_is_a_lower_bound(tmp_path):
+    """Phases resumed from an earlier run's checkpoints took their time there: the card's training time adds
+    ``resumed_seconds`` when recorded, and otherwise says the figure is a lower bound and claims no target."""
+    from mimic_utils.organism import card
+
+    run = {"seconds": {"ov-grow": 600, "ov": 300, "total": 1200}}
+    assert card.ov_training_minutes(run) == 15.0 and card.resumed_line(run) is None
+    resumed = {**run, "resumed": {"ov-warm": 600}}
+    assert card.ov_training_minutes(resumed) == 15.0
+    assert "lower bound" in card.resumed_line(resumed)
+    counted = {**resumed, "resumed_seconds": {"ov-warm": 450}, "resumed_from": "run A"}
+    assert card.ov_training_minutes(counted) == 22.5
+    assert "ov-warm at step 600" in card.resumed_line(counted) and "7.5 min" in card.resumed_line(counted)
+    cell = {"n": 200, "score": 0.7, "lo": 0.6, "hi": 0.8, "blind": 0.4}
+    (tmp_path / "eval.json").write_text(json.dumps({"ov": {"image_count": {**cell, "target": 0.7}},
+                                                    "single": {}, "format_1img": {}}))
+    for training, minutes, met in ((resumed, 15.0, None), (counted, 22.5, True),
+                                   ({**counted, "resumed_seconds": {"ov-warm": 900}}, 30.0, False)):
+        (tmp_path / "training.json").write_text(json.dumps(training))
+        row = card.card_table(tmp_path).set_index("question").loc["training minutes (2 cores)"]
+        assert row["score"] == minutes and (row["met"] is None if met is None else bool(row["met"]) == met)
+
+
 def test_notebook_01s_ov_mix_is_validated_naming_the_file_and_key(tmp_path):
     from mimic_utils import runner
 
@@ -445,9 +468,11 @@ def test_the_ov_stage_runs_its_warm_grown_and_main_phases_and_resumes(tmp_path):
     assert [(e["stage"], e["step"]) for e in summary["log"]] == [
         ("ov-warm", 1), ("ov-warm", 2), ("ov-grow-4-4", 1), ("ov", 1), ("ov", 2)]
     assert "gen_format_1img" in summary["log"][1] and {"ov-warm", "ov-grow", "ov"} <= set(summary["seconds"])
+    assert summary["resumed"] == {}  # every step trained on this run's clock
     first = (tmp_path / "ov" / "model.safetensors").read_bytes()
     again = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
     assert again["log"] == summary["log"] and (tmp_path / "ov" / "model.safetensors").read_bytes() == first
+    assert again["resumed"] == {"ov-warm": 2, "ov-grow-4-4": 1, "ov": 2}  # recorded: their time is not on its clock
 
 
 def test_held_out_questions_are_asked_in_both_layouts_when_the_stage_labels_images(tmp_path):
