@@ -1,0 +1,82 @@
+"""``python -m mimic_utils.bench lora_steps``: has notebook 05's LoRA stopped learning at its step count?
+
+Issue 25 asks that masked and unmasked LoRA train until the loss has flattened. Under a warmup + cosine
+schedule every curve looks flat at its end, because the learning rate goes to zero there, so the curve of
+one run cannot tell. This trains the unmasked variant of notebook 05 (its own parameter file: start
+model, LoRA shape, learning rate, batch, data, one seed) at the notebook's step count and at longer ones,
+and scores each on the notebook's MIMIC questions: if a longer run ends at a lower loss and a higher score
+(paired over the same questions), the notebook's runs had not converged. Models are kept under
+``outputs/<profile>/cache/bench_lora_steps/`` (ignored) and resume when rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from mimic_utils.artifacts import profile_dir, repo_root
+
+NOTEBOOK = "05_masked_qlora_finetune"
+#: the loss is read as means over windows of this many steps (notebook 05's loss figure uses the same)
+WINDOW = 20
+
+
+def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
+    """Means of consecutive ``window``-step slices of a loss log (the last one may be shorter)."""
+    return [round(sum(part) / len(part), 4) for part in (losses[i:i + window] for i in range(0, len(losses), window))]
+
+
+def bench_lora_steps(args: argparse.Namespace) -> dict:
+    """Notebook 05's unmasked LoRA at its step count and longer: final loss and MIMIC score of each."""
+    import torch
+
+    from mimic_utils import runner
+    from mimic_utils.analysis import diagnosis, stats
+    from mimic_utils.data import mimic_benchmark, traindata
+    from mimic_utils.evaluation import harness
+    from mimic_utils.training import finetune, lora_ablation
+
+    torch.set_num_threads(args.threads)
+    root = repo_root()
+    notebook = next(nb for nb in runner.discover(args.profile, root) if nb.stem == NOTEBOOK)
+    params = runner.load_parameters(notebook, args.profile)  # validated: a bad value names file and key
+    data = profile_dir(args.profile) / "01_data_build"
+    conversations = traindata.load(data / "train", root=root)
+    benchmark = mimic_benchmark.load(data / "mimic", root=root)
+    records = diagnosis.cap_per_cell([r for r in benchmark if r["experiment"] in params["experiments"]],
+                                     params["max_per_cell"])
+    base = params["base_model"]
+    notebook_steps = params["finetune_config"]["steps"]
+    work = profile_dir(args.profile) / "cache" / "bench_lora_steps"
+    runs, rows = {}, {}
+    for steps in sorted({notebook_steps, *args.steps}):
+        config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps}, lora=params["lora"])
+        folder = work / f"steps{steps}_seed{args.seed}"
+        trained_before = (folder / "finetune.json").is_file()  # a finished run resumes as done: no time here
+        begin = time.perf_counter()
+        adapter = harness.load_under_study(base, root)
+        log = lora_ablation.train_masked_lora(adapter, (), conversations, config, folder, args.seed)["log"]
+        seconds = time.perf_counter() - begin
+        del adapter
+        model = lora_ablation.load_trained(base, "LoRA (no mask)", folder, root)
+        rows[steps] = harness.run(model, records, folder / "predictions.jsonl", batch_size=params["batch_size"],
+                                  progress=False)
+        means = window_means([entry["loss"] for entry in log if "loss" in entry])
+        runs[str(steps)] = {"train_seconds": None if trained_before else round(seconds, 1),
+                            "loss_window_means": means, "final_loss": means[-1],
+                            "mimic": {k: v for k, v in stats.estimate(rows[steps]).items() if k != "method"}}
+        print(f"[lora_steps] {steps} steps: final {WINDOW}-step loss {means[-1]:.3f}, MIMIC "
+              f"{runs[str(steps)]['mimic']['score']:.3f}", flush=True)
+    longest = max(rows)
+    gain = stats.difference(rows[notebook_steps], rows[longest], paired=True)
+    return {"profile": args.profile, "seed": args.seed, "notebook_steps": notebook_steps, "window": WINDOW,
+            "questions": len(records), "blind": round(stats.blind_mean(rows[notebook_steps]), 4), "runs": runs,
+            f"gain_{longest}_over_{notebook_steps}": {k: gain[k] for k in ("diff", "lo", "hi") if k in gain}}
+
+
+def lora_steps_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="cpu", help="whose notebook-05 parameters and notebook-01 data")
+    parser.add_argument("--steps", type=int, nargs="+", default=[180],
+                        help="step counts besides the notebook's own (its finetune_config.steps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)

@@ -1,0 +1,41 @@
+"""The lora_steps benchmark (mimic_utils.bench.convergence): its loss windows and its registration."""
+
+import pytest
+
+from mimic_utils.bench import convergence, perf
+
+
+def test_window_means_average_consecutive_slices_the_last_one_shorter():
+    assert convergence.window_means([1.0, 3.0, 2.0, 4.0, 6.0], window=2) == [2.0, 3.0, 6.0]
+    assert convergence.window_means([], window=20) == []
+
+
+def test_lora_steps_is_a_registered_benchmark_with_the_notebooks_profile_and_extra_steps():
+    bench = perf.benchmarks["lora_steps"]
+    assert bench.run is convergence.bench_lora_steps
+    import argparse
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--steps", "120", "240"])
+    assert (args.profile, args.steps, args.seed) == ("cpu", [120, 240], 0)
+
+
+def test_a_bad_notebook_05_parameter_is_refused_naming_the_file_before_anything_trains(tmp_path, monkeypatch):
+    """The benchmark reads notebook 05's validated parameters: a bad value stops it at once, naming the file
+    and key, before a model is loaded."""
+    import argparse
+    import yaml
+    from mimic_utils import runner
+    from mimic_utils.evaluation import harness
+
+    real = runner.discover("cpu")
+    params = tmp_path / "05_masked_qlora_finetune.yaml"
+    values = yaml.safe_load(next(nb for nb in real if nb.stem == convergence.NOTEBOOK).params_file.read_text())
+    values["finetune_config"]["steps"] = "sixty"
+    params.write_text(yaml.safe_dump(values))
+    monkeypatch.setattr(runner, "discover", lambda *_: [runner.Notebook(nb.stem, nb.path, params) if nb.stem ==
+                                                        convergence.NOTEBOOK else nb for nb in real])
+    monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
+    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1)
+    with pytest.raises(runner.ParameterError, match=r"05_masked_qlora_finetune\.yaml.*steps"):
+        convergence.bench_lora_steps(args)
