@@ -5,7 +5,8 @@ schedule every curve looks flat at its end, because the learning rate goes to ze
 one run cannot tell. This trains the unmasked variant of notebook 05 (its own parameter file: start
 model, LoRA shape, learning rate, batch, data, one seed) at the notebook's step count and at longer ones,
 and scores each on the notebook's MIMIC questions: if a longer run ends at a lower loss and a higher score
-(paired over the same questions), the notebook's runs had not converged. Models are kept under
+(paired over the same questions), the notebook's runs had not converged. One seed and the unmasked variant
+only: the interval resamples questions, not seeds. Models are kept under
 ``outputs/<profile>/cache/bench_lora_steps/`` (ignored) and resume when rerun.
 """
 
@@ -27,7 +28,10 @@ def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
 
 
 def bench_lora_steps(args: argparse.Namespace) -> dict:
-    """Notebook 05's unmasked LoRA at its step count and longer: final loss and MIMIC score of each."""
+    """Notebook 05's unmasked LoRA at its step count and longer: final loss and MIMIC score of each.
+
+    ``train_seconds`` runs from loading the start model to the saved merged model (``None`` when the run
+    resumed from a checkpoint, whose earlier steps are not on this clock)."""
     import torch
 
     from mimic_utils import runner
@@ -45,20 +49,22 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     benchmark = mimic_benchmark.load(data / "mimic", root=root)
     records = diagnosis.cap_per_cell([r for r in benchmark if r["experiment"] in params["experiments"]],
                                      params["max_per_cell"])
-    base = params["base_model"]
+    # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
+    base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
     notebook_steps = params["finetune_config"]["steps"]
     work = profile_dir(args.profile) / "cache" / "bench_lora_steps"
     runs, rows = {}, {}
     for steps in sorted({notebook_steps, *args.steps}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps}, lora=params["lora"])
         folder = work / f"steps{steps}_seed{args.seed}"
-        trained_before = (folder / "finetune.json").is_file()  # a finished run resumes as done: no time here
+        # a run with any checkpoint resumes (as done, or part-way): its time is not all on this clock
+        trained_before = any((folder / "checkpoints").glob("*/*.pt")) if folder.is_dir() else False
         begin = time.perf_counter()
         adapter = harness.load_under_study(base, root)
         log = lora_ablation.train_masked_lora(adapter, (), conversations, config, folder, args.seed)["log"]
         seconds = time.perf_counter() - begin
         del adapter
-        model = lora_ablation.load_trained(base, "LoRA (no mask)", folder, root)
+        model = lora_ablation.load_trained(params["base_model"], "LoRA (no mask)", folder, root)
         rows[steps] = harness.run(model, records, folder / "predictions.jsonl", batch_size=params["batch_size"],
                                   progress=False)
         means = window_means([entry["loss"] for entry in log if "loss" in entry])

@@ -239,8 +239,17 @@ def ov_time_met(training: dict) -> bool | None:
     cannot be known (phases were resumed and their earlier time is not recorded, and the part on this
     run's clock is within the target)."""
     met = ov_training_minutes(training) <= OV_TARGET_MINUTES
-    lower_bound = bool(training.get("resumed")) and not training.get("resumed_seconds")
-    return None if lower_bound and met else met
+    return None if lower_bound(training) and met else met
+
+
+def lower_bound(training: dict) -> bool:
+    """Whether some resumed phase's earlier time is missing from ``resumed_seconds``."""
+    return not set(training.get("resumed") or {}) <= set(training.get("resumed_seconds") or {})
+
+
+def _phase_order(name: str) -> tuple:
+    """Training order of the ov phases: ``ov-warm``, the ``ov-grow-<low>-<high>`` ones, then ``ov``."""
+    return (name != "ov-warm", name == "ov", [int(part) for part in name.split("-")[2:] if part.isdigit()])
 
 
 def resumed_line(training: dict) -> str | None:
@@ -249,9 +258,10 @@ def resumed_line(training: dict) -> str | None:
     resumed = training.get("resumed") or {}
     if not resumed:
         return None
-    said = "- resumed from checkpoints: " + ", ".join(f"{name} at step {step}" for name, step in resumed.items())
+    said = "- resumed from checkpoints: " + ", ".join(f"{name} at step {resumed[name]}"
+                                                       for name in sorted(resumed, key=_phase_order))
     earlier = training.get("resumed_seconds")
-    if earlier:
+    if not lower_bound(training):
         return (said + f"; the {sum(earlier.values()) / 60:.1f} min those steps took where they were trained "
                 + (f"({training['resumed_from']}) " if training.get("resumed_from") else "")
                 + "are counted in the training time")
@@ -290,8 +300,11 @@ def card_sentence(table: pd.DataFrame) -> str:
         interval = "" if row["lo"] is None or row["lo"] != row["lo"] else f" [{row['lo']:.2f}, {row['hi']:.2f}]"
         return f"{LABELS.get(row['question'], row['question'])} {row['score']:.2f}{interval} (target {row['target']})"
 
+    unknown = targeted[targeted["met"].isna()]["question"].tolist()
     said = f"The organism meets {len(met)} of its {len(targeted)} targets"
-    if missed.empty:
-        return said + "."
-    return said + "; it misses " + "; ".join(figure(row) for _, row in missed.iterrows()) + "."
+    if not missed.empty:
+        said += "; it misses " + "; ".join(figure(row) for _, row in missed.iterrows())
+    if unknown:
+        said += "; not known: " + ", ".join(unknown) + " (phases resumed without their earlier time)"
+    return said + "."
 

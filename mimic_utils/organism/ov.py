@@ -595,7 +595,8 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         f"- parameters: {summary.get('parameters', 'n/a'):,}",
         f"- weights: `model.safetensors`, {weights.stat().st_size / 2**20:.1f} MiB, sha256 `{weights_sha256(out_dir)}`",
         "- time (this machine, 2 cores): " + ", ".join(f"{k} {seconds[k] / 60:.1f} min" for k in TIME_ORDER if k in seconds)
-        + f" — training {minutes:.1f} min, ≤ {TARGET_MINUTES} "
+        + f" — training {minutes:.1f} min" + (" from scratch, with the resumed phases" if summary.get("resumed") else "")
+        + f", ≤ {TARGET_MINUTES} "
         + {True: "met", False: "**not met**", None: "not known (a lower bound)"}[ov_time_met(summary)],
         *filter(None, [resumed_line(summary)]),
         f"- training conversations per family: {json.dumps(summary.get('conversations', {}))}",

@@ -435,6 +435,19 @@ def test_a_resumed_ov_run_counts_the_resumed_phases_time_or_says_its_time_is_a_l
         (tmp_path / "training.json").write_text(json.dumps(training))
         row = card.card_table(tmp_path).set_index("question").loc["training minutes (2 cores)"]
         assert row["score"] == minutes and (row["met"] is None if met is None else bool(row["met"]) == met)
+    # over the target already on this run's clock: not met, known without the earlier time
+    over = {"seconds": {"ov": 1800}, "resumed": {"ov-warm": 600}}
+    assert card.ov_time_met(over) is False
+    # a partial record of the earlier time is still a lower bound
+    partial = {**run, "resumed": {"ov-warm": 600, "ov-grow-2-3": 400}, "resumed_seconds": {"ov-warm": 450}}
+    assert card.ov_time_met(partial) is None and "lower bound" in card.resumed_line(partial)
+    # phases listed in training order, whatever order the JSON file holds them in
+    order = {"resumed": {"ov-grow-2-10": 10, "ov-warm": 600, "ov-grow-2-3": 400}}
+    assert card.resumed_line(order).index("ov-warm") < card.resumed_line(order).index("ov-grow-2-3") < \
+        card.resumed_line(order).index("ov-grow-2-10")
+    (tmp_path / "training.json").write_text(json.dumps(resumed))
+    sentence = card.card_sentence(card.card_table(tmp_path))
+    assert "not known: training minutes" in sentence and "meets 1 of its 2 targets" in sentence
 
 
 def test_notebook_01s_ov_mix_is_validated_naming_the_file_and_key(tmp_path):
