@@ -5,8 +5,10 @@ schedule every curve looks flat at its end, because the learning rate goes to ze
 one run cannot tell. This trains the unmasked variant of notebook 05 (its own parameter file: start
 model, LoRA shape, learning rate, batch, data, one seed) at the notebook's step count and at longer ones,
 and scores each on the notebook's MIMIC questions: if a longer run ends at a lower loss and a higher score
-(paired over the same questions), the notebook's runs had not converged. One seed and the unmasked variant
-only: the interval resamples questions, not seeds. Models are kept under
+(paired over the same questions), the notebook's runs had not converged. ``--variant late`` (any key of the
+notebook's ``ablation`` but ``auto``) trains a masked variant instead, written to
+``outputs/bench/lora_steps_<variant>.json`` with its paired difference from the cached unmasked run of the
+same steps: claim 8's comparison at each step count. One seed: intervals resample questions, not seeds. Models are kept under
 ``outputs/<profile>/cache/bench_lora_steps/`` (ignored) and resume when rerun.
 """
 
@@ -20,6 +22,19 @@ from mimic_utils.artifacts import profile_dir, repo_root
 NOTEBOOK = "05_masked_qlora_finetune"
 #: the loss is read as means over windows of this many steps (notebook 05's loss figure uses the same)
 WINDOW = 20
+
+
+#: notebook 05's unmasked variant (a key of its ``ablation``), the one claim 8 compares the masked ones with
+UNMASKED = "no mask"
+
+
+def slug(variant: str) -> str:
+    return variant.replace(" ", "_")
+
+
+def run_folder(variant: str, steps: int, seed: int) -> str:
+    """The cache folder of one run (the unmasked runs keep the unprefixed names they were first written under)."""
+    return f"steps{steps}_seed{seed}" if variant == UNMASKED else f"{slug(variant)}_steps{steps}_seed{seed}"
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
@@ -38,12 +53,19 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     from mimic_utils.analysis import diagnosis, stats
     from mimic_utils.data import mimic_benchmark, traindata
     from mimic_utils.evaluation import harness
+    from mimic_utils.evaluation.harness import read_predictions
+    from mimic_utils.models import masking
     from mimic_utils.training import finetune, lora_ablation
 
     torch.set_num_threads(args.threads)
     root = repo_root()
     notebook = next(nb for nb in runner.discover(args.profile, root) if nb.stem == NOTEBOOK)
     params = runner.load_parameters(notebook, args.profile)  # validated: a bad value names file and key
+    spec = params["ablation"].get(args.variant)
+    if spec is None or spec == "auto":
+        raise ValueError(f"{notebook.params_file}: ablation has no variant {args.variant!r} this benchmark can "
+                         f"train (it reads {sorted(k for k, v in params['ablation'].items() if v != 'auto')}; "
+                         "'auto' needs notebook 03's layer)")
     data = profile_dir(args.profile) / "01_data_build"
     conversations = traindata.load(data / "train", root=root)
     benchmark = mimic_benchmark.load(data / "mimic", root=root)
@@ -53,29 +75,37 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
     notebook_steps = params["finetune_config"]["steps"]
     work = profile_dir(args.profile) / "cache" / "bench_lora_steps"
-    runs, rows = {}, {}
+    runs, rows, versus_unmasked = {}, {}, {}
     for steps in sorted({notebook_steps, *args.steps}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps}, lora=params["lora"])
-        folder = work / f"steps{steps}_seed{args.seed}"
+        folder = work / run_folder(args.variant, steps, args.seed)
         # a run with any checkpoint resumes (as done, or part-way): its time is not all on this clock
         trained_before = any((folder / "checkpoints").glob("*/*.pt")) if folder.is_dir() else False
         begin = time.perf_counter()
         adapter = harness.load_under_study(base, root)
-        log = lora_ablation.train_masked_lora(adapter, (), conversations, config, folder, args.seed)["log"]
+        layers = masking.resolve_layers(spec, masking.num_text_layers(adapter.model))
+        log = lora_ablation.train_masked_lora(adapter, layers, conversations, config, folder, args.seed)["log"]
         seconds = time.perf_counter() - begin
         del adapter
-        model = lora_ablation.load_trained(params["base_model"], "LoRA (no mask)", folder, root)
+        model = lora_ablation.load_trained(params["base_model"], args.variant, folder, root)
         rows[steps] = harness.run(model, records, folder / "predictions.jsonl", batch_size=params["batch_size"],
                                   progress=False)
         means = window_means([entry["loss"] for entry in log if "loss" in entry])
         runs[str(steps)] = {"train_seconds": None if trained_before else round(seconds, 1),
                             "loss_window_means": means, "final_loss": means[-1],
                             "mimic": {k: v for k, v in stats.estimate(rows[steps]).items() if k != "method"}}
-        print(f"[lora_steps] {steps} steps: final {WINDOW}-step loss {means[-1]:.3f}, MIMIC "
+        unmasked = work / run_folder(UNMASKED, steps, args.seed) / "predictions.jsonl"
+        if args.variant != UNMASKED and unmasked.is_file():  # claim 8's difference at this step count, one seed
+            found = stats.difference(read_predictions(unmasked), rows[steps], paired=True)
+            versus_unmasked[str(steps)] = {k: found[k] for k in ("diff", "lo", "hi")}
+        print(f"[lora_steps] {args.variant}, {steps} steps: final {WINDOW}-step loss {means[-1]:.3f}, MIMIC "
               f"{runs[str(steps)]['mimic']['score']:.3f}", flush=True)
     longest = max(rows)
     gain = stats.difference(rows[notebook_steps], rows[longest], paired=True)
-    return {"profile": args.profile, "seed": args.seed, "notebook_steps": notebook_steps, "window": WINDOW,
+    args.result_name = "lora_steps" if args.variant == UNMASKED else f"lora_steps_{slug(args.variant)}"
+    return {"profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
+            "notebook_steps": notebook_steps, "window": WINDOW,
+            **({"minus_unmasked_same_steps": versus_unmasked} if versus_unmasked else {}),
             "questions": len(records), "blind": round(stats.blind_mean(rows[notebook_steps]), 4), "runs": runs,
             f"gain_{longest}_over_{notebook_steps}": {k: gain[k] for k in ("diff", "lo", "hi") if k in gain}}
 
@@ -85,4 +115,7 @@ def lora_steps_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[180],
                         help="step counts besides the notebook's own (its finetune_config.steps)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default=UNMASKED,
+                        help="a key of notebook 05's ablation ('no mask', 'late', 'early'); a masked one is also "
+                             "compared with the unmasked run of the same steps and seed, when it is cached")
     parser.add_argument("--threads", type=int, default=2)

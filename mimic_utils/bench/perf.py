@@ -1272,7 +1272,7 @@ def main(argv: list[str] | None = None) -> Path:
     ratio = figures.pop("ratio", None)
     print(json.dumps({**figures, "ratio": ratio}, indent=2))
     return write_result(
-        args.name, shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
+        getattr(args, "result_name", args.name), shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
     )
 
 

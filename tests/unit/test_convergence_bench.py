@@ -17,7 +17,20 @@ def test_lora_steps_is_a_registered_benchmark_with_the_notebooks_profile_and_ext
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--steps", "120", "240"])
-    assert (args.profile, args.steps, args.seed) == ("cpu", [120, 240], 0)
+    assert (args.profile, args.steps, args.seed, args.variant) == ("cpu", [120, 240], 0, "no mask")
+    assert convergence.run_folder("no mask", 60, 0) == "steps60_seed0"  # where the first results were cached
+    assert convergence.run_folder("late", 60, 0) == "late_steps60_seed0"
+
+
+def test_a_variant_notebook_05_does_not_define_is_refused_naming_the_file_before_a_model_loads(monkeypatch):
+    import argparse
+    from mimic_utils.evaluation import harness
+
+    monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
+    for variant in ("middle", "auto"):
+        args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant=variant)
+        with pytest.raises(ValueError, match=rf"05_masked_qlora_finetune\.yaml: ablation has no variant '{variant}'"):
+            convergence.bench_lora_steps(args)
 
 
 def test_a_bad_notebook_05_parameter_is_refused_naming_the_file_before_anything_trains(tmp_path, monkeypatch):
@@ -36,6 +49,6 @@ def test_a_bad_notebook_05_parameter_is_refused_naming_the_file_before_anything_
     monkeypatch.setattr(runner, "discover", lambda *_: [runner.Notebook(nb.stem, nb.path, params) if nb.stem ==
                                                         convergence.NOTEBOOK else nb for nb in real])
     monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
-    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1)
+    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant="no mask")
     with pytest.raises(runner.ParameterError, match=r"05_masked_qlora_finetune\.yaml.*steps"):
         convergence.bench_lora_steps(args)
