@@ -28,13 +28,11 @@ WINDOW = 20
 UNMASKED = "no mask"
 
 
-def slug(variant: str) -> str:
-    return variant.replace(" ", "_")
-
-
 def run_folder(variant: str, steps: int, seed: int) -> str:
     """The cache folder of one run (the unmasked runs keep the unprefixed names they were first written under)."""
-    return f"steps{steps}_seed{seed}" if variant == UNMASKED else f"{slug(variant)}_steps{steps}_seed{seed}"
+    from mimic_utils.training.lora_ablation import path_safe  # with torch, as the benchmark's run imports it
+
+    return f"steps{steps}_seed{seed}" if variant == UNMASKED else f"{path_safe(variant)}_steps{steps}_seed{seed}"
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
@@ -56,6 +54,7 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     from mimic_utils.evaluation.harness import read_predictions
     from mimic_utils.models import masking
     from mimic_utils.training import finetune, lora_ablation
+    from mimic_utils.training.lora_ablation import path_safe
 
     torch.set_num_threads(args.threads)
     root = repo_root()
@@ -102,8 +101,8 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
               f"{runs[str(steps)]['mimic']['score']:.3f}", flush=True)
     longest = max(rows)
     gain = stats.difference(rows[notebook_steps], rows[longest], paired=True)
-    args.result_name = "lora_steps" if args.variant == UNMASKED else f"lora_steps_{slug(args.variant)}"
-    return {"profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
+    return {"result_name": "lora_steps" if args.variant == UNMASKED else f"lora_steps_{path_safe(args.variant)}",
+            "profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
             "notebook_steps": notebook_steps, "window": WINDOW,
             **({"minus_unmasked_same_steps": versus_unmasked} if versus_unmasked else {}),
             "questions": len(records), "blind": round(stats.blind_mean(rows[notebook_steps]), 4), "runs": runs,

@@ -3,7 +3,8 @@
 Benchmarks are not timed tests (a shared two-core machine makes timings too noisy for pass/fail); they
 are commands whose latest result is kept as a plain file, with the machine it ran on, so that a
 regression is visible in review. To add one, write ``def bench_x(args) -> dict`` returning its figures
-(optionally with a ``"ratio"`` entry: measured / target, below 1 is within target) and register it in
+(optionally with a ``"ratio"`` entry: measured / target, below 1 is within target, and a ``"result_name"``
+entry when one benchmark writes several result files) and register it in
 :data:`benchmarks` together with a function that adds its command-line arguments.
 """
 
@@ -1270,9 +1271,10 @@ def main(argv: list[str] | None = None) -> Path:
     args.argv = list(argv)  # a part run in its own process repeats this command (--isolate)
     figures = benchmarks[args.name].run(args)
     ratio = figures.pop("ratio", None)
+    name = figures.pop("result_name", args.name)
     print(json.dumps({**figures, "ratio": ratio}, indent=2))
     return write_result(
-        getattr(args, "result_name", args.name), shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
+        name, shlex.join(["python", "-m", "mimic_utils.bench", *argv]), figures, ratio, args.out_dir
     )
 
 

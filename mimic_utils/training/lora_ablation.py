@@ -31,10 +31,15 @@ def variant_label(name: str, layers: Layers) -> str:
     return f"masked LoRA ({name})" if layers else "LoRA (no mask)"
 
 
+def path_safe(label: str) -> str:
+    """A variant's label as a file or folder name: spaces to ``_``, parentheses dropped, ``+`` as ``plus``."""
+    return label.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+
+
 def model_folder(label: str, seed: int, first_seed: int) -> str:
     """A trained model's folder name under ``models/``: the label made path-safe, ``_seed<k>`` added after
     the first seed (the first keeps the plain name, the path later notebooks read)."""
-    slug = label.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+    slug = path_safe(label)
     return slug if seed == first_seed else f"{slug}_seed{seed}"
 
 

@@ -52,3 +52,19 @@ def test_a_bad_notebook_05_parameter_is_refused_naming_the_file_before_anything_
     args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant="no mask")
     with pytest.raises(runner.ParameterError, match=r"05_masked_qlora_finetune\.yaml.*steps"):
         convergence.bench_lora_steps(args)
+
+
+def test_a_benchmark_names_its_result_file_through_result_name_in_its_figures(tmp_path, monkeypatch):
+    """A benchmark writing several result files (lora_steps per variant) names each with ``result_name``,
+    which goes into the file name, not into the figures."""
+    import json
+
+    def fake(args) -> dict:
+        """A benchmark of one figure."""
+        return {"result_name": "lora_steps_late", "score": 0.5}
+
+    monkeypatch.setitem(perf.benchmarks, "fake", perf.Benchmark(fake))
+    path = perf.main(["--out-dir", str(tmp_path), "fake"])
+    assert path == tmp_path / "lora_steps_late.json"
+    written = json.loads(path.read_text())
+    assert written["figures"] == {"score": 0.5} and written["name"] == "lora_steps_late"
