@@ -28,11 +28,22 @@ WINDOW = 20
 UNMASKED = "no mask"
 
 
-def run_folder(variant: str, steps: int, seed: int) -> str:
-    """The cache folder of one run (the unmasked runs keep the unprefixed names they were first written under)."""
+def run_folder(variant: str, steps: int, seed: int, lr: float | None = None) -> str:
+    """The cache folder of one run (the unmasked runs at the notebook's learning rate keep the unprefixed
+    names they were first written under; another learning rate is a different run, so its own folder)."""
     from mimic_utils.training.lora_ablation import path_safe  # with torch, as the benchmark's run imports it
 
-    return f"steps{steps}_seed{seed}" if variant == UNMASKED else f"{path_safe(variant)}_steps{steps}_seed{seed}"
+    name = f"steps{steps}_seed{seed}" if variant == UNMASKED else f"{path_safe(variant)}_steps{steps}_seed{seed}"
+    return name if lr is None else f"{name}_lr{lr:g}"
+
+
+def result_name(variant: str, lr: float | None = None) -> str:
+    """The result file's name: one per variant and learning rate, so a rerun with other options adds a file."""
+    from mimic_utils.training.lora_ablation import path_safe
+
+
+    name = "lora_steps" if variant == UNMASKED else f"lora_steps_{path_safe(variant)}"
+    return name if lr is None else f"{name}_lr{lr:g}"
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
@@ -54,7 +65,6 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     from mimic_utils.evaluation.harness import read_predictions
     from mimic_utils.models import masking
     from mimic_utils.training import finetune, lora_ablation
-    from mimic_utils.training.lora_ablation import path_safe
 
     torch.set_num_threads(args.threads)
     root = repo_root()
@@ -73,11 +83,16 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
     notebook_steps = params["finetune_config"]["steps"]
+    # another learning rate than the notebook's is the question "would fewer, larger steps get there"
+    lr = None if args.lr is None or args.lr == params["finetune_config"]["lr"] else args.lr
+    if lr is not None and lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
     work = profile_dir(args.profile) / "cache" / "bench_lora_steps"
     runs, rows, versus_unmasked = {}, {}, {}
     for steps in sorted({notebook_steps, *args.steps}):
-        config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps}, lora=params["lora"])
-        folder = work / run_folder(args.variant, steps, args.seed)
+        config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps,
+                                            **({"lr": lr} if lr is not None else {})}, lora=params["lora"])
+        folder = work / run_folder(args.variant, steps, args.seed, lr)
         # a run with any checkpoint resumes (as done, or part-way): its time is not all on this clock
         trained_before = any((folder / "checkpoints").glob("*/*.pt")) if folder.is_dir() else False
         begin = time.perf_counter()
@@ -93,7 +108,7 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
         runs[str(steps)] = {"train_seconds": None if trained_before else round(seconds, 1),
                             "loss_window_means": means, "final_loss": means[-1],
                             "mimic": {k: v for k, v in stats.estimate(rows[steps]).items() if k != "method"}}
-        unmasked = work / run_folder(UNMASKED, steps, args.seed) / "predictions.jsonl"
+        unmasked = work / run_folder(UNMASKED, steps, args.seed, lr) / "predictions.jsonl"
         if args.variant != UNMASKED and unmasked.is_file():  # claim 8's difference at this step count, one seed
             found = stats.difference(read_predictions(unmasked), rows[steps], paired=True)
             versus_unmasked[str(steps)] = {k: found[k] for k in ("diff", "lo", "hi")}
@@ -101,8 +116,9 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
               f"{runs[str(steps)]['mimic']['score']:.3f}", flush=True)
     longest = max(rows)
     gain = stats.difference(rows[notebook_steps], rows[longest], paired=True)
-    return {"result_name": "lora_steps" if args.variant == UNMASKED else f"lora_steps_{path_safe(args.variant)}",
+    return {"result_name": result_name(args.variant, lr),
             "profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
+            "lr": params["finetune_config"]["lr"] if lr is None else lr,
             "notebook_steps": notebook_steps, "window": WINDOW,
             **({"minus_unmasked_same_steps": versus_unmasked} if versus_unmasked else {}),
             "questions": len(records), "blind": round(stats.blind_mean(rows[notebook_steps]), 4), "runs": runs,
@@ -117,4 +133,7 @@ def lora_steps_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=UNMASKED,
                         help="a key of notebook 05's ablation ('no mask', 'late', 'early'); a masked one is also "
                              "compared with the unmasked run of the same steps and seed, when it is cached")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="a learning rate instead of the notebook's (its own runs, folders and result file): "
+                             "whether fewer steps at a larger rate reach the longer runs' loss and score")
     parser.add_argument("--threads", type=int, default=2)

@@ -17,9 +17,23 @@ def test_lora_steps_is_a_registered_benchmark_with_the_notebooks_profile_and_ext
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--steps", "120", "240"])
-    assert (args.profile, args.steps, args.seed, args.variant) == ("cpu", [120, 240], 0, "no mask")
+    assert (args.profile, args.steps, args.seed, args.variant, args.lr) == ("cpu", [120, 240], 0, "no mask", None)
     assert convergence.run_folder("no mask", 60, 0) == "steps60_seed0"  # where the first results were cached
     assert convergence.run_folder("late", 60, 0) == "late_steps60_seed0"
+    # another learning rate is another run: its own folder and result file, the notebook's keep their names
+    assert convergence.run_folder("no mask", 180, 0, 0.003) == "steps180_seed0_lr0.003"
+    assert convergence.result_name("no mask") == "lora_steps"
+    assert convergence.result_name("late", 0.003) == "lora_steps_late_lr0.003"
+
+
+def test_a_learning_rate_that_is_not_positive_is_refused_before_a_model_loads(monkeypatch):
+    import argparse
+    from mimic_utils.evaluation import harness
+
+    monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
+    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant="no mask", lr=-0.01)
+    with pytest.raises(ValueError, match=r"--lr must be positive, got -0.01"):
+        convergence.bench_lora_steps(args)
 
 
 def test_a_variant_notebook_05_does_not_define_is_refused_naming_the_file_before_a_model_loads(monkeypatch):
@@ -28,7 +42,7 @@ def test_a_variant_notebook_05_does_not_define_is_refused_naming_the_file_before
 
     monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
     for variant in ("middle", "auto"):
-        args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant=variant)
+        args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant=variant, lr=None)
         with pytest.raises(ValueError, match=rf"05_masked_qlora_finetune\.yaml: ablation has no variant '{variant}'"):
             convergence.bench_lora_steps(args)
 
@@ -49,7 +63,7 @@ def test_a_bad_notebook_05_parameter_is_refused_naming_the_file_before_anything_
     monkeypatch.setattr(runner, "discover", lambda *_: [runner.Notebook(nb.stem, nb.path, params) if nb.stem ==
                                                         convergence.NOTEBOOK else nb for nb in real])
     monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
-    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant="no mask")
+    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant="no mask", lr=None)
     with pytest.raises(runner.ParameterError, match=r"05_masked_qlora_finetune\.yaml.*steps"):
         convergence.bench_lora_steps(args)
 
