@@ -266,8 +266,10 @@ def seed_difference(runs_a: Sequence[Rows], runs_b: Sequence[Rows], key: str | N
     seeds = len(runs_a)
     groups = list(_strata([{**row, "_i": i} for i, row in enumerate(aligned[0])], key).values())
     positions = [np.array([row["_i"] for row in g]) for g in groups]
-    # (seeds on both sides, group) → (n, columns) arrays, rows in one order for every run
-    data = [[_arrays(run)[index] for index in positions] for run in aligned]
+    # (seeds on both sides, group) → (n, columns) arrays, rows in one order for every run; each group's
+    # arrays are formed from that group alone, so a Listing group keeps its micro counts (an array of the
+    # whole run would hold per-question scores whenever the run mixes tasks)
+    data = [[_arrays([run[i] for i in index]) for index in positions] for run in aligned]
     rng = np.random.default_rng(seed)
     index = _draw(data[0], rng, n_boot)
     weights = np.stack([np.bincount(draw, minlength=seeds) for draw in rng.integers(0, seeds, size=(n_boot, seeds))])

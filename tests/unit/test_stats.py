@@ -180,6 +180,24 @@ def seed_runs(per_seed_right: list[int], n: int = 100, prefix: str = "q") -> lis
     return runs
 
 
+def test_seed_bootstrap_scores_listing_by_micro_f1_when_a_run_mixes_tasks():
+    """Claim 8's runs hold every task: Listing inside them is micro F1, as in ``estimate``, not the mean of
+    per-question F1 (which a score array of the whole run would give)."""
+    def run(prefix: str, hits: int) -> list[dict]:
+        rows = [{"id": f"c{i}", "task": "counting", "score": float(i < hits), "gt": "1", "scored_as": "counting"}
+                for i in range(10)]
+        # one question with 9 ground-truth items all found, nine with one item missed: micro F1 0.9, mean F1 0.1
+        rows += [{"id": f"l{i}", "task": "listing", "scored_as": "listing", "gt": "x",
+                  "true_positive": 9.0 if i == 0 else 0.0, "n_pred": 9.0 if i == 0 else 0.0,
+                  "n_gt": 9.0 if i == 0 else 1.0, "score": 1.0 if i == 0 else 0.0} for i in range(10)]
+        return rows
+
+    a, b = run("a", 4), run("b", 6)
+    found = stats.seed_difference([a], [b])
+    assert found["a"] == pytest.approx(stats.estimate(a)["score"])  # (0.4 + micro F1 of listing) / 2
+    assert found["diff"] == pytest.approx(stats.difference(a, b, paired=True)["diff"])
+
+
 def test_seed_bootstrap_resamples_seeds_and_questions():
     base = seed_runs([40, 40, 40])
     agree = stats.seed_difference(base, seed_runs([50, 50, 50]))
