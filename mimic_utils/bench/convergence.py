@@ -9,7 +9,8 @@ and scores each on the notebook's MIMIC questions: if a longer run ends at a low
 notebook's ``ablation`` but ``auto``) trains a masked variant instead, written to
 ``outputs/bench/lora_steps_<variant>.json`` with its paired difference from the cached unmasked run of the
 same steps: claim 8's comparison at each step count. One seed: intervals resample questions, not seeds. Models are kept under
-``outputs/<profile>/cache/bench_lora_steps/`` (ignored) and resume when rerun.
+``outputs/<profile>/cache/bench_lora_steps/<settings digest>/`` (ignored; the digest of the notebook's
+settings but its step count, so a changed parameter file trains anew) and resume when rerun.
 """
 
 from __future__ import annotations
@@ -41,9 +42,20 @@ def result_name(variant: str, lr: float | None = None) -> str:
     """The result file's name: one per variant and learning rate, so a rerun with other options adds a file."""
     from mimic_utils.training.lora_ablation import path_safe
 
-
     name = "lora_steps" if variant == UNMASKED else f"lora_steps_{path_safe(variant)}"
     return name if lr is None else f"{name}_lr{lr:g}"
+
+
+def settings_digest(params: dict) -> str:
+    """A short digest of notebook 05's training settings other than the step count (LoRA shape and dropout,
+    learning rate, batch, data mix): the benchmark's cached runs live under it, so a run cached under an
+    earlier parameter file is never read as one of the current file's."""
+    import hashlib
+    import json
+
+    settings = {"finetune": {k: v for k, v in params["finetune_config"].items() if k != "steps"},
+                "lora": params["lora"], "base": params["base_model"]}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
@@ -75,6 +87,15 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
         raise ValueError(f"{notebook.params_file}: ablation has no variant {args.variant!r} this benchmark can "
                          f"train (it reads {sorted(k for k, v in params['ablation'].items() if v != 'auto')}; "
                          "'auto' needs notebook 03's layer)")
+    notebook_steps = params["finetune_config"]["steps"]
+    asked = args.steps or [2 * notebook_steps]
+    if max(asked) <= notebook_steps:
+        raise ValueError(f"--steps {asked}: whether notebook 05's {notebook_steps} steps ({notebook.params_file}, "
+                         "finetune_config.steps) have converged needs a longer run than that")
+    # another learning rate than the notebook's is the question "would fewer, larger steps get there"
+    lr = None if args.lr is None or args.lr == params["finetune_config"]["lr"] else args.lr
+    if lr is not None and not lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
     data = profile_dir(args.profile) / "01_data_build"
     conversations = traindata.load(data / "train", root=root)
     benchmark = mimic_benchmark.load(data / "mimic", root=root)
@@ -82,14 +103,9 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
                                      params["max_per_cell"])
     # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
-    notebook_steps = params["finetune_config"]["steps"]
-    # another learning rate than the notebook's is the question "would fewer, larger steps get there"
-    lr = None if args.lr is None or args.lr == params["finetune_config"]["lr"] else args.lr
-    if lr is not None and lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
-    work = profile_dir(args.profile) / "cache" / "bench_lora_steps"
+    work = profile_dir(args.profile) / "cache" / "bench_lora_steps" / settings_digest(params)
     runs, rows, versus_unmasked = {}, {}, {}
-    for steps in sorted({notebook_steps, *args.steps}):
+    for steps in sorted({notebook_steps, *asked}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps,
                                             **({"lr": lr} if lr is not None else {})}, lora=params["lora"])
         folder = work / run_folder(args.variant, steps, args.seed, lr)
@@ -118,7 +134,7 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
     gain = stats.difference(rows[notebook_steps], rows[longest], paired=True)
     return {"result_name": result_name(args.variant, lr),
             "profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
-            "lr": params["finetune_config"]["lr"] if lr is None else lr,
+            "lr": params["finetune_config"]["lr"] if lr is None else lr, "lora": params["lora"],
             "notebook_steps": notebook_steps, "window": WINDOW,
             **({"minus_unmasked_same_steps": versus_unmasked} if versus_unmasked else {}),
             "questions": len(records), "blind": round(stats.blind_mean(rows[notebook_steps]), 4), "runs": runs,
@@ -127,8 +143,9 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
 
 def lora_steps_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="cpu", help="whose notebook-05 parameters and notebook-01 data")
-    parser.add_argument("--steps", type=int, nargs="+", default=[180],
-                        help="step counts besides the notebook's own (its finetune_config.steps)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="step counts besides the notebook's own (its finetune_config.steps), at least one "
+                             "above it (default: twice the notebook's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default=UNMASKED,
                         help="a key of notebook 05's ablation ('no mask', 'late', 'early'); a masked one is also "

@@ -31,9 +31,37 @@ def test_a_learning_rate_that_is_not_positive_is_refused_before_a_model_loads(mo
     from mimic_utils.evaluation import harness
 
     monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
-    args = argparse.Namespace(profile="cpu", steps=[120], seed=0, threads=1, variant="no mask", lr=-0.01)
+    args = argparse.Namespace(profile="cpu", steps=[10_000], seed=0, threads=1, variant="no mask", lr=-0.01)
     with pytest.raises(ValueError, match=r"--lr must be positive, got -0.01"):
         convergence.bench_lora_steps(args)
+    args.lr = float("nan")
+    with pytest.raises(ValueError, match=r"--lr must be positive, got nan"):
+        convergence.bench_lora_steps(args)
+
+
+def test_step_counts_no_longer_than_the_notebooks_are_refused_naming_the_file_before_a_model_loads(monkeypatch):
+    """Whether the notebook's steps converged needs a longer run; without one the gain would compare the
+    notebook's run with itself."""
+    import argparse
+    from mimic_utils import runner
+    from mimic_utils.evaluation import harness
+
+    monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
+    notebook = next(nb for nb in runner.discover("cpu") if nb.stem == convergence.NOTEBOOK)
+    notebook_steps = runner.load_parameters(notebook, "cpu")["finetune_config"]["steps"]
+    args = argparse.Namespace(profile="cpu", steps=[notebook_steps // 2, notebook_steps], seed=0, threads=1,
+                              variant="no mask", lr=None)
+    with pytest.raises(ValueError, match=r"05_masked_qlora_finetune\.yaml, finetune_config\.steps"):
+        convergence.bench_lora_steps(args)
+
+
+def test_cached_runs_are_kept_apart_by_the_notebooks_settings_but_not_its_steps():
+    from mimic_utils import runner
+
+    params = runner.load_parameters(next(nb for nb in runner.discover("cpu") if nb.stem == convergence.NOTEBOOK), "cpu")
+    same = convergence.settings_digest({**params, "finetune_config": {**params["finetune_config"], "steps": 7}})
+    other = convergence.settings_digest({**params, "lora": {**params["lora"], "dropout": 0.05 + params["lora"]["dropout"]}})
+    assert convergence.settings_digest(params) == same != other
 
 
 def test_a_variant_notebook_05_does_not_define_is_refused_naming_the_file_before_a_model_loads(monkeypatch):
