@@ -154,3 +154,66 @@ def lora_steps_args(parser: argparse.ArgumentParser) -> None:
                         help="a learning rate instead of the notebook's (its own runs, folders and result file): "
                              "whether fewer steps at a larger rate reach the longer runs' loss and score")
     parser.add_argument("--threads", type=int, default=2)
+
+
+def bench_lora_dropout(args: argparse.Namespace) -> dict:
+    """What LoRA dropout costs a training step of notebook 05 on this machine (why ``cpu`` sets it to 0).
+
+    One process, the same start model, the same batches (drawn as notebook 05 draws them) and their vision
+    features already cached: for each dropout, ``--steps`` timed forward + backward + optimizer steps
+    after one untimed step. ``ratio`` is the step time without dropout over the step time with the
+    notebook's other dropout (``--dropout``, the official 0.05): below 1 is the saving."""
+    import random
+
+    import torch
+
+    from mimic_utils import runner
+    from mimic_utils.data import traindata
+    from mimic_utils.evaluation import harness
+    from mimic_utils.training import finetune
+
+    if args.steps < 1 or not 0 < args.dropout < 1:
+        raise ValueError(f"--steps must be at least 1 and --dropout in (0, 1), got {args.steps} and {args.dropout}")
+    torch.set_num_threads(args.threads)
+    root = repo_root()
+    notebook = next(nb for nb in runner.discover(args.profile, root) if nb.stem == NOTEBOOK)
+    params = runner.load_parameters(notebook, args.profile)
+    settings = params["finetune_config"]
+    conversations = traindata.load(profile_dir(args.profile) / "01_data_build" / "train", root=root)
+    multi, single = finetune.split_conversations(conversations, settings["max_images"])
+    draw = random.Random(args.seed)
+    batches = [finetune.mixed_batch(draw, multi, single, settings["batch"], settings["single_ratio"])
+               for _ in range(args.steps + 1)]
+    seconds = {}
+    for dropout in (args.dropout, 0.0):
+        adapter = harness.load_under_study(params["base_model"], root)
+        lora = {**params["lora"], "dropout": dropout}
+        trained = finetune.apply_lora(adapter, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
+        named = dict(adapter.model.named_parameters())
+        optimizer = torch.optim.AdamW([named[n] for n in trained], lr=settings["lr"])
+        adapter.model.train()
+        with torch.no_grad():  # the study's vision cache already holds these images (notebook 04 read them)
+            for batch in batches:
+                finetune.sft_loss(adapter, batch)
+        times = []
+        for step, batch in enumerate(batches):
+            begin = time.perf_counter()
+            finetune.sft_loss(adapter, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step:  # the first step is untimed: allocations and lazy initialisation
+                times.append(time.perf_counter() - begin)
+        seconds[dropout] = sum(times) / len(times)
+        print(f"[lora_dropout] dropout {dropout}: {seconds[dropout]:.3f} s per step", flush=True)
+        del adapter, optimizer
+    return {"profile": args.profile, "batch": settings["batch"], "lora": params["lora"], "steps": args.steps,
+            "seconds_per_step": {str(k): round(v, 4) for k, v in seconds.items()},
+            "ratio": round(seconds[0.0] / seconds[args.dropout], 4)}
+
+
+def lora_dropout_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="cpu", help="whose notebook-05 parameters and notebook-01 data")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per dropout (one more is untimed)")
+    parser.add_argument("--dropout", type=float, default=0.05, help="the dropout compared with none")
+    parser.add_argument("--seed", type=int, default=0, help="the batches' draw")
+    parser.add_argument("--threads", type=int, default=2)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from mimic_utils.data import mimic_benchmark
 from mimic_utils.artifacts import profile_dir, repo_root, write_text
-from mimic_utils.bench.convergence import bench_lora_steps, lora_steps_args
+from mimic_utils.bench.convergence import bench_lora_dropout, bench_lora_steps, lora_dropout_args, lora_steps_args
 from mimic_utils.data.mimic_benchmark import BenchmarkPlan, build, plan_specs
 from mimic_utils.data.scene_formats import write_coco_split
 from mimic_utils.data.scenes import SceneParams, draw_contents, scene_rng, sprite
@@ -1256,6 +1256,7 @@ benchmarks: dict[str, Benchmark] = {
     "gpu": Benchmark(bench_gpu, _gpu_args),
     "realsize": Benchmark(bench_gpu, _realsize_args),
     "lora_steps": Benchmark(bench_lora_steps, lora_steps_args),
+    "lora_dropout": Benchmark(bench_lora_dropout, lora_dropout_args),
 }
 
 

@@ -110,3 +110,15 @@ def test_a_benchmark_names_its_result_file_through_result_name_in_its_figures(tm
     assert path == tmp_path / "lora_steps_late.json"
     written = json.loads(path.read_text())
     assert written["figures"] == {"score": 0.5} and written["name"] == "lora_steps_late"
+
+
+def test_lora_dropout_is_a_registered_benchmark_and_refuses_bad_options_before_a_model_loads(monkeypatch):
+    import argparse
+    from mimic_utils.evaluation import harness
+
+    assert perf.benchmarks["lora_dropout"].run is convergence.bench_lora_dropout
+    monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
+    for steps, dropout in ((0, 0.05), (6, 0.0), (6, 1.5)):
+        args = argparse.Namespace(profile="cpu", steps=steps, dropout=dropout, seed=0, threads=1)
+        with pytest.raises(ValueError, match=r"--steps must be at least 1 and --dropout in \(0, 1\)"):
+            convergence.bench_lora_dropout(args)
