@@ -47,15 +47,18 @@ def result_name(variant: str, lr: float | None = None) -> str:
 
 
 def settings_digest(params: dict) -> str:
-    """A short digest of notebook 05's training settings other than the step count (LoRA shape and dropout,
-    learning rate, batch, data mix): the benchmark's cached runs live under it, so a run cached under an
-    earlier parameter file is never read as one of the current file's."""
+    """A short digest of notebook 05's training settings other than the step count (every field of its
+    :class:`~mimic_utils.training.finetune.FinetuneConfig` with the LoRA shape, and the start model): the
+    benchmark's cached runs live under it, so a run cached under an earlier parameter file is never read as
+    one of the current file's. The configuration's own digest, so a knob added to it is covered too."""
     import hashlib
     import json
 
-    settings = {"finetune": {k: v for k, v in params["finetune_config"].items() if k != "steps"},
-                "lora": params["lora"], "base": params["base_model"]}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    from mimic_utils.training.finetune import FinetuneConfig
+
+    config = FinetuneConfig(**{**params["finetune_config"], "steps": 0}, lora=params["lora"])
+    key = json.dumps([config.digest(), params["base_model"]], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:

@@ -61,7 +61,10 @@ def test_cached_runs_are_kept_apart_by_the_notebooks_settings_but_not_its_steps(
     params = runner.load_parameters(next(nb for nb in runner.discover("cpu") if nb.stem == convergence.NOTEBOOK), "cpu")
     same = convergence.settings_digest({**params, "finetune_config": {**params["finetune_config"], "steps": 7}})
     other = convergence.settings_digest({**params, "lora": {**params["lora"], "dropout": 0.05 + params["lora"]["dropout"]}})
-    assert convergence.settings_digest(params) == same != other
+    base = convergence.settings_digest({**params, "base_model": {**params["base_model"], "source": "elsewhere"}})
+    rate = convergence.settings_digest({**params, "finetune_config": {**params["finetune_config"], "lr": 0.5}})
+    assert convergence.settings_digest(params) == same
+    assert len({convergence.settings_digest(params), other, base, rate}) == 4
 
 
 def test_a_variant_notebook_05_does_not_define_is_refused_naming_the_file_before_a_model_loads(monkeypatch):
