@@ -10,7 +10,8 @@ notebook's ``ablation`` but ``auto``) trains a masked variant instead, written t
 ``outputs/bench/lora_steps_<variant>.json`` with its paired difference from the cached unmasked run of the
 same steps: claim 8's comparison at each step count. One seed: intervals resample questions, not seeds. Models are kept under
 ``outputs/<profile>/cache/bench_lora_steps/<settings digest>/`` (ignored; the digest of the notebook's
-settings but its step count, so a changed parameter file trains anew) and resume when rerun.
+settings but its step count, its start model and its training data, so a changed parameter file or data
+trains anew) and resume when rerun.
 """
 
 from __future__ import annotations
@@ -46,19 +47,29 @@ def result_name(variant: str, lr: float | None = None) -> str:
     return name if lr is None else f"{name}_lr{lr:g}"
 
 
-def settings_digest(params: dict) -> str:
-    """A short digest of notebook 05's training settings other than the step count (every field of its
-    :class:`~mimic_utils.training.finetune.FinetuneConfig` with the LoRA shape, and the start model): the
-    benchmark's cached runs live under it, so a run cached under an earlier parameter file is never read as
-    one of the current file's. The configuration's own digest, so a knob added to it is covered too."""
+def settings_digest(params: dict, base: dict | None = None, data: str = "") -> str:
+    """A short digest of what notebook 05's runs train with, other than the step count: every field of its
+    :class:`~mimic_utils.training.finetune.FinetuneConfig` with the LoRA shape (the configuration's own
+    digest, so a knob added to it is covered too), the start model as loaded (``base``: with the 4-bit
+    quantization a CUDA machine adds), the masked layers of every variant (``ablation``) and the training
+    data (``data``, a digest of its conversation ids). The benchmark's cached runs and their answers live
+    under it: ``harness.run`` keeps the answers already in a run's folder, so a folder reused after any of
+    these changed would score the new model with the old answers."""
     import hashlib
     import json
 
     from mimic_utils.training.finetune import FinetuneConfig
 
     config = FinetuneConfig(**{**params["finetune_config"], "steps": 0}, lora=params["lora"])
-    key = json.dumps([config.digest(), params["base_model"]], sort_keys=True)
+    key = json.dumps([config.digest(), base or params["base_model"], params["ablation"], data], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def data_digest(conversations: list[dict]) -> str:
+    """A digest of the training conversations' ids (notebook 01's finetune data)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(str(r["id"]) for r in conversations)).encode()).hexdigest()[:16]
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
@@ -106,7 +117,7 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
                                      params["max_per_cell"])
     # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
-    work = profile_dir(args.profile) / "cache" / "bench_lora_steps" / settings_digest(params)
+    work = profile_dir(args.profile) / "cache" / "bench_lora_steps" / settings_digest(params, base, data_digest(conversations))
     runs, rows, versus_unmasked = {}, {}, {}
     for steps in sorted({notebook_steps, *asked}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps,
