@@ -52,9 +52,10 @@ def settings_digest(params: dict, base: dict | None = None, data: str = "") -> s
     :class:`~mimic_utils.training.finetune.FinetuneConfig` with the LoRA shape (the configuration's own
     digest, so a knob added to it is covered too), the start model as loaded (``base``: with the 4-bit
     quantization a CUDA machine adds), the masked layers of every variant (``ablation``) and the training
-    data (``data``, a digest of its conversation ids). The benchmark's cached runs and their answers live
-    under it: ``harness.run`` keeps the answers already in a run's folder, so a folder reused after any of
-    these changed would score the new model with the old answers."""
+    data (``data``: :func:`~mimic_utils.training.finetune.data_digest` of its conversations). The
+    benchmark's cached runs and their answers live under it: ``harness.run`` keeps the answers already in
+    a run's folder, so a folder reused after any of these changed would score the new model with the old
+    answers."""
     import hashlib
     import json
 
@@ -63,13 +64,6 @@ def settings_digest(params: dict, base: dict | None = None, data: str = "") -> s
     config = FinetuneConfig(**{**params["finetune_config"], "steps": 0}, lora=params["lora"])
     key = json.dumps([config.digest(), base or params["base_model"], params["ablation"], data], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def data_digest(conversations: list[dict]) -> str:
-    """A digest of the training conversations' ids (notebook 01's finetune data)."""
-    import hashlib
-
-    return hashlib.sha256("\n".join(sorted(str(r["id"]) for r in conversations)).encode()).hexdigest()[:16]
 
 
 def window_means(losses: list[float], window: int = WINDOW) -> list[float]:
@@ -117,7 +111,7 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
                                      params["max_per_cell"])
     # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
-    work = profile_dir(args.profile) / "cache" / "bench_lora_steps" / settings_digest(params, base, data_digest(conversations))
+    work = profile_dir(args.profile) / "cache" / "bench_lora_steps" / settings_digest(params, base, finetune.data_digest(conversations))
     runs, rows, versus_unmasked = {}, {}, {}
     for steps in sorted({notebook_steps, *asked}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps,

@@ -239,11 +239,16 @@ class FinetuneConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def data_digest(records: list[dict]) -> str:
+    """The training conversations as a digest of their ids, in any order: what "the same data" means for
+    a resumed checkpoint and for the convergence benchmark's cached runs."""
+    return hashlib.sha256("\n".join(sorted(r["id"] for r in records)).encode()).hexdigest()
+
+
 def run_digest(config: FinetuneConfig, adapter, records: list[dict]) -> str:
     """Checkpoints are resumed only by the same run: same configuration, same starting model (weights,
     mask, preprocessing) and the same training conversations."""
-    data = hashlib.sha256("\n".join(sorted(r["id"] for r in records)).encode()).hexdigest()
-    key = json.dumps([config.digest(), model_fingerprint(adapter.settings), data], sort_keys=True)
+    key = json.dumps([config.digest(), model_fingerprint(adapter.settings), data_digest(records)], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

@@ -65,10 +65,12 @@ def test_cached_runs_are_kept_apart_by_the_notebooks_settings_but_not_its_steps(
     rate = convergence.settings_digest({**params, "finetune_config": {**params["finetune_config"], "lr": 0.5}})
     layers = convergence.settings_digest({**params, "ablation": {**params["ablation"], "late": "first_half"}})
     quantized = convergence.settings_digest(params, base={**params["base_model"], "quantization": "4bit"})
-    data = convergence.settings_digest(params, data=convergence.data_digest([{"id": "a"}, {"id": "b"}]))
+    from mimic_utils.training.finetune import data_digest
+
+    data = convergence.settings_digest(params, data=data_digest([{"id": "a"}, {"id": "b"}]))
     assert convergence.settings_digest(params) == same
     assert len({convergence.settings_digest(params), other, base, rate, layers, quantized, data}) == 7
-    assert convergence.data_digest([{"id": "b"}, {"id": "a"}]) == convergence.data_digest([{"id": "a"}, {"id": "b"}])
+    assert data_digest([{"id": "b"}, {"id": "a"}]) == data_digest([{"id": "a"}, {"id": "b"}])
 
 
 def test_a_variant_notebook_05_does_not_define_is_refused_naming_the_file_before_a_model_loads(monkeypatch):
