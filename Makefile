@@ -16,7 +16,7 @@ help:
 	@echo "make study       run the whole study under the cpu profile (outputs/cpu/)"
 	@echo "make test        unit tests, then nbval regression of the notebooks under smoke"
 	@echo "make organism    train the embedded tiny model organism from scratch: si, then ov (outputs/cpu/models/{si,ov}/)"
-	@echo "make organism-ov train only its multi-image stage ov from the committed si, ~77 min (outputs/cpu/models/ov/)"
+	@echo "make organism-ov train only its multi-image stage ov from the committed si, ~91 min (outputs/cpu/models/ov/)"
 	@echo "make organism-probe   its language-model shapes, 6 min each (outputs/cpu/models/probe.md)"
 	@echo "make references  re-execute the smoke notebooks and store them as nbval references"
 	@echo "make bench NAME=scenes   run one performance benchmark (writes outputs/bench/NAME.json)"
