@@ -46,7 +46,7 @@ from mimic_utils.organism import recipe as organism
 from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, ov_time_met,
                                       ov_training_minutes, recorded_config, resumed_line, write_curves)
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
-from mimic_utils.training.finetune import StageSchedule, checkpoint_step
+from mimic_utils.training.finetune import StageSchedule, checkpoint_seconds, checkpoint_step
 
 #: every family the stage trains: the per-image ones and the single-image ones of stage 2
 STAGE_FAMILIES = (*OV_FAMILIES, *SINGLE_FAMILIES, CHOICE_FAMILY)
@@ -335,9 +335,12 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     log: list[dict] = []
     probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13)
     resumed: dict[str, int] = {}  # phases that start from a checkpoint: their earlier steps are not on this clock
+    resumed_seconds: dict[str, float] = {}  # ... but on the checkpoint's, where it recorded one
     for name, phase_convs, steps, lr in phases:
         if (done := checkpoint_step(work / f"{name}.pt")) > 0:
             resumed[name] = min(done, steps)
+            if (earlier := checkpoint_seconds(work / f"{name}.pt")) is not None:
+                resumed_seconds[name] = earlier
         keys = [len(images) for images in phase_convs.images] if ov.bucket_by == "images" else None
         sampler = organism.LengthBuckets([len(ids) for ids in phase_convs.ids], ov.batch_tokens, ov.buckets,
                                          keys, ov.seed)
@@ -352,7 +355,8 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     model.eval()
     tiny.save_tiny(model, processor, out_dir)
     seconds["total"] = time.time() - started
-    return {"config": ov, "seconds": seconds, "resumed": resumed, "log": log, "parameters": tiny.count_parameters(model),
+    return {"config": ov, "seconds": seconds, "resumed": resumed, "resumed_seconds": resumed_seconds, "log": log,
+            "parameters": tiny.count_parameters(model),
             "conversations": dict(sorted(Counter(convs.family).items())),
             "batch_sizes": [sampler.batch_size(g) for g in range(len(sampler.groups))],
             "bucket_longest": sampler.longest}
@@ -695,6 +699,7 @@ def run(ov: OvConfig, si_dir: Path, out_dir: Path, command: str) -> dict:
     write_json(out_dir / "training.json", {
         "config": asdict(ov), "si": si_record(si_dir), "seconds": summary["seconds"],
         **({"resumed": summary["resumed"]} if summary.get("resumed") else {}),
+        **({"resumed_seconds": summary["resumed_seconds"]} if summary.get("resumed_seconds") else {}),
         "parameters": summary["parameters"], "command": command, "conversations": summary["conversations"],
         "batch_sizes": summary["batch_sizes"], "bucket_longest": summary["bucket_longest"]})
     return score_and_card(out_dir, si_dir, ov, summary, command)

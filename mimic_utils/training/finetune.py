@@ -32,6 +32,7 @@ import json
 import math
 import pickle
 import random
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
     start = _resume(checkpoint, module, optimizer, log, name, schedule.steps)
     if start >= schedule.steps:
         return
+    earlier = checkpoint_seconds(checkpoint) or 0.0 if start else 0.0  # the stage's time before this resume
+    clock = time.time()
     rank, target = 0, module
     if accelerator is not None:
         target, optimizer = accelerator.prepare(module, optimizer)
@@ -130,7 +133,8 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
         log.append(entry)
         bar.set_postfix(loss=f"{total:.3f}")
         if is_main and (done % schedule.checkpoint_every == 0 or done == schedule.steps):
-            save_checkpoint(checkpoint, module, optimizer, done, log, save_keys)
+            save_checkpoint(checkpoint, module, optimizer, done, log, save_keys,
+                            seconds=earlier + time.time() - clock)
     if accelerator is not None:
         accelerator.wait_for_everyone()
 
@@ -157,6 +161,16 @@ def load_checkpoint(path: Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint of this package (lacks {missing})")
     return state
+
+
+def checkpoint_seconds(path: Path) -> float | None:
+    """The wall seconds a stage's checkpoint had trained for when saved (over all its resumes; evaluations
+    included), ``None`` when there is no checkpoint or it predates the record: a run that resumes a phase
+    from another run's checkpoint counts that phase's earlier time from here rather than by hand."""
+    if not Path(path).is_file():
+        return None
+    seconds = load_checkpoint(Path(path)).get("seconds")
+    return None if seconds is None else float(seconds)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -195,14 +209,17 @@ def plain(value):
 
 
 def save_checkpoint(path: Path, module: nn.Module, optimizer, step: int, log: list[dict],
-                    keys: set[str] | None = None) -> None:
+                    keys: set[str] | None = None, seconds: float | None = None) -> None:
     """Atomically save the (trained part of the) module, the optimizer, the step and the loss log, all as
     tensors and plain values: what :func:`load_checkpoint` reads back with ``weights_only=True``. Nothing
-    else is needed to resume exactly: the batches and dropout of a step follow from (seed, stage, step)."""
+    else is needed to resume exactly: the batches and dropout of a step follow from (seed, stage, step).
+    ``seconds``: the stage's training time so far (:func:`checkpoint_seconds`)."""
     weights = module.state_dict()
     if keys is not None:
         weights = {k: v for k, v in weights.items() if k in keys}
     state = {"module": weights, "optimizer": optimizer.state_dict(), "step": int(step), "log": plain(log)}
+    if seconds is not None:
+        state["seconds"] = float(seconds)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -248,3 +248,28 @@ def test_checkpoint_step_reads_the_step_a_stage_would_resume_from(tmp_path):
     assert finetune.checkpoint_step(path) == 0
     finetune.save_checkpoint(path, module, optimizer, 7, [{"stage": "s", "step": 7, "loss": 0.5}])
     assert finetune.checkpoint_step(path) == 7
+
+
+def test_a_stage_checkpoint_records_its_training_time_across_resumes(tmp_path):
+    """train_stage saves the stage's seconds with each checkpoint and adds to them when it resumes, so a run
+    that starts a phase from another run's checkpoint (the ov stage's resumed phases) counts that earlier
+    time without it being written in by hand; a checkpoint from before the record gives None."""
+    module = torch.nn.Linear(2, 1)
+    params = list(module.parameters())
+
+    def loss_fn(rng, batch, net):
+        return net(torch.ones(batch, 2)).pow(2).mean()
+
+    path = tmp_path / "stage.pt"
+    schedule = finetune.StageSchedule(steps=4, lr=1e-3, batch=2, warmup=0, checkpoint_every=2)
+    optimizer = torch.optim.AdamW(params)
+    finetune.save_checkpoint(path, module, optimizer, 2, [{"stage": "s", "step": 2, "loss": 1.0}])
+    assert finetune.checkpoint_seconds(path) is None  # saved without a time: an older checkpoint
+    assert finetune.checkpoint_seconds(tmp_path / "none.pt") is None
+    finetune.save_checkpoint(path, module, optimizer, 2, [{"stage": "s", "step": 2, "loss": 1.0}], seconds=100.0)
+    finetune.train_stage("s", module, params, loss_fn, schedule, 0, path, [], progress=False)
+    assert finetune.checkpoint_step(path) == 4
+    assert 100.0 < finetune.checkpoint_seconds(path) < 160.0  # the earlier 100 s and this run's two steps
+    fresh, other = tmp_path / "fresh.pt", torch.nn.Linear(2, 1)
+    finetune.train_stage("s", other, list(other.parameters()), loss_fn, schedule, 0, fresh, [], progress=False)
+    assert 0.0 <= finetune.checkpoint_seconds(fresh) < 60.0

@@ -486,6 +486,12 @@ def test_the_ov_stage_runs_its_warm_grown_and_main_phases_and_resumes(tmp_path):
     again = organism_ov.train_ov(ov, si_dir, tmp_path / "ov", progress=False)
     assert again["log"] == summary["log"] and (tmp_path / "ov" / "model.safetensors").read_bytes() == first
     assert again["resumed"] == {"ov-warm": 2, "ov-grow-4-4": 1, "ov": 2}  # recorded: their time is not on its clock
+    # ... but on their checkpoints': the earlier run's time of each phase, read back, not written in by hand
+    assert set(again["resumed_seconds"]) == set(again["resumed"]) and summary["resumed_seconds"] == {}
+    assert all(0 < again["resumed_seconds"][name] <= summary["seconds"]["total"] for name in again["resumed"])
+    from mimic_utils.organism import card
+
+    assert not card.lower_bound(again)
 
 
 def test_held_out_questions_are_asked_in_both_layouts_when_the_stage_labels_images(tmp_path):
