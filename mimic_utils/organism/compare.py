@@ -54,7 +54,8 @@ def paired_answers(a: dict[str, dict], b: dict[str, dict], names: tuple[str, str
 
 def paired_table(rows: pd.DataFrame, names: tuple[str, str], seed: int = 0) -> pd.DataFrame:
     """Per family: questions, each side's mean score and ``second − first`` with its paired 95% bootstrap
-    interval (:func:`mimic_utils.analysis.stats.difference`)."""
+    interval (:func:`mimic_utils.analysis.stats.difference`). Every family is the mean of per-question
+    scores, so listing reads as the mean per-question F1, where the card reports micro F1."""
     first, second = names
     table = []
     for family, part in rows.groupby("family", sort=True):
