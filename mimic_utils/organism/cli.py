@@ -50,6 +50,10 @@ def run_compare(args) -> int:
         print(f"[organism] --compare: {err}")
         return 2
     show_table(table)
+    left_out = {name: n for name, n in table.attrs["unshared"].items() if n}
+    if left_out:
+        print("[organism] left out, answered by one side only: "
+              + ", ".join(f"{n} questions of {name}" for name, n in left_out.items()))
     if args.answers:
         print(f"[organism] per-question answers: {args.answers}")
     return 0

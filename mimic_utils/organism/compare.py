@@ -19,20 +19,21 @@ import pandas as pd
 from mimic_utils.analysis import stats
 
 #: the held-out answer files of an ov checkpoint: per-image questions (4-10 images), single-image ones,
-#: single-image multiple choice
+#: single-image multiple choice (whose rows carry no family: they are read as ``choice``)
 ANSWER_FILES = ("ov.jsonl", "predictions.jsonl", "choice.jsonl")
 
 
 def answers(folder: Path) -> dict[str, dict]:
     """The held-out answers of the checkpoint in ``folder`` by question id (every file of
-    :data:`ANSWER_FILES` present), each with its ``family`` (multiple choice: ``choice``)."""
+    :data:`ANSWER_FILES` present), each with its ``family``."""
     found: dict[str, dict] = {}
     for name in ANSWER_FILES:
         path = Path(folder) / "heldout" / name
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
-                found[record["id"]] = {**record, "family": record.get("family") or "choice"}
+                family = "choice" if name == "choice.jsonl" else record["family"]
+                found[record["id"]] = {**record, "family": family}
     if not found:
         raise FileNotFoundError(f"{folder}/heldout: none of {list(ANSWER_FILES)}; score the checkpoint first "
                                 "(python -m mimic_utils.organism --stage ov --rewrite-card)")
@@ -41,15 +42,19 @@ def answers(folder: Path) -> dict[str, dict]:
 
 def paired_answers(a: dict[str, dict], b: dict[str, dict], names: tuple[str, str]) -> pd.DataFrame:
     """One row per question both answered: ``id``, ``family``, each side's score and answer, columns named
-    after ``names``. Refuses two sets that share no question (different held-out recipes)."""
+    after ``names``; ``attrs["unshared"]`` counts the questions only one side answered (left out, e.g. a
+    checkpoint scored before multiple choice was), which the CLI reports. Refuses two sets that share no
+    question (different held-out recipes)."""
     shared = sorted(set(a) & set(b))
     if not shared:
         raise ValueError(f"{names[0]} and {names[1]} answered no question in common: their held-out questions "
                          "differ (another si, seed or evaluation setting), so they cannot be paired")
     first, second = names
-    return pd.DataFrame([{"id": i, "family": a[i]["family"], f"{first}_score": a[i]["score"],
+    rows = pd.DataFrame([{"id": i, "family": a[i]["family"], f"{first}_score": a[i]["score"],
                           f"{second}_score": b[i]["score"], f"{first}_output": a[i]["output"],
                           f"{second}_output": b[i]["output"]} for i in shared])
+    rows.attrs["unshared"] = {first: len(set(a) - set(b)), second: len(set(b) - set(a))}
+    return rows
 
 
 def paired_table(rows: pd.DataFrame, names: tuple[str, str], seed: int = 0) -> pd.DataFrame:
@@ -69,8 +74,8 @@ def paired_table(rows: pd.DataFrame, names: tuple[str, str], seed: int = 0) -> p
 
 def compare(a_dir: Path, b_dir: Path, names: tuple[str, str] | None = None,
             out: Path | None = None) -> pd.DataFrame:
-    """:func:`paired_table` of two scored checkpoints; with ``out``, the per-question rows written there
-    (CSV) for a reader to check any figure."""
+    """:func:`paired_table` of two scored checkpoints (``attrs["unshared"]``: questions only one answered,
+    left out); with ``out``, the per-question rows written there (CSV) for a reader to check any figure."""
     names = names or (Path(a_dir).name, Path(b_dir).name)
     if names[0] == names[1]:
         raise ValueError(f"the two checkpoints need different names, got {names[0]!r} twice: pass --names")
@@ -78,4 +83,6 @@ def compare(a_dir: Path, b_dir: Path, names: tuple[str, str] | None = None,
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         rows.to_csv(out, index=False)
-    return paired_table(rows, names)
+    table = paired_table(rows, names)
+    table.attrs["unshared"] = rows.attrs["unshared"]
+    return table

@@ -96,7 +96,9 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
     start = _resume(checkpoint, module, optimizer, log, name, schedule.steps)
     if start >= schedule.steps:
         return
-    earlier = checkpoint_seconds(checkpoint) or 0.0 if start else 0.0  # the stage's time before this resume
+    # the stage's time before this resume; unknown (None) when resumed from a checkpoint that predates the
+    # record, and then no checkpoint of this stage records one: a part would read as the whole
+    earlier = checkpoint_seconds(checkpoint) if start else 0.0
     clock = time.time()
     rank, target = 0, module
     if accelerator is not None:
@@ -134,7 +136,7 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
         bar.set_postfix(loss=f"{total:.3f}")
         if is_main and (done % schedule.checkpoint_every == 0 or done == schedule.steps):
             save_checkpoint(checkpoint, module, optimizer, done, log, save_keys,
-                            seconds=earlier + time.time() - clock)
+                            seconds=None if earlier is None else earlier + time.time() - clock)
     if accelerator is not None:
         accelerator.wait_for_everyone()
 

@@ -266,6 +266,8 @@ def test_a_stage_checkpoint_records_its_training_time_across_resumes(tmp_path):
     finetune.save_checkpoint(path, module, optimizer, 2, [{"stage": "s", "step": 2, "loss": 1.0}])
     assert finetune.checkpoint_seconds(path) is None  # saved without a time: an older checkpoint
     assert finetune.checkpoint_seconds(tmp_path / "none.pt") is None
+    finetune.train_stage("s", module, params, loss_fn, schedule, 0, path, [], progress=False)
+    assert finetune.checkpoint_step(path) == 4 and finetune.checkpoint_seconds(path) is None  # a part is not the whole
     finetune.save_checkpoint(path, module, optimizer, 2, [{"stage": "s", "step": 2, "loss": 1.0}], seconds=100.0)
     finetune.train_stage("s", module, params, loss_fn, schedule, 0, path, [], progress=False)
     assert finetune.checkpoint_step(path) == 4

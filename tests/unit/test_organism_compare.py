@@ -35,6 +35,7 @@ def test_the_paired_table_reads_the_change_per_family_with_its_interval(tmp_path
     assert 0.25 < row["lo"] < 0.4 < row["hi"] <= 0.55  # 40 questions gained, none lost: the interval excludes 0
     assert table.loc["image_count", "difference"] == 0 and table.loc["image_count", "lo"] == 0
     assert table.loc["choice", "n"] == 40 and table.loc["choice", "difference"] == 0
+    assert table.attrs["unshared"] == {"old": 0, "new": 0}
     answers = pd.read_csv(tmp_path / "answers.csv")
     assert list(answers.columns) == ["id", "family", "old_score", "new_score", "old_output", "new_output"]
     assert len(answers) == 190
@@ -51,3 +52,12 @@ def test_unpairable_checkpoints_are_refused_saying_why(tmp_path, capsys):
         compare.compare(a, tmp_path / "c", ("same", "same"))
     assert cli.main(["--compare", str(a), str(tmp_path / "missing")]) == 2
     assert "score the checkpoint first" in capsys.readouterr().out
+
+
+def test_questions_only_one_side_answered_are_left_out_and_said(tmp_path, capsys):
+    a = scored(tmp_path / "a", {"which_image": [1.0, 0.0]}, [1.0, 1.0])
+    b = scored(tmp_path / "b", {"which_image": [1.0, 1.0]})  # scored before multiple choice was
+    table = compare.compare(a, b, ("a", "b"))
+    assert list(table["family"]) == ["which_image"] and table.attrs["unshared"] == {"a": 2, "b": 0}
+    assert cli.main(["--compare", str(a), str(b), "--names", "a", "b"]) == 0
+    assert "left out, answered by one side only: 2 questions of a" in capsys.readouterr().out
