@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -655,6 +656,26 @@ def score_and_card(out_dir: Path, si_dir: Path, ov: OvConfig, summary: dict, com
     print(json.dumps(scores, indent=1))
     print(f"[organism] ov saved to {out_dir} (model card: {out_dir / 'README.md'})")
     return scores
+
+
+#: files of a trained ov folder that describe its own run, left behind by :func:`continuation_start`
+OWN_RECORDS = ("README.md", "eval.json", "training.json", "loss.csv", "loss.md", "curves.png")
+
+
+def continuation_start(ov_dir: Path, si_dir: Path, start: Path) -> Path:
+    """A folder from which :func:`run` continues the trained ov in ``ov_dir`` as if it were si: its weights,
+    tokenizer and processor, beside si's ``training.json`` and ``eval.json`` (the scenes' recipe and the
+    single-image scores compared against). The continuation probes in ``outputs/cpu/models/tried/`` start
+    here; their cards then call the start "si". An existing ``start`` is kept as it is."""
+    start = Path(start)
+    if not start.exists():
+        start.mkdir(parents=True)
+        for f in Path(ov_dir).iterdir():
+            if f.is_file() and f.name not in OWN_RECORDS:
+                shutil.copy(f, start / f.name)
+        for name in ("training.json", "eval.json"):
+            shutil.copy(Path(si_dir) / name, start / name)
+    return start
 
 
 def si_record(si_dir: Path) -> dict:

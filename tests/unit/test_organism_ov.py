@@ -530,3 +530,21 @@ def test_the_card_gives_the_number_of_images_no_per_count_blind_baseline():
     assert "image_total" not in only_lookup and "\n\n\n" not in only_lookup
     only_total = "\n".join(organism_ov.per_image_table({"image_total": scores["image_total"]}, "## held out"))
     assert "score (blind)" not in only_total and "Per image count, image_total" in only_total
+
+
+def test_a_continuation_starts_from_ov_weights_beside_si_records(tmp_path):
+    """The tried continuation probes' start: the ov folder's model files and si's recipe and scores, none of
+    ov's own records (which would describe the run being continued as if it were si's)."""
+    ov_dir, si_dir = tmp_path / "ov", tmp_path / "si"
+    for folder, names in ((ov_dir, ["model.safetensors", "config.json", "training.json", "eval.json", "README.md"]),
+                          (si_dir, ["training.json", "eval.json", "model.safetensors"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(f"{folder.name}:{name}")
+    start = organism_ov.continuation_start(ov_dir, si_dir, tmp_path / "start")
+    assert {f.name: f.read_text() for f in start.iterdir()} == {
+        "model.safetensors": "ov:model.safetensors", "config.json": "ov:config.json",
+        "training.json": "si:training.json", "eval.json": "si:eval.json"}
+    (start / "config.json").write_text("kept")
+    organism_ov.continuation_start(ov_dir, si_dir, start)
+    assert (start / "config.json").read_text() == "kept"
