@@ -311,6 +311,17 @@ def answer_image_total(frame):
     return aggregate(answer_totals(frame))
 
 
+def cross_rows(shares):
+    """The rows that read attention across images, one per layer and in ``shares``' order: image tokens →
+    other images and the answer position → all images (``query`` names each). ``shares``: :func:`aggregate`'s
+    table and :func:`answer_image_total`'s concatenated, as notebook 03 shows them and writes them to
+    ``shares_by_layer.csv``."""
+    vision = (shares["query_kind"] == "vision") & (shares["target"] == "other_images")
+    answer = (shares["query_kind"] == "answer") & (shares["target"] == "images")
+    cross = shares[vision | answer]
+    return cross.assign(query=cross["query_kind"] + " → " + cross["target"])
+
+
 def versus_uniform(table, query_kind: str = "vision", target: str = "other_images", label: str = "measured",
                    reference: str = "uniform"):
     """Measured and uniform shares of one (query kind, target) as two lines named ``label`` and
@@ -465,6 +476,7 @@ def block_map(adapter, sample, mask_layers: masking.Layers = ()):
 
 __all__ = [
     "QUERY_KINDS",
+    "cross_rows",
     "by_model_lines",
     "fade_table",
     "VISION_TARGETS",

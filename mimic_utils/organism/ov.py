@@ -47,7 +47,7 @@ from mimic_utils.organism import recipe as organism
 from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, ov_time_met,
                                       ov_training_minutes, recorded_config, resumed_line, write_curves)
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
-from mimic_utils.training.finetune import StageSchedule, checkpoint_seconds, checkpoint_step
+from mimic_utils.training.finetune import StageSchedule, checkpoint_progress
 
 #: every family the stage trains: the per-image ones and the single-image ones of stage 2
 STAGE_FAMILIES = (*OV_FAMILIES, *SINGLE_FAMILIES, CHOICE_FAMILY)
@@ -338,9 +338,10 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     resumed: dict[str, int] = {}  # phases that start from a checkpoint: their earlier steps are not on this clock
     resumed_seconds: dict[str, float] = {}  # ... but on the checkpoint's, where it recorded one
     for name, phase_convs, steps, lr in phases:
-        if (done := checkpoint_step(work / f"{name}.pt")) > 0:
+        done, earlier = checkpoint_progress(work / f"{name}.pt")
+        if done > 0:
             resumed[name] = min(done, steps)
-            if (earlier := checkpoint_seconds(work / f"{name}.pt")) is not None:
+            if earlier is not None:
                 resumed_seconds[name] = earlier
         keys = [len(images) for images in phase_convs.images] if ov.bucket_by == "images" else None
         sampler = organism.LengthBuckets([len(ids) for ids in phase_convs.ids], ov.batch_tokens, ov.buckets,

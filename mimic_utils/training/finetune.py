@@ -93,12 +93,11 @@ def train_stage(name: str, module: nn.Module, params: list[nn.Parameter], loss_f
     limits checkpoints to those state-dict entries (the trained ones), so a large frozen base is not copied.
     """
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    start = _resume(checkpoint, module, optimizer, log, name, schedule.steps)
+    # earlier: the stage's time before this resume; unknown (None) when resumed from a checkpoint that
+    # predates the record, and then no checkpoint of this stage records one: a part would read as the whole
+    start, earlier = _resume(checkpoint, module, optimizer, log, name, schedule.steps)
     if start >= schedule.steps:
         return
-    # the stage's time before this resume; unknown (None) when resumed from a checkpoint that predates the
-    # record, and then no checkpoint of this stage records one: a part would read as the whole
-    earlier = checkpoint_seconds(checkpoint) if start else 0.0
     clock = time.time()
     rank, target = 0, module
     if accelerator is not None:
@@ -165,26 +164,29 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def checkpoint_seconds(path: Path) -> float | None:
-    """The wall seconds a stage's checkpoint had trained for when saved (over all its resumes; evaluations
-    included), ``None`` when there is no checkpoint or it predates the record: a run that resumes a phase
-    from another run's checkpoint counts that phase's earlier time from here rather than by hand."""
+def _recorded_seconds(state: dict) -> float | None:
+    """The ``seconds`` a checkpoint's state records (:func:`save_checkpoint`), ``None`` when it predates them."""
+    return None if state.get("seconds") is None else float(state["seconds"])
+
+
+def checkpoint_progress(path: Path) -> tuple[int, float | None]:
+    """A stage checkpoint's step and the wall seconds it had trained for when saved (over all its resumes;
+    evaluations included), read in one load: ``(0, None)`` without a checkpoint, seconds ``None`` for one
+    that predates the record. What :func:`train_stage` resumes from; a caller timing its stages reads it
+    first, since a resumed stage's clock misses the steps before, and a run that resumes a phase from
+    another run's checkpoint counts that phase's earlier time from here rather than by hand."""
     if not Path(path).is_file():
-        return None
-    seconds = load_checkpoint(Path(path)).get("seconds")
-    return None if seconds is None else float(seconds)
+        return 0, None
+    state = load_checkpoint(Path(path))
+    return int(state["step"]), _recorded_seconds(state)
 
 
-def checkpoint_step(path: Path) -> int:
-    """The step a stage's checkpoint was saved at, 0 when there is none: what :func:`train_stage` resumes
-    from. A caller timing its stages reads it first, since a resumed stage's clock misses the steps before."""
-    return int(load_checkpoint(Path(path))["step"]) if Path(path).is_file() else 0
-
-
-def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], name: str, steps: int) -> int:
-    """Load a checkpoint if there is one (safely: :func:`load_checkpoint`); returns the step to continue from."""
+def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], name: str,
+            steps: int) -> tuple[int, float | None]:
+    """Load a checkpoint if there is one (safely: :func:`load_checkpoint`); returns the step to continue from
+    and the stage's seconds before it (0 from scratch; ``None`` from a checkpoint that predates the record)."""
     if not checkpoint.is_file():
-        return 0
+        return 0, 0.0
     state = load_checkpoint(checkpoint)
     missing, unexpected = module.load_state_dict(state["module"], strict=False)
     if unexpected:
@@ -193,7 +195,7 @@ def _resume(checkpoint: Path, module: nn.Module, optimizer, log: list[dict], nam
     log[:] = state["log"]
     if state["step"] < steps:
         note(f"[train] {name}: resuming at step {state['step']}/{steps} from {checkpoint}")
-    return state["step"]
+    return state["step"], _recorded_seconds(state)
 
 
 def plain(value):
@@ -215,7 +217,7 @@ def save_checkpoint(path: Path, module: nn.Module, optimizer, step: int, log: li
     """Atomically save the (trained part of the) module, the optimizer, the step and the loss log, all as
     tensors and plain values: what :func:`load_checkpoint` reads back with ``weights_only=True``. Nothing
     else is needed to resume exactly: the batches and dropout of a step follow from (seed, stage, step).
-    ``seconds``: the stage's training time so far (:func:`checkpoint_seconds`)."""
+    ``seconds``: the stage's training time so far (:func:`checkpoint_progress`)."""
     weights = module.state_dict()
     if keys is not None:
         weights = {k: v for k, v in weights.items() if k in keys}

@@ -257,15 +257,15 @@ def shown_table(text: str) -> list[list[str]]:
 
 
 def attention_rows(csv: Path) -> list[list[str]]:
-    """The rows notebook 03 shows in its cross-image table, rebuilt from the ``shares_by_layer.csv`` it wrote."""
+    """The rows notebook 03 shows in its cross-image table (:func:`attention.cross_rows`), rebuilt from the
+    ``shares_by_layer.csv`` it wrote."""
     import pandas as pd
 
-    frame = pd.read_csv(csv)
-    vision = frame[(frame["query_kind"] == "vision") & (frame["target"] == "other_images")]
-    answer = frame[(frame["query_kind"] == "answer") & (frame["target"] == "images")]
-    columns = ["layer", "n", "mean", "ci_low", "ci_high", "uniform", "ratio", "ratio_low", "ratio_high"]
-    return [[f"{kind} → {target}", *(str(v) for v in values)]
-            for part in (vision, answer) for kind, target, *values in part[["query_kind", "target", *columns]].itertuples(index=False)]
+    from mimic_utils.analysis import attention
+
+    cross = attention.cross_rows(pd.read_csv(csv))
+    columns = ["query", "layer", "n", "mean", "ci_low", "ci_high", "uniform", "ratio", "ratio_low", "ratio_high"]
+    return [[str(v) for v in row] for row in cross[columns].itertuples(index=False)]
 
 
 def same_number(shown: str, computed: str, tolerance: float) -> bool:

@@ -240,14 +240,14 @@ def test_qlora_style_merge_into_a_reloaded_base_equals_the_in_place_merge(tmp_pa
         assert torch.allclose(value, merged["reload"][name], atol=1e-6), name
 
 
-def test_checkpoint_step_reads_the_step_a_stage_would_resume_from(tmp_path):
+def test_checkpoint_progress_reads_the_step_a_stage_would_resume_from(tmp_path):
     """0 without a checkpoint; else the step it was saved at (callers timing a stage need it first)."""
     module = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(module.parameters())
     path = tmp_path / "stage.pt"
-    assert finetune.checkpoint_step(path) == 0
+    assert finetune.checkpoint_progress(path) == (0, None)
     finetune.save_checkpoint(path, module, optimizer, 7, [{"stage": "s", "step": 7, "loss": 0.5}])
-    assert finetune.checkpoint_step(path) == 7
+    assert finetune.checkpoint_progress(path) == (7, None)
 
 
 def test_a_stage_checkpoint_records_its_training_time_across_resumes(tmp_path):
@@ -264,14 +264,14 @@ def test_a_stage_checkpoint_records_its_training_time_across_resumes(tmp_path):
     schedule = finetune.StageSchedule(steps=4, lr=1e-3, batch=2, warmup=0, checkpoint_every=2)
     optimizer = torch.optim.AdamW(params)
     finetune.save_checkpoint(path, module, optimizer, 2, [{"stage": "s", "step": 2, "loss": 1.0}])
-    assert finetune.checkpoint_seconds(path) is None  # saved without a time: an older checkpoint
-    assert finetune.checkpoint_seconds(tmp_path / "none.pt") is None
+    assert finetune.checkpoint_progress(path)[1] is None  # saved without a time: an older checkpoint
+    assert finetune.checkpoint_progress(tmp_path / "none.pt")[1] is None
     finetune.train_stage("s", module, params, loss_fn, schedule, 0, path, [], progress=False)
-    assert finetune.checkpoint_step(path) == 4 and finetune.checkpoint_seconds(path) is None  # a part is not the whole
+    assert finetune.checkpoint_progress(path) == (4, None)  # a part is not the whole
     finetune.save_checkpoint(path, module, optimizer, 2, [{"stage": "s", "step": 2, "loss": 1.0}], seconds=100.0)
     finetune.train_stage("s", module, params, loss_fn, schedule, 0, path, [], progress=False)
-    assert finetune.checkpoint_step(path) == 4
-    assert 100.0 < finetune.checkpoint_seconds(path) < 160.0  # the earlier 100 s and this run's two steps
+    assert finetune.checkpoint_progress(path)[0] == 4
+    assert 100.0 < finetune.checkpoint_progress(path)[1] < 160.0  # the earlier 100 s and this run's two steps
     fresh, other = tmp_path / "fresh.pt", torch.nn.Linear(2, 1)
     finetune.train_stage("s", other, list(other.parameters()), loss_fn, schedule, 0, fresh, [], progress=False)
-    assert 0.0 <= finetune.checkpoint_seconds(fresh) < 60.0
+    assert 0.0 <= finetune.checkpoint_progress(fresh)[1] < 60.0
