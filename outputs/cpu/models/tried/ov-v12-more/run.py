@@ -2,8 +2,8 @@
 the repository's root while outputs/cpu/models/ov is v12 (the run used it at 43aacc6):
     python outputs/cpu/models/tried/ov-v12-more/run.py
 It writes into outputs/cpu/cache/tried/ov-v12-more/ (ignored scratch) (start: v12's weights beside si's records; out: the trained model and its
-card). The run recorded in this folder was this script with its scratch folders outside the repository (the card
-names them); it has not been rerun from here."""
+card). The run recorded in this folder was this script with its scratch folders outside the repository (its card's and training.json's
+paths are rewritten to the ones here); it has not been rerun from here."""
 from dataclasses import replace
 from pathlib import Path
 

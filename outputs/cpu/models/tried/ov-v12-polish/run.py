@@ -3,7 +3,7 @@ recipe). Run from the repository's root while outputs/cpu/models/ov is v12 (the 
     python outputs/cpu/models/tried/ov-v12-polish/run.py
 It writes into outputs/cpu/cache/tried/ov-v12-polish/ (ignored scratch) (start: v12's weights beside si's records; out: the trained model and
 its card). The run recorded in this folder was this script with its scratch folders outside the repository
-(the card names them); it has not been rerun from here."""
+(its card's and training.json's paths are rewritten to the ones here); it has not been rerun from here."""
 from dataclasses import replace
 from pathlib import Path
 
