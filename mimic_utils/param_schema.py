@@ -230,6 +230,7 @@ class TrainMixSpec(Strict):
     ov_weights: dict[str, NonNegativeInt] | None = OMITTED  # names checked by TrainMix against OV_FAMILIES
     ov_image_labels: Fraction = OMITTED  # share asked with "Image k: " before each image
     ov_echo: bool = OMITTED  # which-image answers as "dog 3", as the ov stage's echo
+    ov_echo_count: bool = OMITTED  # count-in-image-i answers as "dog 3 2", as the ov stage's echo_count
 
     @model_validator(mode="after")
     def _mix(self) -> "TrainMixSpec":

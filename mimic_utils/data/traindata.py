@@ -162,6 +162,14 @@ WHICH_IMAGES_MAX = 4
 #: category ("dog 3" for "image 3"), so the number is looked up from a token the model has just written
 #: instead of from the question's category 18 tokens back (docs/organism.md, "What keeps the lookup from forming")
 ECHO_FAMILIES = ("which_image", "which_images")
+#: families whose answer is a count inside a named image; with ``echo_count`` the count is written right after
+#: the asked category and that image's number ("dog 3 2": two dogs in image 3), so both keys of the lookup
+#: stand next to the number instead of in the question (the answer form which image's ``echo`` gave it)
+COUNT_ECHO_FAMILIES = ("image_count",)
+#: families whose answer reads one named image; with ``echo_image`` the answer starts with that image's number
+#: ("3 dog" for image 3's one category), so the lookup of image i starts from the token right before the
+#: answer (a probe of the reverse lookup on images; it leaves MIMIC's answer format, so not a stage recipe)
+IMAGE_ECHO_FAMILIES = ("naming_in_image",)
 
 
 def describe(counts: dict[str, int], categories: list[str]) -> str:
@@ -196,6 +204,38 @@ def unechoed(answer: str, category: str) -> str:
     """An echoed answer read back (:func:`echoed`'s inverse): ``"dog 1, dog 4"`` -> ``"image 1, image 4"``.
     Only numbers written after ``category`` itself become image references, so a wrong category stays wrong."""
     return re.sub(rf"\b{re.escape(category)} (\d+)", lambda m: f"image {m.group(1)}", answer.strip(), flags=re.I)
+
+
+def named_image(question: str) -> int:
+    """The image number a per-image question names: ``"In image 3 only, …"`` or ``"Image 3 shows …"`` -> 3."""
+    found = re.search(r"\bimage (\d+)\b", question, flags=re.I)
+    if not found:
+        raise ValueError(f"no image named in the question {question!r}")
+    return int(found.group(1))
+
+
+def count_echoed(answer: str, category: str, image: int) -> str:
+    """A count in image ``image`` written after the asked category and the image's number: ``"2"`` ->
+    ``"dog 3 2"`` (the form ``echo_count`` trains)."""
+    return f"{category} {image} {answer}"
+
+
+def count_unechoed(answer: str, category: str, image: int) -> str:
+    """:func:`count_echoed`'s inverse: ``"dog 3 2"`` -> ``"2"``. Only an answer that restates this category and
+    this image is read back, so one that names another stays wrong under exact scoring."""
+    found = re.fullmatch(rf"{re.escape(category)} {image} (\S+)", answer.strip().rstrip("."), flags=re.I)
+    return found.group(1) if found else answer.strip()
+
+
+def image_echoed(answer: str, image: int) -> str:
+    """An answer about image ``image`` written after its number: ``"dog"`` -> ``"3 dog"`` (``echo_image``)."""
+    return f"{image} {answer}"
+
+
+def image_unechoed(answer: str, image: int) -> str:
+    """:func:`image_echoed`'s inverse: ``"3 dog"`` -> ``"dog"``; an answer naming another image stays as it is."""
+    found = re.fullmatch(rf"{image} (.+)", answer.strip())
+    return found.group(1) if found else answer.strip()
 
 
 def image_label(position: int) -> str:
@@ -296,7 +336,8 @@ OV_BUILDERS: dict[str, Callable] = {
 
 def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tuple[int, int] = (1, 10),
                  weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov",
-                 image_labels: float = 0.0, echo: bool = False) -> list[dict]:
+                 image_labels: float = 0.0, echo: bool = False, echo_count: bool = False,
+                 echo_image: bool = False) -> list[dict]:
     """The multi-image stage's per-image questions (:data:`OV_FAMILIES`), ``count * weight / sum`` of each
     family of ``weights`` (default: evenly), images per sample uniform over ``images`` (at least
     :data:`OV_MIN_IMAGES` where a family needs two). Records as the other builders' (origin ``"ov"``),
@@ -305,7 +346,9 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
     ``image_labels`` is the share of questions whose prompt puts ``"Image k: "`` before each image
     (``record["image_labels"]``), drawn from a stream of its own so the questions are the same at any share.
     ``echo`` writes the answers of :data:`ECHO_FAMILIES` with the category before each image number
-    (:func:`echoed`); the questions and images are the same either way.
+    (:func:`echoed`), ``echo_count`` those of :data:`COUNT_ECHO_FAMILIES` after the category and the
+    image's number (:func:`count_echoed`), ``echo_image`` those of :data:`IMAGE_ECHO_FAMILIES` after the
+    image's number (:func:`image_echoed`); the questions and images are the same either way.
     """
     low, high = images
     if not 1 <= low <= high <= MAX_IMAGES:
@@ -326,6 +369,10 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
             drawn, targets, question, answer = OV_BUILDERS[family](pools, rng, n)
             if echo and family in ECHO_FAMILIES:
                 answer = echoed(answer, targets[0])
+            if echo_count and family in COUNT_ECHO_FAMILIES:
+                answer = count_echoed(answer, targets[0], named_image(question))
+            if echo_image and family in IMAGE_ECHO_FAMILIES:
+                answer = image_echoed(answer, named_image(question))
             record = _record(index, f"{prefix}-{family}-{number:05d}", family, drawn, targets, question, answer, "ov")
             record["knobs"] = {"n_images": n}
             if labelled.random() < image_labels:
@@ -421,6 +468,9 @@ class TrainMix:
     #: which-image and which-images answers with the category before each image number ("dog 3"), as the ov
     #: stage's ``echo``
     ov_echo: bool = False
+    #: count-in-image-i answers after the category and the image's number ("dog 3 2"), as the ov stage's
+    #: ``echo_count``
+    ov_echo_count: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
@@ -517,7 +567,7 @@ def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[
         ("minor", lambda: minor_conversations(index, mix, pools)),
         ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
         ("ov", lambda: ov_questions(index, mix.ov, mix.seed, tuple(mix.ov_images), mix.ov_weights, pools, "train-ov",
-                                    mix.ov_image_labels, mix.ov_echo)),
+                                    mix.ov_image_labels, mix.ov_echo, mix.ov_echo_count)),
     ]
     records: list[dict] = []
     for _, make in tqdm(parts, desc="training conversations", disable=not progress):

@@ -17,6 +17,7 @@ carried). A rerun with the same name and configuration resumes from the phases' 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import shutil
@@ -56,7 +57,7 @@ def parse_phases(text: str) -> list[tuple[int, int, int]]:
 
 
 def focus_config(families: list[str], phases: list[tuple[int, int, int]], eval_images: list[int], lr: float,
-                 echo: bool, seed: int = 0):
+                 echo: bool, seed: int = 0, echo_count: bool = False, echo_image: bool = False):
     """The :class:`~mimic_utils.organism.ov.OvConfig` of a focus run: ``families`` alone (equal weights),
     the phases but the last as ``grow`` phases, the last as the main one."""
     from mimic_utils.organism.ov import OvConfig
@@ -67,13 +68,44 @@ def focus_config(families: list[str], phases: list[tuple[int, int, int]], eval_i
     *grown, (low, high, steps) = phases
     return OvConfig(seed=seed, weights=dict.fromkeys(families, 1), images=[low, high], steps=steps, lr=lr,
                     warm_lr=lr, grow=[[a, b, n] for a, b, n in grown], eval_images=list(eval_images), echo=echo,
-                    **FOCUS_SIZES)
+                    echo_count=echo_count, echo_image=echo_image, **FOCUS_SIZES)
 
 
 def curve(log: list[dict]) -> list[dict]:
     """The held-out points of a training log: phase, step and the teacher-forced score of each family."""
     return [{k: v for k, v in entry.items() if k in ("stage", "step") or k.startswith("tf_")}
             for entry in log if any(k.startswith("tf_") for k in entry)]
+
+
+def single_class_split(records: list[dict], rows: list[dict], classes: dict) -> dict:
+    """Held-out naming-in-image answers split by how many of the sample's images hold a single class
+    (``classes``: image id -> its classes). The named image always does, so a model that names the one
+    single-class image instead of finding image i by its number scores well only where it is the only one."""
+    by_id = {record["id"]: record for record in records}
+    groups: dict[str, list[float]] = {"one single-class image": [], "several single-class images": []}
+    for row in rows:
+        if row["family"] != "naming_in_image":
+            continue
+        singles = sum(len(classes[i]) == 1 for i in by_id[row["id"]]["image_ids"])
+        groups["one single-class image" if singles == 1 else "several single-class images"].append(row["score"])
+    return {name: {"n": len(scores), "score": round(sum(scores) / len(scores), 4) if scores else None}
+            for name, scores in groups.items()}
+
+
+def naming_shortcut_check(config, si_dir: Path, work: Path) -> dict:
+    """:func:`single_class_split` of a finished run's generated answers (``work/heldout/ov.jsonl``), on the
+    held-out samples rebuilt from its configuration."""
+    import tempfile
+
+    from mimic_utils.data.tasks import Pools
+    from mimic_utils.evaluation.harness import read_predictions
+    from mimic_utils.organism import ov
+
+    si = ov.si_config(si_dir)
+    pools = Pools(ov.heldout_pool(si, progress=False).index)
+    with tempfile.TemporaryDirectory() as folder:
+        records = ov.heldout_ov_records(si, config, Path(folder), progress=False)
+    return single_class_split(records, read_predictions(work / "heldout" / "ov.jsonl"), pools.classes)
 
 
 def run(config, si_dir: Path, work: Path, progress: bool = True) -> dict:
@@ -89,7 +121,8 @@ def run(config, si_dir: Path, work: Path, progress: bool = True) -> dict:
     adapter = load_adapter(work, family="qwen2_vl", dtype="float32")
     scores = ov.score_per_image(adapter, ov.si_config(si_dir), config, work / "heldout", progress=progress)["ov"]
     families = [f for f, w in config.weights.items() if w > 0]
-    return {"config": asdict(config), "si": ov.si_record(si_dir), "minutes": round((time.time() - started) / 60, 1),
+    shortcut = {"naming_single_class": naming_shortcut_check(config, si_dir, work)} if "naming_in_image" in families else {}
+    return {**shortcut, "config": asdict(config), "si": ov.si_record(si_dir), "minutes": round((time.time() - started) / 60, 1),
             "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()}, "curve": curve(summary["log"]),
             "generated": {f: scores[f] for f in families}}
 
@@ -98,28 +131,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mimic_utils.organism.focus", description=__doc__.split("\n")[0])
     parser.add_argument("--name", required=True, help="names the JSON and the weights' folder")
     parser.add_argument("--families", default="which_image", help="comma-separated per-image families, equal shares")
-    parser.add_argument("--phases", required=True, help="IMAGES:STEPS or LOW-HIGH:STEPS, comma-separated, in order")
+    parser.add_argument("--phases", help="IMAGES:STEPS or LOW-HIGH:STEPS, comma-separated, in order (a training run)")
     parser.add_argument("--eval-images", default="2-10", help="LOW-HIGH images of the held-out questions")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--echo", action="store_true", help="which-image answers restate the category ('dog 3')")
+    parser.add_argument("--echo-count", action="store_true",
+                        help="count-in-image-i answers restate the category and the image ('dog 3 2')")
+    parser.add_argument("--echo-image", action="store_true",
+                        help="naming-in-image answers start with the named image's number ('3 dog')")
+    parser.add_argument("--check-single-class", action="store_true",
+                        help="only add to an earlier run's record its naming-in-image answers split by how many "
+                             "images hold a single class (the shortcut the question allows)")
     parser.add_argument("--models", default=None,
                         help="models folder: si/ is started from, focus/<name>/ and tried/focus/ written "
                              "(default outputs/cpu/models)")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
         parser.error(f"--name names a file: letters, digits, '.', '_' and '-' only, got {args.name!r}")
+    models = Path(args.models) if args.models else repo_root() / "outputs" / "cpu" / "models"
+    si_dir, out = models / "si", models / "tried" / "focus"
+    command = "python -m mimic_utils.organism.focus " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.check_single_class:
+        return check_single_class(out / f"{args.name}.json", si_dir, models / "focus" / args.name, command, parser)
+    if not args.phases:
+        parser.error("--phases is needed for a training run")
     try:
         config = focus_config(args.families.split(","), parse_phases(args.phases), parse_images(args.eval_images),
-                              args.lr, args.echo)
+                              args.lr, args.echo, echo_count=args.echo_count, echo_image=args.echo_image)
     except ValueError as err:
         parser.error(str(err))
     if args.lr <= 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
-    models = Path(args.models) if args.models else repo_root() / "outputs" / "cpu" / "models"
-    si_dir, out = models / "si", models / "tried" / "focus"
     if not (si_dir / "model.safetensors").is_file():
         parser.error(f"{si_dir}: no si checkpoint to start from (python -m mimic_utils.organism --stage si)")
-    command = "python -m mimic_utils.organism.focus " + shlex.join(argv if argv is not None else sys.argv[1:])
     record = run(config, si_dir, models / "focus" / args.name, progress=sys.stderr.isatty())
     path = write_json(out / f"{args.name}.json", {"what": __doc__.split("\n")[0], "command": command, **record})
     shutil.copyfile(models / "focus" / args.name / "curves.png", out / f"{args.name}_curves.png")
@@ -129,6 +173,19 @@ def main(argv: list[str] | None = None) -> int:
               "per image count " + ", ".join(f"{n}: {c['score']:.2f}"
                                              + ("" if family in COUNT_FIXED else f" (blind {c['blind']:.2f})")
                                              for n, c in row["per_image_count"].items()))
+    return 0
+
+
+def check_single_class(path: Path, si_dir: Path, work: Path, command: str, parser) -> int:
+    """``--check-single-class``: the split added to the record at ``path`` (with the command that added it)."""
+    from mimic_utils.organism.ov import OvConfig
+
+    if not path.is_file() or not (work / "heldout" / "ov.jsonl").is_file():
+        parser.error(f"--check-single-class: needs {path} and its answers {work / 'heldout' / 'ov.jsonl'}")
+    record = json.loads(path.read_text())
+    split = naming_shortcut_check(OvConfig(**record["config"]), si_dir, work)
+    write_json(path, {**record, "naming_single_class": split, "naming_single_class_command": command})
+    print(f"[focus] {path}: naming in image i by single-class images: " + json.dumps(split))
     return 0
 
 

@@ -30,6 +30,10 @@ changes the answer instead of the schedule: the answer restates the asked catego
 the number is a distance-0 lookup from the restated category and the restating is a copy across the
 filler — two steps, each with a target of its own (``heldout_full``: both right). ``labels`` writes
 "Image k: " before each block, so a block's number stands inside it rather than being counted.
+``reverse`` asks the other way, as count in image *i* and the other "read image *i*" families do: the query
+names a block's number and the answer is the category that block holds (one item a block, so the answer
+is unambiguous; a pick is the likeliest of the sequence's block categories, chance ``1 / blocks``; each
+query a block not asked yet and fewer queries than blocks, so no answer follows from the others).
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class LookupTask:
     #: "Image k: " before each block, as the ov stage's labelled prompts put it (prompts.IMAGE_LABEL): the
     #: block's number is then a token inside it instead of something to count
     labels: bool = False
+    #: the query names a block's number and the answer is its category (the number -> block lookup of the
+    #: families that read image i); needs ``items == 1`` and ``queries < blocks``
+    reverse: bool = False
     queries: int = 4
     steps: int = 600
     lr: float = 1e-3
@@ -145,7 +152,12 @@ def check(task: LookupTask, vocab: Vocabulary) -> None:
         problems.append(f"gap {task.gap} is outside 0..{len(vocab.filler)} (the real filler's length)")
     if task.min_train_gap is not None and not 0 <= task.min_train_gap <= task.gap:
         problems.append(f"min_train_gap {task.min_train_gap} is outside 0..gap ({task.gap})")
-    if task.queries > task.items:
+    if task.reverse and not (task.items == 1 and task.queries < task.blocks):
+        problems.append(f"reverse needs items 1 (got {task.items}) and queries below blocks (got {task.queries} "
+                        f"for {task.blocks}): one category a block, and no answer left to elimination")
+    if task.reverse and task.echo:
+        problems.append("reverse and echo do not go together (echo restates a category, reverse answers one)")
+    if task.queries > task.items and not task.reverse:
         problems.append(f"queries ({task.queries}) exceed items ({task.items}): a block could run out of "
                         "categories not asked yet")
     if task.blocks * task.items > len(vocab.categories):
@@ -177,6 +189,13 @@ def sample(task: LookupTask, vocab: Vocabulary, rng: random.Random,
             ids.append(category)
         ids.append(vocab.end)
     labels = [-100] * len(ids)
+    if task.reverse:
+        for k in rng.sample(range(task.blocks), task.queries):
+            width = gap if gap is not None else _train_width(task, rng)
+            query = [vocab.newline, vocab.numbers[k]] + (vocab.filler[-width:] if width else [])
+            ids += query + [blocks[k][0]]
+            labels += [-100] * len(query) + [blocks[k][0]]
+        return ids, labels
     unasked = [list(held) for held in blocks]
     for _ in range(task.queries):
         k = rng.randrange(task.blocks)
@@ -218,6 +237,23 @@ def accuracy(logits: torch.Tensor, vocab: Vocabulary, labels: torch.Tensor) -> f
     asked = torch.isin(targets, numbers)
     picked = numbers[logits[asked][:, numbers].argmax(-1)]
     return float((picked == targets[asked]).float().mean())
+
+
+def reverse_accuracy(logits: torch.Tensor, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """With ``reverse``: share of answers whose category is the most likely of the categories the sequence's
+    blocks hold (those before its first query; chance ``1 / blocks``)."""
+    targets = labels[:, 1:]
+    categories = torch.tensor(vocab.categories)
+    right = total = 0
+    for row in range(ids.shape[0]):
+        first_query = int((ids[row] == vocab.newline).nonzero()[0])
+        held = ids[row, :first_query]
+        candidates = held[torch.isin(held, categories)]
+        for position in (targets[row] != -100).nonzero().flatten().tolist():
+            picked = candidates[logits[row, position, candidates].argmax()]
+            right += int(picked == targets[row, position])
+            total += 1
+    return right / total
 
 
 def echo_accuracy(logits: torch.Tensor, vocab: Vocabulary, labels: torch.Tensor) -> float:
@@ -265,7 +301,8 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
         optimizer.step()
         if step % task.eval_every == 0 or step == task.steps:
             logits = answer_logits(model, held[0])
-            point = {"step": step, "loss": round(loss.item(), 4), "heldout": round(accuracy(logits, vocab, held[1]), 3)}
+            score = reverse_accuracy(logits, vocab, *held) if task.reverse else accuracy(logits, vocab, held[1])
+            point = {"step": step, "loss": round(loss.item(), 4), "heldout": round(score, 3)}
             if task.echo:
                 point["heldout_full"] = round(echo_accuracy(logits, vocab, held[1]), 3)
             record["curve"].append(point)
@@ -294,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo", action="store_true",
                         help="the answer restates the asked category, then the number right after it")
     parser.add_argument("--labels", action="store_true", help='"Image k: " before each block')
+    parser.add_argument("--reverse", action="store_true",
+                        help="the query names a block's number, the answer is its category (use --items 1)")
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--items", type=int, default=4)
     parser.add_argument("--queries", type=int, default=4, help="at most --items")
@@ -312,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "outputs" / "cpu" / "models" / "tried" / "lookup"
     task = LookupTask(name=args.name, blocks=args.blocks, items=args.items, gap=args.gap,
                       no_gap_share=args.no_gap_share, min_train_gap=args.min_train_gap, queries=args.queries,
-                      warm_steps=args.warm_steps, warm_blocks=args.warm_blocks, echo=args.echo, labels=args.labels, steps=args.steps, lr=args.lr)
+                      warm_steps=args.warm_steps, warm_blocks=args.warm_blocks, echo=args.echo, labels=args.labels, reverse=args.reverse,
+                      steps=args.steps, lr=args.lr)
     processor = load_processor(str(si_dir), "qwen2_vl")
     try:
         check(task, Vocabulary.of(processor, task.blocks))

@@ -36,8 +36,9 @@ import yaml
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
 from mimic_utils.data.prompts import prompt_family
-from mimic_utils.data.traindata import (ECHO_FAMILIES, OV_FAMILIES, SINGLE_FAMILIES, ov_questions, single_image_questions,
-                                        unechoed, with_labels)
+from mimic_utils.data.traindata import (COUNT_ECHO_FAMILIES, ECHO_FAMILIES, IMAGE_ECHO_FAMILIES, OV_FAMILIES,
+                                        SINGLE_FAMILIES, count_unechoed, image_unechoed, named_image, ov_questions,
+                                        single_image_questions, unechoed, with_labels)
 from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.harness import read_predictions
 from mimic_utils.evaluation.scoring import parse_count, score_sample
@@ -62,13 +63,26 @@ TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training t
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
-LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images", "warm_weights")
+LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images", "warm_weights",
+              "echo_count", "echo_image")
+#: recipe keys added after the committed ov's checkpoint folder was named: left out of :meth:`OvConfig.digest`
+#: at their default
+UNDIGESTED_DEFAULTS = ("echo_count", "echo_image")
 #: the recipe's true-or-false keys
-BOOL_KEYS = ("label_targets", "echo", "curves_by_images")
+BOOL_KEYS = ("label_targets", "echo", "curves_by_images", "echo_count", "echo_image")
 #: the card's sentence for a stage trained with ``echo``
 ECHO_CARD_LINE = ("Echo: the answers of " + " and ".join(ECHO_FAMILIES) + " name the asked category right before "
                   "each image number (\"dog 3\" for \"image 3\"); held-out answers are read back into the "
                   "\"image 3\" form before exact scoring, so the blind baselines are those of the plain answers.")
+#: the card's sentence for a stage trained with ``echo_count``
+ECHO_COUNT_CARD_LINE = ("Count echo: the answers of " + " and ".join(COUNT_ECHO_FAMILIES) + " name the asked category "
+                        "and the image's number right before the count (\"dog 3 2\" for two dogs in image 3); held-out "
+                        "answers are read back to the count (only when they restate that category and image) before "
+                        "exact scoring, so the blind baselines are those of the plain answers.")
+#: the card's sentence for a stage trained with ``echo_image``
+ECHO_IMAGE_CARD_LINE = ("Image echo: the answers of " + " and ".join(IMAGE_ECHO_FAMILIES) + " start with the named "
+                        "image's number (\"3 dog\"); held-out answers are read back without it (only when it is that "
+                        "image's number) before exact scoring, so the blind baselines are those of the plain answers.")
 #: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
 OV_MAX_NEW_TOKENS = 24
 
@@ -123,6 +137,12 @@ class OvConfig:
     #: which-image answers name the category right before each image number ("dog 3" for "image 3",
     #: traindata.ECHO_FAMILIES), in training, curves and evaluation alike
     echo: bool = False
+    #: count-in-image-i answers name the category and the image's number right before the count ("dog 3 2",
+    #: traindata.COUNT_ECHO_FAMILIES), in training, curves and evaluation alike
+    echo_count: bool = False
+    #: naming-in-image answers start with the named image's number ("3 dog", traindata.IMAGE_ECHO_FAMILIES): a
+    #: probe of finding image i from the token before the answer (focus runs; it leaves MIMIC's answer format)
+    echo_image: bool = False
     #: the teacher-forced curves per family and number of images ("tf_which_image_3img"): where in a grown
     #: schedule a lookup holds (focus runs); off, one curve per family as the card shows
     curves_by_images: bool = False
@@ -189,7 +209,13 @@ class OvConfig:
         return {f: w for f, w in self.weights.items() if f not in OV_FAMILIES and w > 0}
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Names the folder of the stage's phase checkpoints (``checkpoints/<digest>``); the keys of
+        :data:`UNDIGESTED_DEFAULTS` count only when set, so recipes from before them keep their folder."""
+        values = asdict(self)
+        for key in UNDIGESTED_DEFAULTS:
+            if values[key] == getattr(OvConfig, key):
+                del values[key]
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def image_range(pair) -> bool:
@@ -218,12 +244,13 @@ def heldout_pool(si: OrganismConfig, progress: bool = True) -> organism.ScenePoo
 
 
 def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: dict[str, int],
-            prefix: str, image_labels: float = 0.0, echo: bool = False) -> list[tuple[list[int], str, str, str, bool]]:
+            prefix: str, image_labels: float = 0.0, echo: bool = False, echo_count: bool = False,
+            echo_image: bool = False) -> list[tuple[list[int], str, str, str, bool]]:
     """(pool images, question, family, answer, labelled) rows of the per-image families."""
     if count <= 0 or not weights:
         return []
     records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix, image_labels=image_labels,
-                           echo=echo)
+                           echo=echo, echo_count=echo_count, echo_image=echo_image)
     return [([int(i) for i in r["image_ids"]], r["question"], r["family"], r["gt"], bool(r.get("image_labels")))
             for r in records]
 
@@ -231,7 +258,8 @@ def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: di
 def stage_conversations(si: OrganismConfig, pool, processor, count: int,
                         seed: int, weights: dict[str, int], images, n_tokens: int, prefix: str,
                         count_weights=None, image_labels: float = 0.0,
-                        label_targets: bool = False, echo: bool = False) -> organism.Conversations:
+                        label_targets: bool = False, echo: bool = False, echo_count: bool = False,
+                        echo_image: bool = False) -> organism.Conversations:
     """Conversations of the stage's families: the per-image ones (:func:`ov_rows`, ``image_labels`` of
     them with labelled images) and the single-image ones with si's own builders (counting tilted by
     ``count_weights``, multiple choice in si's option range)."""
@@ -239,7 +267,7 @@ def stage_conversations(si: OrganismConfig, pool, processor, count: int,
     single = {f: w for f, w in weights.items() if f not in OV_FAMILIES}
     total = sum(weights.values())
     n_ov = count * sum(per_image.values()) // total
-    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels, echo)
+    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels, echo, echo_count, echo_image)
     convs = organism.encode_rows(processor, rows, n_tokens, label_targets)
     if single:
         convs = convs + organism.build_conversations(
@@ -321,7 +349,8 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     begin = time.time()
     even = dict.fromkeys([f for f, w in ov.weights.items() if w > 0], 1)
     held = stage_conversations(si, heldout, processor, ov.heldout_questions, ov.seed + 11, even,
-                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels, echo=ov.echo)
+                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels, echo=ov.echo,
+                               echo_count=ov.echo_count, echo_image=ov.echo_image)
     if ov.curves_by_images:
         held = by_image_count(held)
     phases = []
@@ -329,7 +358,7 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
         seed = ov.seed + {"ov": 10, "ov-warm": 14}.get(name, 16 + len(phases))
         phase_convs = stage_conversations(si, train, processor, count, seed, ov.phase_weights(name), images, n_tokens,
                                           name if name != "ov" else "ov-train", si.count_weights, ov.image_labels,
-                                          ov.label_targets, ov.echo)
+                                          ov.label_targets, ov.echo, ov.echo_count, ov.echo_image)
         phases.append((name, phase_convs, steps, lr))
     convs = phases[-1][1]
     seconds["conversations"] = time.time() - begin
@@ -377,11 +406,21 @@ def exact(output: str, gt: str) -> bool:
 def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
     """A predictions line of a per-image question, scored by :func:`exact`. An ``echo`` record's answer
     ("dog 3") is read back into the ground truth's form ("image 3") first — only with the asked category
-    before the number — so its blind baseline is the same best constant answer as without echo."""
-    parsed = unechoed(output, record["targets"][0]) if record.get("echo") else output.strip()
+    before the number — so its blind baseline is the same best constant answer as without echo; an
+    ``echo_count`` record's ("dog 3 2") is read back to the count ("2") the same way."""
+    if record.get("echo"):
+        parsed = unechoed(output, record["targets"][0])
+    elif record.get("echo_count"):
+        parsed = count_unechoed(output, record["targets"][0], named_image(record["question"]))
+    elif record.get("echo_image"):
+        parsed = image_unechoed(output, named_image(record["question"]))
+    else:
+        parsed = output.strip()
     return {"id": record["id"], "family": record["family"], "task": record["family"], "knobs": record["knobs"],
             **({"image_labels": True} if record.get("image_labels") else {}),
             **({"echo": True} if record.get("echo") else {}),
+            **({"echo_count": True} if record.get("echo_count") else {}),
+            **({"echo_image": True} if record.get("echo_image") else {}),
             "gt": record["gt"], "output": output, "parsed": parsed, "score": float(exact(parsed, record["gt"])),
             "scored_as": "exact", "pool": pool, "model": settings}
 
@@ -400,6 +439,10 @@ def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
         if ov.echo and record["family"] in ECHO_FAMILIES:  # answered "dog 3", scored as "image 3" (exact_row)
             record["echo"] = True
+        if ov.echo_count and record["family"] in COUNT_ECHO_FAMILIES:  # answered "dog 3 2", scored as "2"
+            record["echo_count"] = True
+        if ov.echo_image and record["family"] in IMAGE_ECHO_FAMILIES:  # answered "3 dog", scored as "dog"
+            record["echo_image"] = True
     if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
         records += [with_labels({**r, "id": r["id"] + "-labelled"}) for r in records]
     return records
@@ -595,6 +638,8 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         curriculum_line(ov),
         "",
         *([ECHO_CARD_LINE, ""] if ov.echo else []),
+        *([ECHO_COUNT_CARD_LINE, ""] if ov.echo_count else []),
+        *([ECHO_IMAGE_CARD_LINE, ""] if ov.echo_image else []),
         f"- command: `{command}`",
         f"- seed: {ov.seed}",
         f"- started from: si weights sha256 `{si_info['sha256']}`",

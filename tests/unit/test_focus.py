@@ -111,3 +111,28 @@ def test_only_the_trained_per_image_families_are_asked_held_out(tmp_path):
 def test_per_image_scores_read_the_ov_stages_own_exact_scorer():
     assert organism_ov.per_image_scores([]) == {}
     assert organism_ov.exact_scorer("which_image", "Image 2.", "image 2") == {"score": 1.0}
+
+
+def test_naming_answers_are_split_by_how_many_images_hold_a_single_class():
+    """The shortcut check: a sample whose only single-class image is the named one against a sample with
+    several; other families are left out."""
+    classes = {"a": frozenset({"dog"}), "b": frozenset({"cat", "bus"}), "c": frozenset({"car"})}
+    records = [{"id": "q1", "image_ids": ["a", "b"]}, {"id": "q2", "image_ids": ["a", "c"]},
+               {"id": "q3", "image_ids": ["a", "c", "b"]}, {"id": "q4", "image_ids": ["b", "a"]}]
+    rows = [{"id": "q1", "family": "naming_in_image", "score": 1.0},
+            {"id": "q2", "family": "naming_in_image", "score": 0.0},
+            {"id": "q3", "family": "naming_in_image", "score": 1.0},
+            {"id": "q4", "family": "image_count", "score": 0.0}]
+    assert focus.single_class_split(records, rows, classes) == {
+        "one single-class image": {"n": 1, "score": 1.0}, "several single-class images": {"n": 2, "score": 0.5}}
+    assert focus.single_class_split(records, rows[3:], classes)["one single-class image"] == {"n": 0, "score": None}
+
+
+def test_the_single_class_check_needs_an_earlier_run_and_a_training_run_needs_phases(tmp_path, capsys):
+    models = tmp_path / "models"
+    with pytest.raises(SystemExit):
+        focus.main(["--name", "missing", "--check-single-class", "--models", str(models)])
+    assert "--check-single-class: needs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        focus.main(["--name", "grown", "--models", str(models)])
+    assert "--phases is needed" in capsys.readouterr().err

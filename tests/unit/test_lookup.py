@@ -94,6 +94,34 @@ def test_echo_accuracy_needs_the_category_and_the_number_right(processor):
     assert lookup.echo_accuracy(lookup.answer_logits(Fixed(), ids), vocab, labels) == 0.5
 
 
+def test_reverse_queries_name_a_block_not_asked_before_and_answer_its_category(processor):
+    task = lookup.LookupTask(blocks=4, items=1, gap=3, queries=3, reverse=True)
+    vocab = lookup.Vocabulary.of(processor, task.blocks)
+    for seed in range(20):
+        ids, labels = lookup.sample(task, vocab, random.Random(seed), gap=task.gap)
+        blocks = _blocks(ids, vocab)
+        answers = _answers(labels)
+        asked = [ids[i - 1 - task.gap] for i in answers]
+        assert [len(b) for b in blocks] == [1] * 4 and len(answers) == 3 and len(set(asked)) == 3
+        for i, number in zip(answers, asked):
+            assert ids[i - task.gap:i] == vocab.filler[-task.gap:]
+            assert labels[i] == ids[i] == blocks[vocab.numbers.index(number)][0]
+
+
+def test_reverse_accuracy_picks_among_the_sequences_block_categories(processor):
+    vocab = lookup.Vocabulary.of(processor, 2)
+    dog, cat, bus = vocab.categories[:3]
+    count = vocab.counts[0]
+    ids = torch.tensor([[vocab.start, count, dog, vocab.end, vocab.start, count, cat, vocab.end, vocab.newline,
+                         vocab.numbers[1], cat]] * 2)
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = cat
+    logits = torch.zeros(2, ids.shape[1] - 1, len(processor.tokenizer))
+    logits[:, -1, bus] = 9.0  # a category no block holds does not count
+    logits[0, -1, cat] = logits[1, -1, dog] = 5.0
+    assert lookup.reverse_accuracy(logits, vocab, ids, labels) == 0.5
+
+
 def test_blocks_are_written_as_the_twins_write_them(processor):
     task = lookup.LookupTask(items=3, queries=1)
     vocab = lookup.Vocabulary.of(processor, task.blocks)
@@ -182,6 +210,9 @@ def test_a_tokenizer_that_splits_a_number_is_refused(processor):
     (lookup.LookupTask(blocks=10, items=9, queries=1), "need 90 categories"),
     (lookup.LookupTask(no_gap_share=1.5), "no_gap_share 1.5"),
     (lookup.LookupTask(steps=10, warm_steps=10), "warm_steps 10 is outside 0..steps - 1"),
+    (lookup.LookupTask(blocks=3, items=2, queries=1, reverse=True), "reverse needs items 1"),
+    (lookup.LookupTask(blocks=2, items=1, queries=2, reverse=True), "reverse needs items 1"),
+    (lookup.LookupTask(blocks=3, items=1, queries=1, reverse=True, echo=True), "reverse and echo"),
 ])
 def test_a_task_the_vocabulary_cannot_supply_is_refused_before_any_model(processor, task, message, monkeypatch):
     def no_model(*_args, **_kwargs):

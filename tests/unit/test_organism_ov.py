@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from mimic_utils.artifacts import repo_root
-from mimic_utils.data import scenes
+from mimic_utils.data import scenes, traindata
 from mimic_utils.models.vlm import load_adapter
 from mimic_utils.organism import cli, ov as organism_ov, recipe as organism
 from mimic_utils.organism.config import OrganismConfig
@@ -200,11 +200,11 @@ def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
 
 def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
     """A recipe key added later (bucket_by, image_labels, label_targets, echo, grow, curves_by_images,
-    warm_weights) defaults to
+    warm_weights, echo_count, echo_image) defaults to
     the older recipe: a checkpoint whose training.json lacks it still matches a recipe at that default, and not
     one that sets it."""
     assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images",
-                                      "warm_weights")
+                                      "warm_weights", "echo_count", "echo_image")
     older = {k: v for k, v in asdict(organism_ov.OvConfig()).items() if k not in organism_ov.LATER_KEYS}
     si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
     assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
@@ -216,6 +216,9 @@ def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps
     assert not ok and "grow" in why
     ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(warm_weights={"which_image": 1}), si)
     assert not ok and "warm_weights" in why
+    for key in ("echo_count", "echo_image"):
+        ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(**{key: True}), si)
+        assert not ok and key in why
 
 
 def test_the_phases_run_warm_then_grown_then_main_and_the_card_names_each():
@@ -272,6 +275,42 @@ def test_echoed_answers_are_scored_in_the_ground_truths_form_with_the_same_blind
         [organism_ov.exact_row(r, "no", {}, 1) for r in plain])
 
 
+def test_count_echoed_answers_are_scored_as_the_count_with_the_same_blind_baseline(tmp_path):
+    """With echo_count the held-out count-in-image-i questions are the same (same ground truth, so the same
+    blind baseline) and "dog 3 2" is read back as "2" — only with the asked category and image before it."""
+    from tests.unit.test_organism import SMALL
+
+    ov = organism_ov.OvConfig(eval_questions=32, eval_images=[4, 6], echo_count=True)
+    records = organism_ov.heldout_ov_records(SMALL, ov, tmp_path, progress=False)
+    plain = organism_ov.heldout_ov_records(SMALL, replace(ov, echo_count=False), tmp_path, progress=False)
+    assert [(r["question"], r["gt"]) for r in records] == [(r["question"], r["gt"]) for r in plain]
+    marked = [r for r in records if r.get("echo_count")]
+    assert marked and {r["family"] for r in marked} == {"image_count"} and not any(r.get("echo") for r in records)
+    for record in marked:
+        category, image = record["targets"][0], traindata.named_image(record["question"])
+        right = organism_ov.exact_row(record, f"{category} {image} {record['gt']}", {}, 1)
+        other = organism_ov.exact_row(record, f"{category} {image % 4 + 1} {record['gt']}", {}, 1)
+        assert right["score"] == 1.0 and right["echo_count"] and right["parsed"] == record["gt"]
+        assert other["score"] == 0.0
+    assert organism_ov.per_image_scores([organism_ov.exact_row(r, "1", {}, 1) for r in records]) == \
+        organism_ov.per_image_scores([organism_ov.exact_row(r, "1", {}, 1) for r in plain])
+
+
+def test_image_echoed_naming_answers_are_scored_without_the_number(tmp_path):
+    from tests.unit.test_organism import SMALL
+
+    ov = organism_ov.OvConfig(eval_questions=48, eval_images=[4, 6], echo_image=True,
+                              weights={"naming_in_image": 1, "image_count": 1})
+    records = organism_ov.heldout_ov_records(SMALL, ov, tmp_path, progress=False)
+    marked = [r for r in records if r.get("echo_image")]
+    assert marked and {r["family"] for r in marked} == {"naming_in_image"}
+    for record in marked:
+        image = traindata.named_image(record["question"])
+        right = organism_ov.exact_row(record, f"{image} {record['gt']}", {}, 1)
+        other = organism_ov.exact_row(record, f"{image % 4 + 1} {record['gt']}", {}, 1)
+        assert right["score"] == 1.0 and right["echo_image"] and other["score"] == 0.0
+
+
 def test_the_ov_card_says_when_its_answers_were_echoed(tmp_path):
     """The committed ov's scores and summary, carded as a recipe with and without echo."""
     committed = ROOT / "outputs" / "cpu" / "models" / "ov"
@@ -282,6 +321,10 @@ def test_the_ov_card_says_when_its_answers_were_echoed(tmp_path):
     for echo in (False, True):
         card = organism_ov.write_ov_card(tmp_path, organism_ov.OvConfig(echo=echo), summary, scores, "cmd", si_info)
         assert (organism_ov.ECHO_CARD_LINE in card.read_text()) == echo
+    card = organism_ov.write_ov_card(tmp_path, organism_ov.OvConfig(echo_count=True), summary, scores, "cmd", si_info)
+    assert organism_ov.ECHO_COUNT_CARD_LINE in card.read_text() and organism_ov.ECHO_CARD_LINE not in card.read_text()
+    card = organism_ov.write_ov_card(tmp_path, organism_ov.OvConfig(echo_image=True), summary, scores, "cmd", si_info)
+    assert organism_ov.ECHO_IMAGE_CARD_LINE in card.read_text() and organism_ov.ECHO_COUNT_CARD_LINE not in card.read_text()
 
 
 def test_format_kept_tells_mimic_answers_from_image_references():
@@ -548,3 +591,14 @@ def test_a_continuation_starts_from_ov_weights_beside_si_records(tmp_path):
     (start / "config.json").write_text("kept")
     organism_ov.continuation_start(ov_dir, si_dir, start)
     assert (start / "config.json").read_text() == "kept"
+
+
+def test_a_key_added_later_names_a_new_checkpoint_folder_only_when_set():
+    """``echo_count`` (UNDIGESTED_DEFAULTS) left at its default keeps a recipe's checkpoint folder the name it had
+    before the key existed, so its finished phases still resume; set, it is another recipe."""
+    import hashlib
+
+    config = organism_ov.OvConfig.from_yaml(ROOT / "params" / "cpu" / "organism_ov.yaml")
+    before = {k: v for k, v in asdict(config).items() if k not in organism_ov.UNDIGESTED_DEFAULTS}
+    assert config.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert replace(config, echo_count=True).digest() != config.digest()

@@ -281,6 +281,45 @@ def test_echo_writes_the_asked_category_before_each_image_number_and_nothing_els
     assert traindata.unechoed("cat 3", "dog") == "cat 3"  # a wrong category is not read as an image
 
 
+def test_echo_count_writes_the_category_and_the_image_before_each_count_and_nothing_else_changes(index):
+    plain = traindata.ov_questions(index, 400, seed=3, images=(2, 6))
+    both = traindata.ov_questions(index, 400, seed=3, images=(2, 6), echo=True, echo_count=True)
+    assert [(r["id"], r["question"], r["image_ids"]) for r in plain] == [(r["id"], r["question"], r["image_ids"]) for r in both]
+    counted = 0
+    for before, after in zip(plain, both):
+        if before["family"] not in traindata.COUNT_ECHO_FAMILIES:
+            assert after["gt"] == (traindata.echoed(before["gt"], before["targets"][0])
+                                   if before["family"] in traindata.ECHO_FAMILIES else before["gt"])
+            continue
+        category, image = before["targets"][0], traindata.named_image(before["question"])
+        assert after["gt"] == f"{category} {image} {before['gt']}"
+        assert traindata.count_unechoed(after["gt"], category, image) == before["gt"]
+        assert after["messages"][-1]["content"][0]["text"] == after["gt"]
+        counted += 1
+    assert counted > 20
+    # only the asked category and image are read back: another image or category stays a wrong answer
+    assert traindata.count_unechoed("dog 2 3", "dog", 3) == "dog 2 3"
+    assert traindata.count_unechoed("cat 3 3", "dog", 3) == "cat 3 3"
+    assert traindata.count_unechoed("Dog 3 1.", "dog", 3) == "1"
+    with pytest.raises(ValueError, match="no image named"):
+        traindata.named_image("How many dog objects can you see?")
+
+
+def test_echo_image_writes_the_named_images_number_before_each_naming_answer(index):
+    plain = traindata.ov_questions(index, 400, seed=3, images=(2, 10))
+    echoed = traindata.ov_questions(index, 400, seed=3, images=(2, 10), echo_image=True)
+    named = 0
+    for before, after in zip(plain, echoed):
+        if before["family"] not in traindata.IMAGE_ECHO_FAMILIES:
+            assert after["gt"] == before["gt"]
+            continue
+        image = traindata.named_image(before["question"])
+        assert after["gt"] == f"{image} {before['gt']}" and traindata.image_unechoed(after["gt"], image) == before["gt"]
+        named += 1
+    assert named > 20
+    assert traindata.image_unechoed("10 dog", 1) == "10 dog" and traindata.image_unechoed("2 dog", 3) == "2 dog"
+
+
 def test_the_finetunes_mix_echoes_its_ov_answers_as_the_ov_stage_does(index):
     """``ov_echo`` gives the finetunes' ov data the ov stage's answer form; the records are otherwise the same."""
     plain = build(index, TrainMix(mimic=0, minor=0, single=0, ov=200, ov_images=(2, 6), seed=2), progress=False)
@@ -291,6 +330,11 @@ def test_the_finetunes_mix_echoes_its_ov_answers_as_the_ov_stage_does(index):
     assert echoed and all(b["gt"] == traindata.echoed(a["gt"], a["targets"][0]) for a, b in echoed)
     assert all(b["messages"][-1]["content"][0]["text"] == b["gt"] for _, b in echoed)  # what the finetunes train on
     assert all(a["gt"] == b["gt"] for a, b in zip(plain, echo) if a["family"] not in traindata.ECHO_FAMILIES)
+    counts = build(index, TrainMix(mimic=0, minor=0, single=0, ov=200, ov_images=(2, 6), seed=2, ov_echo_count=True),
+                   progress=False)
+    assert [b["gt"] for b in counts] == [
+        traindata.count_echoed(a["gt"], a["targets"][0], traindata.named_image(a["question"]))
+        if a["family"] in traindata.COUNT_ECHO_FAMILIES else a["gt"] for a in plain]
 
 
 def test_a_share_of_ov_questions_labels_its_images_and_the_questions_stay_the_same(index):
