@@ -223,7 +223,8 @@ def count_echoed(answer: str, category: str, image: int) -> str:
 def count_unechoed(answer: str, category: str, image: int) -> str:
     """:func:`count_echoed`'s inverse: ``"dog 3 2"`` -> ``"2"``. Only an answer that restates this category and
     this image is read back, so one that names another stays wrong under exact scoring."""
-    found = re.fullmatch(rf"{re.escape(category)} {image} (\S+)", answer.strip().rstrip("."), flags=re.I)
+    found = re.fullmatch(rf"{re.escape(category)} {image} (\S+)", " ".join(answer.strip().rstrip(".").split()),
+                         flags=re.I)
     return found.group(1) if found else answer.strip()
 
 
@@ -234,7 +235,7 @@ def image_echoed(answer: str, image: int) -> str:
 
 def image_unechoed(answer: str, image: int) -> str:
     """:func:`image_echoed`'s inverse: ``"3 dog"`` -> ``"dog"``; an answer naming another image stays as it is."""
-    found = re.fullmatch(rf"{image} (.+)", answer.strip())
+    found = re.fullmatch(rf"{image} (.+)", " ".join(answer.split()))
     return found.group(1) if found else answer.strip()
 
 

@@ -12,6 +12,10 @@ stage's half hour. It is the ov stage's own loop (:func:`mimic_utils.organism.ov
 ``grow`` phase, the last is the main one, and the held-out curves and generated answers are read on
 ``--eval-images`` images (by default 2-10, so the score per image count shows how far the lookup was
 carried). A rerun with the same name and configuration resumes from the phases' checkpoints.
+``--echo-count`` and ``--echo-image`` change the answer form of count in image i ("dog 3 2") and of naming
+in image i ("3 dog"); a run with naming in image i also records its answers split by how many of the
+sample's images hold a single class (``naming_single_class``: the shortcut that question allows;
+``--check-single-class`` adds it to an earlier run's record).
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ filler — two steps, each with a target of its own (``heldout_full``: both righ
 "Image k: " before each block, so a block's number stands inside it rather than being counted.
 ``reverse`` asks the other way, as count in image *i* and the other "read image *i*" families do: the query
 names a block's number and the answer is the category that block holds (one item a block, so the answer
-is unambiguous; a pick is the likeliest of the sequence's block categories, chance ``1 / blocks``; each
-query a block not asked yet and fewer queries than blocks, so no answer follows from the others).
+is unambiguous; each query a block not asked yet and fewer queries than blocks, so no answer is left to
+elimination alone). The earlier answers narrow the later ones, so a pick is the likeliest of the block
+categories not answered yet in the sequence, and chance is the mean of ``1 / (blocks - j)`` over queries
+``j`` (:func:`reverse_chance`).
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ def check(task: LookupTask, vocab: Vocabulary) -> None:
     if task.reverse and not (task.items == 1 and task.queries < task.blocks):
         problems.append(f"reverse needs items 1 (got {task.items}) and queries below blocks (got {task.queries} "
                         f"for {task.blocks}): one category a block, and no answer left to elimination")
+    if task.reverse and task.warm_blocks is not None and task.queries >= task.warm_blocks:
+        problems.append(f"reverse with warm_blocks {task.warm_blocks} needs queries below it (got {task.queries})")
     if task.reverse and task.echo:
         problems.append("reverse and echo do not go together (echo restates a category, reverse answers one)")
     if task.queries > task.items and not task.reverse:
@@ -239,9 +243,14 @@ def accuracy(logits: torch.Tensor, vocab: Vocabulary, labels: torch.Tensor) -> f
     return float((picked == targets[asked]).float().mean())
 
 
+def reverse_chance(task: LookupTask) -> float:
+    """What a guess among the categories not answered yet scores, over a sequence's queries."""
+    return sum(1 / (task.blocks - j) for j in range(task.queries)) / task.queries
+
+
 def reverse_accuracy(logits: torch.Tensor, vocab: Vocabulary, ids: torch.Tensor, labels: torch.Tensor) -> float:
     """With ``reverse``: share of answers whose category is the most likely of the categories the sequence's
-    blocks hold (those before its first query; chance ``1 / blocks``)."""
+    blocks hold (those before its first query) that no earlier query has answered (:func:`reverse_chance`)."""
     targets = labels[:, 1:]
     categories = torch.tensor(vocab.categories)
     right = total = 0
@@ -253,6 +262,7 @@ def reverse_accuracy(logits: torch.Tensor, vocab: Vocabulary, ids: torch.Tensor,
             picked = candidates[logits[row, position, candidates].argmax()]
             right += int(picked == targets[row, position])
             total += 1
+            candidates = candidates[candidates != targets[row, position]]  # answered: no longer a candidate
     return right / total
 
 
@@ -287,7 +297,7 @@ def run(task: LookupTask, processor, shape: dict[str, int], progress: bool = Tru
     optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.01)
     record = {"task": asdict(task), "shape": shape, "parameters": tiny.count_parameters(model),
               "filler": processor.tokenizer.decode(vocab.filler[-task.gap:]) if task.gap else "",
-              "chance": round(1 / task.blocks, 3), "curve": []}
+              "chance": round(reverse_chance(task) if task.reverse else 1 / task.blocks, 3), "curve": []}
     for step in tqdm(range(1, task.steps + 1), desc=f"lookup {task.name}", disable=not progress):
         model.train()
         if step <= task.warm_steps:
@@ -335,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the query names a block's number, the answer is its category (use --items 1)")
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--items", type=int, default=4)
-    parser.add_argument("--queries", type=int, default=4, help="at most --items")
+    parser.add_argument("--queries", type=int, default=4, help="at most --items (with --reverse: below --blocks)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--si", default=None, help="si checkpoint folder: its tokenizer and shape")

@@ -120,6 +120,20 @@ def test_reverse_accuracy_picks_among_the_sequences_block_categories(processor):
     logits[:, -1, bus] = 9.0  # a category no block holds does not count
     logits[0, -1, cat] = logits[1, -1, dog] = 5.0
     assert lookup.reverse_accuracy(logits, vocab, ids, labels) == 0.5
+    # an earlier answer is no longer a candidate: a second query that prefers it picks the other block
+    two = torch.tensor([[vocab.start, count, dog, vocab.end, vocab.start, count, cat, vocab.end, vocab.newline,
+                         vocab.numbers[1], cat, vocab.newline, vocab.numbers[0], dog]])
+    marked = torch.full_like(two, -100)
+    marked[0, 10], marked[0, 13] = cat, dog
+    prefers_cat = torch.zeros(1, two.shape[1] - 1, len(processor.tokenizer))
+    prefers_cat[..., cat] = 5.0
+    assert lookup.reverse_accuracy(prefers_cat, vocab, two, marked) == 1.0
+
+
+def test_reverse_chance_counts_the_answers_already_given():
+    assert lookup.reverse_chance(lookup.LookupTask(blocks=2, items=1, queries=1, reverse=True)) == 0.5
+    six = lookup.LookupTask(blocks=6, items=1, queries=5, reverse=True)
+    assert abs(lookup.reverse_chance(six) - (1 / 6 + 1 / 5 + 1 / 4 + 1 / 3 + 1 / 2) / 5) < 1e-12
 
 
 def test_blocks_are_written_as_the_twins_write_them(processor):
@@ -213,6 +227,8 @@ def test_a_tokenizer_that_splits_a_number_is_refused(processor):
     (lookup.LookupTask(blocks=3, items=2, queries=1, reverse=True), "reverse needs items 1"),
     (lookup.LookupTask(blocks=2, items=1, queries=2, reverse=True), "reverse needs items 1"),
     (lookup.LookupTask(blocks=3, items=1, queries=1, reverse=True, echo=True), "reverse and echo"),
+    (lookup.LookupTask(blocks=6, items=1, queries=3, reverse=True, warm_steps=5, warm_blocks=3),
+     "needs queries below it"),
 ])
 def test_a_task_the_vocabulary_cannot_supply_is_refused_before_any_model(processor, task, message, monkeypatch):
     def no_model(*_args, **_kwargs):

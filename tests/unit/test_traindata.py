@@ -300,7 +300,7 @@ def test_echo_count_writes_the_category_and_the_image_before_each_count_and_noth
     # only the asked category and image are read back: another image or category stays a wrong answer
     assert traindata.count_unechoed("dog 2 3", "dog", 3) == "dog 2 3"
     assert traindata.count_unechoed("cat 3 3", "dog", 3) == "cat 3 3"
-    assert traindata.count_unechoed("Dog 3 1.", "dog", 3) == "1"
+    assert traindata.count_unechoed("Dog 3 1.", "dog", 3) == "1" == traindata.count_unechoed(" dog  3 1", "dog", 3)
     with pytest.raises(ValueError, match="no image named"):
         traindata.named_image("How many dog objects can you see?")
 
