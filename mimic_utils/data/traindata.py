@@ -170,6 +170,9 @@ COUNT_ECHO_FAMILIES = ("image_count",)
 #: ("3 dog" for image 3's one category), so the lookup of image i starts from the token right before the
 #: answer (a probe of the reverse lookup on images; it leaves MIMIC's answer format, so not a stage recipe)
 IMAGE_ECHO_FAMILIES = ("naming_in_image",)
+#: each answer form's switch (the ov stage's and ov_questions' keyword) and the families it rewrites; a record
+#: asked in a form carries its switch as a true key, which :func:`read_back` reads
+ANSWER_FORMS = {"echo": ECHO_FAMILIES, "echo_count": COUNT_ECHO_FAMILIES, "echo_image": IMAGE_ECHO_FAMILIES}
 
 
 def describe(counts: dict[str, int], categories: list[str]) -> str:
@@ -237,6 +240,18 @@ def image_unechoed(answer: str, image: int) -> str:
     """:func:`image_echoed`'s inverse: ``"3 dog"`` -> ``"dog"``; an answer naming another image stays as it is."""
     found = re.fullmatch(rf"{image} (.+)", " ".join(answer.split()))
     return found.group(1) if found else answer.strip()
+
+
+def read_back(output: str, record: dict) -> str:
+    """A generated answer to ``record`` read back into its ground truth's form, by the answer form the record
+    was asked in (its :data:`ANSWER_FORMS` key), so exact scoring and the blind baselines are the plain ones."""
+    if record.get("echo"):
+        return unechoed(output, record["targets"][0])
+    if record.get("echo_count"):
+        return count_unechoed(output, record["targets"][0], named_image(record["question"]))
+    if record.get("echo_image"):
+        return image_unechoed(output, named_image(record["question"]))
+    return output.strip()
 
 
 def image_label(position: int) -> str:

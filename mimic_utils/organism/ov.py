@@ -36,9 +36,9 @@ import yaml
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
 from mimic_utils.data.prompts import prompt_family
-from mimic_utils.data.traindata import (COUNT_ECHO_FAMILIES, ECHO_FAMILIES, IMAGE_ECHO_FAMILIES, OV_FAMILIES,
-                                        SINGLE_FAMILIES, count_unechoed, image_unechoed, named_image, ov_questions,
-                                        single_image_questions, unechoed, with_labels)
+from mimic_utils.data.traindata import (ANSWER_FORMS, COUNT_ECHO_FAMILIES, ECHO_FAMILIES, IMAGE_ECHO_FAMILIES,
+                                        OV_FAMILIES, SINGLE_FAMILIES, ov_questions, read_back, single_image_questions,
+                                        with_labels)
 from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.harness import read_predictions
 from mimic_utils.evaluation.scoring import parse_count, score_sample
@@ -83,6 +83,8 @@ ECHO_COUNT_CARD_LINE = ("Count echo: the answers of " + " and ".join(COUNT_ECHO_
 ECHO_IMAGE_CARD_LINE = ("Image echo: the answers of " + " and ".join(IMAGE_ECHO_FAMILIES) + " start with the named "
                         "image's number (\"3 dog\"); held-out answers are read back without it (only when it is that "
                         "image's number) before exact scoring, so the blind baselines are those of the plain answers.")
+#: the card's sentence of each answer form the stage was trained with (traindata.ANSWER_FORMS)
+FORM_CARD_LINES = {"echo": ECHO_CARD_LINE, "echo_count": ECHO_COUNT_CARD_LINE, "echo_image": ECHO_IMAGE_CARD_LINE}
 #: generated answers of the per-image families get this budget (an "Image 2: …" description can pass 16)
 OV_MAX_NEW_TOKENS = 24
 
@@ -407,20 +409,11 @@ def exact_row(record: dict, output: str, settings: dict, pool: int) -> dict:
     """A predictions line of a per-image question, scored by :func:`exact`. An ``echo`` record's answer
     ("dog 3") is read back into the ground truth's form ("image 3") first — only with the asked category
     before the number — so its blind baseline is the same best constant answer as without echo; an
-    ``echo_count`` record's ("dog 3 2") is read back to the count ("2") the same way."""
-    if record.get("echo"):
-        parsed = unechoed(output, record["targets"][0])
-    elif record.get("echo_count"):
-        parsed = count_unechoed(output, record["targets"][0], named_image(record["question"]))
-    elif record.get("echo_image"):
-        parsed = image_unechoed(output, named_image(record["question"]))
-    else:
-        parsed = output.strip()
+    ``echo_count`` record's ("dog 3 2") is read back to the count ("2") the same way (traindata.read_back)."""
+    parsed = read_back(output, record)
     return {"id": record["id"], "family": record["family"], "task": record["family"], "knobs": record["knobs"],
             **({"image_labels": True} if record.get("image_labels") else {}),
-            **({"echo": True} if record.get("echo") else {}),
-            **({"echo_count": True} if record.get("echo_count") else {}),
-            **({"echo_image": True} if record.get("echo_image") else {}),
+            **{form: True for form in ANSWER_FORMS if record.get(form)},
             "gt": record["gt"], "output": output, "parsed": parsed, "score": float(exact(parsed, record["gt"])),
             "scored_as": "exact", "pool": pool, "model": settings}
 
@@ -437,12 +430,9 @@ def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress:
                            dict.fromkeys([f for f in OV_FAMILIES if f in ov.ov_weights()], 1), prefix="heldout-ov")
     for record in records:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
-        if ov.echo and record["family"] in ECHO_FAMILIES:  # answered "dog 3", scored as "image 3" (exact_row)
-            record["echo"] = True
-        if ov.echo_count and record["family"] in COUNT_ECHO_FAMILIES:  # answered "dog 3 2", scored as "2"
-            record["echo_count"] = True
-        if ov.echo_image and record["family"] in IMAGE_ECHO_FAMILIES:  # answered "3 dog", scored as "dog"
-            record["echo_image"] = True
+        for form, families in ANSWER_FORMS.items():  # e.g. answered "dog 3", scored as "image 3" (exact_row)
+            if getattr(ov, form) and record["family"] in families:
+                record[form] = True
     if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
         records += [with_labels({**r, "id": r["id"] + "-labelled"}) for r in records]
     return records
@@ -637,9 +627,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         "",
         curriculum_line(ov),
         "",
-        *([ECHO_CARD_LINE, ""] if ov.echo else []),
-        *([ECHO_COUNT_CARD_LINE, ""] if ov.echo_count else []),
-        *([ECHO_IMAGE_CARD_LINE, ""] if ov.echo_image else []),
+        *[line for form in ANSWER_FORMS if getattr(ov, form) for line in (FORM_CARD_LINES[form], "")],
         f"- command: `{command}`",
         f"- seed: {ov.seed}",
         f"- started from: si weights sha256 `{si_info['sha256']}`",
