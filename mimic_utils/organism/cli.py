@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                              "committed si (mimic_utils.organism.ov); all: both (default)")
     parser.add_argument("--ov-params", help="the ov stage's recipe (default: params/<profile>/organism_ov.yaml)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", help="the folder holding si/ and ov/ (default: outputs/<profile>/models); "
+                                         "another folder trains a tried recipe beside the committed organisms")
     parser.add_argument("--rewrite-card", action="store_true",
                         help="re-score the trained si (--stage si) or ov checkpoint and rewrite eval.json and its model card")
     compare = parser.add_argument_group("compare (--compare): two scored ov checkpoints on the same held-out "
@@ -108,12 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = OrganismConfig.from_yaml(params)
     if args.probe:
-        import shlex
         import sys
 
         command = shlex.join(["python", "-m", "mimic_utils.organism", *(sys.argv[1:] if argv is None else argv)])
         return run_probe(args, config, params, profile_dir(args.profile, root), command)
-    models = profile_dir(args.profile, root) / "models"
+    models = Path(args.models) if args.models else profile_dir(args.profile, root) / "models"
     si_dir, ov_dir = models / "si", models / "ov"
     ov_params = Path(args.ov_params) if args.ov_params else root / "params" / args.profile / "organism_ov.yaml"
     if args.rewrite_card:  # the recorded organism, whatever the profile's recipe says now
@@ -121,15 +123,26 @@ def main(argv: list[str] | None = None) -> int:
             [rewrite_ov_card(ov_dir, si_dir)] if args.stage in ("ov", "all") else [])
         return max(codes)
     if args.stage in ("si", "all"):
-        code = ensure_si(config, si_dir, params, args.profile, args.if_needed)
+        code = ensure_si(config, si_dir, params, args.profile, args.if_needed, stage_command(args, "si"))
         if code:
             return code
     if args.stage in ("ov", "all"):
-        return ensure_ov(ov_params, si_dir, ov_dir, args.profile, args.if_needed)
+        return ensure_ov(ov_params, si_dir, ov_dir, args.profile, args.if_needed, stage_command(args, "ov"))
     return 0
 
 
-def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, if_needed: bool) -> int:
+def stage_command(args, stage: str) -> str:
+    """The command that retrains one stage as this call did, for its card: the profile and stage, plus the
+    recipe and models folder when they are not the profile's (a tried recipe trained beside the committed one)."""
+    words = ["python", "-m", "mimic_utils.organism", "--profile", args.profile, "--stage", stage]
+    for flag, value in (("--params", args.params), ("--ov-params", args.ov_params), ("--models", args.models)):
+        if value and (flag != "--ov-params" or stage == "ov") and (flag != "--params" or stage == "si"):
+            words += [flag, value]
+    return shlex.join(words)
+
+
+def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, if_needed: bool,
+              command: str | None = None) -> int:
     """Train the si checkpoint, or with ``if_needed`` reuse it when its recorded recipe is ``config``.
 
     ``--if-needed`` never retrains a committed si checkpoint (about 55 minutes, and every notebook's
@@ -148,14 +161,15 @@ def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, 
         print("[organism] training the si checkpoint first: none found (about 55 minutes on 2 cores)")
     summary = train_organism(config, si_dir)
     write_curves(si_dir, summary["log"])
-    command = f"python -m mimic_utils.organism --profile {profile} --stage si"
+    command = command or f"python -m mimic_utils.organism --profile {profile} --stage si"
     write_json(si_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],
                                           "parameters": summary["parameters"], "command": command})
     score_and_card(si_dir, config, summary, command)
     return 0
 
 
-def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_needed: bool) -> int:
+def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_needed: bool,
+              command: str | None = None) -> int:
     """Train the ov stage from the si checkpoint, or with ``if_needed`` reuse it when its recorded recipe is
     the profile's and it started from the si weights now committed (:func:`mimic_utils.organism.ov.reusable`)."""
     from mimic_utils.organism import ov as organism_ov
@@ -170,7 +184,7 @@ def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_need
         return 0
     if if_needed:
         print(f"[organism] training the ov stage: {why} (about 91 minutes on 2 cores)")
-    organism_ov.run(ov, si_dir, ov_dir, f"python -m mimic_utils.organism --profile {profile} --stage ov")
+    organism_ov.run(ov, si_dir, ov_dir, command or f"python -m mimic_utils.organism --profile {profile} --stage ov")
     return 0
 
 

@@ -398,6 +398,21 @@ def test_make_study_retrains_ov_when_its_recipe_or_its_si_changed(study, capsys)
     assert "other si weights" in capsys.readouterr().out and len(study["trained"]) == 2
 
 
+def test_a_tried_recipe_trains_beside_the_committed_organisms(study, monkeypatch, tmp_path):
+    """``--models`` puts both stages in another folder and their cards' command says so, so a tried recipe never
+    overwrites the committed si or ov and its card retrains it."""
+    commands = []
+    monkeypatch.setattr(organism_ov, "run",
+                        lambda ov_config, si_dir, out_dir, command: commands.append((si_dir, out_dir, command)))
+    tried = tmp_path / "tried"
+    (tried / "si").mkdir(parents=True)
+    assert cli.main(["--profile", "cpu", "--stage", "ov", "--models", str(tried)]) == 0
+    si_dir, out_dir, command = commands[0]
+    assert (si_dir, out_dir) == (tried / "si", tried / "ov")
+    assert command.endswith(f"--stage ov --models {tried}") and "--params" not in command
+    assert (study["ov"] / "model.safetensors").read_bytes() == b"ov weights"
+
+
 def test_notebooks_study_ov_and_finetune_si():
     def source(profile: str, notebook: str, key: str) -> str:
         values = yaml.safe_load((ROOT / "params" / profile / f"{notebook}.yaml").read_text())
