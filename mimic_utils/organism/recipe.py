@@ -238,33 +238,62 @@ def label_number_positions(tokenizer, ids: list[int]) -> list[int]:
     return positions
 
 
+def prompt_text(processor, question: str, family: str, n_images: int, image_labels: bool = False) -> str:
+    """One conversation's prompt through the processor's own chat template, in the official MIMIC layout
+    (multiple choice, ``family="choice"``: ``question`` is the whole MuirBench-format prompt, placed after the
+    image as evaluation places a public benchmark's prompt), with **one** image token per image."""
+    task = CHOICE_TASK if family == CHOICE_FAMILY else prompt_family(family)
+    messages = build_messages(question, n_images, task, "qwen2_vl", image_labels)
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def expand_images(ids: list[int], image_id: int, tokens_per_image: int) -> list[int]:
+    """``ids`` with each image token repeated ``tokens_per_image`` times, as ``Qwen2VLProcessor`` expands the
+    placeholder of a fixed-size image. The image token is a special token, so the text either side of it is
+    tokenized the same whether it stands once or ``tokens_per_image`` times (tested against the processor),
+    and the short prompt is what is tokenized: ov v12 spent 420 s building its 160,000 conversations with
+    every expanded prompt tokenized on its own (its ``training.json``)."""
+    block = [image_id] * tokens_per_image
+    expanded: list[int] = []
+    for token in ids:
+        if token == image_id:
+            expanded.extend(block)
+        else:
+            expanded.append(token)
+    return expanded
+
+
+def _conversation(tokenizer, prompt: list[int], answer: list[int], image_id: int, tokens_per_image: int,
+                  image_labels: bool, label_targets: bool) -> tuple[list[int], list[int]]:
+    """Ids and labels from an unexpanded prompt's ids and the answer's (``<|im_end|>`` included)."""
+    prompt = expand_images(prompt, image_id, tokens_per_image)
+    prompt_labels = [-100] * len(prompt)
+    if image_labels and label_targets:
+        for position in label_number_positions(tokenizer, prompt):
+            prompt_labels[position] = prompt[position]
+    return prompt + answer, prompt_labels + answer
+
+
+def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, tokenized in one batch call (no special tokens added)."""
+    return tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+
+
 def encode_conversation(processor, question: str, family: str, n_images: int, answer: str,
                         tokens_per_image: int, image_labels: bool = False,
                         label_targets: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 outside the assistant's answer) of one Qwen2-VL conversation.
 
-    The prompt goes through the processor's own chat template with the official MIMIC layout (multiple
-    choice, ``family="choice"``: ``question`` is the whole MuirBench-format prompt, placed after the image
-    as evaluation places a public benchmark's prompt); each image
-    placeholder is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a
-    fixed-size image (tested against it), so no pixels are needed here. ``image_labels``: "Image k: "
-    before each image (:data:`mimic_utils.data.prompts.IMAGE_LABEL`); with ``label_targets`` the number
-    of every label is a target too (:func:`label_number_positions`): predicting "k" before it is read
-    needs the number of images seen so far, a signal at every image boundary rather than one per answer.
+    The prompt goes through the processor's own chat template (:func:`prompt_text`); each image placeholder
+    is expanded to ``tokens_per_image`` tokens exactly as ``Qwen2VLProcessor`` does for a fixed-size image
+    (:func:`expand_images`, tested against it), so no pixels are needed here. ``image_labels``: "Image k: "
+    before each image (:data:`mimic_utils.data.prompts.IMAGE_LABEL`); with ``label_targets`` the number of
+    every label is a target too (:func:`label_number_positions`): predicting "k" before it is read needs the
+    number of images seen so far, a signal at every image boundary rather than one per answer.
+    :func:`encode_rows` encodes many at once the same way.
     """
-    task = CHOICE_TASK if family == CHOICE_FAMILY else prompt_family(family)
-    messages = build_messages(question, n_images, task, "qwen2_vl", image_labels)
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    image_token = processor.image_token
-    prompt = prompt.replace(image_token, image_token * tokens_per_image)
-    tokenizer = processor.tokenizer
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
-    prompt_labels = [-100] * len(prompt_ids)
-    if image_labels and label_targets:
-        for position in label_number_positions(tokenizer, prompt_ids):
-            prompt_labels[position] = prompt_ids[position]
-    return prompt_ids + answer_ids, prompt_labels + answer_ids
+    return encode_rows(processor, [(list(range(n_images)), question, family, answer, image_labels)],
+                       tokens_per_image, label_targets).ids_and_labels(0)
 
 
 @dataclass
@@ -279,6 +308,10 @@ class Conversations:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def ids_and_labels(self, index: int) -> tuple[list[int], list[int]]:
+        """One conversation's token ids and labels."""
+        return self.ids[index], self.labels[index]
 
     def __add__(self, other: "Conversations") -> "Conversations":
         return Conversations(self.ids + other.ids, self.labels + other.labels, self.images + other.images,
@@ -430,10 +463,19 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
 
 
 def encode_rows(processor, rows: list[tuple], tokens_per_image: int, label_targets: bool = False) -> Conversations:
-    """(pool images, question, family, answer[, image_labels]) rows encoded as :class:`Conversations`
-    (``label_targets``: see :func:`encode_conversation`)."""
-    encoded = [encode_conversation(processor, row[1], row[2], len(row[0]), row[3], tokens_per_image,
-                                   bool(row[4]) if len(row) > 4 else False, label_targets) for row in rows]
+    """(pool images, question, family, answer[, image_labels]) rows encoded as :class:`Conversations`, as
+    :func:`encode_conversation` encodes one (``label_targets``: see there). Rows share their prompts and
+    answers (one question asked of many images), so each distinct prompt is rendered once and the distinct
+    prompts and answers are tokenized in one batch each."""
+    tokenizer = processor.tokenizer
+    keys = [(row[1], row[2], len(row[0]), bool(row[4]) if len(row) > 4 else False) for row in rows]
+    prompts = list(dict.fromkeys(keys))
+    prompt_ids = dict(zip(prompts, _encode_texts(tokenizer, [prompt_text(processor, *key) for key in prompts])))
+    answers = list(dict.fromkeys(row[3] for row in rows))
+    answer_ids = dict(zip(answers, _encode_texts(tokenizer, [a + "<|im_end|>" for a in answers])))
+    image_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    encoded = [_conversation(tokenizer, prompt_ids[key], answer_ids[row[3]], image_id, tokens_per_image, key[3],
+                             label_targets) for key, row in zip(keys, rows)]
     return Conversations([e[0] for e in encoded], [e[1] for e in encoded], [r[0] for r in rows],
                          [r[2] for r in rows], [r[3] for r in rows])
 

@@ -47,6 +47,22 @@ def test_a_multi_image_conversation_is_encoded_as_the_processor_expands_it(built
     assert processor.tokenizer.decode([t for t in labels if t != -100]) == "1<|im_end|>"
 
 
+def test_rows_that_share_prompts_and_answers_encode_as_each_alone(built):
+    """encode_rows renders and tokenizes each distinct prompt and answer once; every row still gets exactly
+    the ids and labels it gets alone (labelled and unlabelled, label targets on), in the rows' order."""
+    _, processor = built
+    question = "In image 2 only, how many dog objects can you see?"
+    rows = [([1, 2, 3], question, "image_count", "1", True), ([4, 5], question, "image_count", "1"),
+            ([6, 7, 8], question, "image_count", "2", False), ([9, 1, 2], question, "image_count", "1", True),
+            ([3], "How many images are shown?", "image_total", "1")]
+    together = organism.encode_rows(processor, rows, 16, label_targets=True)
+    for index, row in enumerate(rows):
+        alone = organism.encode_rows(processor, [row], 16, label_targets=True)
+        assert together.ids_and_labels(index) == alone.ids_and_labels(0)
+    assert together.ids[0] != together.ids[2] and together.ids[0] == together.ids[3]  # "Image k: " labels, same n
+    assert together.images == [row[0] for row in rows] and together.answer == ["1", "1", "2", "1", "1"]
+
+
 def test_the_cached_forward_of_several_images_equals_the_pixel_forward(built, pool):
     """language_forward feeds each conversation's images, in order, as the processor's pixels would."""
     model, processor = built
