@@ -608,7 +608,8 @@ def answer_summary(rows: Rows, by: Sequence[str] = ("task", "n_images")) -> pd.D
     its share of the questions (``top_share`` near 1 is a constant answer), the share of right answers that
     constant would give (``top_right``), how many distinct answers (``distinct``), the parse failures
     (``unparsed``), and for counting the mean signed error of the parsed counts (``mean_error`` > 0:
-    over-counting) and the shares over- and under-counted."""
+    over-counting), the shares over- and under-counted and which of the true counts it ever says
+    (:func:`counts_said`)."""
     lines = []
     for key, members in group(rows, by).items():
         answers = [answer_text(r) for r in members]
@@ -621,9 +622,21 @@ def answer_summary(rows: Rows, by: Sequence[str] = ("task", "n_images")) -> pd.D
             errors = [int(r["parsed"]) - int(r["gt"]) for r in members if r.get("parsed") is not None]
             line |= {"mean_error": _round(sum(errors) / len(errors)) if errors else math.nan,
                      "over": _round(sum(e > 0 for e in errors) / len(members)),
-                     "under": _round(sum(e < 0 for e in errors) / len(members))}
+                     "under": _round(sum(e < 0 for e in errors) / len(members)), **counts_said(members)}
         lines.append(line)
     return pd.DataFrame(lines)
+
+
+def counts_said(members: Rows) -> dict:
+    """Whether a counting model uses the whole answer range (issue #25's check on the confusion figure): of the
+    true counts the questions ask (``counts_asked``), the share the model ever answers (``counts_said``,
+    right or not) and the ones it never says (``never_said``, e.g. ``"3, 6, 7, 8"``; ``""`` when none). A
+    model that says every count it is asked can still be wrong; one that never says 3 cannot count three."""
+    asked = sorted({int(r["gt"]) for r in members})
+    said = {int(r["parsed"]) for r in members if r.get("parsed") is not None}
+    never = [count for count in asked if count not in said]
+    return {"counts_asked": len(asked), "counts_said": _round(1 - len(never) / len(asked)),
+            "never_said": ", ".join(map(str, never))}
 
 
 def wrong_answers(rows: Rows, by: Sequence[str] = ("task", "n_images"), top: int = 3) -> pd.DataFrame:
@@ -650,7 +663,8 @@ def _ranked(values: Iterable[str]) -> list[tuple[str, int]]:
 
 def answer_findings(summary: pd.DataFrame, model: str) -> list[str]:
     """One sentence per task and image count of :func:`answer_summary`: the answer it gives most and how
-    often, and for counting whether the parsed counts run over or under the truth."""
+    often, and for counting whether the parsed counts run over or under the truth and which true counts it
+    never says."""
     lines = []
     for line in summary.to_dict(orient="records"):
         text = (f"{model}, {line['task']} at {value_label('n_images', line['n_images'])}: score {line['score']:.2f}; "
@@ -659,6 +673,13 @@ def answer_findings(summary: pd.DataFrame, model: str) -> list[str]:
         if "mean_error" in line and isinstance(line["mean_error"], float) and math.isfinite(line["mean_error"]):
             text += (f"; parsed counts are {line['mean_error']:+.2f} off on average (over {line['over']:.0%}, "
                      f"under {line['under']:.0%}, unparsed {line['unparsed']:.0%})")
+        never = line.get("never_said")  # NaN on the rows of other tasks, "" where every count is said
+        if isinstance(never, str) and never:
+            asked = int(line["counts_asked"])
+            text += (f"; of the {asked} true counts asked it never answers {line['never_said']} "
+                     f"({asked - len(line['never_said'].split(', '))} said)")
+        elif isinstance(never, str):
+            text += f"; it answers each of the {int(line['counts_asked'])} true counts asked at least once"
         lines.append(text + ".")
     return lines
 

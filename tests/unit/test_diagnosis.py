@@ -371,7 +371,18 @@ def test_answer_summary_tells_a_constant_answer_from_over_counting():
     assert summary.loc[4, "unparsed"] == pytest.approx(1 / 6, abs=1e-4) and summary.loc[4, "distinct"] == 6
     lines = diagnosis.answer_findings(diagnosis.answer_summary(constant), "m")
     assert lines == ["m, counting_balanced at 10 images: score 0.20; the most frequent answer '1' is 100% of 10 "
-                     "answers (1 distinct); parsed counts are -2.00 off on average (over 0%, under 80%, unparsed 0%)."]
+                     "answers (1 distinct); parsed counts are -2.00 off on average (over 0%, under 80%, unparsed 0%); "
+                     "of the 5 true counts asked it never answers 2, 3, 4, 5 (1 said)."]
+    assert summary.loc[10, "counts_said"] == 0.2 and summary.loc[10, "never_said"] == "2, 3, 4, 5"
+    # over-counting by two says 3, 4 and 5 (of 1..5 asked; the unparsed answer says nothing)
+    assert summary.loc[4, "never_said"] == "1, 2" and summary.loc[4, "counts_said"] == 0.6
+    every = counting_answers([(str(g), g) for g in (1, 2, 3)], n=2)
+    assert diagnosis.answer_findings(diagnosis.answer_summary(every), "m")[0].endswith(
+        "it answers each of the 3 true counts asked at least once.")
+    named = [{"id": "n", "task": "common", "family": "common", "scored_as": "common", "knobs": {"n_images": 2},
+              "gt": "dog", "parsed": "cat", "score": 0.0}]
+    mixed = diagnosis.answer_findings(diagnosis.answer_summary(every + named), "m")
+    assert [("true counts" in line) for line in mixed] == [False, True]  # common's row has no count range
 
 
 def test_wrong_answers_rank_the_most_frequent_wrong_replies_per_cell():
