@@ -170,9 +170,6 @@ COUNT_ECHO_FAMILIES = ("image_count",)
 #: ("3 dog" for image 3's one category), so the lookup of image i starts from the token right before the
 #: answer (a probe of the reverse lookup on images; it leaves MIMIC's answer format, so not a stage recipe)
 IMAGE_ECHO_FAMILIES = ("naming_in_image",)
-#: each answer form's switch (the ov stage's and ov_questions' keyword) and the families it rewrites; a record
-#: asked in a form carries its switch as a true key, which :func:`read_back` reads
-ANSWER_FORMS = {"echo": ECHO_FAMILIES, "echo_count": COUNT_ECHO_FAMILIES, "echo_image": IMAGE_ECHO_FAMILIES}
 
 
 def describe(counts: dict[str, int], categories: list[str]) -> str:
@@ -242,15 +239,36 @@ def image_unechoed(answer: str, image: int) -> str:
     return found.group(1) if found else answer.strip()
 
 
+@dataclass(frozen=True)
+class AnswerForm:
+    """One answer form: the families it rewrites, how it writes a plain answer and how it reads a generated
+    one back into the plain form; both take ``(answer, asked category, question)``."""
+
+    families: tuple[str, ...]
+    write: Callable[[str, str, str], str]
+    read: Callable[[str, str, str], str]
+
+
+#: each answer form by its switch (the ov stage's and ov_questions' keyword); a record asked in a form carries
+#: its switch as a true key, which :func:`read_back` reads
+ANSWER_FORMS = {
+    "echo": AnswerForm(ECHO_FAMILIES, lambda answer, category, _: echoed(answer, category),
+                       lambda output, category, _: unechoed(output, category)),
+    "echo_count": AnswerForm(COUNT_ECHO_FAMILIES,
+                             lambda answer, category, question: count_echoed(answer, category, named_image(question)),
+                             lambda output, category, question: count_unechoed(output, category,
+                                                                               named_image(question))),
+    "echo_image": AnswerForm(IMAGE_ECHO_FAMILIES, lambda answer, _, question: image_echoed(answer, named_image(question)),
+                             lambda output, _, question: image_unechoed(output, named_image(question))),
+}
+
+
 def read_back(output: str, record: dict) -> str:
     """A generated answer to ``record`` read back into its ground truth's form, by the answer form the record
     was asked in (its :data:`ANSWER_FORMS` key), so exact scoring and the blind baselines are the plain ones."""
-    if record.get("echo"):
-        return unechoed(output, record["targets"][0])
-    if record.get("echo_count"):
-        return count_unechoed(output, record["targets"][0], named_image(record["question"]))
-    if record.get("echo_image"):
-        return image_unechoed(output, named_image(record["question"]))
+    for switch, form in ANSWER_FORMS.items():
+        if record.get(switch):
+            return form.read(output, record["targets"][0], record["question"])
     return output.strip()
 
 
@@ -376,6 +394,7 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
     if unknown:
         raise KnobError(f"ov questions: unknown families {unknown}; known: {list(OV_FAMILIES)}")
     pools = pools or Pools(index)
+    switched = [switch for switch, on in (("echo", echo), ("echo_count", echo_count), ("echo_image", echo_image)) if on]
     records = []
     for family, share in family_shares(count, weights).items():
         rng = _rng(seed, f"{prefix}-{family}")
@@ -383,12 +402,9 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
         for number in range(share):
             n = rng.randint(max(low, OV_MIN_IMAGES.get(family, 1)), max(high, OV_MIN_IMAGES.get(family, 1)))
             drawn, targets, question, answer = OV_BUILDERS[family](pools, rng, n)
-            if echo and family in ECHO_FAMILIES:
-                answer = echoed(answer, targets[0])
-            if echo_count and family in COUNT_ECHO_FAMILIES:
-                answer = count_echoed(answer, targets[0], named_image(question))
-            if echo_image and family in IMAGE_ECHO_FAMILIES:
-                answer = image_echoed(answer, named_image(question))
+            for switch in switched:
+                if family in ANSWER_FORMS[switch].families:
+                    answer = ANSWER_FORMS[switch].write(answer, targets[0], question)
             record = _record(index, f"{prefix}-{family}-{number:05d}", family, drawn, targets, question, answer, "ov")
             record["knobs"] = {"n_images": n}
             if labelled.random() < image_labels:

@@ -135,8 +135,9 @@ def stage_command(args, stage: str) -> str:
     """The command that retrains one stage as this call did, for its card: the profile and stage, plus the
     recipe and models folder when they are not the profile's (a tried recipe trained beside the committed one)."""
     words = ["python", "-m", "mimic_utils.organism", "--profile", args.profile, "--stage", stage]
-    for flag, value in (("--params", args.params), ("--ov-params", args.ov_params), ("--models", args.models)):
-        if value and (flag != "--ov-params" or stage == "ov") and (flag != "--params" or stage == "si"):
+    recipe = ("--params", args.params) if stage == "si" else ("--ov-params", args.ov_params)
+    for flag, value in (recipe, ("--models", args.models)):
+        if value:
             words += [flag, value]
     return shlex.join(words)
 

@@ -430,9 +430,9 @@ def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress:
                            dict.fromkeys([f for f in OV_FAMILIES if f in ov.ov_weights()], 1), prefix="heldout-ov")
     for record in records:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
-        for form, families in ANSWER_FORMS.items():  # e.g. answered "dog 3", scored as "image 3" (exact_row)
-            if getattr(ov, form) and record["family"] in families:
-                record[form] = True
+        for switch, form in ANSWER_FORMS.items():  # e.g. answered "dog 3", scored as "image 3" (exact_row)
+            if getattr(ov, switch) and record["family"] in form.families:
+                record[switch] = True
     if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
         records += [with_labels({**r, "id": r["id"] + "-labelled"}) for r in records]
     return records
