@@ -676,8 +676,8 @@ def answer_findings(summary: pd.DataFrame, model: str) -> list[str]:
         never = line.get("never_said")  # NaN on the rows of other tasks, "" where every count is said
         if isinstance(never, str) and never:
             asked = int(line["counts_asked"])
-            text += (f"; of the {asked} true counts asked it never answers {line['never_said']} "
-                     f"({asked - len(line['never_said'].split(', '))} said)")
+            said = round(line["counts_said"] * asked)  # the share is rounded to 4 places: exact for any count range asked
+            text += f"; of the {asked} true counts asked it never answers {never} ({said} said)"
         elif isinstance(never, str):
             text += f"; it answers each of the {int(line['counts_asked'])} true counts asked at least once"
         lines.append(text + ".")

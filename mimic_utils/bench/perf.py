@@ -17,7 +17,6 @@ import importlib.metadata
 import inspect
 import json
 import os
-import platform
 import random
 import shlex
 import sys
@@ -38,25 +37,10 @@ from mimic_utils.data.mimic_benchmark import BenchmarkPlan, build, plan_specs
 from mimic_utils.data.scene_formats import write_coco_split
 from mimic_utils.data.scenes import SceneParams, draw_contents, scene_rng, sprite
 from mimic_utils.data.annotations import AnnotationIndex, ImageAnnotation, ObjectAnnotation
+from mimic_utils.machine import machine_record
 
 # torch and the modules built on it are imported inside the benchmarks that use them, so that
 # `perf scenes` and `perf questions` run without loading torch.
-
-
-def machine_info() -> dict:
-    """Where a figure was measured: platform, CPU count, and library versions that move timings."""
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    for module in ("torch", "numpy", "PIL"):
-        try:
-            info[module] = __import__(module).__version__
-        except ImportError:
-            info[module] = None
-    return info
 
 
 def _bench_dir(out_dir: Path | None = None) -> Path:
@@ -69,7 +53,7 @@ def write_result(
 ) -> Path:
     """Write ``<out_dir>/<name>.json`` (default ``outputs/bench/``) atomically: the command, the machine, the
     figures and the ratio."""
-    result = {"name": name, "command": command, "machine": machine_info(), "figures": figures, "ratio": ratio}
+    result = {"name": name, "command": command, "machine": machine_record(1.0), "figures": figures, "ratio": ratio}
     path = _bench_dir(out_dir) / f"{name}.json"
     write_text(path, json.dumps(result, indent=2) + "\n")
     return path

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from mimic_utils.artifacts import write_text
+from mimic_utils.machine import speed_line
 from mimic_utils.analysis.plots import save_figure, save_table
 
 if TYPE_CHECKING:  # the recipe imports this module to write its card
@@ -128,7 +129,7 @@ def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: d
         f"{config.text_heads} heads, MLP {config.text_intermediate}",
         f"- parameters: {summary.get('parameters', 'n/a'):,}",
         f"- weights: `model.safetensors`, sha256 `{sha}`",
-        "- training time (this machine, 2 cores): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in _in_stage_order(seconds))
+        f"- training time (this machine: {speed_line(summary.get('machine'))}): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in _in_stage_order(seconds))
         + f" — target ≤ {TARGET_MINUTES} min " + ("met" if minutes <= TARGET_MINUTES else "**not met**"),
         "",
         "## Held-out single-image scores (real generation through `mimic_utils.models.vlm`, official scorers)",

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mimic_utils.artifacts import profile_dir, repo_root, write_json
+from mimic_utils.machine import machine_record
 from mimic_utils.models.vlm import load_adapter
 from mimic_utils.organism import recipe
 from mimic_utils.organism.card import recorded_config, write_card, write_curves
@@ -160,11 +161,13 @@ def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, 
         return 2
     if if_needed:
         print("[organism] training the si checkpoint first: none found (about 55 minutes on 2 cores)")
-    summary = train_organism(config, si_dir)
+    machine = machine_record()  # before training: the cores are this run's alone then
+    summary = {**train_organism(config, si_dir), "machine": machine}
     write_curves(si_dir, summary["log"])
     command = command or f"python -m mimic_utils.organism --profile {profile} --stage si"
     write_json(si_dir / "training.json", {"config": asdict(config), "seconds": summary["seconds"],
-                                          "parameters": summary["parameters"], "command": command})
+                                          "parameters": summary["parameters"], "command": command,
+                                          "machine": machine})
     score_and_card(si_dir, config, summary, command)
     return 0
 
@@ -236,7 +239,8 @@ def rewrite_card(out_dir: Path) -> int:
     training = json.loads(recorded.read_text(encoding="utf-8"))
     frame = pd.read_csv(Path(out_dir) / "loss.csv")
     log = [{k: v for k, v in row.items() if v == v} for row in frame.to_dict("records")]  # NaN: not evaluated
-    summary = {"seconds": training["seconds"], "parameters": training["parameters"], "log": log}
+    summary = {"seconds": training["seconds"], "parameters": training["parameters"], "log": log,
+               "machine": training.get("machine")}
     score_and_card(out_dir, OrganismConfig(**training["config"]), summary, training["command"])
     return 0
 

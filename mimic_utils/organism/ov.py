@@ -35,6 +35,7 @@ import yaml
 
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
+from mimic_utils.machine import machine_record, speed_line
 from mimic_utils.data.prompts import prompt_family
 from mimic_utils.data.traindata import (ANSWER_FORMS, COUNT_ECHO_FAMILIES, ECHO_FAMILIES, IMAGE_ECHO_FAMILIES,
                                         OV_FAMILIES, SINGLE_FAMILIES, ov_questions, read_back, single_image_questions,
@@ -633,7 +634,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         f"- started from: si weights sha256 `{si_info['sha256']}`",
         f"- parameters: {summary.get('parameters', 'n/a'):,}",
         f"- weights: `model.safetensors`, {weights.stat().st_size / 2**20:.1f} MiB, sha256 `{weights_sha256(out_dir)}`",
-        "- time (this machine, 2 cores): " + ", ".join(f"{k} {seconds[k] / 60:.1f} min" for k in TIME_ORDER if k in seconds)
+        f"- time (this machine: {speed_line(summary.get('machine'))}): " + ", ".join(f"{k} {seconds[k] / 60:.1f} min" for k in TIME_ORDER if k in seconds)
         + f" — training {minutes:.1f} min" + (" from scratch, with the resumed phases" if summary.get("resumed") else "")
         + f", ≤ {TARGET_MINUTES} "
         + {True: "met", False: "**not met**", None: "not known (a lower bound)"}[ov_time_met(summary)],
@@ -749,12 +750,13 @@ def reusable(out_dir: Path, ov: OvConfig, si_dir: Path) -> tuple[bool, str]:
 
 def run(ov: OvConfig, si_dir: Path, out_dir: Path, command: str) -> dict:
     """Train, record, score and card the ov checkpoint."""
-    summary = train_ov(ov, si_dir, out_dir)
+    machine = machine_record()  # before training: the cores are this run's alone then
+    summary = {**train_ov(ov, si_dir, out_dir), "machine": machine}
     write_curves(out_dir, summary["log"])
     write_json(out_dir / "training.json", {
         "config": asdict(ov), "si": si_record(si_dir), "seconds": summary["seconds"],
         **({"resumed": summary["resumed"]} if summary.get("resumed") else {}),
         **({"resumed_seconds": summary["resumed_seconds"]} if summary.get("resumed_seconds") else {}),
         "parameters": summary["parameters"], "command": command, "conversations": summary["conversations"],
-        "batch_sizes": summary["batch_sizes"], "bucket_longest": summary["bucket_longest"]})
+        "batch_sizes": summary["batch_sizes"], "bucket_longest": summary["bucket_longest"], "machine": machine})
     return score_and_card(out_dir, si_dir, ov, summary, command)

@@ -116,14 +116,17 @@ def test_the_card_is_written_after_training_and_rewritten_from_the_record_alone(
 
     config = replace(SMALL_DEEP, heldout_questions=10, heldout_choice_questions=6)
     out = tmp_path / "models" / "base"
-    summary = recipe.train_organism(config, out, progress=False)
+    machine = {"cpu_model": "Test CPU", "cpu_count": 2, "matmul_gflops": 12.5}
+    summary = {**recipe.train_organism(config, out, progress=False), "machine": machine}
     organism_card.write_curves(out, summary["log"])
     (out / "training.json").write_text(json.dumps({"config": asdict(config), "seconds": summary["seconds"],
-                                                   "parameters": summary["parameters"], "command": "cmd"}))
+                                                   "parameters": summary["parameters"], "command": "cmd",
+                                                   "machine": machine}))
     scores = cli.score_and_card(out, config, summary, "cmd")
     assert {"choice", "choice_parse_rate"} <= set(scores)
     first = (out / "README.md").read_text(encoding="utf-8")
     assert "| 95% interval | blind | target | met |" in first and "multiple choice, letter parse rate" in first
+    assert "training time (this machine: Test CPU, 2 cores, matmul 12.5 GFLOP/s)" in first
     missed = [r for r in organism_card.score_rows(scores) if r["met"] is False]
     assert all(f"{organism_card.LABELS.get(r['question'], r['question'])}: " in first for r in missed)
     assert cli.rewrite_card(out) == 0
