@@ -36,7 +36,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -368,10 +368,15 @@ OV_BUILDERS: dict[str, Callable] = {
 }
 
 
+def switched_forms(config: object, prefix: str = "") -> tuple[str, ...]:
+    """The :data:`ANSWER_FORMS` a configuration switches on with its boolean fields ``<prefix><form>`` (the ov
+    stage's ``echo``, a TrainMix's ``ov_echo``): what :func:`ov_questions` takes as ``forms``."""
+    return tuple(form for form in ANSWER_FORMS if getattr(config, prefix + form, False))
+
+
 def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tuple[int, int] = (1, 10),
                  weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov",
-                 image_labels: float = 0.0, echo: bool = False, echo_count: bool = False,
-                 echo_image: bool = False) -> list[dict]:
+                 image_labels: float = 0.0, forms: Collection[str] = ()) -> list[dict]:
     """The multi-image stage's per-image questions (:data:`OV_FAMILIES`), ``count * weight / sum`` of each
     family of ``weights`` (default: evenly), images per sample uniform over ``images`` (at least
     :data:`OV_MIN_IMAGES` where a family needs two). Records as the other builders' (origin ``"ov"``),
@@ -379,10 +384,11 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
 
     ``image_labels`` is the share of questions whose prompt puts ``"Image k: "`` before each image
     (``record["image_labels"]``), drawn from a stream of its own so the questions are the same at any share.
-    ``echo`` writes the answers of :data:`ECHO_FAMILIES` with the category before each image number
-    (:func:`echoed`), ``echo_count`` those of :data:`COUNT_ECHO_FAMILIES` after the category and the
-    image's number (:func:`count_echoed`), ``echo_image`` those of :data:`IMAGE_ECHO_FAMILIES` after the
-    image's number (:func:`image_echoed`); the questions and images are the same either way.
+    ``forms`` names the :data:`ANSWER_FORMS` the answers are written in: ``"echo"`` writes the answers of
+    :data:`ECHO_FAMILIES` with the category before each image number (:func:`echoed`), ``"echo_count"``
+    those of :data:`COUNT_ECHO_FAMILIES` after the category and the image's number (:func:`count_echoed`),
+    ``"echo_image"`` those of :data:`IMAGE_ECHO_FAMILIES` after the image's number (:func:`image_echoed`);
+    the questions and images are the same in any form.
     """
     low, high = images
     if not 1 <= low <= high <= MAX_IMAGES:
@@ -393,8 +399,11 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
     unknown = sorted(set(weights) - set(OV_FAMILIES))
     if unknown:
         raise KnobError(f"ov questions: unknown families {unknown}; known: {list(OV_FAMILIES)}")
+    unknown = sorted(set(forms) - set(ANSWER_FORMS))
+    if unknown:
+        raise KnobError(f"ov questions: unknown answer forms {unknown}; known: {list(ANSWER_FORMS)}")
     pools = pools or Pools(index)
-    switched = [switch for switch, on in (("echo", echo), ("echo_count", echo_count), ("echo_image", echo_image)) if on]
+    switched = [switch for switch in ANSWER_FORMS if switch in forms]  # the table's order, whatever the caller's
     records = []
     for family, share in family_shares(count, weights).items():
         rng = _rng(seed, f"{prefix}-{family}")
@@ -504,6 +513,11 @@ class TrainMix:
     #: ``echo_count``
     ov_echo_count: bool = False
 
+    @property
+    def ov_forms(self) -> tuple[str, ...]:
+        """The :data:`ANSWER_FORMS` switched on by this mix's ``ov_<form>`` fields."""
+        return switched_forms(self, prefix="ov_")
+
     def __post_init__(self) -> None:
         if not 1 <= self.min_images <= self.max_images <= MAX_IMAGES:
             raise KnobError(f"TrainMix: need 1 <= min_images <= max_images <= {MAX_IMAGES}, "
@@ -599,7 +613,7 @@ def build(index: AnnotationIndex, mix: TrainMix, progress: bool = True) -> list[
         ("minor", lambda: minor_conversations(index, mix, pools)),
         ("single", lambda: single_image_questions(index, mix.single, mix.seed, mix.max_count, pools=pools)),
         ("ov", lambda: ov_questions(index, mix.ov, mix.seed, tuple(mix.ov_images), mix.ov_weights, pools, "train-ov",
-                                    mix.ov_image_labels, mix.ov_echo, mix.ov_echo_count)),
+                                    mix.ov_image_labels, mix.ov_forms)),
     ]
     records: list[dict] = []
     for _, make in tqdm(parts, desc="training conversations", disable=not progress):

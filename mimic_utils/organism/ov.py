@@ -35,11 +35,11 @@ import yaml
 
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
-from mimic_utils.machine import machine_record, speed_line
 from mimic_utils.data.prompts import prompt_family
 from mimic_utils.data.traindata import (ANSWER_FORMS, COUNT_ECHO_FAMILIES, ECHO_FAMILIES, IMAGE_ECHO_FAMILIES,
                                         OV_FAMILIES, SINGLE_FAMILIES, ov_questions, read_back, single_image_questions,
-                                        with_labels)
+                                        switched_forms, with_labels)
+from mimic_utils.machine import machine_record, speed_line
 from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.harness import read_predictions
 from mimic_utils.evaluation.scoring import parse_count, score_sample
@@ -211,6 +211,11 @@ class OvConfig:
     def single_weights(self) -> dict[str, int]:
         return {f: w for f, w in self.weights.items() if f not in OV_FAMILIES and w > 0}
 
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The answer forms this stage trains and scores in (traindata.ANSWER_FORMS switched on by its fields)."""
+        return switched_forms(self)
+
     def digest(self) -> str:
         """Names the folder of the stage's phase checkpoints (``checkpoints/<digest>``); the keys of
         :data:`UNDIGESTED_DEFAULTS` count only when set, so recipes from before them keep their folder."""
@@ -247,13 +252,14 @@ def heldout_pool(si: OrganismConfig, progress: bool = True) -> organism.ScenePoo
 
 
 def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: dict[str, int],
-            prefix: str, image_labels: float = 0.0, echo: bool = False, echo_count: bool = False,
-            echo_image: bool = False) -> list[tuple[list[int], str, str, str, bool]]:
-    """(pool images, question, family, answer, labelled) rows of the per-image families."""
+            prefix: str, image_labels: float = 0.0,
+            forms: tuple[str, ...] = ()) -> list[tuple[list[int], str, str, str, bool]]:
+    """(pool images, question, family, answer, labelled) rows of the per-image families, answered in
+    ``forms`` (traindata.ANSWER_FORMS)."""
     if count <= 0 or not weights:
         return []
     records = ov_questions(pool.index, count, seed, tuple(images), weights, prefix=prefix, image_labels=image_labels,
-                           echo=echo, echo_count=echo_count, echo_image=echo_image)
+                           forms=forms)
     return [([int(i) for i in r["image_ids"]], r["question"], r["family"], r["gt"], bool(r.get("image_labels")))
             for r in records]
 
@@ -261,8 +267,7 @@ def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: di
 def stage_conversations(si: OrganismConfig, pool, processor, count: int,
                         seed: int, weights: dict[str, int], images, n_tokens: int, prefix: str,
                         count_weights=None, image_labels: float = 0.0,
-                        label_targets: bool = False, echo: bool = False, echo_count: bool = False,
-                        echo_image: bool = False) -> organism.Conversations:
+                        label_targets: bool = False, forms: tuple[str, ...] = ()) -> organism.Conversations:
     """Conversations of the stage's families: the per-image ones (:func:`ov_rows`, ``image_labels`` of
     them with labelled images) and the single-image ones with si's own builders (counting tilted by
     ``count_weights``, multiple choice in si's option range)."""
@@ -270,7 +275,7 @@ def stage_conversations(si: OrganismConfig, pool, processor, count: int,
     single = {f: w for f, w in weights.items() if f not in OV_FAMILIES}
     total = sum(weights.values())
     n_ov = count * sum(per_image.values()) // total
-    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels, echo, echo_count, echo_image)
+    rows = ov_rows(pool, n_ov, seed, images, per_image, prefix, image_labels, forms)
     convs = organism.encode_rows(processor, rows, n_tokens, label_targets)
     if single:
         convs = convs + organism.build_conversations(
@@ -352,8 +357,8 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     begin = time.time()
     even = dict.fromkeys([f for f, w in ov.weights.items() if w > 0], 1)
     held = stage_conversations(si, heldout, processor, ov.heldout_questions, ov.seed + 11, even,
-                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels, echo=ov.echo,
-                               echo_count=ov.echo_count, echo_image=ov.echo_image)
+                               ov.eval_images, n_tokens, "ov-heldout", image_labels=ov.image_labels,
+                               forms=ov.forms)
     if ov.curves_by_images:
         held = by_image_count(held)
     phases = []
@@ -361,7 +366,7 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
         seed = ov.seed + {"ov": 10, "ov-warm": 14}.get(name, 16 + len(phases))
         phase_convs = stage_conversations(si, train, processor, count, seed, ov.phase_weights(name), images, n_tokens,
                                           name if name != "ov" else "ov-train", si.count_weights, ov.image_labels,
-                                          ov.label_targets, ov.echo, ov.echo_count, ov.echo_image)
+                                          ov.label_targets, ov.forms)
         phases.append((name, phase_convs, steps, lr))
     convs = phases[-1][1]
     seconds["conversations"] = time.time() - begin
@@ -628,7 +633,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         "",
         curriculum_line(ov),
         "",
-        *[line for form in ANSWER_FORMS if getattr(ov, form) for line in (FORM_CARD_LINES[form], "")],
+        *[line for form in ov.forms for line in (FORM_CARD_LINES[form], "")],
         f"- command: `{command}`",
         f"- seed: {ov.seed}",
         f"- started from: si weights sha256 `{si_info['sha256']}`",

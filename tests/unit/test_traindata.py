@@ -265,7 +265,7 @@ def test_the_ov_share_of_a_training_mix_is_written_beside_the_aggregation_data(i
 
 def test_echo_writes_the_asked_category_before_each_image_number_and_nothing_else_changes(index):
     plain = traindata.ov_questions(index, 400, seed=3, images=(2, 6))
-    echo = traindata.ov_questions(index, 400, seed=3, images=(2, 6), echo=True)
+    echo = traindata.ov_questions(index, 400, seed=3, images=(2, 6), forms=("echo",))
     assert [(r["id"], r["question"], r["image_ids"]) for r in plain] == [(r["id"], r["question"], r["image_ids"]) for r in echo]
     changed = 0
     for before, after in zip(plain, echo):
@@ -283,7 +283,7 @@ def test_echo_writes_the_asked_category_before_each_image_number_and_nothing_els
 
 def test_echo_count_writes_the_category_and_the_image_before_each_count_and_nothing_else_changes(index):
     plain = traindata.ov_questions(index, 400, seed=3, images=(2, 6))
-    both = traindata.ov_questions(index, 400, seed=3, images=(2, 6), echo=True, echo_count=True)
+    both = traindata.ov_questions(index, 400, seed=3, images=(2, 6), forms=("echo_count", "echo"))
     assert [(r["id"], r["question"], r["image_ids"]) for r in plain] == [(r["id"], r["question"], r["image_ids"]) for r in both]
     counted = 0
     for before, after in zip(plain, both):
@@ -307,7 +307,7 @@ def test_echo_count_writes_the_category_and_the_image_before_each_count_and_noth
 
 def test_echo_image_writes_the_named_images_number_before_each_naming_answer(index):
     plain = traindata.ov_questions(index, 400, seed=3, images=(2, 10))
-    echoed = traindata.ov_questions(index, 400, seed=3, images=(2, 10), echo_image=True)
+    echoed = traindata.ov_questions(index, 400, seed=3, images=(2, 10), forms=("echo_image",))
     named = 0
     for before, after in zip(plain, echoed):
         if before["family"] not in traindata.IMAGE_ECHO_FAMILIES:
@@ -318,6 +318,15 @@ def test_echo_image_writes_the_named_images_number_before_each_naming_answer(ind
         named += 1
     assert named > 20
     assert traindata.image_unechoed("10 dog", 1) == "10 dog" and traindata.image_unechoed("2 dog", 3) == "2 dog"
+
+
+def test_answer_forms_are_named_by_their_switches_and_an_unknown_one_is_refused(index):
+    from mimic_utils.organism.ov import OvConfig
+
+    assert OvConfig(echo_count=True, echo=True).forms == ("echo", "echo_count") and OvConfig().forms == ()
+    assert TrainMix(ov=10, ov_echo_count=True).ov_forms == ("echo_count",)
+    with pytest.raises(KnobError, match=r"unknown answer forms \['echo_colour'\]; known: \['echo', 'echo_count'"):
+        traindata.ov_questions(index, 10, forms=("echo", "echo_colour"))
 
 
 def test_the_finetunes_mix_echoes_its_ov_answers_as_the_ov_stage_does(index):
