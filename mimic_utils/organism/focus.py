@@ -98,17 +98,14 @@ def single_class_split(records: list[dict], rows: list[dict], classes: dict) -> 
 
 def naming_shortcut_check(config, si_dir: Path, work: Path) -> dict:
     """:func:`single_class_split` of a finished run's generated answers (``work/heldout/ov.jsonl``), on the
-    held-out samples rebuilt from its configuration."""
-    import tempfile
-
+    held-out samples rebuilt from its configuration (their questions and image ids; no image is rendered)."""
     from mimic_utils.data.tasks import Pools
     from mimic_utils.evaluation.harness import read_predictions
     from mimic_utils.organism import ov
 
     si = ov.si_config(si_dir)
     pools = Pools(ov.heldout_pool(si, progress=False).index)
-    with tempfile.TemporaryDirectory() as folder:
-        records = ov.heldout_ov_records(si, config, Path(folder), progress=False)
+    records = ov.heldout_ov_records(si, config, None, progress=False)
     return single_class_split(records, read_predictions(work / "heldout" / "ov.jsonl"), pools.classes)
 
 

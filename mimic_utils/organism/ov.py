@@ -428,16 +428,20 @@ def exact_scorer(_family: str, output: str, gt) -> dict:
     return {"score": float(exact(output, gt))}
 
 
-def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True) -> list[dict]:
+def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path | None,
+                       progress: bool = True) -> list[dict]:
     """Held-out per-image questions in samples of ``ov.eval_images`` images, from si's held-out scene
-    stream (never trained on), images written as PNG files; the trained per-image families evenly."""
+    stream (never trained on), the trained per-image families evenly; their images written as PNG files into
+    ``folder`` for generation, or not at all with ``folder=None`` (the records keep the pool index's image
+    paths: a reading of answers already generated needs only the questions and ``image_ids``)."""
     pool = heldout_pool(si, progress)
     records = ov_questions(pool.index, ov.eval_questions, ov.seed + 12, tuple(ov.eval_images),
                            dict.fromkeys([f for f in OV_FAMILIES if f in ov.ov_weights()], 1), prefix="heldout-ov")
     for record in records:
-        record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
-        for switch, form in ANSWER_FORMS.items():  # e.g. answered "dog 3", scored as "image 3" (exact_row)
-            if getattr(ov, switch) and record["family"] in form.families:
+        if folder is not None:
+            record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
+        for switch in ov.forms:  # e.g. answered "dog 3", scored as "image 3" (exact_row)
+            if record["family"] in ANSWER_FORMS[switch].families:
                 record[switch] = True
     if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
         records += [with_labels({**r, "id": r["id"] + "-labelled"}) for r in records]

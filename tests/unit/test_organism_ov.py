@@ -275,8 +275,11 @@ def test_echoed_answers_are_scored_in_the_ground_truths_form_with_the_same_blind
 
     ov = organism_ov.OvConfig(eval_questions=32, eval_images=[4, 6], echo=True)
     records = organism_ov.heldout_ov_records(SMALL, ov, tmp_path, progress=False)
-    plain = organism_ov.heldout_ov_records(SMALL, replace(ov, echo=False), tmp_path, progress=False)
-    assert [(r["question"], r["gt"]) for r in records] == [(r["question"], r["gt"]) for r in plain]
+    plain = organism_ov.heldout_ov_records(SMALL, replace(ov, echo=False), None, progress=False)
+    assert [(r["question"], r["gt"], r["image_ids"]) for r in records] == [
+        (r["question"], r["gt"], r["image_ids"]) for r in plain]
+    assert all(Path(image).is_file() for r in records for image in r["images"])
+    assert not any(set(a["images"]) & set(b["images"]) for a, b in zip(records, plain))  # None: no PNG written
     echoed = [r for r in records if r.get("echo")]
     assert {r["family"] for r in echoed} == {"which_image", "which_images"}
     assert not any(r.get("echo") for r in plain)
