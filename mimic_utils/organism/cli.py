@@ -1,6 +1,7 @@
 """``python -m mimic_utils.organism``: train the organism (``make organism``), reuse it when its recorded recipe
 matches (``--if-needed``), re-score it and rewrite its card (``--rewrite-card``), or compare language-model
-shapes (``--probe``, :mod:`mimic_utils.organism.probe`). The recipe itself is :mod:`mimic_utils.organism.recipe`."""
+shapes (``--probe``, :mod:`mimic_utils.organism.probe`), or make a tried si + ov the profile's (``--adopt``,
+:mod:`mimic_utils.organism.adopt`). The recipe itself is :mod:`mimic_utils.organism.recipe`."""
 
 from __future__ import annotations
 
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", help="the folder holding si/ and ov/ (default: outputs/<profile>/models); "
                                          "another folder trains a tried recipe beside the committed organisms")
+    parser.add_argument("--adopt", metavar="DIR",
+                        help="make the si and ov trained with --models DIR the profile's organisms (their recipes "
+                             "must be the profile's; mimic_utils.organism.adopt); needs --retire")
+    parser.add_argument("--retire", metavar="NAME",
+                        help="with --adopt: the replaced organisms' records go to models/tried/NAME-si and NAME-ov")
     parser.add_argument("--rewrite-card", action="store_true",
                         help="re-score the trained si (--stage si) or ov checkpoint and rewrite eval.json and its model card")
     compare = parser.add_argument_group("compare (--compare): two scored ov checkpoints on the same held-out "
@@ -119,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(args.models) if args.models else profile_dir(args.profile, root) / "models"
     si_dir, ov_dir = models / "si", models / "ov"
     ov_params = Path(args.ov_params) if args.ov_params else root / "params" / args.profile / "organism_ov.yaml"
+    if args.adopt:
+        from mimic_utils.organism.adopt import adopt
+
+        if not args.retire:
+            parser.error("--adopt needs --retire NAME (where the replaced organisms' records go)")
+        return adopt(Path(args.adopt), models, params, ov_params, args.profile, args.retire)
     if args.rewrite_card:  # the recorded organism, whatever the profile's recipe says now
         codes = ([rewrite_card(si_dir)] if args.stage in ("si", "all") else []) + (
             [rewrite_ov_card(ov_dir, si_dir)] if args.stage in ("ov", "all") else [])

@@ -432,6 +432,66 @@ def test_a_tried_recipe_trains_beside_the_committed_organisms(study, monkeypatch
     assert (study["ov"] / "model.safetensors").read_bytes() == b"ov weights"
 
 
+def tried_pair(root: Path, si_config: dict, ov_config: dict) -> Path:
+    """A tried si + ov as ``--models`` leaves them: records, held-out answers and phase checkpoints."""
+    tried = root / "cache" / "tried" / "longer"
+    for stage, config in (("si", si_config), ("ov", ov_config)):
+        folder = tried / stage
+        (folder / "heldout").mkdir(parents=True)
+        (folder / "checkpoints" / "abc").mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(f"tried {stage} weights".encode())
+        (folder / "eval.json").write_text(json.dumps({"counting": {"score": 0.7}}))
+        (folder / "heldout" / "predictions.jsonl").write_text("{}\n")
+        record = {"config": config, "command": f"python -m mimic_utils.organism --stage {stage} --models {tried}"}
+        if stage == "ov":
+            record["si"] = {"path": str(tried / "si"), "sha256": organism_ov.weights_sha256(tried / "si")}
+        (folder / "training.json").write_text(json.dumps(record))
+    return tried
+
+
+def test_a_tried_pair_is_adopted_only_with_the_profiles_recipe_and_keeps_the_replaced_records(study, monkeypatch,
+                                                                                             tmp_path, capsys):
+    from mimic_utils.organism import adopt
+
+    carded = []
+    monkeypatch.setattr(cli, "rewrite_card", lambda folder: carded.append(folder) or 0)
+    monkeypatch.setattr(cli, "rewrite_ov_card", lambda folder, si_dir: carded.append(folder) or 0)
+    longer = {**asdict(OrganismConfig()), "instruct_steps": 3000}
+    tried = tried_pair(tmp_path, longer, asdict(organism_ov.OvConfig()))
+    models = study["si"].parent
+    adopt_args = ["--profile", "cpu", "--adopt", str(tried), "--retire", "v12"]
+    assert cli.main(adopt_args) == 2  # the profile's recipe still says 1,500 steps
+    out = capsys.readouterr().out
+    assert "nothing changed" in out and "organism.yaml: differs" in out and "['instruct_steps']" in out
+    assert "ov/training.json" not in out  # the ov itself matches; only si's recipe is named
+    assert (models / "si" / "model.safetensors").read_bytes() == b"si weights" and not (models / "tried").exists()
+
+    (study["params"] / "organism.yaml").write_text(yaml.safe_dump(longer))
+    assert cli.main(adopt_args) == 0 and carded == [models / "si", models / "ov"]
+    for stage in ("si", "ov"):
+        folder = models / stage
+        assert (folder / "model.safetensors").read_bytes() == f"tried {stage} weights".encode()
+        assert (folder / "heldout" / "predictions.jsonl").is_file() and not (folder / "checkpoints").exists()
+        record = json.loads((folder / "training.json").read_text())
+        assert record["command"] == f"python -m mimic_utils.organism --profile cpu --stage {stage}"
+        assert record["adopted_from"]["command"].endswith(f"--stage {stage} --models {tried}")
+        retired = models / "tried" / f"v12-{stage}"
+        assert (retired / "training.json").is_file() and not (retired / "model.safetensors").exists()
+    ov_record = json.loads((models / "ov" / "training.json").read_text())
+    assert ov_record["si"]["sha256"] == organism_ov.weights_sha256(models / "si")
+    assert ov_record["si"]["path"].endswith("outputs/cpu/models/si")
+    assert yaml.safe_load((models / "tried" / "v12-si" / "organism.yaml").read_text())["instruct_steps"] == OrganismConfig().instruct_steps
+    assert cli.main(["--profile", "cpu", "--if-needed"]) == 0 and study["trained"] == []  # make study reuses both
+    assert cli.main(adopt_args) == 2 and "v12-si: exists" in capsys.readouterr().out
+
+    # a card rewrite whose scores differ from the tried run's is reported, not passed over
+    monkeypatch.setattr(cli, "rewrite_card", lambda folder: (folder / "eval.json").write_text('{"counting": 1}') or 0)
+    assert adopt.adopt(tried, models, study["params"] / "organism.yaml", study["params"] / "organism_ov.yaml",
+                       "cpu", "v13") == 2
+    out = capsys.readouterr().out
+    assert "v13" not in out and "re-scored differently" in out and "in ['counting']" in out
+
+
 def test_notebooks_study_ov_and_finetune_si():
     def source(profile: str, notebook: str, key: str) -> str:
         values = yaml.safe_load((ROOT / "params" / profile / f"{notebook}.yaml").read_text())
