@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from mimic_utils.artifacts import repo_root, write_json, write_text
+from mimic_utils.organism.card import trained_config
 from mimic_utils.organism.config import OrganismConfig
 
 #: what a trained organism's folder leaves behind but does not hand on: phase checkpoints (large, and
@@ -41,7 +42,6 @@ RETIRED_RECORDS = ("README.md", "eval.json", "training.json", "loss.csv", "loss.
 
 def problems(candidate: Path, models: Path, params: Path, ov_params: Path, retire: str) -> list[str]:
     """Why ``candidate`` (holding si/ and ov/) cannot replace the organisms in ``models``; empty when it can."""
-    from mimic_utils.organism import cli
     from mimic_utils.organism import ov as organism_ov
 
     found = []
@@ -52,7 +52,7 @@ def problems(candidate: Path, models: Path, params: Path, ov_params: Path, retir
                 found.append(f"{folder / name}: missing (train it with --models {candidate} first)")
     if found:
         return found
-    recorded = cli.trained_config(si_dir)
+    recorded = trained_config(si_dir)
     wanted = asdict(OrganismConfig.from_yaml(params))
     if recorded != wanted:
         keys = sorted(k for k in wanted if recorded.get(k) != wanted[k])
@@ -112,9 +112,10 @@ def relative(path: Path) -> str:
         return str(path)
 
 
-def adopt(candidate: Path, models: Path, params: Path, ov_params: Path, profile: str, retire_as: str) -> int:
-    """Check, retire, copy, rewrite the records and the cards; 2 with every problem printed when one is found."""
-    from mimic_utils.organism import cli
+def adopt_records(candidate: Path, models: Path, params: Path, ov_params: Path, profile: str,
+                  retire_as: str) -> int:
+    """Check, retire, copy and rewrite the records (not the cards: :func:`mimic_utils.organism.cli.run_adopt`
+    rewrites them next); 2 with every problem printed, and nothing changed, when one is found."""
     from mimic_utils.organism import ov as organism_ov
 
     found = problems(candidate, models, params, ov_params, retire_as)
@@ -122,8 +123,6 @@ def adopt(candidate: Path, models: Path, params: Path, ov_params: Path, profile:
         print("[organism] --adopt: nothing changed, because:\n  " + "\n  ".join(found))
         return 2
     models = Path(models)
-    si_dir, ov_dir = models / "si", models / "ov"
-    tried_scores = {stage: json.loads((Path(candidate) / stage / "eval.json").read_text()) for stage in ("si", "ov")}
     for stage, recipe_name in (("si", "organism.yaml"), ("ov", "organism_ov.yaml")):
         folder = models / stage
         if (folder / "training.json").is_file():
@@ -131,16 +130,20 @@ def adopt(candidate: Path, models: Path, params: Path, ov_params: Path, profile:
         folder.mkdir(parents=True, exist_ok=True)
         replace_files(Path(candidate) / stage, folder)
     base = ["python", "-m", "mimic_utils.organism", "--profile", profile, "--stage"]
-    rewrite_record(si_dir, " ".join(base + ["si"]), Path(candidate) / "si")
-    rewrite_record(ov_dir, " ".join(base + ["ov"]), Path(candidate) / "ov", si=organism_ov.si_record(si_dir))
-    codes = [cli.rewrite_card(si_dir), cli.rewrite_ov_card(ov_dir, si_dir)]
+    rewrite_record(models / "si", " ".join(base + ["si"]), Path(candidate) / "si")
+    rewrite_record(models / "ov", " ".join(base + ["ov"]), Path(candidate) / "ov",
+                   si=organism_ov.si_record(models / "si"))
+    return 0
+
+
+def rescored_differently(candidate: Path, models: Path) -> list[str]:
+    """After the cards were rewritten by re-scoring: each stage whose ``eval.json`` no longer equals the tried
+    run's, with the keys that differ."""
+    found = []
     for stage in ("si", "ov"):
-        now = json.loads((models / stage / "eval.json").read_text())
-        if now != tried_scores[stage]:
-            changed = sorted(k for k in set(now) | set(tried_scores[stage]) if now.get(k) != tried_scores[stage].get(k))
-            print(f"[organism] --adopt: {models / stage}/eval.json re-scored differently from {candidate}/{stage} "
-                  f"in {changed}; the adopted records are in place, read the difference before committing")
-            return 2
-    print(f"[organism] adopted {candidate} as {si_dir} and {ov_dir}; the replaced records are in "
-          f"{models / 'tried'}/{retire_as}-si and -ov")
-    return max(codes)
+        tried = json.loads((Path(candidate) / stage / "eval.json").read_text(encoding="utf-8"))
+        now = json.loads((Path(models) / stage / "eval.json").read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(now) | set(tried) if now.get(k) != tried.get(k))
+        if changed:
+            found.append(f"{Path(models) / stage}/eval.json re-scored differently from {candidate}/{stage} in {changed}")
+    return found

@@ -188,6 +188,15 @@ def write_curves(out_dir: Path, log: list[dict]) -> None:
     plt.close(fig)
 
 
+def trained_config(out_dir: Path) -> dict | None:
+    """The recipe the organism in ``out_dir`` was trained with; keys added to the recipe since then read
+    back at their defaults, which reproduce the earlier recipe (so adding a knob does not force a retrain)."""
+    from mimic_utils.organism.config import OrganismConfig
+
+    recorded = recorded_config(out_dir)
+    return None if recorded is None else {**asdict(OrganismConfig()), **recorded}
+
+
 def recorded_config(out_dir: Path) -> dict | None:
     """The configuration recorded beside committed weights (``training.json``), if any."""
     path = out_dir / "training.json"

@@ -17,7 +17,7 @@ from mimic_utils.artifacts import profile_dir, repo_root, write_json
 from mimic_utils.machine import machine_record
 from mimic_utils.models.vlm import load_adapter
 from mimic_utils.organism import recipe
-from mimic_utils.organism.card import recorded_config, write_card, write_curves
+from mimic_utils.organism.card import trained_config, write_card, write_curves
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
 from mimic_utils.organism.recipe import (choice_scores, evaluate_choice, evaluate_single_image, heldout_choice_records,
                                          heldout_records, train_organism)
@@ -60,13 +60,6 @@ def run_compare(args) -> int:
     if args.answers:
         print(f"[organism] per-question answers: {args.answers}")
     return 0
-
-
-def trained_config(out_dir: Path) -> dict | None:
-    """The recipe the organism in ``out_dir`` was trained with; keys added to the recipe since then read
-    back at their defaults, which reproduce the earlier recipe (so adding a knob does not force a retrain)."""
-    recorded = recorded_config(out_dir)
-    return None if recorded is None else {**asdict(OrganismConfig()), **recorded}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,11 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     si_dir, ov_dir = models / "si", models / "ov"
     ov_params = Path(args.ov_params) if args.ov_params else root / "params" / args.profile / "organism_ov.yaml"
     if args.adopt:
-        from mimic_utils.organism.adopt import adopt
-
         if not args.retire:
             parser.error("--adopt needs --retire NAME (where the replaced organisms' records go)")
-        return adopt(Path(args.adopt), models, params, ov_params, args.profile, args.retire)
+        return run_adopt(Path(args.adopt), models, params, ov_params, args.profile, args.retire)
     if args.rewrite_card:  # the recorded organism, whatever the profile's recipe says now
         codes = ([rewrite_card(si_dir)] if args.stage in ("si", "all") else []) + (
             [rewrite_ov_card(ov_dir, si_dir)] if args.stage in ("ov", "all") else [])
@@ -142,6 +133,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("ov", "all"):
         return ensure_ov(ov_params, si_dir, ov_dir, args.profile, args.if_needed, stage_command(args, "ov"))
     return 0
+
+
+def run_adopt(candidate: Path, models: Path, params: Path, ov_params: Path, profile: str, retire_as: str) -> int:
+    """``--adopt``: :func:`mimic_utils.organism.adopt.adopt_records`, then both cards rewritten by re-scoring
+    from the copied held-out answers, which must give the tried run's ``eval.json`` again."""
+    from mimic_utils.organism import adopt
+
+    code = adopt.adopt_records(candidate, models, params, ov_params, profile, retire_as)
+    if code:
+        return code
+    codes = [rewrite_card(models / "si"), rewrite_ov_card(models / "ov", models / "si")]
+    differ = adopt.rescored_differently(candidate, models)
+    if differ:
+        print("[organism] --adopt: the adopted records are in place, but read the difference before committing:\n  "
+              + "\n  ".join(differ))
+        return 2
+    print(f"[organism] adopted {candidate} as {models / 'si'} and {models / 'ov'}; the replaced records are in "
+          f"{models / 'tried'}/{retire_as}-si and -ov")
+    return max(codes)
 
 
 def stage_command(args, stage: str) -> str:

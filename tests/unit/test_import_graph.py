@@ -15,6 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mimic_utils"
 STAGES = ("artifacts", "data", "models", "evaluation", "training", "analysis", "tools")
 #: Top-level modules and subpackages that are tools on top of the pipeline.
 TOOLS = ("runner", "param_schema", "kernel_startup", "launch", "organism", "bench")
+#: Top-level modules every stage may use, in the first stage with ``artifacts``: where files go, which machine.
+BASE = ("artifacts", "machine")
 
 
 def module_name(path: Path) -> str:
@@ -27,6 +29,8 @@ def stage(module: str) -> str:
     top = module.split(".")[1] if "." in module else "artifacts"
     if top in TOOLS:
         return "tools"
+    if top in BASE:
+        return "artifacts"
     if top not in STAGES:
         raise ValueError(f"{module}: in no stage of {STAGES} (add its folder to STAGES or TOOLS)")
     return top

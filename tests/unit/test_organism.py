@@ -399,4 +399,4 @@ def test_make_study_reuses_the_committed_organism_with_the_committed_recipe():
     from mimic_utils.artifacts import repo_root
 
     config = OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
-    assert cli.trained_config(repo_root() / "outputs" / "cpu" / "models" / "si") == asdict(config)
+    assert organism_card.trained_config(repo_root() / "outputs" / "cpu" / "models" / "si") == asdict(config)

@@ -451,8 +451,6 @@ def tried_pair(root: Path, si_config: dict, ov_config: dict) -> Path:
 
 def test_a_tried_pair_is_adopted_only_with_the_profiles_recipe_and_keeps_the_replaced_records(study, monkeypatch,
                                                                                              tmp_path, capsys):
-    from mimic_utils.organism import adopt
-
     carded = []
     monkeypatch.setattr(cli, "rewrite_card", lambda folder: carded.append(folder) or 0)
     monkeypatch.setattr(cli, "rewrite_ov_card", lambda folder, si_dir: carded.append(folder) or 0)
@@ -486,10 +484,9 @@ def test_a_tried_pair_is_adopted_only_with_the_profiles_recipe_and_keeps_the_rep
 
     # a card rewrite whose scores differ from the tried run's is reported, not passed over
     monkeypatch.setattr(cli, "rewrite_card", lambda folder: (folder / "eval.json").write_text('{"counting": 1}') or 0)
-    assert adopt.adopt(tried, models, study["params"] / "organism.yaml", study["params"] / "organism_ov.yaml",
-                       "cpu", "v13") == 2
+    assert cli.main(adopt_args[:-1] + ["v13"]) == 2
     out = capsys.readouterr().out
-    assert "v13" not in out and "re-scored differently" in out and "in ['counting']" in out
+    assert "re-scored differently" in out and "in ['counting']" in out and "[organism] adopted " not in out
 
 
 def test_notebooks_study_ov_and_finetune_si():
