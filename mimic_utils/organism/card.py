@@ -101,8 +101,10 @@ STAGE_ORDER = ("render", "vision", "cache", "align", "instruct", "total")
 
 
 def _in_stage_order(seconds: dict) -> list[tuple[str, float]]:
-    """Seconds per stage in the order they run (``training.json`` stores them sorted by name)."""
-    return sorted(seconds.items(), key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else len(STAGE_ORDER))
+    """Seconds per stage in the order they run (``training.json`` stores them sorted by name); other entries
+    (e.g. ``vision_resumed``, the part of a resumed stage that ran in the resuming run) are not stages and
+    are left out."""
+    return sorted(((k, v) for k, v in seconds.items() if k in STAGE_ORDER), key=lambda kv: STAGE_ORDER.index(kv[0]))
 
 
 def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: dict, command: str) -> Path:
@@ -130,7 +132,8 @@ def write_card(out_dir: Path, config: "OrganismConfig", summary: dict, scores: d
         f"- parameters: {summary.get('parameters', 'n/a'):,}",
         f"- weights: `model.safetensors`, sha256 `{sha}`",
         f"- training time (this machine: {speed_line(summary.get('machine'))}): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in _in_stage_order(seconds))
-        + f" — target ≤ {TARGET_MINUTES} min " + ("met" if minutes <= TARGET_MINUTES else "**not met**"),
+        + f" — target ≤ {TARGET_MINUTES} min " + ("met" if minutes <= TARGET_MINUTES else "**not met**")
+        + (f". {summary['vision_note'][0].upper()}{summary['vision_note'][1:]}" if summary.get("vision_note") else ""),
         "",
         "## Held-out single-image scores (real generation through `mimic_utils.models.vlm`, official scorers)",
         "",

@@ -262,7 +262,7 @@ def rewrite_card(out_dir: Path) -> int:
     frame = pd.read_csv(Path(out_dir) / "loss.csv")
     log = [{k: v for k, v in row.items() if v == v} for row in frame.to_dict("records")]  # NaN: not evaluated
     summary = {"seconds": training["seconds"], "parameters": training["parameters"], "log": log,
-               "machine": training.get("machine")}
+               "machine": training.get("machine"), "vision_note": training.get("vision_note")}
     score_and_card(out_dir, OrganismConfig(**training["config"]), summary, training["command"])
     return 0
 

@@ -400,3 +400,20 @@ def test_make_study_reuses_the_committed_organism_with_the_committed_recipe():
 
     config = OrganismConfig.from_yaml(repo_root() / "params" / "cpu" / "organism.yaml")
     assert organism_card.trained_config(repo_root() / "outputs" / "cpu" / "models" / "si") == asdict(config)
+
+
+def test_the_card_keeps_the_recorded_time_note_and_reads_only_stages_as_stages(tmp_path):
+    """A record with a time note (why a stage's time was counted from another run, as the first committed si
+    had) and a ``vision_resumed`` entry (not a stage): the note follows the time line, the entry is not a stage."""
+    import json
+
+    from mimic_utils.artifacts import repo_root
+
+    scores = json.loads((repo_root() / "outputs" / "cpu" / "models" / "si" / "eval.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    summary = {"seconds": {"render": 60.0, "total": 3000.0, "vision": 1200.0, "vision_resumed": 1.7},
+               "parameters": 10, "log": [], "vision_note": "stage 0 was resumed from another run's checkpoint"}
+    card = organism_card.write_card(tmp_path, OrganismConfig(), summary, scores, "cmd").read_text()
+    line = next(text for text in card.splitlines() if text.startswith("- training time"))
+    assert line.endswith("render 1.0 min, vision 20.0 min, total 50.0 min — target ≤ 60 min met. "
+                         "Stage 0 was resumed from another run's checkpoint")
