@@ -29,8 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from mimic_utils.artifacts import repo_root, write_json, write_text
-from mimic_utils.organism.card import trained_config
+from mimic_utils.artifacts import write_json, write_text
+from mimic_utils.organism.card import changed_keys, trained_config
 from mimic_utils.organism.config import OrganismConfig
 
 #: what a trained organism's folder leaves behind but does not hand on: phase checkpoints (large, and
@@ -54,10 +54,10 @@ def problems(candidate: Path, models: Path, params: Path, ov_params: Path, retir
         return found
     recorded = trained_config(si_dir)
     wanted = asdict(OrganismConfig.from_yaml(params))
-    if recorded != wanted:
-        keys = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+    keys = changed_keys(recorded, wanted)
+    if keys:
         found.append(f"{params}: differs from the recipe {si_dir} was trained with in {keys} "
-                     f"(e.g. {keys[0]}: {wanted[keys[0]]!r} here, {recorded.get(keys[0])!r} there); set them first")
+                     f"(e.g. {keys[0]}: {wanted.get(keys[0])!r} here, {recorded.get(keys[0])!r} there); set them first")
     ok, why = organism_ov.reusable(ov_dir, organism_ov.OvConfig.from_yaml(ov_params), si_dir)
     if not ok:
         found.append(f"{ov_dir}: {why} ({ov_params}, {si_dir})")
@@ -99,17 +99,9 @@ def rewrite_record(folder: Path, command: str, tried: Path, **fields) -> None:
     and its command are kept as ``adopted_from``."""
     path = folder / "training.json"
     training = json.loads(path.read_text(encoding="utf-8"))
-    adopted = {"path": relative(tried), "command": training["command"]}
+    adopted = {"path": str(Path(tried).resolve()), "command": training["command"]}  # written relative by write_json
     write_json(path, {**training, **fields, "command": command,
                       "adopted_from": training.get("adopted_from", adopted)})
-
-
-def relative(path: Path) -> str:
-    """``path`` relative to the checkout where it lies inside it (what records name)."""
-    try:
-        return str(Path(path).resolve().relative_to(repo_root()))
-    except ValueError:
-        return str(path)
 
 
 def adopt_records(candidate: Path, models: Path, params: Path, ov_params: Path, profile: str,

@@ -191,6 +191,13 @@ def write_curves(out_dir: Path, log: list[dict]) -> None:
     plt.close(fig)
 
 
+def changed_keys(recorded: dict, wanted: dict) -> list[str]:
+    """The keys whose recorded value differs from the recipe ``wanted`` (a key only one side has counts): empty
+    exactly when ``recorded == wanted``; what a stop message names."""
+    missing = object()  # a key one side lacks differs even from a None on the other
+    return sorted(k for k in set(recorded) | set(wanted) if recorded.get(k, missing) != wanted.get(k, missing))
+
+
 def trained_config(out_dir: Path) -> dict | None:
     """The recipe the organism in ``out_dir`` was trained with; keys added to the recipe since then read
     back at their defaults, which reproduce the earlier recipe (so adding a knob does not force a retrain)."""

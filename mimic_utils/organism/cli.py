@@ -17,7 +17,7 @@ from mimic_utils.artifacts import profile_dir, repo_root, write_json
 from mimic_utils.machine import machine_record
 from mimic_utils.models.vlm import load_adapter
 from mimic_utils.organism import recipe
-from mimic_utils.organism.card import trained_config, write_card, write_curves
+from mimic_utils.organism.card import changed_keys, trained_config, write_card, write_curves
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
 from mimic_utils.organism.recipe import (choice_scores, evaluate_choice, evaluate_single_image, heldout_choice_records,
                                          heldout_records, train_organism)
@@ -176,7 +176,7 @@ def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, 
         print(f"[organism] reusing the si checkpoint in {si_dir} (its training configuration matches {params})")
         return 0
     if if_needed and recorded is not None:
-        changed = sorted(k for k, v in asdict(config).items() if recorded.get(k) != v)
+        changed = changed_keys(recorded, asdict(config))
         print(f"[organism] the si checkpoint in {si_dir} was trained with another recipe than {params} (keys "
               f"{changed}); --if-needed does not retrain si: run `python -m mimic_utils.organism --profile {profile} "
               "--stage si` (about 55 minutes on 2 cores, then the ov stage again), or restore the recipe")

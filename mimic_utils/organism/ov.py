@@ -46,7 +46,7 @@ from mimic_utils.evaluation.scoring import parse_count, score_sample
 from mimic_utils.models import tiny
 from mimic_utils.models.vlm import adapter_from_model, load_adapter, load_processor
 from mimic_utils.organism import recipe as organism
-from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, ov_time_met,
+from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, changed_keys, ov_time_met,
                                       ov_training_minutes, recorded_config, resumed_line, write_curves)
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig
 from mimic_utils.training.finetune import StageSchedule, checkpoint_progress
@@ -437,10 +437,11 @@ def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path | None,
     pool = heldout_pool(si, progress)
     records = ov_questions(pool.index, ov.eval_questions, ov.seed + 12, tuple(ov.eval_images),
                            dict.fromkeys([f for f in OV_FAMILIES if f in ov.ov_weights()], 1), prefix="heldout-ov")
+    forms = ov.forms
     for record in records:
         if folder is not None:
             record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
-        for switch in ov.forms:  # e.g. answered "dog 3", scored as "image 3" (exact_row)
+        for switch in forms:  # e.g. answered "dog 3", scored as "image 3" (exact_row)
             if record["family"] in ANSWER_FORMS[switch].families:
                 record[switch] = True
     if ov.image_labels > 0:  # the same questions again, asked in the labelled layout the stage also trains
@@ -749,8 +750,8 @@ def reusable(out_dir: Path, ov: OvConfig, si_dir: Path) -> tuple[bool, str]:
     # keys added after checkpoints were recorded; their defaults are the older recipe
     later = {k: v for k, v in asdict(OvConfig()).items() if k in LATER_KEYS}
     config = {**later, **recorded.get("config", {})}
-    if config != asdict(ov):
-        changed = sorted(k for k in asdict(ov) if config.get(k) != asdict(ov)[k])
+    changed = changed_keys(config, asdict(ov))
+    if changed:
         return False, f"its recorded configuration differs in {changed}"
     if recorded.get("si", {}).get("sha256") != weights_sha256(si_dir):
         return False, "it was trained from other si weights than the ones now in " + str(si_dir)

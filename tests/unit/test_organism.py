@@ -417,3 +417,10 @@ def test_the_card_keeps_the_recorded_time_note_and_reads_only_stages_as_stages(t
     line = next(text for text in card.splitlines() if text.startswith("- training time"))
     assert line.endswith("render 1.0 min, vision 20.0 min, total 50.0 min — target ≤ 60 min met. "
                          "Stage 0 was resumed from another run's checkpoint")
+
+
+def test_changed_keys_are_empty_exactly_when_the_recipes_are_equal():
+    assert organism_card.changed_keys({"a": 1, "b": 2}, {"a": 1, "b": 2}) == []
+    assert organism_card.changed_keys({"a": 1, "b": 3}, {"a": 1, "b": 2}) == ["b"]
+    assert organism_card.changed_keys({"a": 1, "old": 2}, {"a": 1, "new": None}) == ["new", "old"]  # None is a value
+    assert organism_card.changed_keys({"a": 1}, {"a": 1, "new": 0}) == ["new"]
