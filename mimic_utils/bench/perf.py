@@ -93,17 +93,23 @@ def _scenes_args(parser: argparse.ArgumentParser) -> None:
     _seed_and_target_seconds(parser, 20.0)
 
 
-def bench_questions(args: argparse.Namespace) -> dict:
-    """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
+def _drawn_index(n_images: int, seed: int) -> AnnotationIndex:
+    """An annotation index of ``n_images`` drawn scene contents, not rendered (the question builders read
+    only the annotations)."""
     params = SceneParams(same_category_prob=0.5)
     table = {c.name: c.supercategory for c in params.category_table()}
     images = {}
-    for i in range(args.images):
-        contents = draw_contents(scene_rng(args.seed, 0, i), params)
+    for i in range(n_images):
+        contents = draw_contents(scene_rng(seed, 0, i), params)
         objects = tuple(ObjectAnnotation(name, table[name], (0.0, 0.0, 20.0, 20.0))
                         for name, n in sorted(contents.items()) for _ in range(n))
         images[str(i)] = ImageAnnotation(str(i), Path(f"/bench/{i}.png"), 112, 112, objects)
-    index = AnnotationIndex(images, list(params.categories), table, "bench", "bench")
+    return AnnotationIndex(images, list(params.categories), table, "bench", "bench")
+
+
+def bench_questions(args: argparse.Namespace) -> dict:
+    """Generate a MIMIC benchmark of about ``--questions`` questions from an annotation index (no rendering)."""
+    index = _drawn_index(args.images, args.seed)
     plan = BenchmarkPlan()
     per_value = max(1, round(args.questions / len(plan_specs(plan))))
     plan = BenchmarkPlan(per_value=per_value, seed=args.seed)
@@ -121,6 +127,51 @@ def _questions_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=10000, help="about this many questions")
     parser.add_argument("--images", type=int, default=10000, help="images in the source index")
     _seed_and_target_seconds(parser, 30.0)
+
+
+def _scanned_without(pools, rng: random.Random, target: str, n: int) -> list[str]:
+    """The reference :func:`traindata._without` replaced: every certain image scanned per question."""
+    return rng.sample([i for i in pools.certain if target not in pools.classes[i]], n)
+
+
+def bench_ov_questions(args: argparse.Namespace) -> dict:
+    """Draw ``--count`` of the ov stage's per-image questions (its recipe's family shares, 1-10 images) from a
+    ``--images``-image index, as the stage does, and again with images lacking a category found by the
+    per-question scan it used before (ratio: seconds / the scan's; the questions must be the same)."""
+    import yaml
+
+    from mimic_utils.data import traindata
+
+    recipe = yaml.safe_load((repo_root() / args.recipe).read_text())
+    weights = {f: w for f, w in recipe["weights"].items() if f in traindata.OV_FAMILIES and w > 0}
+    index = _drawn_index(args.images, args.seed)
+
+    def draw() -> tuple[list[dict], float]:
+        start = time.perf_counter()
+        records = traindata.ov_questions(index, args.count, args.seed, (1, 10), weights,
+                                         forms=tuple(f for f in traindata.ANSWER_FORMS if recipe.get(f)))
+        return records, time.perf_counter() - start
+
+    records, seconds = draw()
+    kept = traindata._without
+    traindata._without = _scanned_without
+    try:
+        scanned, scan_seconds = draw()
+    finally:
+        traindata._without = kept
+    same = [(r["image_ids"], r["question"], r["gt"]) for r in records] == \
+        [(r["image_ids"], r["question"], r["gt"]) for r in scanned]
+    return {"questions": len(records), "source_images": args.images, "weights": weights,
+            "seconds": round(seconds, 3), "seconds_scan": round(scan_seconds, 3),
+            "speedup": round(scan_seconds / seconds, 2), "same_questions": same,
+            "ratio": round(seconds / scan_seconds, 3)}
+
+
+def _ov_questions_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=20000, help="per-image questions to draw")
+    parser.add_argument("--images", type=int, default=30000, help="images in the source index (the ov pool's)")
+    parser.add_argument("--recipe", default="params/cpu/organism_ov.yaml", help="the family shares' recipe")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _timed(run: Callable[[], object], repeats: int) -> dict:
@@ -1233,6 +1284,7 @@ class Benchmark:
 benchmarks: dict[str, Benchmark] = {
     "scenes": Benchmark(bench_scenes, _scenes_args),
     "questions": Benchmark(bench_questions, _questions_args),
+    "ov_questions": Benchmark(bench_ov_questions, _ov_questions_args),
     "evaluation": Benchmark(bench_evaluation, _evaluation_args),
     "vision_cache": Benchmark(bench_vision_cache, _vision_cache_args),
     "masking": Benchmark(bench_masking, _masking_args),

@@ -362,3 +362,34 @@ def test_a_share_of_ov_questions_labels_its_images_and_the_questions_stay_the_sa
     assert all(r["image_labels"] for r in build(index, mix, progress=False))
     with pytest.raises(KnobError, match="ov_image_labels"):
         TrainMix(ov=10, ov_image_labels=1.5)
+
+
+def test_images_without_a_category_are_the_scan_of_certain_images_in_order(index):
+    """traindata._without draws from Pools.by_count instead of scanning; the list (and so every draw) must be
+    the scan's: certain images only, in index order, none holding the category."""
+    import copy
+    import random
+
+    from mimic_utils.data.tasks import Pools
+
+    uncertain = copy.copy(index)
+    uncertain.meta = {"dropped": {image_id: {"dog": 1} for image_id in list(index.images)[::4]}}
+    pools = Pools(uncertain)
+    for category in index.categories:
+        scan = [i for i in pools.ids if not pools.uncertain[i] and category not in pools.classes[i]]
+        assert pools.by_count.get((category, 0), []) == scan
+        drawn = traindata._without(pools, random.Random(3), category, 5)
+        assert drawn == random.Random(3).sample(scan, 5)
+    with pytest.raises(KnobError, match="images without"):
+        traindata._without(pools, random.Random(0), index.categories[0], len(pools.ids))
+
+
+def test_the_ov_questions_benchmark_finds_the_same_questions_as_the_scan_it_replaced(tmp_path):
+    import json
+
+    from mimic_utils.bench import perf
+
+    path = perf.main(["--out-dir", str(tmp_path), "ov_questions", "--count", "300", "--images", "400"])
+    figures = json.loads(path.read_text())["figures"]
+    assert figures["questions"] == 300 and figures["same_questions"] is True
+    assert "which_image" in figures["weights"] and figures["seconds_scan"] > 0
