@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from mimic_utils.analysis import stats
 from mimic_utils.artifacts import repo_root, write_json, write_text
@@ -362,7 +363,8 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     if ov.curves_by_images:
         held = by_image_count(held)
     phases = []
-    for name, images, steps, lr, count in ov.phases():
+    for name, images, steps, lr, count in tqdm(ov.phases(), desc="build conversations (phases)",
+                                               disable=not progress, leave=False):
         seed = ov.seed + {"ov": 10, "ov-warm": 14}.get(name, 16 + len(phases))
         phase_convs = stage_conversations(si, train, processor, count, seed, ov.phase_weights(name), images, n_tokens,
                                           name if name != "ov" else "ov-train", si.count_weights, ov.image_labels,
