@@ -129,7 +129,7 @@ def _oddone_minor(pools: Pools, rng: random.Random, n: int) -> Drawn:
 
 def _without(pools: Pools, rng: random.Random, target: str, n: int) -> list[str]:
     """``n`` distinct images that do not hold ``target``. Drawn from ``pools.by_count`` (built once), not by
-    scanning every image per question: with the ov stage's 30,000-image pool the scan cost about 2 ms a
+    scanning every image per question: with the ov stage's 30,000-image pool the scan cost 2-3 ms a
     question (``make bench NAME=ov_questions``), and the stage draws about 100,000 of them. The list is the
     scan's, in the same order, so the draws are too."""
     candidates = pools.by_count.get((target, 0), [])

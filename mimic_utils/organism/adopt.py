@@ -135,7 +135,7 @@ def rescored_differently(candidate: Path, models: Path) -> list[str]:
     for stage in ("si", "ov"):
         tried = json.loads((Path(candidate) / stage / "eval.json").read_text(encoding="utf-8"))
         now = json.loads((Path(models) / stage / "eval.json").read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(now) | set(tried) if now.get(k) != tried.get(k))
+        changed = changed_keys(now, tried)
         if changed:
             found.append(f"{Path(models) / stage}/eval.json re-scored differently from {candidate}/{stage} in {changed}")
     return found
