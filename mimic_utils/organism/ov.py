@@ -66,10 +66,10 @@ TRAIN_STAGES = OV_TRAIN_STAGES  # the phases whose time is the card's training t
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: recipe keys added after ov checkpoints were first recorded: absent from a training.json, they mean the default
 LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images", "warm_weights",
-              "echo_count", "echo_image")
+              "echo_count", "echo_image", "count_weights")
 #: recipe keys added after the committed ov's checkpoint folder was named: left out of :meth:`OvConfig.digest`
 #: at their default
-UNDIGESTED_DEFAULTS = ("echo_count", "echo_image")
+UNDIGESTED_DEFAULTS = ("echo_count", "echo_image", "count_weights")
 #: the recipe's true-or-false keys
 BOOL_KEYS = ("label_targets", "echo", "curves_by_images", "echo_count", "echo_image")
 #: the card's sentence for a stage trained with ``echo``
@@ -147,6 +147,11 @@ class OvConfig:
     #: naming-in-image answers start with the named image's number ("3 dog", traindata.IMAGE_ECHO_FAMILIES): a
     #: probe of finding image i from the token before the answer (focus runs; it leaves MIMIC's answer format)
     echo_image: bool = False
+    #: the stage's single-image counting questions per true count 0..si's max_count (a tilt of the drawn true
+    #: counts, as si's own ``count_weights``); null: si's. si's tilt (1, 2, 3, 3, 3, 2 in ``cpu``) draws
+    #: the middle counts most, and an ov trained on it over-counts MIMIC's Unbalanced questions, most of
+    #: whose answers are 1 (docs/organism.md); held-out questions stay balanced either way
+    count_weights: list | None = None
     #: the teacher-forced curves per family and number of images ("tf_which_image_3img"): where in a grown
     #: schedule a lookup holds (focus runs); off, one curve per family as the card shows
     curves_by_images: bool = False
@@ -181,6 +186,12 @@ class OvConfig:
             raise ValueError(f"{path}: bucket_by must be 'length' or 'images', got {config.bucket_by!r}")
         if not 0.0 <= config.image_labels <= 1.0:
             raise ValueError(f"{path}: image_labels is a share in [0, 1], got {config.image_labels!r}")
+        weights = config.count_weights
+        if weights is not None and (not isinstance(weights, list) or not weights
+                                    or any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0
+                                           for w in weights) or not sum(weights) > 0):
+            raise ValueError(f"{path}: count_weights must be null (si's) or a list of non-negative weights per true "
+                             f"count 0, 1, ..., not all zero, got {weights!r}")
         for key in BOOL_KEYS:
             if not isinstance(getattr(config, key), bool):
                 raise ValueError(f"{path}: {key} is true or false, got {getattr(config, key)!r}")
@@ -231,6 +242,18 @@ def image_range(pair) -> bool:
     """Whether ``pair`` is ``[low, high]`` with 1 <= low <= high <= 10 (images per sample)."""
     return (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) for n in pair)
             and 1 <= pair[0] <= pair[1] <= 10)
+
+
+def stage_count_weights(ov: OvConfig, si: OrganismConfig, si_dir: Path):
+    """The true-count tilt of the stage's single-image counting questions: the recipe's ``count_weights``, or
+    si's when it sets none. Refused (naming the key, its value and the si folder) when it does not give one
+    weight per count si was trained on — checked before any scene is rendered."""
+    if ov.count_weights is None:
+        return si.count_weights
+    if len(ov.count_weights) != si.max_count + 1:
+        raise ValueError(f"count_weights {ov.count_weights} of the ov recipe: the si in {si_dir} counts 0..{si.max_count}, "
+                         f"so it needs {si.max_count + 1} weights, got {len(ov.count_weights)}")
+    return list(ov.count_weights)
 
 
 def weights_sha256(folder: Path) -> str:
@@ -340,6 +363,7 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
 
     out_dir, si_dir = Path(out_dir), Path(si_dir)
     si = si_config(si_dir)
+    count_weights = stage_count_weights(ov, si, si_dir)
     work = out_dir / "checkpoints" / ov.digest()
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -367,7 +391,7 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
                                                disable=not progress, leave=False):
         seed = ov.seed + {"ov": 10, "ov-warm": 14}.get(name, 16 + len(phases))
         phase_convs = stage_conversations(si, train, processor, count, seed, ov.phase_weights(name), images, n_tokens,
-                                          name if name != "ov" else "ov-train", si.count_weights, ov.image_labels,
+                                          name if name != "ov" else "ov-train", count_weights, ov.image_labels,
                                           ov.label_targets, ov.forms)
         phases.append((name, phase_convs, steps, lr))
     convs = phases[-1][1]

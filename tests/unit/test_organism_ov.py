@@ -201,6 +201,33 @@ def test_stage_conversations_follow_the_weights_and_hold_no_aggregation_family(b
         assert (len(images) == 1) if family in ("counting", "choice") else (1 <= len(images) <= 10)
 
 
+def test_the_stage_tilts_its_counting_questions_by_its_own_count_weights_or_else_by_sis(built, pool, tmp_path):
+    """``count_weights`` of the ov recipe sets the true counts its single-image counting questions draw; null
+    keeps si's tilt; a list that does not give one weight per count si knows is refused before any work,
+    naming the key, the value and the si folder."""
+    _, processor = built
+    si = OrganismConfig(max_count=5, count_weights=[1, 2, 3, 3, 3, 2])
+    assert organism_ov.stage_count_weights(organism_ov.OvConfig(), si, tmp_path) == [1, 2, 3, 3, 3, 2]
+    only_ones = organism_ov.OvConfig(count_weights=[0, 1, 0, 0, 0, 0])
+    tilt = organism_ov.stage_count_weights(only_ones, si, tmp_path)
+    assert tilt == [0, 1, 0, 0, 0, 0]
+    convs = organism_ov.stage_conversations(si, pool, processor, 60, 0, {"counting": 1}, [1, 10], 16, "t", tilt)
+    assert len(convs.answer) == 60 and set(convs.answer) == {"1"}
+    mixed = organism_ov.stage_conversations(si, pool, processor, 60, 0, {"counting": 1}, [1, 10], 16, "t",
+                                            si.count_weights)
+    assert len(set(mixed.answer)) > 2
+    with pytest.raises(ValueError, match=r"count_weights \[1, 1\] of the ov recipe: the si in .*si-here counts "
+                                         r"0\.\.5, so it needs 6 weights, got 2"):
+        organism_ov.stage_count_weights(organism_ov.OvConfig(count_weights=[1, 1]), si, tmp_path / "si-here")
+    path = tmp_path / "organism_ov.yaml"
+    for bad in ("[]", "[1, -1]", "[0, 0]", "[1, true]", "{1: 2}", "uniform"):
+        path.write_text(f"count_weights: {bad}\n")
+        with pytest.raises(ValueError, match=r"organism_ov\.yaml: count_weights must be null"):
+            organism_ov.OvConfig.from_yaml(path)
+    path.write_text("count_weights: [1, 1, 1, 1, 1, 1]\n")
+    assert organism_ov.OvConfig.from_yaml(path).count_weights == [1] * 6
+
+
 def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
     path = tmp_path / "organism_ov.yaml"
     for text, message in {"colour: 1\n": "unknown key", "weights: {total_count: 1}\n": "weights",
@@ -216,11 +243,11 @@ def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
 
 def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
     """A recipe key added later (bucket_by, image_labels, label_targets, echo, grow, curves_by_images,
-    warm_weights, echo_count, echo_image) defaults to
+    warm_weights, echo_count, echo_image, count_weights) defaults to
     the older recipe: a checkpoint whose training.json lacks it still matches a recipe at that default, and not
     one that sets it."""
     assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images",
-                                      "warm_weights", "echo_count", "echo_image")
+                                      "warm_weights", "echo_count", "echo_image", "count_weights")
     older = {k: v for k, v in asdict(organism_ov.OvConfig()).items() if k not in organism_ov.LATER_KEYS}
     si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
     assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
@@ -235,6 +262,8 @@ def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps
     for key in ("echo_count", "echo_image"):
         ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(**{key: True}), si)
         assert not ok and key in why
+    ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(count_weights=[1] * 6), si)
+    assert not ok and "count_weights" in why
 
 
 def test_the_phases_run_warm_then_grown_then_main_and_the_card_names_each():
@@ -693,3 +722,4 @@ def test_a_key_added_later_names_a_new_checkpoint_folder_only_when_set():
     before = {k: v for k, v in asdict(config).items() if k not in organism_ov.UNDIGESTED_DEFAULTS}
     assert config.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert replace(config, echo_count=True).digest() != config.digest()
+    assert replace(config, count_weights=[1] * 6).digest() != config.digest()
