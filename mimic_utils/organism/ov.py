@@ -646,6 +646,15 @@ def curriculum_line(ov: OvConfig) -> str:
     return line
 
 
+def count_tilt_line(ov: OvConfig) -> str | None:
+    """The card's sentence on the recipe's own tilt of the true counts (``None`` when it keeps si's)."""
+    if ov.count_weights is None:
+        return None
+    return ("Counting tilt: the stage's single-image counting questions draw their true counts 0-"
+            f"{len(ov.count_weights) - 1} by the weights {list(ov.count_weights)} (`count_weights`) instead of si's; "
+            "held-out questions stay balanced.")
+
+
 def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, command: str, si_info: dict) -> Path:
     """The ov model card (README.md beside the weights)."""
     weights = out_dir / "model.safetensors"
@@ -665,6 +674,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         curriculum_line(ov),
         "",
         *[line for form in ov.forms for line in (FORM_CARD_LINES[form], "")],
+        *[line for line in (count_tilt_line(ov), "") if count_tilt_line(ov)],
         f"- command: `{command}`",
         f"- seed: {ov.seed}",
         f"- started from: si weights sha256 `{si_info['sha256']}`",

@@ -226,6 +226,10 @@ def test_the_stage_tilts_its_counting_questions_by_its_own_count_weights_or_else
             organism_ov.OvConfig.from_yaml(path)
     path.write_text("count_weights: [1, 1, 1, 1, 1, 1]\n")
     assert organism_ov.OvConfig.from_yaml(path).count_weights == [1] * 6
+    assert organism_ov.count_tilt_line(organism_ov.OvConfig()) is None
+    assert organism_ov.count_tilt_line(organism_ov.OvConfig.from_yaml(path)) == (
+        "Counting tilt: the stage's single-image counting questions draw their true counts 0-5 by the weights "
+        "[1, 1, 1, 1, 1, 1] (`count_weights`) instead of si's; held-out questions stay balanced.")
 
 
 def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
@@ -373,6 +377,10 @@ def test_the_ov_card_says_when_its_answers_were_echoed(tmp_path):
     assert organism_ov.ECHO_COUNT_CARD_LINE in card.read_text() and organism_ov.ECHO_CARD_LINE not in card.read_text()
     card = organism_ov.write_ov_card(tmp_path, organism_ov.OvConfig(echo_image=True), summary, scores, "cmd", si_info)
     assert organism_ov.ECHO_IMAGE_CARD_LINE in card.read_text() and organism_ov.ECHO_COUNT_CARD_LINE not in card.read_text()
+    assert "Counting tilt" not in card.read_text()
+    tilted = organism_ov.OvConfig(count_weights=[1] * 6)
+    card = organism_ov.write_ov_card(tmp_path, tilted, summary, scores, "cmd", si_info)
+    assert organism_ov.count_tilt_line(tilted) in card.read_text()
 
 
 def test_format_kept_tells_mimic_answers_from_image_references():
