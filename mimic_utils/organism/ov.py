@@ -148,9 +148,10 @@ class OvConfig:
     #: probe of finding image i from the token before the answer (focus runs; it leaves MIMIC's answer format)
     echo_image: bool = False
     #: the stage's single-image counting questions per true count 0..si's max_count (a tilt of the drawn true
-    #: counts, as si's own ``count_weights``); null: si's. si's tilt (1, 2, 3, 3, 3, 2 in ``cpu``) draws
-    #: the middle counts most, and an ov trained on it over-counts MIMIC's Unbalanced questions, most of
-    #: whose answers are 1 (docs/organism.md); held-out questions stay balanced either way
+    #: counts, as si's own ``count_weights``); null: si's (1, 2, 3, 3, 3, 2 in ``cpu``, the middle counts
+    #: most). Uniform (tried/ov-v14-counts) moved the answers toward small counts everywhere: fewer
+    #: over-counts at 1 image, most counts over 4 images answered "2"; not kept. Held-out questions stay
+    #: balanced either way
     count_weights: list | None = None
     #: the teacher-forced curves per family and number of images ("tf_which_image_3img"): where in a grown
     #: schedule a lookup holds (focus runs); off, one curve per family as the card shows
