@@ -8,7 +8,9 @@ Run from the repository's root after notebook 01 has built the benchmark
 (``python -m mimic_utils.runner --profile cpu --only 01``) and v14 is trained into
 outputs/cpu/cache/tried/ov-v14-counts/ov (this folder's organism_ov.yaml says how):
     python outputs/cpu/models/tried/ov-v14-counts/mimic_cells.py
-Writes mimic_cells.json and mimic_cells.md beside it; the answers go to outputs/cpu/cache/tried/ov-v14-counts/answers."""
+Writes mimic_cells.json and mimic_cells.md beside it; the answers go to outputs/cpu/cache/tried/ov-v14-counts/answers.
+Another ov against v12 instead of v14: ``mimic_cells.py NAME FOLDER OUT_DIR`` (e.g. v13, whose weights are not
+committed: ``v13 <its folder> outputs/cpu/models/tried/si-stage2-3000``)."""
 import collections
 import json
 import sys
@@ -37,13 +39,14 @@ def cells(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def cell_line(cell: str, per_model: dict[str, list[dict]]) -> dict:
-    """One cell: n, blind, each model's score and interval, and v14 - v12 paired."""
+    """One cell: n, blind, each model's score and interval, and the other model - v12 paired."""
     line = {"cell": cell, "n": len(per_model["v12"]), "blind": round(diagnosis.blind(per_model["v12"]), 3)}
     for name, rows in per_model.items():
         found = diagnosis.cell_stats(rows)
         line[name] = f"{found['score']:.3f} [{found['lo']:.3f}, {found['hi']:.3f}]"
-    d = stats.difference(per_model["v12"], per_model["v14"], paired=True)
-    line["v14 - v12"] = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    other = [name for name in per_model if name != "v12"][0]
+    d = stats.difference(per_model["v12"], per_model[other], paired=True)
+    line[f"{other} - v12"] = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
     return line
 
 
@@ -51,8 +54,16 @@ def said(rows: list[dict]) -> dict[str, int]:
     return dict(sorted(collections.Counter(str(r["output"]).strip() for r in rows).items()))
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     root = repo_root()
+    here, command = HERE, "python outputs/cpu/models/tried/ov-v14-counts/mimic_cells.py"
+    if argv:
+        if len(argv) != 3:
+            print("usage: mimic_cells.py [NAME FOLDER OUT_DIR]", file=sys.stderr)
+            return 2
+        MODELS.pop("v14")
+        MODELS[argv[0]] = argv[1]
+        here, command = root / argv[2], f"{command} {' '.join(argv)}"
     missing = [source for source in MODELS.values() if not (root / source / "model.safetensors").is_file()]
     if missing:
         print(f"no weights in {missing}: train v14 first (organism_ov.yaml here says how)", file=sys.stderr)
@@ -74,13 +85,13 @@ def main() -> int:
             counts[cell] = {"truth": dict(sorted(collections.Counter(str(r["gt"]) for r in members).items())),
                             **{name: said(rows) for name, rows in per_model.items()}}
     table = pd.DataFrame(lines)
-    record = {"command": "python outputs/cpu/models/tried/ov-v14-counts/mimic_cells.py", "cells": lines,
+    record = {"command": command, "cells": lines,
               "counting_answers_said": counts}
-    (HERE / "mimic_cells.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (HERE / "mimic_cells.md").write_text(table.to_markdown(index=False) + "\n", encoding="utf-8")
+    (here / "mimic_cells.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (here / "mimic_cells.md").write_text(table.to_markdown(index=False) + "\n", encoding="utf-8")
     print(table.to_markdown(index=False))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
