@@ -138,21 +138,17 @@ def bench_ov_questions(args: argparse.Namespace) -> dict:
     """Draw ``--count`` of the ov stage's per-image questions (its recipe's family shares, 1-10 images) from a
     ``--images``-image index, as the stage does, and again with images lacking a category found by the
     per-question scan it used before (ratio: seconds / the scan's; the questions must be the same)."""
-    from types import SimpleNamespace
-
-    import yaml
-
     from mimic_utils.data import traindata
+    from mimic_utils.organism.ov import OvConfig
 
-    recipe = yaml.safe_load((repo_root() / args.recipe).read_text())
-    weights = {f: w for f, w in recipe["weights"].items() if f in traindata.OV_FAMILIES and w > 0}
-    forms = traindata.switched_forms(SimpleNamespace(**recipe))  # the stage's rule (OvConfig.forms)
+    recipe = OvConfig.from_yaml(repo_root() / args.recipe)  # the stage's own reading: shares, images, forms
+    weights = recipe.ov_weights()
     index = _drawn_index(args.images, args.seed)
 
     def draw() -> tuple[list[dict], float]:
         start = time.perf_counter()
-        records = traindata.ov_questions(index, args.count, args.seed, tuple(recipe["images"]), weights,
-                                         forms=forms)
+        records = traindata.ov_questions(index, args.count, args.seed, tuple(recipe.images), weights,
+                                         forms=recipe.forms)
         return records, time.perf_counter() - start
 
     records, seconds = draw()

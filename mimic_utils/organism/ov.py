@@ -675,7 +675,7 @@ def write_ov_card(out_dir: Path, ov: OvConfig, summary: dict, scores: dict, comm
         curriculum_line(ov),
         "",
         *[line for form in ov.forms for line in (FORM_CARD_LINES[form], "")],
-        *[line for line in (count_tilt_line(ov), "") if count_tilt_line(ov)],
+        *([count_tilt_line(ov), ""] if ov.count_weights is not None else []),
         f"- command: `{command}`",
         f"- seed: {ov.seed}",
         f"- started from: si weights sha256 `{si_info['sha256']}`",

@@ -56,15 +56,14 @@ def said(rows: list[dict]) -> dict[str, int]:
 
 def main(argv: list[str]) -> int:
     root = repo_root()
-    here, command = HERE, "python outputs/cpu/models/tried/ov-v14-counts/mimic_cells.py"
+    models, here, command = MODELS, HERE, "python outputs/cpu/models/tried/ov-v14-counts/mimic_cells.py"
     if argv:
         if len(argv) != 3:
             print("usage: mimic_cells.py [NAME FOLDER OUT_DIR]", file=sys.stderr)
             return 2
-        MODELS.pop("v14")
-        MODELS[argv[0]] = argv[1]
+        models = {"v12": MODELS["v12"], argv[0]: argv[1]}
         here, command = root / argv[2], f"{command} {' '.join(argv)}"
-    missing = [source for source in MODELS.values() if not (root / source / "model.safetensors").is_file()]
+    missing = [source for source in models.values() if not (root / source / "model.safetensors").is_file()]
     if missing:
         print(f"no weights in {missing}: train v14 first (organism_ov.yaml here says how)", file=sys.stderr)
         return 2
@@ -73,13 +72,13 @@ def main(argv: list[str]) -> int:
     wanted = [r for rows in by_cell.values() for r in rows]
     scratch = root / "outputs/cpu/cache/tried/ov-v14-counts/answers"
     answers = {}
-    for name, source in MODELS.items():
+    for name, source in models.items():
         adapter = harness.load_under_study({"name": name, "source": source}, root)
         answers[name] = {r["id"]: r for r in harness.run(adapter, wanted, scratch / f"{name}.jsonl", batch_size=32,
                                                           desc=name)}
     lines, counts = [], {}
     for cell, members in by_cell.items():
-        per_model = {name: [answers[name][harness.mimic_id(r)] for r in members] for name in MODELS}
+        per_model = {name: [answers[name][harness.mimic_id(r)] for r in members] for name in models}
         lines.append(cell_line(cell, per_model))
         if cell.startswith("counting"):
             counts[cell] = {"truth": dict(sorted(collections.Counter(str(r["gt"]) for r in members).items())),
