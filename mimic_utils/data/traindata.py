@@ -429,10 +429,11 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
 
 
 def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
-            count_weights: tuple[float, ...] | None = None, listing_present: float | None = None) -> Drawn:
+            count_weights: tuple[float, ...] | None = None, listing_present: float | None = None,
+            count_crowded: float = 0.0) -> Drawn:
     index = pools.index
     if family == "counting":
-        image, target, wanted = draw_count(pools, rng, max_count, count_weights)
+        image, target, wanted = draw_count(pools, rng, max_count, count_weights, count_crowded)
         return [image], [target], question_for("counting", [target]), str(wanted)
     if family == "presence":
         target = rng.choice(index.categories)
@@ -465,15 +466,22 @@ def _single(pools: Pools, rng: random.Random, family: str, max_count: int,
 
 
 def draw_count(pools: Pools, rng: random.Random, max_count: int,
-               count_weights: tuple[float, ...] | None = None) -> tuple[str, str, int]:
+               count_weights: tuple[float, ...] | None = None, crowded: float = 0.0) -> tuple[str, str, int]:
     """(image, class, its count in that image) of a single-image counting question: balanced over the true
     count, 0 included, unless ``count_weights`` (one per count 0..max) tilt it; ``SkipDraw`` when no image of
-    the source holds that class that many times."""
+    the source holds that class that many times.
+
+    ``crowded``: the share of questions (true count 1 or more) whose image is drawn among the crowded ones
+    (:attr:`Pools.crowded_by_count`: two or more objects of other classes), where there are any for that
+    class and count; the rest from every image as before. At 0 no extra random number is drawn, so the
+    questions are those of a run without the knob."""
     wanted = rng.randint(0, max_count) if count_weights is None else true_count(rng, count_weights)
     target = rng.choice(pools.index.categories)
     matching = pools.by_count.get((target, wanted), [])
     if not matching:
         raise SkipDraw()
+    if crowded > 0 and wanted > 0 and rng.random() < crowded:
+        matching = pools.crowded_by_count.get((target, wanted), matching)
     return rng.choice(matching), target, wanted
 
 
@@ -572,14 +580,15 @@ def minor_conversations(index: AnnotationIndex, mix: TrainMix, pools: Pools) -> 
 def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, max_count: int = 5,
                            families: tuple[str, ...] = SINGLE_FAMILIES, pools: Pools | None = None,
                            prefix: str = "single", count_weights: tuple[float, ...] | None = None,
-                           listing_present: float | None = None) -> list[dict]:
+                           listing_present: float | None = None, count_crowded: float = 0.0) -> list[dict]:
     """Single-image questions, evenly over ``families``; counting is balanced over true counts 0..max, or
     drawn with ``count_weights`` (relative, one per true count 0..``max_count``).
 
     ``listing_present``: the share of listing questions that ask about a supercategory the image holds
     (the rest ask about one it does not, answered "none"). ``None`` draws the supercategory uniformly, as
     the first organisms' recipe did — about three in four questions are then answered "none", and a model
-    that always says "none" scores micro F1 0.73 (issue #25)."""
+    that always says "none" scores micro F1 0.73 (issue #25).
+    ``count_crowded``: the share of counting questions asked of a crowded image (:func:`draw_count`)."""
     if count_weights is not None and len(count_weights) != max_count + 1:
         raise KnobError(f"single-image counting: count_weights needs {max_count + 1} values (counts 0..{max_count}), "
                         f"got {list(count_weights)}")
@@ -600,7 +609,7 @@ def single_image_questions(index: AnnotationIndex, count: int, seed: int = 0, ma
                 raise KnobError(f"single-image {family}: the source cannot supply {total} questions "
                                 f"(max_count={max_count}); generate more scenes")
             try:
-                drawn = _single(pools, rng, family, max_count, count_weights, listing_present)
+                drawn = _single(pools, rng, family, max_count, count_weights, listing_present, count_crowded)
             except SkipDraw:
                 continue
             records.append(_record(index, f"{prefix}-{family}-{number:05d}", family, *drawn, "single"))

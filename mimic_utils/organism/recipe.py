@@ -435,13 +435,14 @@ def choice_prompt(record: dict) -> str:
 def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed: int, max_count: int,
                         tokens_per_image: int, weights: dict[str, int] | None = None, count_weights=None,
                         choice_kinds: dict[str, int] | None = None, choice_options: tuple[int, int] = (2, 5),
-                        listing_present: float | None = None) -> Conversations:
+                        listing_present: float | None = None, count_crowded: float = 0.0) -> Conversations:
     """``kind="describe"``: one description per image (stage 1); ``"questions"``: single-image questions
     of the families in ``weights`` (default: the four of
     :func:`mimic_utils.data.traindata.single_image_questions`, evenly), ``count * weight / sum`` of each;
     the family ``"choice"`` is multiple choice (:func:`choice_questions`, of ``choice_kinds`` with
     ``choice_options`` options). ``count_weights`` tilts the true counts of counting questions;
-    ``listing_present`` is the share of listing questions about a supercategory the image holds."""
+    ``listing_present`` is the share of listing questions about a supercategory the image holds;
+    ``count_crowded`` the share of counting questions asked of a crowded image (traindata.draw_count)."""
     rows: list[tuple[list[int], str, str, str]] = []
     if kind == "describe":
         order = random.Random(seed).sample(range(len(pool)), min(count, len(pool)))
@@ -457,7 +458,7 @@ def build_conversations(pool: ScenePool, processor, kind: str, count: int, seed:
                 continue
             for r in single_image_questions(pool.index, share, seed=seed, max_count=max_count, families=(family,),
                                             pools=pools, prefix=f"organism-{kind}", count_weights=count_weights,
-                                            listing_present=listing_present):
+                                            listing_present=listing_present, count_crowded=count_crowded):
                 rows.append(([int(r["image_ids"][0])], r["question"], r["family"], r["gt"]))
     return encode_rows(processor, rows, tokens_per_image)
 

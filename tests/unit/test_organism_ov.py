@@ -14,6 +14,7 @@ import yaml
 
 from mimic_utils.artifacts import repo_root
 from mimic_utils.data import scenes, traindata
+from mimic_utils.data.tasks import Pools
 from mimic_utils.models.vlm import load_adapter
 from mimic_utils.organism import cli, ov as organism_ov, recipe as organism
 from mimic_utils.organism.config import OrganismConfig
@@ -232,6 +233,40 @@ def test_the_stage_tilts_its_counting_questions_by_its_own_count_weights_or_else
         "[1, 1, 1, 1, 1, 1] (`count_weights`) instead of si's; held-out questions stay balanced.")
 
 
+def test_the_stage_asks_count_crowded_of_its_counting_questions_of_crowded_images(built, pool, tmp_path):
+    """``count_crowded`` sends that share of the stage's counting questions (true count 1 or more) to images
+    holding two or more objects of other classes; 0 leaves the questions exactly as before the key; a share
+    outside [0, 1] is refused, naming the file and the key."""
+    _, processor = built
+    si = OrganismConfig(max_count=5, count_weights=[1, 2, 3, 3, 3, 2])
+    pools = Pools(pool.index)
+
+    def crowded_share(count_crowded: float) -> tuple[float, list]:
+        convs = organism_ov.stage_conversations(si, pool, processor, 300, 0, {"counting": 1}, [1, 10], 16, "t",
+                                                si.count_weights, count_crowded=count_crowded)
+        # counts 1 and 2: a 5-object world has crowded images for them (a count of 4 leaves one other object)
+        images = [(imgs[0], int(answer)) for imgs, answer in zip(convs.images, convs.answer) if answer in ("1", "2")]
+        crowded = [sum(pools.counts[str(i)].values()) - n >= 2 for i, n in images]
+        return sum(crowded) / len(crowded), convs.ids
+
+    plain, plain_ids = crowded_share(0.0)
+    always, _ = crowded_share(1.0)
+    assert always > plain + 0.2 and always > 0.9
+    before = organism_ov.stage_conversations(si, pool, processor, 300, 0, {"counting": 1}, [1, 10], 16, "t",
+                                             si.count_weights)
+    assert before.ids == plain_ids  # the default draws what a recipe without the key drew
+    path = tmp_path / "organism_ov.yaml"
+    for bad in ("1.5", "-0.1", "true", "lots"):
+        path.write_text(f"count_crowded: {bad}\n")
+        with pytest.raises(ValueError, match=r"organism_ov\.yaml: count_crowded is a share in \[0, 1\]"):
+            organism_ov.OvConfig.from_yaml(path)
+    path.write_text("count_crowded: 0.7\n")
+    config = organism_ov.OvConfig.from_yaml(path)
+    assert config.count_crowded == 0.7
+    assert organism_ov.count_crowded_line(organism_ov.OvConfig()) is None
+    assert organism_ov.count_crowded_line(config).startswith("Crowded counting: 70% of the stage's single-image")
+
+
 def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
     path = tmp_path / "organism_ov.yaml"
     for text, message in {"colour: 1\n": "unknown key", "weights: {total_count: 1}\n": "weights",
@@ -247,11 +282,11 @@ def test_ov_recipe_keys_are_validated_naming_the_file(tmp_path):
 
 def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps_its_default(tmp_path):
     """A recipe key added later (bucket_by, image_labels, label_targets, echo, grow, curves_by_images,
-    warm_weights, echo_count, echo_image, count_weights) defaults to
+    warm_weights, echo_count, echo_image, count_weights, count_crowded) defaults to
     the older recipe: a checkpoint whose training.json lacks it still matches a recipe at that default, and not
     one that sets it."""
     assert organism_ov.LATER_KEYS == ("bucket_by", "image_labels", "label_targets", "echo", "grow", "curves_by_images",
-                                      "warm_weights", "echo_count", "echo_image", "count_weights")
+                                      "warm_weights", "echo_count", "echo_image", "count_weights", "count_crowded")
     older = {k: v for k, v in asdict(organism_ov.OvConfig()).items() if k not in organism_ov.LATER_KEYS}
     si, ov, _ = fake_checkpoints(tmp_path, asdict(OrganismConfig()), older)
     assert organism_ov.reusable(ov, organism_ov.OvConfig(), si)[0]
@@ -268,6 +303,8 @@ def test_an_ov_recorded_before_a_key_existed_is_reused_only_while_that_key_keeps
         assert not ok and key in why
     ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(count_weights=[1] * 6), si)
     assert not ok and "count_weights" in why
+    ok, why = organism_ov.reusable(ov, organism_ov.OvConfig(count_crowded=0.5), si)
+    assert not ok and "count_crowded" in why
 
 
 def test_the_phases_run_warm_then_grown_then_main_and_the_card_names_each():
@@ -731,3 +768,4 @@ def test_a_key_added_later_names_a_new_checkpoint_folder_only_when_set():
     assert config.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert replace(config, echo_count=True).digest() != config.digest()
     assert replace(config, count_weights=[1] * 6).digest() != config.digest()
+    assert replace(config, count_crowded=0.5).digest() != config.digest()
