@@ -159,9 +159,12 @@ class Pools:
         classes beside the counted ones: where counting must pick its class out of a crowd (the organism's
         counting at true count 1 fell from 0.80 with at most one other object to 0.46 with two or more on
         MIMIC's 1-image Unbalanced questions, docs/organism.md)."""
+        objects = {i: sum(self.counts[i].values()) for i in self.certain}
         table: dict[tuple[str, int], list[str]] = {}
         for (category, count), images in self.by_count.items():
-            crowded = [i for i in images if sum(self.counts[i].values()) - count >= CROWD_OTHERS]
+            if count == 0:  # a count of 0 is never asked of a crowd (traindata.draw_count)
+                continue
+            crowded = [i for i in images if objects[i] - count >= CROWD_OTHERS]
             if crowded:
                 table[(category, count)] = crowded
         return table
