@@ -144,6 +144,7 @@ class FinetuneSpec(Strict):
     train: Annotated[list[Name], Field(min_length=1)] = OMITTED
     checkpoint_every: PositiveInt = OMITTED
     seed: NonNegativeInt = OMITTED
+    group_by_images: bool = OMITTED
 
 
 MaxPerCell = PositiveInt | None

@@ -12,6 +12,9 @@ same steps: claim 8's comparison at each step count. One seed: intervals resampl
 ``outputs/<profile>/cache/bench_lora_steps/<settings digest>/`` (ignored; the digest of the notebook's
 settings but its step count, its start model and its training data, so a changed parameter file or data
 trains anew) and resume when rerun.
+
+Two timing benchmarks of the same notebook's training step sit beside it: ``lora_dropout`` (what LoRA dropout
+costs) and ``lora_grouped`` (what batches of one number of images, ``group_by_images``, save).
 """
 
 from __future__ import annotations
@@ -164,6 +167,65 @@ def lora_steps_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
+def _notebook_data(args: argparse.Namespace) -> tuple[dict, list[dict], list[dict]]:
+    """Notebook 05's parameters and its (multi-image, single-image) training conversations."""
+    from mimic_utils import runner
+    from mimic_utils.data import traindata
+    from mimic_utils.training import finetune
+
+    root = repo_root()
+    notebook = next(nb for nb in runner.discover(args.profile, root) if nb.stem == NOTEBOOK)
+    params = runner.load_parameters(notebook, args.profile)
+    conversations = traindata.load(profile_dir(args.profile) / "01_data_build" / "train", root=root)
+    return params, *finetune.split_conversations(conversations, params["finetune_config"]["max_images"])
+
+
+def _notebook_batches(args: argparse.Namespace) -> tuple[dict, list[list[dict]]]:
+    """Notebook 05's parameters and ``args.steps + 1`` training batches drawn as it draws them (its
+    ``finetune_config``, ``group_by_images`` included)."""
+    import random
+
+    from mimic_utils.training import finetune
+
+    params, multi, single = _notebook_data(args)
+    settings, draw = params["finetune_config"], random.Random(args.seed)
+    if settings.get("group_by_images", False):
+        groups = finetune.by_images(multi), finetune.by_images(single)
+        return params, [finetune.grouped_batch(draw, *groups, settings["batch"], settings["single_ratio"])
+                        for _ in range(args.steps + 1)]
+    return params, [finetune.mixed_batch(draw, multi, single, settings["batch"], settings["single_ratio"])
+                    for _ in range(args.steps + 1)]
+
+
+def _seconds_per_step(params: dict, batches: list[list[dict]], dropout: float) -> float:
+    """Mean time of a LoRA training step (forward, backward, AdamW) of notebook 05's start model over
+    ``batches``, the first untimed (allocations, lazy initialisation); their vision features are read once
+    before, untimed, as the study's cache already holds them (notebook 04 read these images)."""
+    import torch
+
+    from mimic_utils.evaluation import harness
+    from mimic_utils.training import finetune
+
+    adapter = harness.load_under_study(params["base_model"], repo_root())
+    lora = params["lora"]
+    trained = finetune.apply_lora(adapter, r=lora["r"], alpha=lora["alpha"], dropout=dropout)
+    named = dict(adapter.model.named_parameters())
+    optimizer = torch.optim.AdamW([named[n] for n in trained], lr=params["finetune_config"]["lr"])
+    adapter.model.train()
+    with torch.no_grad():
+        for batch in batches:
+            finetune.sft_loss(adapter, batch)
+    times = []
+    for step, batch in enumerate(batches):
+        begin = time.perf_counter()
+        finetune.sft_loss(adapter, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - begin)
+    return sum(times) / len(times)
+
+
 def bench_lora_dropout(args: argparse.Namespace) -> dict:
     """What LoRA dropout costs a training step of notebook 05 on this machine (why ``cpu`` sets it to 0).
 
@@ -171,57 +233,91 @@ def bench_lora_dropout(args: argparse.Namespace) -> dict:
     features already cached: for each dropout, ``--steps`` timed forward + backward + optimizer steps
     after one untimed step. ``ratio`` is the step time without dropout over the step time with the
     notebook's other dropout (``--dropout``, the official 0.05): below 1 is the saving."""
-    import random
-
     import torch
-
-    from mimic_utils import runner
-    from mimic_utils.data import traindata
-    from mimic_utils.evaluation import harness
-    from mimic_utils.training import finetune
 
     if args.steps < 1 or not 0 < args.dropout < 1:
         raise ValueError(f"--steps must be at least 1 and --dropout in (0, 1), got {args.steps} and {args.dropout}")
     torch.set_num_threads(args.threads)
-    root = repo_root()
-    notebook = next(nb for nb in runner.discover(args.profile, root) if nb.stem == NOTEBOOK)
-    params = runner.load_parameters(notebook, args.profile)
-    settings = params["finetune_config"]
-    conversations = traindata.load(profile_dir(args.profile) / "01_data_build" / "train", root=root)
-    multi, single = finetune.split_conversations(conversations, settings["max_images"])
-    draw = random.Random(args.seed)
-    batches = [finetune.mixed_batch(draw, multi, single, settings["batch"], settings["single_ratio"])
-               for _ in range(args.steps + 1)]
+    params, batches = _notebook_batches(args)
     seconds = {}
     for dropout in (args.dropout, 0.0):
-        adapter = harness.load_under_study(params["base_model"], root)
-        lora = {**params["lora"], "dropout": dropout}
-        trained = finetune.apply_lora(adapter, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
-        named = dict(adapter.model.named_parameters())
-        optimizer = torch.optim.AdamW([named[n] for n in trained], lr=settings["lr"])
-        adapter.model.train()
-        with torch.no_grad():  # the study's vision cache already holds these images (notebook 04 read them)
-            for batch in batches:
-                finetune.sft_loss(adapter, batch)
-        times = []
-        for step, batch in enumerate(batches):
-            begin = time.perf_counter()
-            finetune.sft_loss(adapter, batch).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step:  # the first step is untimed: allocations and lazy initialisation
-                times.append(time.perf_counter() - begin)
-        seconds[dropout] = sum(times) / len(times)
+        seconds[dropout] = _seconds_per_step(params, batches, dropout)
         print(f"[lora_dropout] dropout {dropout}: {seconds[dropout]:.3f} s per step", flush=True)
-        del adapter, optimizer
-    return {"profile": args.profile, "batch": settings["batch"], "lora": params["lora"], "steps": args.steps,
-            "seconds_per_step": {str(k): round(v, 4) for k, v in seconds.items()},
+    return {"profile": args.profile, "batch": params["finetune_config"]["batch"], "lora": params["lora"],
+            "steps": args.steps, "seconds_per_step": {str(k): round(v, 4) for k, v in seconds.items()},
             "ratio": round(seconds[0.0] / seconds[args.dropout], 4)}
+
+
+def real_token_share(adapter, batches: list[list[dict]]) -> float:
+    """The share of the token positions of ``batches``, as the model reads them in training (every row
+    left-padded to its batch's longest), that are not padding."""
+    from mimic_utils.training import finetune
+
+    real = padded = 0
+    for batch in batches:
+        mask = finetune.sft_batch(adapter, batch).inputs["attention_mask"]
+        real, padded = real + int(mask.sum()), padded + mask.numel()
+    return real / padded
+
+
+def regrouped(batches: list[list[dict]]) -> list[list[dict]]:
+    """The same rows cut into batches of the same size after sorting them by number of images: what
+    ``group_by_images`` does to a batch's padding, on the very rows of ``batches`` (a paired comparison)."""
+    rows = sorted((r for batch in batches for r in batch), key=lambda r: len(r["images"]))
+    size = len(batches[0])
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def bench_lora_grouped(args: argparse.Namespace) -> dict:
+    """What one number of images per batch (``group_by_images``) saves a training step of notebook 05.
+
+    Notebook 05 draws each row of a batch on its own, so a batch mixes 1-image and 10-image conversations
+    and pads every row to the longest. Here ``--steps + 1`` batches are drawn that way and the same rows are
+    cut again into batches after sorting them by number of images (:func:`regrouped`; a batch at a boundary
+    between two counts still mixes them, as :func:`~mimic_utils.training.finetune.grouped_batch` never
+    does): the same tokens, so the comparison is paired. The same start model and LoRA (the notebook's,
+    its dropout) time each set of batches, one process, vision features cached, after the same untimed
+    first batch, and the share of real (non-padding) token positions of the timed batches is counted. ``ratio`` is the grouped
+    seconds per step over the mixed ones: below 1 is the saving. Whether the loss per step is the same is
+    ``lora_steps``' question (``group_by_images`` in the notebook's ``finetune_config``)."""
+    import random
+
+    import torch
+
+    from mimic_utils.evaluation import harness
+    from mimic_utils.training import finetune
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    torch.set_num_threads(args.threads)
+    params, multi, single = _notebook_data(args)
+    settings, draw = params["finetune_config"], random.Random(args.seed)
+    mixed = [finetune.mixed_batch(draw, multi, single, settings["batch"], settings["single_ratio"])
+             for _ in range(args.steps + 1)]
+    arms = {"mixed": mixed, "grouped": mixed[:1] + regrouped(mixed[1:])}  # the same untimed first batch
+    adapter = harness.load_under_study(params["base_model"], repo_root())  # its processor pads the batches
+    shares = {label: real_token_share(adapter, batches[1:]) for label, batches in arms.items()}
+    del adapter
+    seconds = {}
+    for label, batches in arms.items():
+        seconds[label] = _seconds_per_step(params, batches, params["lora"]["dropout"])
+        print(f"[lora_grouped] {label}: {seconds[label]:.3f} s per step, {shares[label]:.3f} of tokens real", flush=True)
+    return {"profile": args.profile, "batch": settings["batch"], "lora": params["lora"], "steps": args.steps,
+            "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
+            "real_token_share": {k: round(v, 4) for k, v in shares.items()},
+            "ratio": round(seconds["grouped"] / seconds["mixed"], 4)}
 
 
 def lora_dropout_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="cpu", help="whose notebook-05 parameters and notebook-01 data")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per dropout (one more is untimed)")
     parser.add_argument("--dropout", type=float, default=0.05, help="the dropout compared with none")
+    parser.add_argument("--seed", type=int, default=0, help="the batches' draw")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def lora_grouped_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="cpu", help="whose notebook-05 parameters and notebook-01 data")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per way of batching (one more is untimed)")
     parser.add_argument("--seed", type=int, default=0, help="the batches' draw")
     parser.add_argument("--threads", type=int, default=2)

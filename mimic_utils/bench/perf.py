@@ -32,7 +32,8 @@ from PIL import Image
 
 from mimic_utils.data import mimic_benchmark
 from mimic_utils.artifacts import profile_dir, repo_root, write_text
-from mimic_utils.bench.convergence import bench_lora_dropout, bench_lora_steps, lora_dropout_args, lora_steps_args
+from mimic_utils.bench.convergence import (bench_lora_dropout, bench_lora_grouped, bench_lora_steps, lora_dropout_args,
+                                           lora_grouped_args, lora_steps_args)
 from mimic_utils.data.mimic_benchmark import BenchmarkPlan, build, plan_specs
 from mimic_utils.data.scene_formats import write_coco_split
 from mimic_utils.data.scenes import SceneParams, draw_contents, scene_rng, sprite
@@ -1292,6 +1293,7 @@ benchmarks: dict[str, Benchmark] = {
     "realsize": Benchmark(bench_gpu, _realsize_args),
     "lora_steps": Benchmark(bench_lora_steps, lora_steps_args),
     "lora_dropout": Benchmark(bench_lora_dropout, lora_dropout_args),
+    "lora_grouped": Benchmark(bench_lora_grouped, lora_grouped_args),
 }
 
 

@@ -5,7 +5,9 @@
 
 * **Data.** Conversations from :mod:`mimic_utils.data.traindata` (notebook 01's ``train/``). Each step's batch
   mixes multi-image and single-image conversations: every item is single-image with probability
-  ``single_ratio``, so single-image skill is rehearsed while multi-image aggregation is taught.
+  ``single_ratio``, so single-image skill is rehearsed while multi-image aggregation is taught. With
+  ``group_by_images`` each batch holds one number of images (the same conversations, drawn as often, with
+  less padding).
 * **Model.** The *data-centric* regime of the paper: vision tower and projector frozen, the language model
   trained (``train=("language_model",)``); notebook 05's LoRA regime goes through the same loop.
 * **Loop.** AdamW, linear warmup then cosine decay, gradient clipping and accumulation; the loss is taken
@@ -35,6 +37,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -254,10 +257,17 @@ class FinetuneConfig:
     lora: dict | None = None  # {"r", "alpha", "dropout"}: LoRA on the language model instead of full training
     checkpoint_every: int = 50
     seed: int = 0
+    #: each batch's conversations share one number of images (:func:`grouped_batch`): the same conversations
+    #: drawn as often, with the padding between a 1-image and a 10-image row gone
+    group_by_images: bool = False
 
     def digest(self) -> str:
-        """Checkpoints of another configuration are never resumed."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Checkpoints of another configuration are never resumed. Keys added later count only when set, so
+        the runs recorded before them keep their digest."""
+        values = asdict(self)
+        if not values["group_by_images"]:
+            del values["group_by_images"]
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def data_digest(records: list[dict]) -> str:
@@ -306,15 +316,20 @@ def apply_lora(adapter, r: int = 128, alpha: int = 32, dropout: float = 0.05, kb
     return [n for n, p in adapter.model.named_parameters() if p.requires_grad]
 
 
+def sft_batch(adapter, records: list[dict], vision_cache: bool = False):
+    """A batch of conversations as the model reads them in training: prompts with their answers, left-padded
+    to the longest row (``adapter.prepare``)."""
+    samples = [{"images": load_images(r["images"]), "question": r["question"], "task_family": prompt_family(r["family"]),
+                "image_labels": bool(r.get("image_labels", False))} for r in records]
+    return adapter.prepare(samples, answers=[r["gt"] for r in records], vision_cache=vision_cache)
+
+
 def sft_loss(adapter, records: list[dict], model: nn.Module | None = None) -> torch.Tensor:
     """Cross-entropy on the answer and end-of-turn tokens of a batch of conversations (left-padded),
     the forward run through ``model`` (the accelerator-prepared wrapper) when given."""
-    samples = [{"images": load_images(r["images"]), "question": r["question"], "task_family": prompt_family(r["family"]),
-                "image_labels": bool(r.get("image_labels", False))} for r in records]
     # the vision cache runs the live projector outside ``model``'s forward, which a DDP/FSDP wrapper
     # would not see: it is used only when ``model`` is the adapter's own module
-    batch = adapter.prepare(samples, answers=[r["gt"] for r in records],
-                            vision_cache=adapter.use_vision_cache and (model is None or model is adapter.model))
+    batch = sft_batch(adapter, records, adapter.use_vision_cache and (model is None or model is adapter.model))
     ids = batch.inputs["input_ids"]
     labels = torch.full_like(ids, -100)
     tokenizer = adapter.tokenizer
@@ -327,6 +342,31 @@ def sft_loss(adapter, records: list[dict], model: nn.Module | None = None) -> to
 def mixed_batch(rng: random.Random, multi: list[dict], single: list[dict], size: int, single_ratio: float) -> list[dict]:
     """``size`` conversations, each single-image with probability ``single_ratio``."""
     return [rng.choice(single if single and rng.random() < single_ratio else multi) for _ in range(size)]
+
+
+def by_images(records: list[dict]) -> dict[int, list[dict]]:
+    """Conversations grouped by their number of images, for :func:`grouped_batch`."""
+    groups: dict[int, list[dict]] = {}
+    for record in records:
+        groups.setdefault(len(record["images"]), []).append(record)
+    return dict(sorted(groups.items()))
+
+
+def grouped_batch(rng: random.Random, multi: dict[int, list[dict]], single: dict[int, list[dict]], size: int,
+                  single_ratio: float) -> list[dict]:
+    """``size`` conversations with one number of images (groups from :func:`by_images`).
+
+    Why: a batch pads every row to its longest, and a 10-image row is about ten 1-image rows long, so
+    :func:`mixed_batch`'s batches are much padding. Here the batch is single-image with probability
+    ``single_ratio``, its number of images is drawn in proportion to the group's size, and its rows
+    uniformly from that group: each conversation is still drawn with :func:`mixed_batch`'s probability. What
+    changes is which ones share a batch: with ``accumulate`` 1 a step is all single-image or all of one
+    number of images, so the loss from step to step is noisier and the optimizer takes whole steps of one
+    kind (whether that costs loss per step is ``make bench NAME=lora_steps``' question)."""
+    groups = single if single and rng.random() < single_ratio else multi
+    counts = list(groups)
+    chosen = groups[rng.choices(counts, weights=[len(groups[n]) for n in counts])[0]]
+    return [rng.choice(chosen) for _ in range(size)]
 
 
 def split_conversations(records: list[dict], max_images: int) -> tuple[list[dict], list[dict]]:
@@ -407,9 +447,14 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
                              clip=config.clip, checkpoint_every=config.checkpoint_every, eval_every=config.steps,
                              weight_decay=config.weight_decay, accumulate=config.accumulate)
 
+    if config.group_by_images:
+        draw = partial(grouped_batch, multi=by_images(multi), single=by_images(single), single_ratio=config.single_ratio)
+    else:
+        draw = partial(mixed_batch, multi=multi, single=single, single_ratio=config.single_ratio)
+
     def loss_fn(rng: random.Random, size: int, model: nn.Module) -> torch.Tensor:
         with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
-            return sft_loss(adapter, mixed_batch(rng, multi, single, size, config.single_ratio), model)
+            return sft_loss(adapter, draw(rng, size=size), model)
 
     log: list[dict] = []
     checkpoint = out_dir / "checkpoints" / run_digest(config, adapter, records) / f"{name}.pt"

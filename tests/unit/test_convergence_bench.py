@@ -131,3 +131,22 @@ def test_lora_dropout_is_a_registered_benchmark_and_refuses_bad_options_before_a
         args = argparse.Namespace(profile="cpu", steps=steps, dropout=dropout, seed=0, threads=1)
         with pytest.raises(ValueError, match=r"--steps must be at least 1 and --dropout in \(0, 1\)"):
             convergence.bench_lora_dropout(args)
+
+
+def test_lora_grouped_is_a_registered_benchmark_and_refuses_bad_options_before_a_model_loads(monkeypatch):
+    import argparse
+    from mimic_utils.evaluation import harness
+
+    assert perf.benchmarks["lora_grouped"].run is convergence.bench_lora_grouped
+    monkeypatch.setattr(harness, "load_under_study", lambda *_: pytest.fail("a model was loaded"))
+    with pytest.raises(ValueError, match=r"--steps must be at least 1, got 0"):
+        convergence.bench_lora_grouped(argparse.Namespace(profile="cpu", steps=0, seed=0, threads=1))
+
+
+def test_regrouped_batches_hold_the_same_rows_sorted_by_number_of_images():
+    rows = [{"id": str(i), "images": ["x"] * n} for i, n in enumerate([3, 1, 10, 1, 3, 2, 10, 1])]
+    batches = [rows[:4], rows[4:]]
+    again = convergence.regrouped(batches)
+    assert [len(b) for b in again] == [4, 4]
+    assert sorted(r["id"] for b in again for r in b) == sorted(r["id"] for r in rows)
+    assert [[len(r["images"]) for r in b] for b in again] == [[1, 1, 1, 2], [3, 3, 10, 10]]

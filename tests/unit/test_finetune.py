@@ -275,3 +275,59 @@ def test_a_stage_checkpoint_records_its_training_time_across_resumes(tmp_path):
     fresh, other = tmp_path / "fresh.pt", torch.nn.Linear(2, 1)
     finetune.train_stage("s", other, list(other.parameters()), loss_fn, schedule, 0, fresh, [], progress=False)
     assert 0.0 <= finetune.checkpoint_progress(fresh)[1] < 60.0
+
+
+def _fake(n_images: int, i: int) -> dict:
+    return {"id": f"{n_images}-{i}", "images": ["x.png"] * n_images}
+
+
+def test_grouped_batches_hold_one_number_of_images_and_draw_each_conversation_as_mixed_ones_do():
+    import collections
+    import random
+
+    multi = [_fake(n, i) for n in (2, 4, 10) for i in range(n)]  # groups of 2, 4 and 10 conversations
+    single = [_fake(1, i) for i in range(5)]
+    groups = finetune.by_images(multi), finetune.by_images(single)
+    assert list(groups[0]) == [2, 4, 10] and len(groups[0][10]) == 10
+    draw, seen, mixed_seen = random.Random(0), collections.Counter(), collections.Counter()
+    for _ in range(20000):
+        batch = finetune.grouped_batch(draw, *groups, 8, 0.25)
+        assert len(batch) == 8 and len({len(r["images"]) for r in batch}) == 1
+        seen.update(r["id"] for r in batch)
+        mixed_seen.update(r["id"] for r in finetune.mixed_batch(draw, multi, single, 8, 0.25))
+    total = sum(seen.values())
+    # each conversation's share: 0.25 / 5 if single-image, 0.75 / 16 otherwise, as mixed_batch draws them
+    for r in multi + single:
+        expected = 0.25 / 5 if len(r["images"]) == 1 else 0.75 / 16
+        assert seen[r["id"]] / total == pytest.approx(expected, rel=0.1), r["id"]
+        assert mixed_seen[r["id"]] / total == pytest.approx(expected, rel=0.1), r["id"]
+    no_single = finetune.grouped_batch(random.Random(1), groups[0], {}, 4, 1.0)  # no single-image data: multi
+    assert all(len(r["images"]) > 1 for r in no_single)
+
+
+def test_grouping_by_images_keeps_earlier_runs_digest_and_is_a_new_run_when_set():
+    import hashlib
+    import json
+    from dataclasses import asdict, replace
+
+    config = finetune.FinetuneConfig(steps=360, lr=1e-3)
+    before = {k: v for k, v in asdict(config).items() if k != "group_by_images"}  # the configuration as it was
+    assert config.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert replace(config, group_by_images=True).digest() != config.digest()
+
+
+@pytest.mark.slow
+def test_finetune_with_batches_grouped_by_images_trains_on_one_number_of_images_a_step(tmp_path, monkeypatch):
+    adapter = tiny_qwen_adapter()
+    seen: list[set[int]] = []
+    real = finetune.sft_batch
+
+    def spy(adapter, records, vision_cache=False):
+        seen.append({len(r["images"]) for r in records})
+        return real(adapter, records, vision_cache)
+
+    monkeypatch.setattr(finetune, "sft_batch", spy)
+    config = finetune.FinetuneConfig(steps=3, lr=1e-3, batch=3, checkpoint_every=3, group_by_images=True)
+    result = finetune.finetune(adapter, conversations(tmp_path / "img", 8), config, tmp_path / "model", progress=False)
+    assert len(result["log"]) == 3 and len(seen) == 3 and all(len(s) == 1 for s in seen)
+    assert (tmp_path / "model" / "finetune.json").is_file()

@@ -62,6 +62,8 @@ BAD_VALUES = [
      "base_model.family = 'llava': Input should be 'llava_onevision', 'qwen2_vl', 'qwen2_5_vl' or 'internvl'"),
     ("05_masked_qlora_finetune", ("quantize_4bit",), "true", "quantize_4bit = 'true': Input should be a valid boolean"),
     ("05_masked_qlora_finetune", ("lora", "dropout"), 1.0, "lora.dropout = 1.0: Input should be less than 1"),
+    ("05_masked_qlora_finetune", ("finetune_config", "group_by_images"), "yes",
+     "finetune_config.group_by_images = 'yes': Input should be a valid boolean"),
     ("05_masked_qlora_finetune", ("experiments",), ["images", "sprad"],
      "experiments[1] = 'sprad': Input should be 'images', 'spread', 'distractors', 'k' or 'blank'"),
     ("06_cross_benchmark_eval", ("skip_missing",), 1, "skip_missing = 1: Input should be a valid boolean"),

@@ -22,6 +22,11 @@ from mimic_utils.data.tasks import CROWD_OTHERS
 HERE = Path(__file__).resolve().parent
 
 
+def crowd_label(others: int) -> str:
+    """How crowded an image is: the objects of other classes beside the counted ones, in two bins."""
+    return f"{CROWD_OTHERS}+ others" if others >= CROWD_OTHERS else f"0-{CROWD_OTHERS - 1} others"
+
+
 def crowd_cell(record: dict) -> tuple[str, str, str] | None:
     """(task, true count, crowd) of a 1-image counting question of the images sweep at true count 1 or 2."""
     if record["family"] != "counting" or record["experiment"] != "images" or record["knobs"]["n_images"] != 1:
@@ -29,8 +34,7 @@ def crowd_cell(record: dict) -> tuple[str, str, str] | None:
     if record["gt"] not in ("1", "2"):
         return None
     others = sum(record["evidence"][0]["counts"].values()) - int(record["gt"])
-    crowd = f"{CROWD_OTHERS}+ others" if others >= CROWD_OTHERS else f"0-{CROWD_OTHERS - 1} others"
-    return record["task"], record["gt"], crowd
+    return record["task"], record["gt"], crowd_label(others)
 
 
 def main(argv: list[str]) -> int:

@@ -17,11 +17,13 @@ import pandas as pd
 from mimic_utils.analysis.stats import wilson
 from mimic_utils.artifacts import repo_root
 from mimic_utils.data import traindata
-from mimic_utils.data.tasks import CROWD_OTHERS, Pools
+from mimic_utils.data.tasks import Pools
 from mimic_utils.evaluation import harness
 from mimic_utils.organism import ov as organism_ov, recipe as organism
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from crowd import crowd_label  # noqa: E402  (the same bins as on notebook 02's questions)
 QUESTIONS, SEED, ONLY_ONE_AND_TWO = 300, 77, (0, 1, 1, 0, 0, 0)
 
 
@@ -58,8 +60,7 @@ def main(argv: list[str]) -> int:
                                   batch_size=32, progress=False)
             scores = {}
             for record, answer in zip(records, answers, strict=True):
-                crowd = f"{CROWD_OTHERS}+ others" if record["others"] >= CROWD_OTHERS else f"0-{CROWD_OTHERS - 1} others"
-                scores.setdefault((record["gt"], crowd), []).append(answer["score"])
+                scores.setdefault((record["gt"], crowd_label(record["others"])), []).append(answer["score"])
             for (gt, crowd), hits in sorted(scores.items()):
                 lo, hi = wilson(sum(hits), len(hits))
                 rows.append({"model": name, "questions": set_name, "true count": gt, "image": crowd, "n": len(hits),
