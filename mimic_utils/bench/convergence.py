@@ -42,12 +42,14 @@ def run_folder(variant: str, steps: int, seed: int, lr: float | None = None) -> 
     return name if lr is None else f"{name}_lr{lr:g}"
 
 
-def result_name(variant: str, lr: float | None = None) -> str:
-    """The result file's name: one per variant and learning rate, so a rerun with other options adds a file."""
+def result_name(variant: str, lr: float | None = None, grouped: bool = False) -> str:
+    """The result file's name: one per variant, learning rate and batching, so a rerun with other options
+    adds a file."""
     from mimic_utils.training.lora_ablation import path_safe
 
     name = "lora_steps" if variant == UNMASKED else f"lora_steps_{path_safe(variant)}"
-    return name if lr is None else f"{name}_lr{lr:g}"
+    name = name if lr is None else f"{name}_lr{lr:g}"
+    return f"{name}_grouped" if grouped else name
 
 
 def settings_digest(params: dict, base: dict | None = None, data: str = "") -> str:
@@ -99,8 +101,14 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
                          f"train (it reads {sorted(k for k, v in params['ablation'].items() if v != 'auto')}; "
                          "'auto' needs notebook 03's layer)")
     notebook_steps = params["finetune_config"]["steps"]
-    asked = args.steps or [2 * notebook_steps]
-    if max(asked) <= notebook_steps:
+    # batches of one number of images: the question is the same steps' loss and score against the notebook's
+    # mixed batches (the cached run of the same steps), so no longer run is asked for
+    grouped = getattr(args, "group_by_images", False) and not params["finetune_config"].get("group_by_images", False)
+    mixed_params = params
+    if grouped:
+        params = {**params, "finetune_config": {**params["finetune_config"], "group_by_images": True}}
+    asked = args.steps or ([] if grouped else [2 * notebook_steps])
+    if not grouped and max(asked) <= notebook_steps:
         raise ValueError(f"--steps {asked}: whether notebook 05's {notebook_steps} steps ({notebook.params_file}, "
                          "finetune_config.steps) have converged needs a longer run than that")
     # another learning rate than the notebook's is the question "would fewer, larger steps get there"
@@ -114,8 +122,10 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
                                      params["max_per_cell"])
     # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
-    work = profile_dir(args.profile) / "cache" / "bench_lora_steps" / settings_digest(params, base, finetune.data_digest(conversations))
-    runs, rows, versus_unmasked = {}, {}, {}
+    cache = profile_dir(args.profile) / "cache" / "bench_lora_steps"
+    work = cache / settings_digest(params, base, finetune.data_digest(conversations))
+    mixed_work = cache / settings_digest(mixed_params, base, finetune.data_digest(conversations))
+    runs, rows, versus_unmasked, versus_mixed = {}, {}, {}, {}
     for steps in sorted({notebook_steps, *asked}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps,
                                             **({"lr": lr} if lr is not None else {})}, lora=params["lora"])
@@ -139,17 +149,24 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
         if args.variant != UNMASKED and unmasked.is_file():  # claim 8's difference at this step count, one seed
             found = stats.difference(read_predictions(unmasked), rows[steps], paired=True)
             versus_unmasked[str(steps)] = {k: found[k] for k in ("diff", "lo", "hi")}
+        mixed = mixed_work / run_folder(args.variant, steps, args.seed, lr) / "predictions.jsonl"
+        if grouped and mixed.is_file():  # grouped - mixed batches at the same steps, one seed
+            found = stats.difference(read_predictions(mixed), rows[steps], paired=True)
+            versus_mixed[str(steps)] = {k: found[k] for k in ("diff", "lo", "hi")}
         print(f"[lora_steps] {args.variant}, {steps} steps: final {WINDOW}-step loss {means[-1]:.3f}, MIMIC "
               f"{runs[str(steps)]['mimic']['score']:.3f}", flush=True)
     longest = max(rows)
-    gain = stats.difference(rows[notebook_steps], rows[longest], paired=True)
-    return {"result_name": result_name(args.variant, lr),
+    gain = stats.difference(rows[notebook_steps], rows[longest], paired=True) if longest > notebook_steps else {}
+    return {"result_name": result_name(args.variant, lr, grouped), "group_by_images": grouped or
+            params["finetune_config"].get("group_by_images", False),
             "profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
             "lr": params["finetune_config"]["lr"] if lr is None else lr, "lora": params["lora"],
             "notebook_steps": notebook_steps, "window": WINDOW,
             **({"minus_unmasked_same_steps": versus_unmasked} if versus_unmasked else {}),
+            **({"grouped_minus_mixed_same_steps": versus_mixed} if versus_mixed else {}),
             "questions": len(records), "blind": round(stats.blind_mean(rows[notebook_steps]), 4), "runs": runs,
-            f"gain_{longest}_over_{notebook_steps}": {k: gain[k] for k in ("diff", "lo", "hi") if k in gain}}
+            **({f"gain_{longest}_over_{notebook_steps}": {k: gain[k] for k in ("diff", "lo", "hi") if k in gain}}
+               if gain else {})}
 
 
 def lora_steps_args(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +181,10 @@ def lora_steps_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="a learning rate instead of the notebook's (its own runs, folders and result file): "
                              "whether fewer steps at a larger rate reach the longer runs' loss and score")
+    parser.add_argument("--group-by-images", action="store_true",
+                        help="batches of one number of images (finetune_config.group_by_images; its own runs, "
+                             "folders and result file), compared with the cached mixed-batch run of the same "
+                             "steps: whether grouping costs loss or score per step (--steps optional)")
     parser.add_argument("--threads", type=int, default=2)
 
 

@@ -24,6 +24,9 @@ def test_lora_steps_is_a_registered_benchmark_with_the_notebooks_profile_and_ext
     assert convergence.run_folder("no mask", 180, 0, 0.003) == "steps180_seed0_lr0.003"
     assert convergence.result_name("no mask") == "lora_steps"
     assert convergence.result_name("late", 0.003) == "lora_steps_late_lr0.003"
+    # batches of one number of images too: their own result file, compared with the mixed run of the same steps
+    assert convergence.result_name("no mask", grouped=True) == "lora_steps_grouped"
+    assert parser.parse_args(["--group-by-images"]).group_by_images and not args.group_by_images
 
 
 def test_a_learning_rate_that_is_not_positive_is_refused_before_a_model_loads(monkeypatch):
