@@ -122,9 +122,9 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
                                      params["max_per_cell"])
     # as notebook 05 loads it: QLoRA on a 4-bit base where CUDA is there and the file asks for it
     base = {**params["base_model"], **({"quantization": "4bit"} if params["quantize_4bit"] and torch.cuda.is_available() else {})}
-    cache = profile_dir(args.profile) / "cache" / "bench_lora_steps"
-    work = cache / settings_digest(params, base, finetune.data_digest(conversations))
-    mixed_work = cache / settings_digest(mixed_params, base, finetune.data_digest(conversations))
+    cache, data_digest = profile_dir(args.profile) / "cache" / "bench_lora_steps", finetune.data_digest(conversations)
+    work = cache / settings_digest(params, base, data_digest)
+    mixed_work = cache / settings_digest(mixed_params, base, data_digest)
     runs, rows, versus_unmasked, versus_mixed = {}, {}, {}, {}
     for steps in sorted({notebook_steps, *asked}):
         config = finetune.FinetuneConfig(**{**params["finetune_config"], "steps": steps,
@@ -157,8 +157,7 @@ def bench_lora_steps(args: argparse.Namespace) -> dict:
               f"{runs[str(steps)]['mimic']['score']:.3f}", flush=True)
     longest = max(rows)
     gain = stats.difference(rows[notebook_steps], rows[longest], paired=True) if longest > notebook_steps else {}
-    return {"result_name": result_name(args.variant, lr, grouped), "group_by_images": grouped or
-            params["finetune_config"].get("group_by_images", False),
+    return {"result_name": result_name(args.variant, lr, grouped), "group_by_images": params["finetune_config"].get("group_by_images", False),
             "profile": args.profile, "variant": args.variant, "layers": list(layers), "seed": args.seed,
             "lr": params["finetune_config"]["lr"] if lr is None else lr, "lora": params["lora"],
             "notebook_steps": notebook_steps, "window": WINDOW,
@@ -209,13 +208,9 @@ def _notebook_batches(args: argparse.Namespace) -> tuple[dict, list[list[dict]]]
     from mimic_utils.training import finetune
 
     params, multi, single = _notebook_data(args)
-    settings, draw = params["finetune_config"], random.Random(args.seed)
-    if settings.get("group_by_images", False):
-        groups = finetune.by_images(multi), finetune.by_images(single)
-        return params, [finetune.grouped_batch(draw, *groups, settings["batch"], settings["single_ratio"])
-                        for _ in range(args.steps + 1)]
-    return params, [finetune.mixed_batch(draw, multi, single, settings["batch"], settings["single_ratio"])
-                    for _ in range(args.steps + 1)]
+    settings, rng = params["finetune_config"], random.Random(args.seed)
+    draw = finetune.batch_sampler(multi, single, settings["single_ratio"], settings.get("group_by_images", False))
+    return params, [draw(rng, settings["batch"]) for _ in range(args.steps + 1)]
 
 
 def _seconds_per_step(params: dict, batches: list[list[dict]], dropout: float) -> float:

@@ -37,7 +37,6 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -369,6 +368,16 @@ def grouped_batch(rng: random.Random, multi: dict[int, list[dict]], single: dict
     return [rng.choice(chosen) for _ in range(size)]
 
 
+def batch_sampler(multi: list[dict], single: list[dict], single_ratio: float, group_by_images: bool = False):
+    """``draw(rng, size)``: a training batch drawn as a run with these settings draws it (:func:`grouped_batch`
+    with ``group_by_images``, else :func:`mixed_batch`) — the one place that choice is made, for the training
+    loop and for the benchmarks that time its batches."""
+    if group_by_images:
+        groups = by_images(multi), by_images(single)
+        return lambda rng, size: grouped_batch(rng, *groups, size, single_ratio)
+    return lambda rng, size: mixed_batch(rng, multi, single, size, single_ratio)
+
+
 def split_conversations(records: list[dict], max_images: int) -> tuple[list[dict], list[dict]]:
     """(multi-image, single-image) conversations, dropping samples above ``max_images`` images; a
     one-image conversation mixed in from the hub or from the ov-stage data counts as single-image."""
@@ -447,14 +456,11 @@ def finetune(adapter, records: list[dict], config: FinetuneConfig, out_dir: Path
                              clip=config.clip, checkpoint_every=config.checkpoint_every, eval_every=config.steps,
                              weight_decay=config.weight_decay, accumulate=config.accumulate)
 
-    if config.group_by_images:
-        draw = partial(grouped_batch, multi=by_images(multi), single=by_images(single), single_ratio=config.single_ratio)
-    else:
-        draw = partial(mixed_batch, multi=multi, single=single, single_ratio=config.single_ratio)
+    draw = batch_sampler(multi, single, config.single_ratio, config.group_by_images)
 
     def loss_fn(rng: random.Random, size: int, model: nn.Module) -> torch.Tensor:
         with torch.autocast(device_type, dtype=half or torch.bfloat16, enabled=half is not None):
-            return sft_loss(adapter, draw(rng, size=size), model)
+            return sft_loss(adapter, draw(rng, size), model)
 
     log: list[dict] = []
     checkpoint = out_dir / "checkpoints" / run_digest(config, adapter, records) / f"{name}.pt"
