@@ -305,6 +305,12 @@ def ov_card_table(scores: dict, training: dict) -> pd.DataFrame:
                  else round(cell["si"] - OV_SINGLE_TOLERANCE, 3)) for family, cell in scores["single"].items()]
     rows += [row(f"MIMIC format kept at 1 image: {family}", cell, None)
              for family, cell in scores.get("format_1img", {}).items()]
+    multi = scores.get("format_multi")  # absent from a card scored before the multi-image check
+    if multi:
+        rows += [row(f"MIMIC format kept at {multi['n_images']} images: {family}", cell, None)
+                 for family, cell in multi["format"].items()]
+        rows += [row(f"MIMIC {family} at {multi['n_images']} images (never trained)", cell, None)
+                 for family, cell in multi["score"].items()]
     rows.append({"question": "training minutes (2 cores)", "n": None, "score": round(ov_training_minutes(training), 1),
                  "lo": None, "hi": None, "blind": None, "target": OV_TARGET_MINUTES, "met": ov_time_met(training)})
     return pd.DataFrame(rows)

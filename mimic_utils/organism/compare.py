@@ -17,10 +17,21 @@ from pathlib import Path
 import pandas as pd
 
 from mimic_utils.analysis import stats
+from mimic_utils.organism.formats import ANSWERS_FILE as MULTI_FILE
 
 #: the held-out answer files of an ov checkpoint: per-image questions (4-10 images), single-image ones,
-#: single-image multiple choice (whose rows carry no family: they are read as ``choice``)
-ANSWER_FILES = ("ov.jsonl", "predictions.jsonl", "choice.jsonl")
+#: single-image multiple choice (whose rows carry no family: they are read as ``choice``), MIMIC's questions
+#: over several images (formats.py; read as ``mimic_<family>_<n>img``, apart from the single-image families)
+ANSWER_FILES = ("ov.jsonl", "predictions.jsonl", "choice.jsonl", MULTI_FILE)
+
+
+def family_of(file_name: str, record: dict) -> str:
+    """The family a held-out answer is compared under (see :data:`ANSWER_FILES`)."""
+    if file_name == "choice.jsonl":
+        return "choice"
+    if file_name == MULTI_FILE:
+        return f"mimic_{record['family']}_{record['knobs']['n_images']}img"
+    return record["family"]
 
 
 def answers(folder: Path) -> dict[str, dict]:
@@ -32,8 +43,7 @@ def answers(folder: Path) -> dict[str, dict]:
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
-                family = "choice" if name == "choice.jsonl" else record["family"]
-                found[record["id"]] = {**record, "family": family}
+                found[record["id"]] = {**record, "family": family_of(name, record)}
     if not found:
         raise FileNotFoundError(f"{folder}/heldout: none of {list(ANSWER_FILES)}; score the checkpoint first "
                                 "(python -m mimic_utils.organism --stage ov --rewrite-card)")

@@ -103,8 +103,7 @@ class OrganismConfig:
         if config.batch_tokens is not None and (not isinstance(config.batch_tokens, int) or config.batch_tokens < 256):
             raise ValueError(f"{path}: batch_tokens must be an integer >= 256 (or null), got {config.batch_tokens}")
         weights = config.count_weights
-        if weights is not None and (len(weights) != config.max_count + 1 or any(w < 0 for w in weights)
-                                    or not sum(weights) > 0):
+        if weights is not None and (not valid_count_weights(weights) or len(weights) != config.max_count + 1):
             raise ValueError(f"{path}: count_weights must hold {config.max_count + 1} non-negative weights (true "
                              f"counts 0..{config.max_count}), not all zero, got {weights}")
         from mimic_utils.models.tiny import check_text_shape
@@ -131,3 +130,12 @@ class OrganismConfig:
     def digest(self) -> str:
         """A short hash of the config: checkpoints of another config are never resumed."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def valid_count_weights(weights) -> bool:
+    """Whether ``weights`` can tilt the drawn true counts (si's and the ov stage's ``count_weights``): a
+    non-empty list of non-negative numbers (not true/false), not all zero. Each recipe checks the length
+    against the counts its si asks."""
+    return (isinstance(weights, list) and bool(weights)
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+            and sum(weights) > 0)

@@ -319,6 +319,9 @@ def test_recipe_keys_are_validated_naming_the_file(tmp_path):
     path = tmp_path / "organism.yaml"
     cases = {
         "count_weights: [1, 2]\n": "count_weights",
+        "count_weights: [1, 1, true, 2, 2, 1]\n": "count_weights",  # the ov recipe's check, shared
+        "count_weights: [0, 0, 0, 0, 0, 0]\n": "count_weights",
+        "count_weights: 3\n": "count_weights",
         "text_hidden: 190\ntext_heads: 4\n": "text_heads=4 must divide",
         "choice_kinds: {colour: 1}\n": "choice_kinds",
         "choice_options: [1, 4]\n": "choice_options",
