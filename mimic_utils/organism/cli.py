@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="si: the single-image organism (stages 0-2); ov: its multi-image stage, from the "
                              "committed si (mimic_utils.organism.ov); all: both (default)")
     parser.add_argument("--ov-params", help="the ov stage's recipe (default: params/<profile>/organism_ov.yaml)")
+    parser.add_argument("--phases-from", metavar="OV_DIR",
+                        help="with --stage ov: take the warm and grow phases from this trained ov run when the recipe "
+                             "differs from its recipe only in the main phase (mimic_utils.organism.borrow)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", help="the folder holding si/ and ov/ (default: outputs/<profile>/models); "
                                          "another folder trains a tried recipe beside the committed organisms")
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--out", help="figures file (default: outputs/<profile>/models/probe.json, and .md)")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.phases_from and args.stage != "ov":
+        parser.error("--phases-from needs --stage ov (the phases are the ov stage's, taken for an si already trained)")
     torch.set_num_threads(args.threads)
     if args.compare:
         return run_compare(args)
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
     if args.stage in ("ov", "all"):
-        return ensure_ov(ov_params, si_dir, ov_dir, args.profile, args.if_needed, stage_command(args, "ov"))
+        return ensure_ov(ov_params, si_dir, ov_dir, args.profile, args.if_needed, stage_command(args, "ov"),
+                         Path(args.phases_from) if args.phases_from else None)
     return 0
 
 
@@ -159,7 +165,8 @@ def stage_command(args, stage: str) -> str:
     recipe and models folder when they are not the profile's (a tried recipe trained beside the committed one)."""
     words = ["python", "-m", "mimic_utils.organism", "--profile", args.profile, "--stage", stage]
     recipe = ("--params", args.params) if stage == "si" else ("--ov-params", args.ov_params)
-    for flag, value in (recipe, ("--models", args.models)):
+    extra = [("--phases-from", getattr(args, "phases_from", None))] if stage == "ov" else []
+    for flag, value in (recipe, ("--models", args.models), *extra):
         if value:
             words += [flag, value]
     return shlex.join(words)
@@ -195,9 +202,10 @@ def ensure_si(config: OrganismConfig, si_dir: Path, params: Path, profile: str, 
 
 
 def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_needed: bool,
-              command: str | None = None) -> int:
+              command: str | None = None, phases_from: Path | None = None) -> int:
     """Train the ov stage from the si checkpoint, or with ``if_needed`` reuse it when its recorded recipe is
-    the profile's and it started from the si weights now committed (:func:`mimic_utils.organism.ov.reusable`)."""
+    the profile's and it started from the si weights now committed (:func:`mimic_utils.organism.ov.reusable`).
+    ``phases_from``: a trained ov run whose warm and grow phases this recipe shares (organism/borrow.py)."""
     from mimic_utils.organism import ov as organism_ov
 
     if not ov_params.is_file():
@@ -210,7 +218,18 @@ def ensure_ov(ov_params: Path, si_dir: Path, ov_dir: Path, profile: str, if_need
         return 0
     if if_needed:
         print(f"[organism] training the ov stage: {why} (about 91 minutes on 2 cores)")
-    organism_ov.run(ov, si_dir, ov_dir, command or f"python -m mimic_utils.organism --profile {profile} --stage ov")
+    resumed_from = None
+    if phases_from is not None:
+        from mimic_utils.organism.borrow import borrow_phases
+
+        try:
+            copied, resumed_from = borrow_phases(ov, si_dir, ov_dir, phases_from)
+        except ValueError as error:
+            print(f"[organism] {error}")
+            return 2
+        print(f"[organism] phases taken from {phases_from}: {copied or 'none (already here)'}")
+    organism_ov.run(ov, si_dir, ov_dir, command or f"python -m mimic_utils.organism --profile {profile} --stage ov",
+                    resumed_from)
     return 0
 
 

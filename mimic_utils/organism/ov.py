@@ -67,6 +67,9 @@ LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "cur
 #: recipe keys added after the committed ov's checkpoint folder was named: left out of :meth:`OvConfig.digest`
 #: at their default
 UNDIGESTED_DEFAULTS = ("echo_count", "echo_image", "count_weights", "count_crowded", "format_images")
+#: the keys only the main phase (``ov``) reads: two recipes that differ in these alone train the same warm and
+#: grow phases (:meth:`OvConfig.earlier_digest`), which one can then take from the other (organism/borrow.py)
+MAIN_PHASE_KEYS = ("steps", "lr", "conversations", "images")
 #: the recipe's true-or-false keys
 BOOL_KEYS = ("label_targets", "echo", "curves_by_images", "echo_count", "echo_image")
 #: the card's sentence for a stage trained with ``echo``
@@ -245,7 +248,15 @@ class OvConfig:
     def digest(self) -> str:
         """Names the folder of the stage's phase checkpoints (``checkpoints/<digest>``); the keys of
         :data:`UNDIGESTED_DEFAULTS` count only when set, so recipes from before them keep their folder."""
-        values = asdict(self)
+        return self._digest(())
+
+    def earlier_digest(self) -> str:
+        """What the phases before the main one are trained from: the recipe less :data:`MAIN_PHASE_KEYS`.
+        Equal for two recipes exactly when their warm and grow phases (and their curves) are the same."""
+        return self._digest(MAIN_PHASE_KEYS)
+
+    def _digest(self, left_out: tuple[str, ...]) -> str:
+        values = {k: v for k, v in asdict(self).items() if k not in left_out}
         for key in UNDIGESTED_DEFAULTS:
             if values[key] == getattr(OvConfig, key):
                 del values[key]
@@ -780,15 +791,19 @@ def reusable(out_dir: Path, ov: OvConfig, si_dir: Path) -> tuple[bool, str]:
     return True, "its configuration and the si weights it started from match"
 
 
-def run(ov: OvConfig, si_dir: Path, out_dir: Path, command: str) -> dict:
-    """Train, record, score and card the ov checkpoint."""
+def run(ov: OvConfig, si_dir: Path, out_dir: Path, command: str, resumed_from: str | None = None) -> dict:
+    """Train, record, score and card the ov checkpoint; ``resumed_from`` names the run whose phase checkpoints
+    it took (organism/borrow.py), for the card's line on resumed phases."""
     machine = machine_record()  # before training: the cores are this run's alone then
     summary = {**train_ov(ov, si_dir, out_dir), "machine": machine}
+    if resumed_from and summary.get("resumed"):
+        summary["resumed_from"] = resumed_from
     write_curves(out_dir, summary["log"])
     write_json(out_dir / "training.json", {
         "config": asdict(ov), "si": si_record(si_dir), "seconds": summary["seconds"],
         **({"resumed": summary["resumed"]} if summary.get("resumed") else {}),
         **({"resumed_seconds": summary["resumed_seconds"]} if summary.get("resumed_seconds") else {}),
+        **({"resumed_from": summary["resumed_from"]} if summary.get("resumed_from") else {}),
         "parameters": summary["parameters"], "command": command, "conversations": summary["conversations"],
         "batch_sizes": summary["batch_sizes"], "bucket_longest": summary["bucket_longest"], "machine": machine})
     return score_and_card(out_dir, si_dir, ov, summary, command)
