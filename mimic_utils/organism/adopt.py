@@ -61,6 +61,11 @@ def problems(candidate: Path, models: Path, params: Path, ov_params: Path, retir
     ok, why = organism_ov.reusable(ov_dir, organism_ov.OvConfig.from_yaml(ov_params), si_dir)
     if not ok:
         found.append(f"{ov_dir}: {why} ({ov_params}, {si_dir})")
+    scores = json.loads((ov_dir / "eval.json").read_text(encoding="utf-8"))
+    if organism_ov.OvConfig.from_yaml(ov_params).format_images and "format_multi" not in scores:
+        found.append(f"{ov_dir}/eval.json: scored before the multi-image format check, which adopting would add "
+                     f"while it re-scores; run `python -m mimic_utils.organism --stage ov --rewrite-card --models "
+                     f"{candidate}` first")
     for stage in ("si", "ov"):
         target = Path(models) / "tried" / f"{retire}-{stage}"
         if target.exists():

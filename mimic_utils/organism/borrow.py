@@ -9,7 +9,8 @@ phase's keys (:data:`mimic_utils.organism.ov.MAIN_PHASE_KEYS`: steps, lr, conver
 exactly those phases again, from the same si, on the same conversations and seeds. Here their checkpoints
 are copied from that run into this one's checkpoint folder instead, and the stage resumes them as it resumes
 any interrupted phase (their earlier time read from the checkpoints and counted in the card's training
-time). Anything else that differs — the si weights, another key — is refused before a scene is rendered,
+time; their curves are the donor's, so a curve added to the stage after the donor was trained, such as
+``gen_format_4img``, starts at the main phase). Anything else that differs — the si weights, another key — is refused before a scene is rendered,
 naming what differs: the phases would not be the ones this recipe trains.
 """
 
@@ -53,12 +54,19 @@ def borrow_phases(ov: OvConfig, si_dir: Path, out_dir: Path, donor_dir: Path) ->
     theirs = donor_recipe(donor_dir, ov, si_dir)
     source = Path(donor_dir) / "checkpoints" / theirs.digest()
     work = Path(out_dir) / "checkpoints" / ov.digest()
-    work.mkdir(parents=True, exist_ok=True)
+    earlier = [name for name, *_ in ov.phases()[:-1]]  # never the main phase: that is what differs
+    missing = [str(source / f"{name}.pt") for name in earlier
+               if not (work / f"{name}.pt").exists() and not (source / f"{name}.pt").is_file()]
+    if missing:
+        raise ValueError(f"--phases-from {donor_dir}: no checkpoint of {missing} there (an adopted organism keeps "
+                         "none), so those phases would be trained again; take them from the run that trained them")
     copied = []
-    for name, *_ in ov.phases()[:-1]:  # never the main phase: that is what differs
+    for name in earlier:
         target, found = work / f"{name}.pt", source / f"{name}.pt"
-        if target.exists() or checkpoint_progress(found)[0] == 0:
+        if target.exists():
             continue
+        work.mkdir(parents=True, exist_ok=True)
+        checkpoint_progress(found)  # a file that is no checkpoint is refused here, naming it
         shutil.copy(found, target)
         copied.append(name)
     try:

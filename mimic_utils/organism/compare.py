@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from mimic_utils.analysis import stats
-from mimic_utils.organism.formats import ANSWERS_FILE as MULTI_FILE
 
+#: the answers of the card's multi-image format check (mimic_utils.organism.formats), beside the others
+MULTI_FILE = "format_multi.jsonl"
 #: the held-out answer files of an ov checkpoint: per-image questions (4-10 images), single-image ones,
 #: single-image multiple choice (whose rows carry no family: they are read as ``choice``), MIMIC's questions
 #: over several images (formats.py; read as ``mimic_<family>_<n>img``, apart from the single-image families)

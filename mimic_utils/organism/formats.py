@@ -24,14 +24,13 @@ from mimic_utils.evaluation import harness
 from mimic_utils.evaluation.scoring import parse_count, score_sample
 from mimic_utils.models.vlm import adapter_from_model
 from mimic_utils.organism import recipe as organism
+from mimic_utils.organism.compare import MULTI_FILE as ANSWERS_FILE
 from mimic_utils.organism.config import OrganismConfig
 
 #: the single-image families asked in MIMIC's wording, whose answer format must survive the stage
 MIMIC_FORMAT_FAMILIES = ("counting", "listing", "naming")
 #: held-out multi-image questions of the card's check (the four families evenly)
 EVAL_QUESTIONS = 200
-#: the answers file of the card's multi-image check, beside the other held-out answers
-ANSWERS_FILE = "format_multi.jsonl"
 
 
 def format_kept(family: str, output: str, categories: list[str]) -> bool:

@@ -48,7 +48,9 @@ from mimic_utils.organism import recipe as organism
 from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, changed_keys, ov_time_met,
                                       ov_training_minutes, recorded_config, resumed_line, write_curves)
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig, valid_count_weights
-from mimic_utils.organism.formats import MIMIC_FORMAT_FAMILIES, format_cells, format_probe, multi_format_lines, score_multi_image
+from mimic_utils.organism.formats import EVAL_QUESTIONS as FORMAT_EVAL_QUESTIONS
+from mimic_utils.organism.formats import (MIMIC_FORMAT_FAMILIES, format_cells, format_probe, multi_format_lines,
+                                         multi_image_questions, score_multi_image)
 from mimic_utils.training.finetune import StageSchedule, checkpoint_progress
 
 #: every family the stage trains: the per-image ones and the single-image ones of stage 2
@@ -205,6 +207,10 @@ class OvConfig:
         if weights is not None and not valid_count_weights(weights):
             raise ValueError(f"{path}: count_weights must be null (si's) or a list of non-negative weights per true "
                              f"count 0, 1, ..., not all zero, got {weights!r}")
+        if isinstance(config.format_questions, bool) or not isinstance(config.format_questions, int) \
+                or config.format_questions < 1:
+            raise ValueError(f"{path}: format_questions is the held-out questions of each format check in the curves, "
+                             f"1 or more, got {config.format_questions!r}")
         if (isinstance(config.format_images, bool) or not isinstance(config.format_images, int)
                 or not 0 <= config.format_images <= 10):
             raise ValueError(f"{path}: format_images is the images per sample of the multi-image format check, "
@@ -252,7 +258,9 @@ class OvConfig:
 
     def earlier_digest(self) -> str:
         """What the phases before the main one are trained from: the recipe less :data:`MAIN_PHASE_KEYS`.
-        Equal for two recipes exactly when their warm and grow phases (and their curves) are the same."""
+        Two recipes train the same warm and grow phases only when it is equal (it also holds keys that change
+        only the curves or the card, such as ``eval_questions``, so some recipes with the same phases differ
+        here; a run recorded before ``format_images`` existed reads it as 4, though its curves lack it)."""
         return self._digest(MAIN_PHASE_KEYS)
 
     def _digest(self, left_out: tuple[str, ...]) -> str:
@@ -358,6 +366,11 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     world = si.scene_params()
     train = organism.render_pool(ov.pool_images, si.seed, organism.TRAIN_STREAM, world, si.cell_px, progress)
     heldout = heldout_pool(si, progress)
+    # the format checks' questions now, so a held-out pool too small for them (the card's too) stops the stage
+    # before the vision cache and the conversations are built, not after training
+    probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13, ov.format_images)
+    if ov.format_images:
+        multi_image_questions(heldout, FORMAT_EVAL_QUESTIONS, ov.seed + 13, ov.format_images)
     seconds: dict[str, float] = {"render": time.time() - started}
     begin = time.time()
     features = organism.cache_vision(model, processor, train, progress=progress)
@@ -382,7 +395,6 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     convs = phases[-1][1]
     seconds["conversations"] = time.time() - begin
     log: list[dict] = []
-    probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13, ov.format_images)
     resumed: dict[str, int] = {}  # phases that start from a checkpoint: their earlier steps are not on this clock
     resumed_seconds: dict[str, float] = {}  # ... but on the checkpoint's, where it recorded one
     for name, phase_convs, steps, lr in phases:

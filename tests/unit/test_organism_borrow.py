@@ -40,8 +40,6 @@ def test_the_earlier_phases_digest_ignores_the_main_phase_keys_only():
         assert other.earlier_digest() == RECIPE.earlier_digest() and other.digest() != RECIPE.digest()
     for key, value in (("warm_lr", 3e-4), ("grow", [[2, 3, 2]]), ("warm_weights", {"which_image": 1}), ("seed", 1)):
         assert replace(RECIPE, **{key: value}).earlier_digest() != RECIPE.earlier_digest()
-    # the committed recipe's checkpoint folder keeps its name
-    assert organism_ov.OvConfig().digest() == organism_ov.OvConfig()._digest(())
 
 
 def test_the_donors_warm_and_grow_phases_are_copied_never_its_main_phase(tmp_path, si_dir):
@@ -64,6 +62,8 @@ def test_a_donor_with_other_phases_or_another_si_is_refused_naming_what_differs(
     source = donor(tmp_path, RECIPE, sha, {"ov-warm": 3})
     with pytest.raises(ValueError, match=r"differs in \['warm_lr'\]"):
         borrow.borrow_phases(replace(RECIPE, warm_lr=3e-4), si_dir, tmp_path / "mine", source)
+    with pytest.raises(ValueError, match=r"no checkpoint of .*ov-grow-2-3\.pt"):  # an adopted organism keeps none
+        borrow.borrow_phases(RECIPE, si_dir, tmp_path / "mine", source)
     (si_dir / "model.safetensors").write_bytes(b"other si weights")
     with pytest.raises(ValueError, match="other si weights"):
         borrow.borrow_phases(RECIPE, si_dir, tmp_path / "mine", source)
@@ -74,7 +74,7 @@ def test_a_donor_with_other_phases_or_another_si_is_refused_naming_what_differs(
 
 def test_the_cli_takes_the_phases_then_trains_and_names_the_donor_on_the_card(tmp_path, si_dir, monkeypatch):
     sha = organism_ov.weights_sha256(si_dir)
-    source = donor(tmp_path, RECIPE, sha, {"ov-warm": 3})
+    source = donor(tmp_path, RECIPE, sha, {"ov-warm": 3, "ov-grow-2-3": 2, "ov-grow-2-4": 2})
     recipe = tmp_path / "organism_ov.yaml"
     recipe.write_text(json.dumps({**asdict(RECIPE), "lr": 3e-4}))
     trained = []
@@ -108,7 +108,7 @@ def test_a_main_phase_variant_resumes_the_donors_phases_and_trains_only_its_own(
     (tmp_path / "a" / "ov" / "model.safetensors").write_bytes(b"stand-in")  # trained_ov needs weights and record
     (tmp_path / "a" / "ov" / "training.json").write_text(json.dumps(
         {"config": asdict(first), "si": {"sha256": organism_ov.weights_sha256(si_dir)}}))
-    second = replace(first, lr=3e-4, steps=3)
+    second = replace(first, lr=3e-4, steps=3, conversations=50, images=[1, 4])
     copied, _ = borrow.borrow_phases(second, si_dir, tmp_path / "b" / "ov", tmp_path / "a" / "ov")
     assert copied == ["ov-warm", "ov-grow-2-3"]
     again = organism_ov.train_ov(second, si_dir, tmp_path / "b" / "ov", progress=False)

@@ -102,3 +102,6 @@ def test_the_recipe_refuses_a_format_images_out_of_range_naming_the_file_and_key
             organism_ov.OvConfig.from_yaml(path)
     path.write_text(json.dumps({"format_images": 0}))
     assert organism_ov.OvConfig.from_yaml(path).format_images == 0
+    path.write_text(json.dumps({"format_questions": 0}))  # the curves' shares would divide by zero
+    with pytest.raises(ValueError, match=r"organism_ov\.yaml: format_questions"):
+        organism_ov.OvConfig.from_yaml(path)

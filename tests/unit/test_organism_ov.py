@@ -458,7 +458,7 @@ def study(tmp_path, monkeypatch):
 
     trained = []
     monkeypatch.setattr(cli, "train_organism", no_si_training)
-    monkeypatch.setattr(organism_ov, "run", lambda ov_config, si_dir, out_dir, command: trained.append(out_dir))
+    monkeypatch.setattr(organism_ov, "run", lambda ov_config, si_dir, out_dir, command, resumed_from=None: trained.append(out_dir))
     return {"si": si, "ov": ov, "params": params, "trained": trained}
 
 
@@ -491,7 +491,7 @@ def test_a_tried_recipe_trains_beside_the_committed_organisms(study, monkeypatch
     overwrites the committed si or ov and its card retrains it."""
     commands = []
     monkeypatch.setattr(organism_ov, "run",
-                        lambda ov_config, si_dir, out_dir, command: commands.append((si_dir, out_dir, command)))
+                        lambda ov_config, si_dir, out_dir, command, resumed_from=None: commands.append((si_dir, out_dir, command)))
     tried = tmp_path / "tried"
     (tried / "si").mkdir(parents=True)
     assert cli.main(["--profile", "cpu", "--stage", "ov", "--models", str(tried)]) == 0
@@ -509,7 +509,8 @@ def tried_pair(root: Path, si_config: dict, ov_config: dict) -> Path:
         (folder / "heldout").mkdir(parents=True)
         (folder / "checkpoints" / "abc").mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(f"tried {stage} weights".encode())
-        (folder / "eval.json").write_text(json.dumps({"counting": {"score": 0.7}}))
+        multi = {"format_multi": {"n_images": 4}} if stage == "ov" else {}  # scored with the multi-image check
+        (folder / "eval.json").write_text(json.dumps({"counting": {"score": 0.7}, **multi}))
         (folder / "heldout" / "predictions.jsonl").write_text("{}\n")
         record = {"config": config, "command": f"python -m mimic_utils.organism --stage {stage} --models {tried}"}
         if stage == "ov":
@@ -534,6 +535,12 @@ def test_a_tried_pair_is_adopted_only_with_the_profiles_recipe_and_keeps_the_rep
     assert (models / "si" / "model.safetensors").read_bytes() == b"si weights" and not (models / "tried").exists()
 
     (study["params"] / "organism.yaml").write_text(yaml.safe_dump(longer))
+    # an ov scored before the multi-image format check: re-scoring would add it, so it is refused before a move
+    scored = (tried / "ov" / "eval.json").read_text()
+    (tried / "ov" / "eval.json").write_text(json.dumps({"counting": {"score": 0.7}}))
+    assert cli.main(adopt_args) == 2 and "--rewrite-card --models" in capsys.readouterr().out
+    assert not (models / "tried").exists()
+    (tried / "ov" / "eval.json").write_text(scored)
     assert cli.main(adopt_args) == 0 and carded == [models / "si", models / "ov"]
     for stage in ("si", "ov"):
         folder = models / stage
