@@ -681,8 +681,9 @@ def test_the_ov_stage_runs_its_warm_grown_and_main_phases_and_resumes(tmp_path):
     from tests.unit.test_organism import SMALL
 
     si_dir = tmp_path / "si"
-    organism.train_organism(replace(SMALL, pool_images=64), si_dir, progress=False)
-    (si_dir / "training.json").write_text(json.dumps({"config": asdict(replace(SMALL, pool_images=64))}))
+    small = replace(SMALL, pool_images=64, heldout_images=100)  # held-out scenes enough for the card's 4-image check
+    organism.train_organism(small, si_dir, progress=False)
+    (si_dir / "training.json").write_text(json.dumps({"config": asdict(small)}))
     ov = organism_ov.OvConfig(pool_images=64, conversations=60, images=[1, 4], steps=2, warm_steps=2,
                               warm_conversations=30, warm_images=[2, 3], eval_every=2, batch_tokens=1024,
                               heldout_questions=20, eval_questions=16, format_questions=3, bucket_by="images",
