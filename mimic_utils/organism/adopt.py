@@ -58,11 +58,12 @@ def problems(candidate: Path, models: Path, params: Path, ov_params: Path, retir
     if keys:
         found.append(f"{params}: differs from the recipe {si_dir} was trained with in {keys} "
                      f"(e.g. {keys[0]}: {wanted.get(keys[0])!r} here, {recorded.get(keys[0])!r} there); set them first")
-    ok, why = organism_ov.reusable(ov_dir, organism_ov.OvConfig.from_yaml(ov_params), si_dir)
+    recipe = organism_ov.OvConfig.from_yaml(ov_params)
+    ok, why = organism_ov.reusable(ov_dir, recipe, si_dir)
     if not ok:
         found.append(f"{ov_dir}: {why} ({ov_params}, {si_dir})")
     scores = json.loads((ov_dir / "eval.json").read_text(encoding="utf-8"))
-    if organism_ov.OvConfig.from_yaml(ov_params).format_images and "format_multi" not in scores:
+    if recipe.format_images and "format_multi" not in scores:
         found.append(f"{ov_dir}/eval.json: scored before the multi-image format check, which adopting would add "
                      f"while it re-scores; run `python -m mimic_utils.organism --stage ov --rewrite-card --models "
                      f"{candidate}` first")

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from mimic_utils.artifacts import repo_root
+from mimic_utils.artifacts import relative_to_root
 from mimic_utils.organism.card import changed_keys
 from mimic_utils.organism.ov import MAIN_PHASE_KEYS, OvConfig, trained_ov, weights_sha256
 from mimic_utils.training.finetune import checkpoint_progress
@@ -54,23 +54,17 @@ def borrow_phases(ov: OvConfig, si_dir: Path, out_dir: Path, donor_dir: Path) ->
     theirs = donor_recipe(donor_dir, ov, si_dir)
     source = Path(donor_dir) / "checkpoints" / theirs.digest()
     work = Path(out_dir) / "checkpoints" / ov.digest()
-    earlier = [name for name, *_ in ov.phases()[:-1]]  # never the main phase: that is what differs
-    missing = [str(source / f"{name}.pt") for name in earlier
-               if not (work / f"{name}.pt").exists() and not (source / f"{name}.pt").is_file()]
+    # never the main phase: that is what differs; phases already here are kept
+    wanted = [name for name, *_ in ov.phases()[:-1] if not (work / f"{name}.pt").exists()]
+    missing = [str(source / f"{name}.pt") for name in wanted if not (source / f"{name}.pt").is_file()]
     if missing:
         raise ValueError(f"--phases-from {donor_dir}: no checkpoint of {missing} there (an adopted organism keeps "
                          "none), so those phases would be trained again; take them from the run that trained them")
-    copied = []
-    for name in earlier:
-        target, found = work / f"{name}.pt", source / f"{name}.pt"
-        if target.exists():
-            continue
+    for name in wanted:  # every file read as a checkpoint (refused, naming it, if it is none) before one is copied
+        checkpoint_progress(source / f"{name}.pt")
+    if wanted:
         work.mkdir(parents=True, exist_ok=True)
-        checkpoint_progress(found)  # a file that is no checkpoint is refused here, naming it
-        shutil.copy(found, target)
-        copied.append(name)
-    try:
-        named = str(Path(donor_dir).resolve().relative_to(repo_root()))
-    except ValueError:
-        named = str(donor_dir)
-    return copied, f"the warm and grow phases of {named}: the same recipe but the main phase, from the same si"
+    for name in wanted:
+        shutil.copy(source / f"{name}.pt", work / f"{name}.pt")
+    named = relative_to_root(str(Path(donor_dir).resolve()))
+    return wanted, f"the warm and grow phases of {named}: the same recipe but the main phase, from the same si"

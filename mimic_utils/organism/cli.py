@@ -165,7 +165,7 @@ def stage_command(args, stage: str) -> str:
     recipe and models folder when they are not the profile's (a tried recipe trained beside the committed one)."""
     words = ["python", "-m", "mimic_utils.organism", "--profile", args.profile, "--stage", stage]
     recipe = ("--params", args.params) if stage == "si" else ("--ov-params", args.ov_params)
-    extra = [("--phases-from", getattr(args, "phases_from", None))] if stage == "ov" else []
+    extra = [("--phases-from", args.phases_from)] if stage == "ov" else []
     for flag, value in (recipe, ("--models", args.models), *extra):
         if value:
             words += [flag, value]

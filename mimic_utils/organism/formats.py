@@ -67,6 +67,12 @@ def multi_image_questions(pool: organism.ScenePool, count: int, seed: int, n_ima
     return records
 
 
+def card_questions(pool: organism.ScenePool, seed: int, n_images: int) -> list[dict]:
+    """The card's multi-image check's questions (:data:`EVAL_QUESTIONS` of them): what :func:`score_multi_image`
+    asks, and what the stage draws before training so a pool too small for them stops it early."""
+    return multi_image_questions(pool, EVAL_QUESTIONS, seed, n_images)
+
+
 def pil_image(pool: organism.ScenePool, number: int):
     from PIL import Image
 
@@ -124,7 +130,7 @@ def score_multi_image(adapter, pool: organism.ScenePool, n_images: int, seed: in
     images, generated through the adapter (answers in ``folder``/:data:`ANSWERS_FILE`); per family the
     share in MIMIC's format (``format``) and the official score with its blind baseline (``score``, by
     ``cell``)."""
-    records = multi_image_questions(pool, EVAL_QUESTIONS, seed, n_images)
+    records = card_questions(pool, seed, n_images)
     for record in records:
         record["images"] = [str(organism.heldout_png(pool, int(i), folder)) for i in record["image_ids"]]
     rows = harness.run(adapter, records, Path(folder) / ANSWERS_FILE, batch_size=32, progress=progress,

@@ -48,9 +48,8 @@ from mimic_utils.organism import recipe as organism
 from mimic_utils.organism.card import (OV_SINGLE_TOLERANCE, OV_TARGET_MINUTES, OV_TRAIN_STAGES, changed_keys, ov_time_met,
                                       ov_training_minutes, recorded_config, resumed_line, write_curves)
 from mimic_utils.organism.config import CHOICE_FAMILY, OrganismConfig, valid_count_weights
-from mimic_utils.organism.formats import EVAL_QUESTIONS as FORMAT_EVAL_QUESTIONS
-from mimic_utils.organism.formats import (MIMIC_FORMAT_FAMILIES, format_cells, format_probe, multi_format_lines,
-                                         multi_image_questions, score_multi_image)
+from mimic_utils.organism.formats import (MIMIC_FORMAT_FAMILIES, card_questions, format_cells, format_probe,
+                                         multi_format_lines, score_multi_image)
 from mimic_utils.training.finetune import StageSchedule, checkpoint_progress
 
 #: every family the stage trains: the per-image ones and the single-image ones of stage 2
@@ -240,6 +239,11 @@ class OvConfig:
         """The family shares of phase ``name``: ``warm_weights`` in the warm and grow phases when set."""
         return self.warm_weights if name != "ov" and self.warm_weights else self.weights
 
+    @property
+    def format_seed(self) -> int:
+        """The seed of the format checks' held-out questions, in the curves and on the card alike."""
+        return self.seed + 13
+
     def ov_weights(self) -> dict[str, int]:
         return {f: w for f, w in self.weights.items() if f in OV_FAMILIES and w > 0}
 
@@ -368,9 +372,9 @@ def train_ov(ov: OvConfig, si_dir: Path, out_dir: Path, progress: bool = True) -
     heldout = heldout_pool(si, progress)
     # the format checks' questions now, so a held-out pool too small for them (the card's too) stops the stage
     # before the vision cache and the conversations are built, not after training
-    probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.seed + 13, ov.format_images)
+    probe = format_probe(model, processor, heldout, si, ov.format_questions, ov.format_seed, ov.format_images)
     if ov.format_images:
-        multi_image_questions(heldout, FORMAT_EVAL_QUESTIONS, ov.seed + 13, ov.format_images)
+        card_questions(heldout, ov.format_seed, ov.format_images)
     seconds: dict[str, float] = {"render": time.time() - started}
     begin = time.time()
     features = organism.cache_vision(model, processor, train, progress=progress)
@@ -565,7 +569,7 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
     scores["format_1img"] = format_cells(single_rows, MIMIC_FORMAT_FAMILIES, categories)
     if ov.format_images:
         scores["format_multi"] = score_multi_image(adapter, heldout_pool(si, progress), ov.format_images,
-                                                   ov.seed + 13, folder, categories, cell, progress)
+                                                   ov.format_seed, folder, categories, cell, progress)
     return scores
 
 
