@@ -5,7 +5,8 @@
 
 The ov stage trains its warm phase and grow phases (3,400 steps in the committed recipe, about half of its
 time on this machine) before the main phase. A recipe that differs from a trained run only in the main
-phase's keys (:data:`mimic_utils.organism.ov.MAIN_PHASE_KEYS`: steps, lr, conversations, images) trains
+phase's keys (:data:`mimic_utils.organism.ov.MAIN_PHASE_KEYS`: steps, lr, conversations, images; and the
+shares of ``weights`` when ``warm_weights`` gives the earlier phases their own, the same families kept) trains
 exactly those phases again, from the same si, on the same conversations and seeds. Here their checkpoints
 are copied from that run into this one's checkpoint folder instead, and the stage resumes them as it resumes
 any interrupted phase (their earlier time read from the checkpoints and counted in the card's training
@@ -42,8 +43,8 @@ def donor_recipe(donor_dir: Path, ov: OvConfig, si_dir: Path) -> OvConfig:
         mine = {k: v for k, v in asdict(ov).items() if k not in MAIN_PHASE_KEYS}
         other = {k: v for k, v in asdict(theirs).items() if k not in MAIN_PHASE_KEYS}
         raise ValueError(f"--phases-from {donor_dir}: its recipe differs in {changed_keys(other, mine)}, not only in "
-                         f"the main phase's keys {list(MAIN_PHASE_KEYS)}, so its warm and grow phases are not this "
-                         "recipe's")
+                         f"the main phase's keys {list(MAIN_PHASE_KEYS)} (or, with warm_weights set, in the shares "
+                         "of weights among the same families), so its warm and grow phases are not this recipe's")
     return theirs
 
 

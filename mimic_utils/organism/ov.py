@@ -35,7 +35,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from mimic_utils.analysis import stats
-from mimic_utils.artifacts import repo_root, write_json, write_text
+from mimic_utils.artifacts import relative_to_root, write_json, write_text
 from mimic_utils.data.traindata import (ANSWER_FORMS, COUNT_ECHO_FAMILIES, ECHO_FAMILIES, IMAGE_ECHO_FAMILIES,
                                         OV_FAMILIES, SINGLE_FAMILIES, ov_questions, read_back,
                                         switched_forms, with_labels)
@@ -69,7 +69,8 @@ LATER_KEYS = ("bucket_by", "image_labels", "label_targets", "echo", "grow", "cur
 #: at their default
 UNDIGESTED_DEFAULTS = ("echo_count", "echo_image", "count_weights", "count_crowded", "format_images")
 #: the keys only the main phase (``ov``) reads: two recipes that differ in these alone train the same warm and
-#: grow phases (:meth:`OvConfig.earlier_digest`), which one can then take from the other (organism/borrow.py)
+#: grow phases (:meth:`OvConfig.earlier_digest`), which one can then take from the other (organism/borrow.py);
+#: so do the shares of ``weights`` when ``warm_weights`` is set (the families with a share must stay the same)
 MAIN_PHASE_KEYS = ("steps", "lr", "conversations", "images")
 #: the recipe's true-or-false keys
 BOOL_KEYS = ("label_targets", "echo", "curves_by_images", "echo_count", "echo_image")
@@ -264,11 +265,18 @@ class OvConfig:
         """What the phases before the main one are trained from: the recipe less :data:`MAIN_PHASE_KEYS`.
         Two recipes train the same warm and grow phases only when it is equal (it also holds keys that change
         only the curves or the card, such as ``eval_questions``, so some recipes with the same phases differ
-        here; a run recorded before ``format_images`` existed reads it as 4, though its curves lack it)."""
-        return self._digest(MAIN_PHASE_KEYS)
+        here; a run recorded before ``format_images`` existed reads it as 4, though its curves lack it).
+        With ``warm_weights`` set, the earlier phases read ``weights`` only for which families have a
+        share (the held-out curves ask those families evenly): the shares themselves are then the main
+        phase's alone, and the families enter sorted (a recorded recipe keeps its dicts' keys sorted, and
+        :meth:`digest` reads them so)."""
+        if not self.warm_weights:
+            return self._digest(MAIN_PHASE_KEYS)
+        families = sorted(f for f, w in self.weights.items() if w > 0)
+        return self._digest(MAIN_PHASE_KEYS, {"weights": families})
 
-    def _digest(self, left_out: tuple[str, ...]) -> str:
-        values = {k: v for k, v in asdict(self).items() if k not in left_out}
+    def _digest(self, left_out: tuple[str, ...], replaced: dict | None = None) -> str:
+        values = {k: v for k, v in asdict(self).items() if k not in left_out} | (replaced or {})
         for key in UNDIGESTED_DEFAULTS:
             if values[key] == getattr(OvConfig, key):
                 del values[key]
@@ -308,8 +316,7 @@ def si_config(si_dir: Path) -> OrganismConfig:
 
 def heldout_pool(si: OrganismConfig, progress: bool = True) -> organism.ScenePool:
     """si's held-out scene stream (never trained on): the images of every held-out score and curve."""
-    return organism.render_pool(si.heldout_images, si.seed, organism.HELDOUT_STREAM, si.scene_params(), si.cell_px,
-                                progress)
+    return organism.heldout_stream(si, progress)
 
 
 def ov_rows(pool: organism.ScenePool, count: int, seed: int, images, weights: dict[str, int],
@@ -456,12 +463,13 @@ def exact_scorer(_family: str, output: str, gt) -> dict:
 
 
 def heldout_ov_records(si: OrganismConfig, ov: OvConfig, folder: Path | None,
-                       progress: bool = True) -> list[dict]:
+                       progress: bool = True, pool: organism.ScenePool | None = None) -> list[dict]:
     """Held-out per-image questions in samples of ``ov.eval_images`` images, from si's held-out scene
     stream (never trained on), the trained per-image families evenly; their images written as PNG files into
     ``folder`` for generation, or not at all with ``folder=None`` (the records keep the pool index's image
-    paths: a reading of answers already generated needs only the questions and ``image_ids``)."""
-    pool = heldout_pool(si, progress)
+    paths: a reading of answers already generated needs only the questions and ``image_ids``). ``pool``:
+    :func:`heldout_pool` already rendered."""
+    pool = pool if pool is not None else heldout_pool(si, progress)
     records = ov_questions(pool.index, ov.eval_questions, ov.seed + 12, tuple(ov.eval_images),
                            dict.fromkeys([f for f in OV_FAMILIES if f in ov.ov_weights()], 1), prefix="heldout-ov")
     forms = ov.forms
@@ -522,12 +530,13 @@ def label_number_accuracy(model, processor, si: OrganismConfig, ov: OvConfig, qu
     return {str(k): round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
 
 
-def score_per_image(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True) -> dict:
+def score_per_image(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, progress: bool = True,
+                    pool: organism.ScenePool | None = None) -> dict:
     """Generated answers to the held-out per-image questions of ``ov.eval_images`` images (``ov.eval_questions``,
     families evenly), scored exactly: ``{"ov": …}`` in the benchmark's layout and, when ``ov.image_labels``
     is above 0, ``"ov_labelled"`` for the same questions with labelled images. With another ``eval_images``
     (e.g. ``[2, 3]``) it reads a checkpoint on fewer images than its card does."""
-    records = heldout_ov_records(si, ov, folder, progress)
+    records = heldout_ov_records(si, ov, folder, progress, pool)
     rows = harness.run(adapter, records, Path(folder) / "ov.jsonl", batch_size=32, progress=progress,
                        desc="held-out ov", to_row=exact_row, max_new_tokens=OV_MAX_NEW_TOKENS)
     scores = {"ov": per_image_scores([r for r in rows if not r.get("image_labels")])}
@@ -544,10 +553,11 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
     questions si was scored on, beside si's scores; the MIMIC answer format kept at 1 image and, with
     ``format_images``, over that many images (formats.py)."""
     folder = Path(folder)
-    scores: dict = score_per_image(adapter, si, ov, folder, progress)
+    pool = heldout_pool(si, progress)  # rendered once for the three question sets below
+    scores: dict = score_per_image(adapter, si, ov, folder, progress, pool)
     if ov.label_targets:
         scores["label_numbers"] = label_number_accuracy(adapter.model, adapter.processor, si, ov)
-    single = organism.heldout_records(si, folder, progress)
+    single = organism.heldout_records(si, folder, progress, pool)
     organism.evaluate_single_image(adapter, single, folder / "predictions.jsonl", progress=progress)
     single_rows = read_predictions(folder / "predictions.jsonl")
     scores["single"] = {}
@@ -557,7 +567,7 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
         scores["single"][family] = {**cell(members), "si": si_score,
                                     "delta": None if si_score is None else round(cell(members)["score"] - si_score, 4)}
     if si.instruct_weights.get(CHOICE_FAMILY):
-        choice = organism.evaluate_choice(adapter, organism.heldout_choice_records(si, folder),
+        choice = organism.evaluate_choice(adapter, organism.heldout_choice_records(si, folder, pool=pool),
                                           folder / "choice.jsonl", progress=progress)
         si_choice = si_scores.get("choice", {}).get("score")
         scores["single"]["choice"] = {k: choice[k] for k in ("n", "score", "lo", "hi")} | {
@@ -568,7 +578,7 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
     categories = list(si.scene_params().categories)
     scores["format_1img"] = format_cells(single_rows, MIMIC_FORMAT_FAMILIES, categories)
     if ov.format_images:
-        scores["format_multi"] = score_multi_image(adapter, heldout_pool(si, progress), ov.format_images,
+        scores["format_multi"] = score_multi_image(adapter, pool, ov.format_images,
                                                    ov.format_seed, folder, categories, cell, progress)
     return scores
 
@@ -775,11 +785,7 @@ def continuation_start(ov_dir: Path, si_dir: Path, start: Path) -> Path:
 def si_record(si_dir: Path) -> dict:
     """What ov records of the checkpoint it started from: its folder (relative to the checkout) and sha256."""
     si_dir = Path(si_dir).resolve()
-    try:
-        path = str(si_dir.relative_to(repo_root()))
-    except ValueError:
-        path = str(si_dir)
-    return {"path": path, "sha256": weights_sha256(si_dir)}
+    return {"path": relative_to_root(str(si_dir)), "sha256": weights_sha256(si_dir)}
 
 
 def trained_ov(out_dir: Path) -> dict | None:

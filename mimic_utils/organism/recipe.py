@@ -710,14 +710,21 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
 # --- held-out evaluation and the command line ---------------------------------------------------
 
 
-def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True) -> list[dict]:
+def heldout_stream(config: OrganismConfig, progress: bool = True) -> ScenePool:
+    """The held-out scene stream (never trained on): the images of every held-out score."""
+    return render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
+                       progress)
+
+
+def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True,
+                    pool: ScenePool | None = None) -> list[dict]:
     """Held-out single-image questions (a scene stream never trained on), images written as PNG files.
 
     Counting is balanced over the true count 0..``max_count``; the true count is kept as a knob so
-    accuracy can be read per count.
+    accuracy can be read per count. ``pool``: that stream already rendered (a caller scoring several
+    question sets on it renders it once).
     """
-    pool = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
-                       progress)
+    pool = pool if pool is not None else heldout_stream(config, progress)
     folder.mkdir(parents=True, exist_ok=True)
     records = single_image_questions(pool.index, config.heldout_questions, seed=config.seed + 2,
                                      max_count=config.max_count, prefix="heldout",
@@ -731,11 +738,11 @@ def heldout_records(config: OrganismConfig, folder: Path, progress: bool = True)
 
 
 def heldout_choice_records(config: OrganismConfig, folder: Path, progress: bool = True,
-                           count: int | None = None) -> list:
+                           count: int | None = None, pool: ScenePool | None = None) -> list:
     """Held-out single-image multiple-choice questions (the held-out scene stream, kinds evenly, counts
-    balanced), as MuirBench-format :class:`~mimic_utils.evaluation.external_benchmarks.BenchRecord` s with PNG images."""
-    pool = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, config.scene_params(), config.cell_px,
-                       progress)
+    balanced), as MuirBench-format :class:`~mimic_utils.evaluation.external_benchmarks.BenchRecord` s with PNG
+    images. ``pool``: :func:`heldout_stream` already rendered."""
+    pool = pool if pool is not None else heldout_stream(config, progress)
     folder.mkdir(parents=True, exist_ok=True)
     records = choice_questions(pool.index, count or config.heldout_choice_questions, config.seed + 3,
                                config.max_count, options=tuple(config.choice_options), prefix="heldout")

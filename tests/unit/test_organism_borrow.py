@@ -42,6 +42,18 @@ def test_the_earlier_phases_digest_ignores_the_main_phase_keys_only():
         assert replace(RECIPE, **{key: value}).earlier_digest() != RECIPE.earlier_digest()
 
 
+def test_with_warm_weights_the_shares_of_weights_are_the_main_phases_but_not_its_families():
+    warm = replace(RECIPE, warm_weights={"which_image": 3, "counting": 1})
+    more = replace(warm, weights={**warm.weights, "which_image": 16})
+    assert more.earlier_digest() == warm.earlier_digest() and more.digest() != warm.digest()
+    dropped = replace(warm, weights={**warm.weights, "which_image": 0})  # the held-out curves ask one family fewer
+    assert dropped.earlier_digest() != warm.earlier_digest()
+    reordered = replace(warm, weights=dict(reversed(list(warm.weights.items()))))  # a record sorts them
+    assert reordered.earlier_digest() == warm.earlier_digest()
+    # without warm_weights every phase trains on weights' shares
+    assert replace(RECIPE, weights={**RECIPE.weights, "which_image": 16}).earlier_digest() != RECIPE.earlier_digest()
+
+
 def test_the_donors_warm_and_grow_phases_are_copied_never_its_main_phase(tmp_path, si_dir):
     sha = organism_ov.weights_sha256(si_dir)
     source = donor(tmp_path, RECIPE, sha, {"ov-warm": 3, "ov-grow-2-3": 2, "ov-grow-2-4": 1, "ov": 5})
@@ -91,7 +103,8 @@ def test_the_cli_takes_the_phases_then_trains_and_names_the_donor_on_the_card(tm
 
 @pytest.mark.slow
 def test_a_main_phase_variant_resumes_the_donors_phases_and_trains_only_its_own(tmp_path):
-    """Two tiny ov stages from one si: the second changes only the main phase's lr and steps and takes the
+    """Two tiny ov stages from one si: the second changes only the main phase's keys (and a share of
+    ``weights``, which with ``warm_weights`` set only the main phase trains on) and takes the
     first's warm and grow phases, so their curves up to the main phase are the first run's, only the main
     phase is trained, and the weights are those the second recipe trains from scratch."""
     from mimic_utils.organism import recipe as organism
@@ -103,12 +116,14 @@ def test_a_main_phase_variant_resumes_the_donors_phases_and_trains_only_its_own(
     first = organism_ov.OvConfig(pool_images=64, conversations=60, images=[1, 3], steps=2, warm_steps=2,
                                  warm_conversations=30, warm_images=[2, 2], eval_every=2, batch_tokens=1024,
                                  heldout_questions=12, eval_questions=8, format_questions=3, format_images=0,
-                                 grow=[[2, 3, 1]])
+                                 grow=[[2, 3, 1]], warm_weights={"which_image": 2, "counting": 1})
     done = organism_ov.train_ov(first, si_dir, tmp_path / "a" / "ov", progress=False)
     (tmp_path / "a" / "ov" / "model.safetensors").write_bytes(b"stand-in")  # trained_ov needs weights and record
     (tmp_path / "a" / "ov" / "training.json").write_text(json.dumps(
         {"config": asdict(first), "si": {"sha256": organism_ov.weights_sha256(si_dir)}}))
-    second = replace(first, lr=3e-4, steps=3, conversations=50, images=[1, 4])
+    # with warm_weights set, the shares of weights are the main phase's too
+    second = replace(first, lr=3e-4, steps=3, conversations=50, images=[1, 4],
+                     weights={**first.weights, "which_image": first.weights["which_image"] * 2})
     copied, _ = borrow.borrow_phases(second, si_dir, tmp_path / "b" / "ov", tmp_path / "a" / "ov")
     assert copied == ["ov-warm", "ov-grow-2-3"]
     again = organism_ov.train_ov(second, si_dir, tmp_path / "b" / "ov", progress=False)
