@@ -553,7 +553,7 @@ def evaluate_ov(adapter, si: OrganismConfig, ov: OvConfig, folder: Path, si_scor
     questions si was scored on, beside si's scores; the MIMIC answer format kept at 1 image and, with
     ``format_images``, over that many images (formats.py)."""
     folder = Path(folder)
-    pool = heldout_pool(si, progress)  # rendered once for the three question sets below
+    pool = heldout_pool(si, progress)  # rendered once for the four question sets below
     scores: dict = score_per_image(adapter, si, ov, folder, progress, pool)
     if ov.label_targets:
         scores["label_numbers"] = label_number_accuracy(adapter.model, adapter.processor, si, ov)

@@ -669,7 +669,7 @@ def train_organism(config: OrganismConfig, out_dir: Path, progress: bool = True)
     model, processor = tiny.build_organism(seed=config.seed, **config.text_shape())
     world = config.scene_params()
     train = render_pool(config.pool_images, config.seed, TRAIN_STREAM, world, config.cell_px, progress)
-    heldout = render_pool(config.heldout_images, config.seed, HELDOUT_STREAM, world, config.cell_px, progress)
+    heldout = heldout_stream(config, progress)
     seconds: dict[str, float] = {"render": time.time() - started}
     log: list[dict] = []
 
