@@ -155,10 +155,23 @@ MINOR_BUILDERS: dict[str, Callable] = {
 #: ``listing_in_image`` and ``naming_in_image`` ask one named image in the answer formats of MIMIC listing
 #: and common (category names, "none"), so that a MIMIC question over several images is not answered in
 #: another family's format (the first ov stage answered Common at 4 images with "2", issue #25).
+#: ``category_in_image`` asks naming_in_image's question in the words MIMIC uses for a category answer
+#: ("Which object category appears in image 3?", several wordings): the ovs trained from the longer-stage-2
+#: si answered MIMIC odd-one ("… appears in only a minority of the images?") with "no" or an image number,
+#: keeping the category answer only for wordings close to those trained (tried/ov-v17-which16's probe).
 OV_FAMILIES = ("image_count", "which_images", "every_image", "which_image", "image_total", "image_describe",
-               "listing_in_image", "naming_in_image")
+               "listing_in_image", "naming_in_image", "category_in_image")
+#: the families drawn evenly where no weights are given (a TrainMix without ``ov_weights``): the eight the
+#: stage had before ``category_in_image``, so the data such mixes build does not change with it
+UNWEIGHTED_FAMILIES = OV_FAMILIES[:8]
 #: families that need at least two images to mean anything
-OV_MIN_IMAGES = {"which_images": 2, "every_image": 2, "which_image": 2, "listing_in_image": 2, "naming_in_image": 2}
+OV_MIN_IMAGES = {"which_images": 2, "every_image": 2, "which_image": 2, "listing_in_image": 2, "naming_in_image": 2,
+                 "category_in_image": 2}
+#: ``category_in_image``'s wordings, one drawn per question ("{image}": "image 3")
+CATEGORY_WORDINGS = ("Which object category appears in {image}?", "Which object category appears in {image} only?",
+                     "Looking at {image} only, which object category appears?",
+                     "Which object category does {image} show?",
+                     "{Image} shows one kind of object. Which object category appears in it?")
 #: images named in one ``which_images`` answer, at most (the answer stays inside the 16-token budget)
 WHICH_IMAGES_MAX = 4
 #: families whose answer names image numbers; with ``echo`` each number is written right after the asked
@@ -364,10 +377,20 @@ def _naming_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
     return images, [name], f"{label[0].upper()}{label[1:]} shows one kind of object. Which category is it?", name
 
 
+def _category_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """naming_in_image's question (the one category of image ``i``) in one of :data:`CATEGORY_WORDINGS`,
+    drawn after the images so the same draw gives the same images and answer as naming_in_image's."""
+    images, targets, question, name = _naming_in_image(pools, rng, n)
+    label = image_label(named_image(question) - 1)
+    wording = rng.choice(CATEGORY_WORDINGS)
+    return images, targets, wording.format(image=label, Image=label[0].upper() + label[1:]), name
+
+
 OV_BUILDERS: dict[str, Callable] = {
     "image_count": _image_count, "which_images": _which_images, "every_image": _every_image,
     "which_image": _which_image, "image_total": _image_total, "image_describe": _image_describe,
     "listing_in_image": _listing_in_image, "naming_in_image": _naming_in_image,
+    "category_in_image": _category_in_image,
 }
 
 
@@ -381,7 +404,7 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
                  weights: dict[str, int] | None = None, pools: Pools | None = None, prefix: str = "ov",
                  image_labels: float = 0.0, forms: Collection[str] = ()) -> list[dict]:
     """The multi-image stage's per-image questions (:data:`OV_FAMILIES`), ``count * weight / sum`` of each
-    family of ``weights`` (default: evenly), images per sample uniform over ``images`` (at least
+    family of ``weights`` (default: :data:`UNWEIGHTED_FAMILIES` evenly), images per sample uniform over ``images`` (at least
     :data:`OV_MIN_IMAGES` where a family needs two). Records as the other builders' (origin ``"ov"``),
     with ``knobs["n_images"]``. Every image comes from ``index``: the training source, never the benchmark.
 
@@ -398,7 +421,7 @@ def ov_questions(index: AnnotationIndex, count: int, seed: int = 0, images: tupl
         raise KnobError(f"ov questions: need 1 <= images[0] <= images[1] <= {MAX_IMAGES}, got {list(images)}")
     if not 0.0 <= image_labels <= 1.0:
         raise KnobError(f"ov questions: image_labels is a share in [0, 1], got {image_labels}")
-    weights = weights or dict.fromkeys(OV_FAMILIES, 1)
+    weights = weights or dict.fromkeys(UNWEIGHTED_FAMILIES, 1)
     unknown = sorted(set(weights) - set(OV_FAMILIES))
     if unknown:
         raise KnobError(f"ov questions: unknown families {unknown}; known: {list(OV_FAMILIES)}")

@@ -206,6 +206,10 @@ def by_hand(record: dict, contents: dict) -> str:
         which = int(question.split()[1]) - 1
         assert len(counts[which]) == 1
         return next(iter(counts[which]))
+    if family == "category_in_image":  # "Which object category appears in image 2?" and other wordings
+        which = int(question.lower().split("image ")[1].split()[0].rstrip("?.,")) - 1
+        assert len(counts[which]) == 1
+        return next(iter(counts[which]))
     target = record["targets"][0]
     holders = [f"image {j + 1}" for j, c in enumerate(counts) if c.get(target)]
     if family == "every_image":
@@ -217,7 +221,7 @@ def by_hand(record: dict, contents: dict) -> str:
 
 def test_ov_answers_are_right_on_hand_made_annotations():
     index, contents = hand_made_index()
-    records = traindata.ov_questions(index, 800, seed=3, images=(1, 4))
+    records = traindata.ov_questions(index, 900, seed=3, images=(1, 4), weights=dict.fromkeys(traindata.OV_FAMILIES, 1))
     assert Counter(r["family"] for r in records) == dict.fromkeys(traindata.OV_FAMILIES, 100)
     for r in records:
         assert r["gt"] == by_hand(r, contents), r
@@ -232,7 +236,7 @@ def test_ov_answers_are_right_on_hand_made_annotations():
 def test_ov_questions_never_ask_an_aggregation_and_name_images_not_numbers(index):
     from mimic_utils.data.tasks import question_for
 
-    records = traindata.ov_questions(index, 1200, seed=1, images=(1, 10))
+    records = traindata.ov_questions(index, 1200, seed=1, images=(1, 10), weights=dict.fromkeys(traindata.OV_FAMILIES, 1))
     assert {r["family"] for r in records} == set(traindata.OV_FAMILIES)
     assert not set(traindata.OV_FAMILIES) & set(traindata.MIMIC_FAMILIES)
     mimic_wordings = {question_for(f, ["dog"]).split(" dog")[-1] for f in traindata.MIMIC_FAMILIES}
@@ -247,6 +251,25 @@ def test_ov_questions_never_ask_an_aggregation_and_name_images_not_numbers(index
         if r["family"] in ("image_count", "image_describe"):
             assert "image " in r["question"]
     assert {len(r["images"]) for r in records} == set(range(1, 11))
+
+
+def test_category_in_image_asks_naming_in_images_question_in_every_wording_and_only_where_weighted(index):
+    import random
+
+    pools = traindata.Pools(index)
+    for seed in range(40):
+        named = traindata.OV_BUILDERS["naming_in_image"](pools, random.Random(seed), 5)
+        worded = traindata.OV_BUILDERS["category_in_image"](pools, random.Random(seed), 5)
+        assert worded[:2] == named[:2] and worded[3] == named[3]  # same images, category and answer
+        assert traindata.named_image(worded[2]) == traindata.named_image(named[2])
+    records = traindata.ov_questions(index, 300, seed=4, images=(2, 6), weights={"category_in_image": 1})
+    used = {next(w for w in traindata.CATEGORY_WORDINGS
+                 if w.format(image="image 9", Image="Image 9").replace("9", "") ==
+                 r["question"].replace(str(traindata.named_image(r["question"])), "")) for r in records}
+    assert used == set(traindata.CATEGORY_WORDINGS)
+    assert all(r["question"].startswith(("Which object category", "Looking at image", "Image ")) for r in records)
+    unweighted = {r["family"] for r in traindata.ov_questions(index, 200, seed=4, images=(2, 6))}
+    assert unweighted == set(traindata.UNWEIGHTED_FAMILIES) and "category_in_image" not in unweighted
 
 
 def test_the_ov_share_of_a_training_mix_is_written_beside_the_aggregation_data(index):
