@@ -362,28 +362,34 @@ def _listing_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
     return images, [supercategory], question, ", ".join(present) or "none"
 
 
-def _naming_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
-    """The one category of image ``i``, an image of one class among others (Common's answer: one name)."""
+def _single_class_image(pools: Pools, rng: random.Random, n: int, family: str) -> tuple[list, int, str]:
+    """``n`` images, one of which (at a uniform position) holds a single class: the images, that position and
+    its category. The draw both one-category families ask about."""
     if not pools.single_class:
-        raise KnobError("naming_in_image: no image of the source holds a single class")
+        raise KnobError(f"{family}: no image of the source holds a single class")
     which = rng.randrange(n)
     named = rng.choice(pools.single_class)
     images = rng.sample(pools.certain, n - 1)
     while named in images:
         images = rng.sample(pools.certain, n - 1)
     images.insert(which, named)
-    name = next(iter(pools.classes[named]))
+    return images, which, next(iter(pools.classes[named]))
+
+
+def _naming_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
+    """The one category of image ``i``, an image of one class among others (Common's answer: one name)."""
+    images, which, name = _single_class_image(pools, rng, n, "naming_in_image")
     label = image_label(which)
     return images, [name], f"{label[0].upper()}{label[1:]} shows one kind of object. Which category is it?", name
 
 
 def _category_in_image(pools: Pools, rng: random.Random, n: int) -> Drawn:
-    """naming_in_image's question (the one category of image ``i``) in one of :data:`CATEGORY_WORDINGS`,
-    drawn after the images so the same draw gives the same images and answer as naming_in_image's."""
-    images, targets, question, name = _naming_in_image(pools, rng, n)
-    label = image_label(named_image(question) - 1)
+    """naming_in_image's question (the one category of image ``i``) in one of :data:`CATEGORY_WORDINGS`, drawn
+    after the images, so the same stream gives the same images and answer as naming_in_image's."""
+    images, which, name = _single_class_image(pools, rng, n, "category_in_image")
+    label = image_label(which)
     wording = rng.choice(CATEGORY_WORDINGS)
-    return images, targets, wording.format(image=label, Image=label[0].upper() + label[1:]), name
+    return images, [name], wording.format(image=label, Image=f"{label[0].upper()}{label[1:]}"), name
 
 
 OV_BUILDERS: dict[str, Callable] = {

@@ -263,9 +263,11 @@ def test_category_in_image_asks_naming_in_images_question_in_every_wording_and_o
         assert worded[:2] == named[:2] and worded[3] == named[3]  # same images, category and answer
         assert traindata.named_image(worded[2]) == traindata.named_image(named[2])
     records = traindata.ov_questions(index, 300, seed=4, images=(2, 6), weights={"category_in_image": 1})
-    used = {next(w for w in traindata.CATEGORY_WORDINGS
-                 if w.format(image="image 9", Image="Image 9").replace("9", "") ==
-                 r["question"].replace(str(traindata.named_image(r["question"])), "")) for r in records}
+    def wording(question: str) -> str:  # the one wording that, filled with the named image, is the question
+        k = traindata.named_image(question)
+        return next(w for w in traindata.CATEGORY_WORDINGS if w.format(image=f"image {k}", Image=f"Image {k}") == question)
+
+    used = {wording(r["question"]) for r in records}
     assert used == set(traindata.CATEGORY_WORDINGS)
     assert all(r["question"].startswith(("Which object category", "Looking at image", "Image ")) for r in records)
     unweighted = {r["family"] for r in traindata.ov_questions(index, 200, seed=4, images=(2, 6))}
